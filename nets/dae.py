@@ -1,0 +1,51 @@
+"""Stage 2: the denoising autoencoder, a U-Net that predicts the MTL's height
+error from the MTL's outputs and the image. Refined height = MTL height - noise.
+"""
+import keras
+from keras import layers
+
+import config
+
+ENCODER_WIDTHS = (64, 128, 256, 512)
+BRIDGE_WIDTH = 1024
+
+
+def _double_conv(x, width, name):
+    for i in (1, 2):
+        x = layers.Conv2D(width, 3, padding='same', activation='relu', name=f'{name}_conv{i}')(x)
+    return x
+
+
+def input_channels(num_classes, sem=True, norm=True, edge=False, image_channels=3):
+    """Channels of [height, sem softmax, normals, (edges), image]."""
+    return 1 + (num_classes if sem else 0) + (3 if norm else 0) + (1 if edge else 0) \
+        + image_channels
+
+
+def build_dae(in_channels, width_scale=1.0, dropout=0.5):
+    """The U-Net; inputs must have sides divisible by 16."""
+    def width(base):
+        return max(1, round(base * width_scale))
+
+    inputs = keras.Input((None, None, in_channels), name='dae_input')
+    x, skips = inputs, []
+    for level, base in enumerate(ENCODER_WIDTHS, start=1):
+        x = _double_conv(x, width(base), f'enc{level}')
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f'enc{level}_pool')(x)
+    x = _double_conv(x, width(BRIDGE_WIDTH), 'bridge')
+    for level, base in zip(range(4, 0, -1), reversed(ENCODER_WIDTHS)):
+        x = layers.Conv2DTranspose(width(base), 2, strides=2, activation='relu',
+                                   name=f'dec{level}_up')(x)
+        x = layers.Concatenate(name=f'dec{level}_cat')([x, skips[level - 1]])
+        x = _double_conv(x, width(base), f'dec{level}')
+        x = layers.Dropout(dropout, name=f'dec{level}_drop')(x)
+    noise = layers.Conv2D(1, 3, padding='same', dtype='float32', name='noise')(x)
+    return keras.Model(inputs, noise, name='dsmnet_dae')
+
+
+def build_from_config():
+    """The DAE with the settings in config.py."""
+    channels = input_channels(len(config.label_codes), config.sem_flag, config.norm_flag,
+                              config.edge_flag, 4 if config.sar_mode else 3)
+    return build_dae(channels, config.dae_width_scale, config.dropout_rate)
