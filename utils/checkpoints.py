@@ -1,0 +1,71 @@
+"""Best-weights files with the settings that shape the network beside them.
+
+`<path>` holds the Keras weights, `<path>.json` the settings; loading checks
+them against config.py so a wrong flag is reported by name instead of as a
+shape error deep inside Keras. Both files are written to a temporary name
+and renamed, so an interrupted write never replaces a good file.
+"""
+import json
+import os
+
+import config
+
+# The settings that change the layers of each network.
+ARCHITECTURE = {
+    'mtl': ('sem_flag', 'norm_flag', 'edge_flag', 'mtl_head_mode',
+            'mtl_decoder_scale', 'sar_mode', 'label_codes'),
+    'dae': ('sem_flag', 'norm_flag', 'edge_flag', 'dae_width_scale',
+            'sar_mode', 'label_codes'),
+}
+SETTING_OF_PATH = {'mtl': 'predCheckPointPath', 'dae': 'corrCheckPointPath'}
+
+
+class CheckpointError(RuntimeError):
+    """A weights file that is missing or does not fit the configured network."""
+
+
+def _settings(kind):
+    return {k: getattr(config, k) for k in ARCHITECTURE[kind]} | {
+        'dataset_name': config.dataset_name, 'cropSize': config.cropSize}
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
+def save_weights(model, path, kind, extra=None):
+    """Write weights and settings atomically; `extra` (e.g. metrics) goes in the JSON."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path[:-len('.weights.h5')] + '.tmp.weights.h5'
+    model.save_weights(tmp)
+    with open(path + '.json.tmp', 'w') as f:
+        json.dump({'kind': kind, 'settings': _settings(kind), **(extra or {})}, f,
+                  indent=2, default=float)
+    os.replace(tmp, path)
+    os.replace(path + '.json.tmp', path + '.json')
+
+
+def load_weights(model, path, kind):
+    """Load weights saved by save_weights, checking the architecture settings first."""
+    setting = SETTING_OF_PATH[kind]
+    if not os.path.exists(path):
+        stage = 'train_mtl.py' if kind == 'mtl' else 'train_dae.py'
+        raise CheckpointError(
+            f"no {kind.upper()} weights at {path} ({setting}). Train them first with "
+            f"`python {stage}` (same --set options), or point {setting} at the file.")
+    meta_path = path + '.json'
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            trained = json.load(f).get('settings', {})
+        current = _jsonable(_settings(kind))
+        for key in ARCHITECTURE[kind]:
+            if key in trained and trained[key] != current[key]:
+                raise CheckpointError(
+                    f"{path} was trained with {key}={trained[key]!r} but config has "
+                    f"{key}={current[key]!r}. Run with --set {key}={trained[key]!r} "
+                    f"(dataset {trained.get('dataset_name')!r}), or train new weights.")
+    try:
+        model.load_weights(path)
+    except Exception as err:   # a file from another network or a truncated file
+        raise CheckpointError(f"{path} ({setting}) does not fit the configured "
+                              f"{kind.upper()}: {err}") from err

@@ -1,0 +1,52 @@
+"""Per-example losses of both stages.
+
+Each function returns one value per example ([batch]); the training step
+averages them over the GLOBAL batch with tf.nn.compute_average_loss, so a
+replica holding half the batch contributes half the gradient.
+"""
+import tensorflow as tf
+
+import config
+
+
+def regression(y_true, y_pred, mask):
+    """Mean over valid pixels of each example of the configured regression loss."""
+    y_pred = tf.cast(y_pred, tf.float32)
+    err = y_pred - y_true
+    if config.reg_loss == 'huber':
+        a = tf.abs(err)
+        d = config.huber_delta
+        per_pixel = tf.where(a <= d, 0.5 * tf.square(err), d * (a - 0.5 * d))
+    elif config.reg_loss == 'mse':
+        per_pixel = tf.square(err)
+    else:
+        raise ValueError(f"reg_loss = {config.reg_loss!r}: use 'mse' or 'huber'")
+    mask = tf.broadcast_to(mask, tf.shape(per_pixel))
+    axes = tf.range(1, tf.rank(per_pixel))
+    return tf.reduce_sum(per_pixel * mask, axes) / tf.maximum(tf.reduce_sum(mask, axes), 1.0)
+
+
+def cross_entropy(labels, probs):
+    """Mean categorical cross-entropy per example; labels are class indices."""
+    one_hot = tf.one_hot(labels, tf.shape(probs)[-1], dtype=tf.float32)
+    probs = tf.clip_by_value(tf.cast(probs, tf.float32), 1e-7, 1.0)
+    per_pixel = -tf.reduce_sum(one_hot * tf.math.log(probs), -1)
+    return tf.reduce_mean(per_pixel, axis=[1, 2])
+
+
+def mtl_terms(batch, outputs):
+    """Unweighted per-example loss of every enabled task."""
+    terms = {'dsm': regression(batch['height'], outputs['height'], batch['mask'])}
+    if 'sem' in outputs:
+        terms['sem'] = cross_entropy(batch['sem'], outputs['sem'])
+    if 'norm' in outputs:
+        terms['norm'] = regression(batch['norm'], outputs['norm'], batch['mask'])
+    if 'edge' in outputs:
+        terms['edge'] = regression(batch['edge'], outputs['edge'], batch['mask'])
+    return terms
+
+
+def mtl_total(terms):
+    """w1*L_dsm + w2*L_sem + w3*L_norm + w4*L_edge, per example."""
+    weights = {'dsm': config.w1, 'sem': config.w2, 'norm': config.w3, 'edge': config.w4}
+    return tf.add_n([weights[k] * v for k, v in terms.items()])
