@@ -1,0 +1,163 @@
+"""utils/inference.py: window layout, Gaussian blending, batched and distributed
+prediction against a one-window-at-a-time reference."""
+import json
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import config
+from tests.conftest import run_python
+from utils import inference
+
+
+def test_gaussian_window_formula_and_sum():
+    crop = 5
+    w = inference.gaussian_window(crop)
+    grid = [-1.0, -0.5, 0.0, 0.5, 1.0]
+    raw = np.array([[math.exp(-(x * x + y * y) / (2 * 0.04)) for x in grid] for y in grid])
+    np.testing.assert_allclose(w, raw / raw.sum(), rtol=1e-12)
+    assert w.sum() == pytest.approx(1.0)
+    big = inference.gaussian_window(64)
+    assert big.shape == (64, 64) and big.sum() == pytest.approx(1.0)
+    assert np.allclose(big, big.T) and np.allclose(big, big[::-1])
+
+
+@pytest.mark.parametrize('size,crop,stride,expected', [
+    (100, 64, 10, [0, 10, 20, 30, 36]),     # last snapped to 100 - 64
+    (64, 64, 10, [0]),
+    (70, 32, 19, [0, 19, 38]),              # already ends on the border
+    (96, 32, 5, list(range(0, 61, 5)) + [64]),
+])
+def test_window_starts(size, crop, stride, expected):
+    starts = inference.window_starts(size, crop, stride)
+    assert starts == expected
+    covered = np.zeros(size, bool)
+    for s in starts:
+        covered[s:s + crop] = True
+    assert covered.all() and starts[-1] + crop == size
+
+
+def test_image_smaller_than_crop_is_a_clear_error():
+    with pytest.raises(ValueError, match='smaller than the crop'):
+        inference.window_starts(40, 64, 10)
+    with pytest.raises(ValueError, match='cropSize'):
+        inference.predict_tile(lambda w: {}, np.zeros((40, 100, 3)), 64, 10)
+
+
+class ConstantMTL:
+    """A stand-in network: the same height and class probabilities everywhere."""
+    def __init__(self, height, probs):
+        self.height, self.probs = height, np.asarray(probs, np.float32)
+
+    def __call__(self, x, training=False):
+        shape = tf.shape(x)[:3]
+        ones = tf.ones(tf.concat([shape, [1]], 0))
+        return {'height': ones * self.height, 'sem': ones * self.probs,
+                'norm': tf.concat([ones] * 3, -1)}
+
+
+class ConstantDAE:
+    def __call__(self, x, training=False):
+        # K=3 classes: height + 3 sem + 3 norm + 3 image channels
+        assert x.shape[-1] == 10
+        return tf.ones_like(x[..., :1]) * 0.5
+
+
+def test_constant_prediction_everywhere_including_edges():
+    fn = inference.make_predict_fn(ConstantMTL(3.7, [0.2, 0.5, 0.3]), ConstantDAE(),
+                                   strategy=tf.distribute.get_strategy(), batch_size=3)
+    image = np.random.RandomState(0).rand(70, 97, 3).astype(np.float32)
+    out = inference.predict_tile(fn, image, 32, 7)
+    assert out['height'].shape == (70, 97)
+    np.testing.assert_allclose(out['height_mtl'], 3.7, atol=1e-5)
+    np.testing.assert_allclose(out['height'], 3.2, atol=1e-5)
+    np.testing.assert_allclose(out['sem'], np.broadcast_to([0.2, 0.5, 0.3], (70, 97, 3)),
+                               atol=1e-5)
+
+
+def _tiny_models(seed=3, classes=3):
+    import keras
+    from nets import dae, mtl
+    keras.utils.set_random_seed(seed)
+    m = mtl.build_mtl(classes, decoder_scale=0.0625, backbone_weights=None, dropout=0.0)
+    d = dae.build_dae(dae.input_channels(classes), 0.0625, dropout=0.0)
+    return m, d
+
+
+def _reference_tile(m, d, image, crop, stride):
+    """One window per call, eager, blended in float64 with the paper's formula."""
+    h, w = image.shape[:2]
+    grid = np.linspace(-1, 1, crop)
+    x, y = np.meshgrid(grid, grid)
+    weight = np.exp(-(x ** 2 + y ** 2) / (2 * 0.2 ** 2))
+    weight /= weight.sum()
+    acc = {'height': np.zeros((h, w)), 'height_mtl': np.zeros((h, w))}
+    total = np.zeros((h, w))
+    ys = sorted(set(list(range(0, h - crop + 1, stride)) + [h - crop]))
+    xs = sorted(set(list(range(0, w - crop + 1, stride)) + [w - crop]))
+    for y0 in ys:
+        for x0 in xs:
+            win = image[None, y0:y0 + crop, x0:x0 + crop]
+            out = m(win, training=False)
+            dae_in = np.concatenate([out['height'], out['sem'], out['norm'], win], -1)
+            refined = out['height'].numpy() - d(dae_in, training=False).numpy()
+            acc['height_mtl'][y0:y0 + crop, x0:x0 + crop] += out['height'][0, ..., 0] * weight
+            acc['height'][y0:y0 + crop, x0:x0 + crop] += refined[0, ..., 0] * weight
+            total[y0:y0 + crop, x0:x0 + crop] += weight
+    return {k: v / total for k, v in acc.items()}
+
+
+def test_batched_equals_one_window_at_a_time():
+    m, d = _tiny_models()
+    image = np.random.RandomState(1).rand(80, 100, 3).astype(np.float32)
+    ref = _reference_tile(m, d, image, 64, 10)
+    # 15 windows in batches of 4: the last batch is padded
+    fn = inference.make_predict_fn(m, d, strategy=tf.distribute.get_strategy(), batch_size=4)
+    out = inference.predict_tile(fn, image, 64, 10)
+    for key in ('height', 'height_mtl'):
+        np.testing.assert_allclose(out[key], ref[key], atol=1e-5, rtol=0)
+    assert out['sem'].shape == (80, 100, 3)
+    np.testing.assert_allclose(out['sem'].sum(-1), 1.0, atol=1e-5)
+    assert not np.allclose(out['height'], out['height_mtl'])   # the DAE did something
+
+
+TWO_REPLICAS = r'''
+import json, sys
+import numpy as np
+import config
+from utils import settings
+settings.apply(['cpu_replicas=2', 'multi_gpu_enabled=True'])
+import tensorflow as tf
+from utils import inference
+from tests.test_inference import _tiny_models
+strategy = config.strategy
+with strategy.scope():
+    m, d = _tiny_models()
+image = np.random.RandomState(1).rand(80, 100, 3).astype(np.float32)
+two = inference.make_predict_fn(m, d, strategy=strategy, batch_size=3)
+one = inference.make_predict_fn(m, d, strategy=tf.distribute.get_strategy(), batch_size=4)
+a = inference.predict_tile(two, image, 64, 10)
+b = inference.predict_tile(one, image, 64, 10)
+print(json.dumps({'replicas': strategy.num_replicas_in_sync, 'batch': two.batch_size,
+                  'diff': {k: float(np.abs(a[k] - b[k]).max()) for k in b}}))
+'''
+
+
+def test_two_replicas_match_one():
+    proc = run_python(['-c', TWO_REPLICAS], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result['replicas'] == 2
+    assert result['batch'] == 4     # 3 rounded up so both replicas get 2 windows
+    assert set(result['diff']) == {'height', 'height_mtl', 'sem'}
+    assert max(result['diff'].values()) < 1e-5, result
+
+
+def test_test_batch_size_default_from_config():
+    config.test_batch_size = 5
+    fn = inference.make_predict_fn(ConstantMTL(1.0, [1.0]), strategy=tf.distribute.get_strategy())
+    assert fn.batch_size == 5
+    out = fn(np.zeros((7, 32, 32, 3), np.float32))
+    assert out['height'].shape == (7, 32, 32) and out['sem'].shape == (7, 32, 32, 1)

@@ -1,0 +1,144 @@
+"""Tiled inference over images larger than the network's crop (dsmnet.md, Testing).
+
+A sliding window of `crop` px with step `stride` (last window snapped to the
+border) covers the image. Windows run through the networks in fixed-size
+batches inside one tf.function, split over the strategy's replicas; their
+height and semantic probabilities are blended with a Gaussian weight that
+favours each window's centre.
+"""
+import numpy as np
+import tensorflow as tf
+
+import config
+
+GAUSS_SIGMA = 0.2
+
+
+def gaussian_window(crop):
+    """[crop, crop] float64 weights exp(-d^2 / (2 * 0.2^2)) on a [-1, 1] grid, sum 1."""
+    axis = np.linspace(-1.0, 1.0, crop)
+    x, y = np.meshgrid(axis, axis)
+    d = np.sqrt(x * x + y * y)
+    w = np.exp(-d ** 2 / (2 * GAUSS_SIGMA ** 2))
+    return w / w.sum()
+
+
+def window_starts(size, crop, stride):
+    """Start offsets along one side: every `stride`, the last one at size - crop."""
+    if size < crop:
+        raise ValueError(f"image side {size} px is smaller than the crop {crop} px: "
+                         f"set cropSize (a multiple of 32) to at most {size}")
+    if stride < 1:
+        raise ValueError(f"test_stride = {stride}: use a positive step, e.g. cropSize // 6")
+    starts = list(range(0, size - crop + 1, stride))
+    if starts[-1] != size - crop:
+        starts.append(size - crop)
+    return starts
+
+
+def dae_input(outputs, image):
+    """The DAE's input: concat[height, sem softmax, normals, (edges), image] (nets/dae.py)."""
+    parts = [outputs['height']] + [outputs[k] for k in ('sem', 'norm', 'edge') if k in outputs]
+    return tf.concat(parts + [tf.cast(image, outputs['height'].dtype)], axis=-1)
+
+
+def _replica_step(mtl, dae):
+    """Per-replica forward pass of one batch of windows (inference mode)."""
+    def step(windows):
+        out = mtl(windows, training=False)
+        height = tf.cast(out['height'], tf.float32)
+        result = {'height_mtl': height[..., 0], 'height': height[..., 0]}
+        if dae is not None:
+            noise = tf.cast(dae(dae_input(out, windows), training=False), tf.float32)
+            result['height'] = (height - noise)[..., 0]
+        if 'sem' in out:
+            result['sem'] = tf.cast(out['sem'], tf.float32)
+        return result
+    return step
+
+
+def make_predict_fn(mtl, dae=None, strategy=None, batch_size=None):
+    """fn(windows [n, crop, crop, C] float32) -> dict of numpy arrays:
+    'height' [n, crop, crop] (refined when a DAE is given), 'height_mtl'
+    (the MTL's own height), 'sem' [n, crop, crop, K] (when the MTL has it).
+
+    Windows run `batch_size` at a time (default config.test_batch_size,
+    rounded up to a multiple of the replicas); the last batch is padded so
+    every call has one shape (one trace) and every replica equal work, and
+    the padding is dropped. strategy None: config.strategy."""
+    strategy = strategy or config.strategy
+    replicas = strategy.num_replicas_in_sync
+    batch = int(batch_size or config.test_batch_size)
+    if batch < 1:
+        raise ValueError(f"test_batch_size = {batch}: use at least 1")
+    batch = -(-batch // replicas) * replicas
+    per_replica = batch // replicas
+    step = tf.function(_replica_step(mtl, dae), jit_compile=bool(config.jit_compile))
+
+    if replicas == 1:
+        run = step
+    else:
+        @tf.function
+        def run(windows):
+            def chunk(ctx):
+                i = ctx.replica_id_in_sync_group
+                return windows[i * per_replica:(i + 1) * per_replica]
+            values = strategy.experimental_distribute_values_from_function(chunk)
+            out = strategy.run(step, args=(values,))
+            # gather concatenates the replicas' outputs in replica order, on every
+            # worker; one tensor at a time (given the whole dict it returned only
+            # the first replica's part on TF 2.21).
+            return {k: strategy.gather(v, axis=0) for k, v in out.items()}
+
+    def predict(windows):
+        windows = np.asarray(windows, np.float32)
+        n = len(windows)
+        pieces = []
+        for first in range(0, n, batch):
+            chunk = windows[first:first + batch]
+            real = len(chunk)
+            if real < batch:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, 0)])
+            out = run(tf.constant(chunk))
+            pieces.append({k: v.numpy()[:real] for k, v in out.items()})
+        return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+
+    predict.batch_size = batch
+    return predict
+
+
+def predict_tile(predict_fn, image, crop, stride, batch_size=None):
+    """Blend the windows of one image [H, W, C] into full-size maps.
+
+    Returns 'height' and 'height_mtl' [H, W] float32 and 'sem' [H, W, K]
+    (blended probabilities) when the networks predict semantics. The image
+    must be at least crop x crop (smaller images are an error, not padded,
+    so that every pixel is predicted from real context). `batch_size` is how
+    many windows are cut out at a time (memory); None: predict_fn's batch."""
+    image = np.asarray(image, np.float32)
+    if image.ndim != 3:
+        raise ValueError(f"expected an image [H, W, C], got shape {image.shape}")
+    h, w = image.shape[:2]
+    if h < crop or w < crop:
+        raise ValueError(f"image of {h}x{w} px is smaller than cropSize = {crop}: "
+                         f"set cropSize (a multiple of 32) to at most {min(h, w)}")
+    if crop % 32:
+        raise ValueError(f"cropSize = {crop}: the MTL needs a multiple of 32")
+    weight = gaussian_window(crop).astype(np.float32)
+    corners = [(y, x) for y in window_starts(h, crop, stride)
+               for x in window_starts(w, crop, stride)]
+    chunk = max(int(batch_size or getattr(predict_fn, "batch_size", 8)), 1)
+    acc, total = {}, np.zeros((h, w), np.float32)
+    for first in range(0, len(corners), chunk):
+        part = corners[first:first + chunk]
+        out = predict_fn(np.stack([image[y:y + crop, x:x + crop] for y, x in part]))
+        for key, maps in out.items():
+            if key not in acc:
+                acc[key] = np.zeros((h, w) + maps.shape[3:], np.float32)
+            target = acc[key]
+            wk = weight if maps.ndim == 3 else weight[:, :, None]
+            for (y, x), m in zip(part, maps):
+                target[y:y + crop, x:x + crop] += m * wk
+        for y, x in part:
+            total[y:y + crop, x:x + crop] += weight
+    return {k: v / (total if v.ndim == 2 else total[:, :, None]) for k, v in acc.items()}
