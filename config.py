@@ -63,7 +63,7 @@ mtl_lr_decay = False        # halve the learning rate after every epoch
 mtl_batchSize = None        # per replica; None: batch_size
 mtl_numEpochs = None        # None: from the dataset
 mtl_training_samples = None # samples per epoch on large-tile datasets; None: 10000
-mtl_preload = True          # decode tiles once and keep them in memory
+mtl_preload = True          # patch datasets: decode once, keep in memory (tiles always are)
 mtl_bb_freeze = False       # freeze the DenseNet encoder
 
 # ----------------------------------------------------------------- DAE training
@@ -74,6 +74,8 @@ dae_batchSize = None        # per replica; None: batch_size
 dae_numEpochs = None        # None: from the dataset
 dae_training_samples = None
 dae_preload = True
+preload_max_gb = 4.0        # patch datasets: cache decoded patches in memory (with
+                            # *_preload) only up to this size; tiles are always cached
 
 # ----------------------------------------------------------------- run control
 early_stop_flag = True
@@ -154,5 +156,6 @@ def __getattr__(name):
     raise AttributeError(f"config has no setting {name!r}")
 
 
-from utils import settings as _settings  # noqa: E402  (fills the None settings)
-_settings.resolve()
+import sys as _sys  # noqa: E402
+from utils import settings as _settings  # noqa: E402
+_settings.resolve(_sys.modules[__name__])   # fill the None settings

@@ -49,3 +49,10 @@ def build_from_config():
     channels = input_channels(len(config.label_codes), config.sem_flag, config.norm_flag,
                               config.edge_flag, 4 if config.sar_mode else 3)
     return build_dae(channels, config.dae_width_scale, config.dropout_rate)
+
+
+def assemble_input(mtl_outputs, image):
+    """The DAE input: MTL height, semantics, normals, (edges) and the image, stacked."""
+    import keras.ops as ops
+    parts = [mtl_outputs[k] for k in ('height', 'sem', 'norm', 'edge') if k in mtl_outputs]
+    return ops.concatenate([ops.cast(p, image.dtype) for p in parts] + [image], axis=-1)

@@ -16,6 +16,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DENSENET_FILE = 'densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5'
 
 
+class BackboneWeightsError(RuntimeError):
+    """The encoder's pretrained weights are neither cached nor downloadable."""
+
+
 def task_outputs(num_classes, sem=True, norm=True, edge=False):
     """(name, channels, final activation) of each enabled task, height first."""
     tasks = [('height', 1, None)]
@@ -46,7 +50,7 @@ def _encoder(x, weights, freeze):
         densenet = keras.applications.DenseNet121(
             include_top=False, weights=weights, input_shape=(None, None, 3))
     except Exception as err:   # no cached file and no network, or an unreadable .h5
-        raise RuntimeError(
+        raise BackboneWeightsError(
             f"backbone_weights = {weights!r}: the DenseNet121 weights could not be "
             f"loaded ({err}). Put {DENSENET_FILE} in ~/.keras/models/ (or give its "
             f"path as backbone_weights), or set backbone_weights = None to start "

@@ -25,7 +25,7 @@ def fresh_config():
         setattr(config, key, copy.deepcopy(value))
     settings._declared.clear()
     settings._declared.update(copy.deepcopy(_ORIGINAL_DECLARED))
-    settings.resolve()
+    settings.resolve(config)
 
 
 def run_python(args, timeout=600, env=None, cwd=ROOT):

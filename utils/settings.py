@@ -1,4 +1,5 @@
-"""Filling config.py's dataset-dependent settings and `--set NAME=VALUE`.
+"""config.py's dataset-dependent settings, `--set NAME=VALUE`, and the scripts'
+command line.
 
 A setting left at None (or 'auto' for backbone_weights) in config.py takes
 the published value of the current dataset. Overrides change the module's
@@ -8,9 +9,8 @@ import argparse
 import ast
 import difflib
 import os
+import sys
 import types
-
-import config
 
 # Settings whose None means "the dataset's published value" (resolved again
 # whenever dataset_name or one of them is overridden).
@@ -25,13 +25,15 @@ _declared = {}
 
 def names():
     """Every user setting of config.py."""
+    import config
     return sorted(k for k, v in vars(config).items()
                   if not k.startswith('_') and not k.isupper()
                   and not isinstance(v, (types.ModuleType, types.FunctionType)))
 
 
-def resolve():
-    """Fill the None settings from the dataset table and from each other."""
+def resolve(config):
+    """Fill the None settings of the config module from the dataset table and
+    from each other (config.py calls this while it is still being imported)."""
     if not _declared:
         _declared.update({k: getattr(config, k) for k in _FROM_DATASET + _DERIVED})
     entry = config.dataset_settings(config.dataset_name)
@@ -57,6 +59,7 @@ def resolve():
 
 def parse_value(name, text):
     """Parse `text` to the type of the setting's declared value."""
+    import config
     default = _declared.get(name, getattr(config, name))
     if default is None or (name == 'backbone_weights'):
         default = config.dataset_settings(config.dataset_name).get(name, default)
@@ -89,6 +92,7 @@ def parse_value(name, text):
 
 def override(name, value):
     """Set one setting (already parsed) and re-derive what depends on it."""
+    import config
     if name not in names():
         close = difflib.get_close_matches(name, names(), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ''
@@ -97,7 +101,7 @@ def override(name, value):
     if name in _declared:
         _declared[name] = value
     setattr(config, name, value)
-    resolve()
+    resolve(config)
 
 
 def apply(pairs):
@@ -128,3 +132,19 @@ def parse_args(p, argv=None):
     except ValueError as err:
         p.exit(2, f"error: {err}\n")
     return args
+
+
+def run_main(main):
+    """Run a script's main(); errors about the user's data or settings end the
+    run with their message and exit code 1 instead of a traceback."""
+    from nets.mtl import BackboneWeightsError
+    from utils.checkpoints import CheckpointError
+    from utils.datasets import DatasetError
+    from utils.distribute import DeviceConfigError
+    from utils.training import TrainingDiverged
+    try:
+        main()
+    except (BackboneWeightsError, CheckpointError, DatasetError, DeviceConfigError,
+            TrainingDiverged) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
