@@ -26,3 +26,30 @@ def plot_history(history, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_test_image(path, image, gt, predictions, title=''):
+    """One test image: RGB, ground-truth height, each predicted height
+    (`predictions`: label -> map, the last one scored) and its absolute error,
+    all on one colour scale in metres with a shared colour bar."""
+    import numpy as np
+    last = list(predictions.values())[-1]
+    error = np.abs(last - gt)
+    maps = [('ground truth', gt)] + list(predictions.items()) + [('|error|', error)]
+    finite = np.concatenate([m[np.isfinite(m)].ravel() for _, m in maps])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    fig, axes = plt.subplots(1, len(maps) + 1, figsize=(3.2 * (len(maps) + 1), 3.6),
+                             squeeze=False)
+    axes = axes[0]
+    axes[0].imshow(np.clip(image[..., :3], 0, 1))
+    axes[0].set_title('image')
+    for ax, (label, m) in zip(axes[1:], maps):
+        shown = ax.imshow(m, cmap='viridis', vmin=vmin, vmax=vmax)
+        ax.set_title(label)
+    for ax in axes:
+        ax.axis('off')
+    fig.colorbar(shown, ax=list(axes), shrink=0.8, label='metres')
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,161 @@
+"""utils/evaluation.py on a small in-memory split with a constant network, so
+every metric can be computed by hand; GeoTIFF tags must survive into the
+outputs."""
+import os
+import sys
+import types
+from collections import namedtuple
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tifffile
+
+import config
+from utils import evaluation
+
+Sample = namedtuple('Sample', 'name image height labels')
+Loaded = namedtuple('Loaded', 'image height labels')
+GEO = [(33550, 'd', 3, (0.5, 0.5, 0.0), True),
+       (33922, 'd', 6, (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0), True),
+       (34735, 'H', 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32632), True),
+       (34737, 's', 0, 'WGS 84 / UTM zone 32N|', True)]
+
+
+class ConstantMTL:
+    """Height 2.0 everywhere; class probabilities favour class 1."""
+    def __call__(self, x, training=False):
+        ones = tf.ones(tf.concat([tf.shape(x)[:3], [1]], 0))
+        return {'height': ones * 2.0, 'sem': ones * tf.constant([0.2, 0.7, 0.1]),
+                'norm': tf.concat([ones] * 3, -1)}
+
+
+class ConstantDAE:
+    def __call__(self, x, training=False):
+        return tf.ones_like(x[..., :1]) * 0.5      # refined height = 1.5
+
+
+@pytest.fixture
+def fake_split(tmp_path, monkeypatch):
+    """A 'test' split of two 64x96 images and a 'train' split of one."""
+    rng = np.random.RandomState(0)
+    geo_image = str(tmp_path / 'img_a.tif')
+    tifffile.imwrite(geo_image, (rng.rand(64, 96, 3) * 255).astype(np.uint8),
+                     photometric='rgb', extratags=GEO)
+    height_a = np.full((64, 96), 4.0, np.float32)
+    height_a[:, :48] = 1.0
+    height_a[0, 0] = np.nan
+    labels_a = np.ones((64, 96), np.int32)
+    labels_a[:32] = 0
+    height_b = np.full((64, 96), 3.0, np.float32)
+    labels_b = np.full((64, 96), 2, np.int32)
+    data = {
+        'a': Loaded(rng.rand(64, 96, 3).astype(np.float32), height_a, labels_a),
+        'b': Loaded(rng.rand(64, 96, 3).astype(np.float32), height_b, labels_b),
+        't': Loaded(rng.rand(64, 96, 3).astype(np.float32),
+                    np.where(np.arange(96) < 24, np.nan, 5.0) * np.ones((64, 1), np.float32)
+                    - np.where(np.arange(96) < 48, 2.0, 0.0).astype(np.float32),
+                    labels_b),
+    }
+    splits = {'test': [Sample('a', geo_image, '', ''), Sample('b', 'b.png', '', '')],
+              'train': [Sample('t', 't.png', '', '')]}
+    fake = types.ModuleType('utils.datasets')
+    fake.find_split = lambda split: list(splits[split])
+    fake.load_sample = lambda sample: data[sample.name]
+    monkeypatch.setitem(sys.modules, 'utils.datasets', fake)
+    monkeypatch.setattr(sys.modules['utils'], 'datasets', fake, raising=False)
+    evaluation._train_mean.clear()
+    config.label_codes = [10, 20, 30]
+    config.cropSize = 32
+    config.test_stride = 16
+    config.test_batch_size = 4
+    return data
+
+
+def test_metrics_by_hand(fake_split):
+    r = evaluation.evaluate(ConstantMTL(), split='test', verbose=0)
+    # image a: prediction 2 vs truth 1 (48 cols, one NaN) and 4 (48 cols)
+    n1, n4 = 64 * 48 - 1, 64 * 48
+    mse_a = (n1 * 1 + n4 * 4) / (n1 + n4)
+    mae_a = (n1 * 1 + n4 * 2) / (n1 + n4)
+    mse_b, mae_b = 1.0, 1.0
+    assert r['mse'] == pytest.approx((mse_a + mse_b) / 2, rel=1e-5)
+    assert r['mae'] == pytest.approx((mae_a + mae_b) / 2, rel=1e-5)
+    assert r['rmse'] == pytest.approx((np.sqrt(mse_a) + 1.0) / 2, rel=1e-5)
+    # delta1: a: 2/1 = 2 and 4/2 = 2 both fail; b: 3/2 = 1.5 fails; delta2 (1.5625): b passes
+    assert r['delta1'] == 0.0
+    assert r['delta2'] == pytest.approx(0.5)
+    assert r['delta3'] == pytest.approx(0.5)      # 1.25^3 = 1.953 < 2: a still fails
+    # baseline: train mean over its valid pixels: 24 cols of 3, 48 cols of 5 -> 13/3
+    mean = (24 * 3 + 48 * 5) / 72
+    assert r['baseline_height'] == pytest.approx(mean)
+    base_a = np.sqrt((n1 * (mean - 1) ** 2 + n4 * (mean - 4) ** 2) / (n1 + n4))
+    assert r['baseline_rmse'] == pytest.approx((base_a + abs(mean - 3)) / 2, rel=1e-5)
+    # segmentation: everything predicted class 1 (code 20)
+    # truth: a 32 rows of 0 and 32 rows of 1; b all class 2
+    cm = np.array([[0, 32 * 96, 0], [0, 32 * 96, 0], [0, 64 * 96, 0]])
+    assert r['confusion_matrix'] == cm.tolist()
+    assert r['oa'] == pytest.approx(0.25)
+    assert r['iou'] == pytest.approx([0.0, 0.25, 0.0])
+    assert r['miou'] == pytest.approx(0.25 / 3)
+    assert r['fwiou'] == pytest.approx(0.25 * 0.25)
+    assert [p['name'] for p in r['per_image']] == ['a', 'b']
+    assert r['per_image'][1]['rmse'] == pytest.approx(1.0)
+    assert r['images'] == 2 and r['split'] == 'test'
+
+
+def test_correction_reports_both_heights(fake_split):
+    r = evaluation.evaluate(ConstantMTL(), ConstantDAE(), split='test', max_images=1,
+                            verbose=0)
+    assert r['images'] == 1
+    n1, n4 = 64 * 48 - 1, 64 * 48
+    assert r['mtl_mae'] == pytest.approx((n1 * 1 + n4 * 2) / (n1 + n4), rel=1e-5)
+    assert r['mae'] == pytest.approx((n1 * 0.5 + n4 * 2.5) / (n1 + n4), rel=1e-5)
+
+
+def test_binary_dataset_masks_heights(fake_split):
+    config.label_codes = [0, 1]
+    fake_split['b'].labels[:] = 1
+    fake_split['b'].labels[:, :48] = 0
+    r = evaluation.evaluate(ConstantMTL(), split='test', verbose=0)
+    # everything predicted class 1 -> prediction stays 2; image b truth is 3 on
+    # class 1 and masked to 0 elsewhere: errors 1 and 2 on half the pixels each
+    assert r['per_image'][1]['mae'] == pytest.approx(1.5)
+    assert r['per_image'][1]['mse'] == pytest.approx(2.5)
+    # image a: class 1 on rows 32.. (truth kept), else 0; the NaN stays excluded
+    heights = fake_split['a'].height
+    gt = np.where((fake_split['a'].labels == 1) | np.isnan(heights), heights, 0.0)
+    err = (2.0 - gt)[np.isfinite(gt)]
+    assert r['per_image'][0]['mse'] == pytest.approx(np.mean(err ** 2), rel=1e-5)
+
+
+def test_outputs_keep_georeferencing(fake_split, tmp_path):
+    config.test_plot_images = 1
+    out = tmp_path / 'out'
+    evaluation.evaluate(ConstantMTL(), ConstantDAE(), split='test', out_dir=str(out),
+                        verbose=0)
+    assert sorted(os.listdir(out)) == ['a.png', 'a_height.tif', 'a_sem.tif',
+                                       'b_height.tif', 'b_sem.tif']
+    with tifffile.TiffFile(out / 'a_height.tif') as tif:
+        page = tif.pages[0]
+        height = page.asarray()
+        assert height.dtype == np.float32
+        np.testing.assert_allclose(height, 1.5, atol=1e-5)
+        for code, _, _, value, _ in GEO:
+            got = page.tags[code].value
+            assert (got == value if isinstance(value, str)
+                    else tuple(got) == pytest.approx(value)), code
+    with tifffile.TiffFile(out / 'b_height.tif') as tif:   # PNG input: no tags to keep
+        assert 34735 not in tif.pages[0].tags
+    sem = tifffile.imread(out / 'a_sem.tif')
+    assert sem.shape == (64, 96) and (sem == 20).all()
+
+
+def test_rgb_label_codes_written_as_colours(fake_split, tmp_path):
+    config.label_codes = [(255, 255, 255), (0, 0, 255), (0, 255, 0)]
+    config.test_plot_images = 0
+    evaluation.evaluate(ConstantMTL(), split='test', out_dir=str(tmp_path), max_images=1,
+                        verbose=0)
+    sem = tifffile.imread(tmp_path / 'a_sem.tif')
+    assert sem.shape == (64, 96, 3) and (sem == [0, 0, 255]).all()
+    assert not (tmp_path / 'a.png').exists()
