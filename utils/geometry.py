@@ -1,0 +1,74 @@
+"""Geometric targets made from a height map: surface normals and edges.
+
+Both follow the published recipe (dsmnet.md, "Targets made from the height
+map"). Nodata (NaN) heights are first replaced by the value of the nearest
+valid pixel: unlike filling with 0 or the mean, this creates no artificial
+step at the border of a hole, so the normals and edges next to nodata stay
+those of the surrounding surface. The training mask keeps the filled pixels
+themselves out of the loss.
+"""
+import cv2
+import numpy as np
+
+import config
+
+
+def fill_nodata(height):
+    """`height` as float64 with every NaN replaced by its nearest valid value.
+
+    All-NaN input gives zeros (nothing to copy from).
+    """
+    height = np.asarray(height, dtype=np.float64)
+    invalid = ~np.isfinite(height)
+    if not invalid.any():
+        return height.copy()
+    if invalid.all():
+        return np.zeros_like(height)
+    # The distance transform labels every pixel with the nearest zero
+    # (= valid) pixel; each valid pixel has its own label.
+    _, labels = cv2.distanceTransformWithLabels(
+        invalid.astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    value_of_label = np.zeros(labels.max() + 1, dtype=np.float64)
+    value_of_label[labels[~invalid]] = height[~invalid]
+    return value_of_label[labels]
+
+
+def surface_normals(height):
+    """Unit normals of the height map, HxWx3 float32 stored as (n + 1) / 2.
+
+    n = (-zx, -zy, 1) / |.| with zx, zy the raw OpenCV Sobel (ksize=5)
+    derivatives along columns and rows, as published (not divided by the
+    kernel's gain of 128). Values in [0, 1], or [0, 255] when
+    config.normalize_flag is False.
+    """
+    h = fill_nodata(height)
+    zx = cv2.Sobel(h, cv2.CV_64F, 1, 0, ksize=5)
+    zy = cv2.Sobel(h, cv2.CV_64F, 0, 1, ksize=5)
+    n = np.stack([-zx, -zy, np.ones_like(h)], axis=-1)
+    n /= np.linalg.norm(n, axis=-1, keepdims=True)
+    stored = (n + 1.0) / 2.0
+    if not config.normalize_flag:
+        stored *= 255.0
+    return stored.astype(np.float32)
+
+
+def edge_map(height):
+    """Height edges, HxW float32 in {0, 1}.
+
+    Recipe: heights outside 0..255 are min-max scaled to 0..255; binary
+    threshold at config.roof_height_threshold; Gaussian blur 5x5; opening
+    with a 3x3 kernel, iterations=2; Canny(config.canny_lt, config.canny_ht).
+    The threshold is applied to the scaled float heights, which is the uint8
+    recipe without its rounding step.
+    """
+    h = fill_nodata(height)
+    low, high = h.min(), h.max()
+    if low < 0 or high > 255:
+        h = (h - low) / (high - low) * 255.0 if high > low else np.zeros_like(h)
+    _, binary = cv2.threshold(h.astype(np.float32), config.roof_height_threshold, 255,
+                              cv2.THRESH_BINARY)
+    blurred = cv2.GaussianBlur(binary.astype(np.uint8), (5, 5), 0)
+    opened = cv2.morphologyEx(blurred, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8),
+                              iterations=2)
+    edges = cv2.Canny(opened, config.canny_lt, config.canny_ht)
+    return (edges / 255.0).astype(np.float32)
