@@ -1,0 +1,389 @@
+"""Discovery and loading of every dataset layout on small hand-made trees."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+import config
+from utils import datasets, settings
+from utils.datasets import DatasetError, Sample
+
+VAIHINGEN = {'train': (1, 3, 5, 7, 11, 13, 15, 17, 21, 23, 26, 30, 34), 'valid': (28, 32, 37),
+             'test': (2, 4, 6, 8, 10, 12, 14, 16, 20, 22, 24, 27, 29, 31, 33, 35, 38)}
+COLOURS = [(255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0)]
+SIZE = 32
+
+
+def use(tmp_path, name, *more):
+    settings.apply([f'dataset_name={name}', f'shortcut_path={tmp_path}', f'cropSize={SIZE}',
+                    *more])
+    return os.path.join(str(tmp_path), name)
+
+
+def tif(path, array):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tifffile.imwrite(path, array)
+
+
+def rgb(value=100, size=SIZE):
+    return np.full((size, size, 3), value, np.uint8)
+
+
+def colour_labels(indices):
+    return np.array(COLOURS, np.uint8)[indices]
+
+
+# ------------------------------------------------------------------ Vaihingen
+
+def make_vaihingen(root, skip=()):
+    for area in sum(VAIHINGEN.values(), ()):
+        if area in skip:
+            continue
+        tif(f'{root}/RGB/top_mosaic_09cm_area{area}.tif', rgb(area))
+        os.makedirs(f'{root}/NDSM', exist_ok=True)
+        cv2.imwrite(f'{root}/NDSM/dsm_09cm_matching_area{area}.jpg',
+                    np.full((SIZE, SIZE), area, np.uint8))
+        tif(f'{root}/SEM/top_mosaic_09cm_area{area}.tif',
+            colour_labels(np.full((SIZE, SIZE), area % 6)))
+
+
+def test_vaihingen_splits_are_the_published_areas(tmp_path):
+    root = use(tmp_path, 'Vaihingen')
+    make_vaihingen(root)
+    for split, areas in VAIHINGEN.items():
+        samples = datasets.find_split(split)
+        assert [s.name for s in samples] == [f'top_mosaic_09cm_area{a}' for a in areas]
+        assert samples[0].height == f'{root}/NDSM/dsm_09cm_matching_area{areas[0]}.jpg'
+    assert datasets.is_tile_dataset()
+    config.train_valid_flag = False
+    assert len(datasets.find_split('train')) == 13 + 3
+
+
+def test_vaihingen_loading(tmp_path):
+    root = use(tmp_path, 'Vaihingen')
+    make_vaihingen(root)
+    sample = datasets.find_split('valid')[1]    # area 32
+    loaded = datasets.load_sample(sample)
+    assert loaded.image.dtype == np.float32 and loaded.image.shape == (SIZE, SIZE, 3)
+    np.testing.assert_allclose(loaded.image, 32 / 255, rtol=1e-6)
+    assert loaded.height.dtype == np.float32 and (loaded.height == 32).all()  # 8-bit as stored
+    assert loaded.labels.dtype == np.int32 and (loaded.labels == 32 % 6).all()
+    datasets.check_split(datasets.find_split('test'))
+
+
+def test_vaihingen_label_colours_map_to_their_indices(tmp_path):
+    use(tmp_path, 'Vaihingen')
+    indices = np.arange(36).reshape(6, 6) % 6
+    path = f'{tmp_path}/labels.tif'
+    tif(path, colour_labels(indices))
+    np.testing.assert_array_equal(datasets.read_labels(path), indices)
+    # Blue (0,0,255) is building = 1 and red (255,0,0) clutter = 5 in the ISPRS legend.
+    tif(path, np.array([[[0, 0, 255], [255, 0, 0]]], np.uint8))
+    np.testing.assert_array_equal(datasets.read_labels(path), [[1, 5]])
+    # OpenCV stores BGR: written as BGR (255,0,0) the first pixel is blue = building.
+    cv2.imwrite(f'{tmp_path}/labels.png', np.array([[[255, 0, 0], [0, 0, 255]]], np.uint8))
+    np.testing.assert_array_equal(datasets.read_labels(f'{tmp_path}/labels.png'), [[1, 5]])
+
+
+def test_unknown_label_colour_is_named(tmp_path):
+    use(tmp_path, 'Vaihingen')
+    path = f'{tmp_path}/labels.tif'
+    tif(path, np.array([[[0, 0, 255], [12, 34, 56]]], np.uint8))
+    with pytest.raises(DatasetError, match=r'labels\.tif.*\(12, 34, 56\)'):
+        datasets.read_labels(path)
+
+
+def test_vaihingen_missing_partner_is_named(tmp_path):
+    root = use(tmp_path, 'Vaihingen')
+    make_vaihingen(root)
+    os.remove(f'{root}/NDSM/dsm_09cm_matching_area28.jpg')
+    with pytest.raises(DatasetError, match='dsm_09cm_matching_area28'):
+        datasets.find_split('valid')
+
+
+def test_missing_dataset_root_shows_the_expected_tree(tmp_path):
+    use(tmp_path, 'Vaihingen')
+    with pytest.raises(DatasetError) as err:
+        datasets.find_split('train')
+    message = str(err.value)
+    assert os.path.join(str(tmp_path), 'Vaihingen') in message
+    assert 'NDSM/dsm_09cm_matching_area<N>.jpg' in message and 'shortcut_path' in message
+
+
+def test_missing_label_folder_is_an_error_only_with_sem_flag(tmp_path):
+    root = use(tmp_path, 'Vaihingen')
+    make_vaihingen(root)
+    for name in os.listdir(f'{root}/SEM'):
+        os.remove(f'{root}/SEM/{name}')
+    os.rmdir(f'{root}/SEM')
+    with pytest.raises(DatasetError, match='SEM.*sem_flag'):
+        datasets.find_split('train')
+    config.sem_flag = False
+    sample = datasets.find_split('train')[0]
+    assert sample.labels is None and datasets.load_sample(sample).labels is None
+
+
+# ------------------------------------------------------------------ DFC2018
+
+def test_dfc2018_outlier_rule_by_hand():
+    dsm = np.array([[10.0, 2000.0], [5.0, -5000.0]])
+    # In-range values 10 and 5: 2000 -> 10 (max), -5000 -> 5 (min).
+    np.testing.assert_array_equal(datasets.correct_dfc2018(dsm), [[10, 10], [5, 5]])
+    dem = np.array([[1.0, np.nan], [-9999.0, 2.0]])
+    fixed = datasets.correct_dfc2018(dem)
+    assert fixed[0, 0] == 1 and np.isnan(fixed[0, 1]) and fixed[1, 0] == 1 and fixed[1, 1] == 2
+    assert np.isnan(datasets.correct_dfc2018(np.full((2, 2), 5000.0))).all()
+
+
+def test_dfc2018_height_is_dsm_minus_dem(tmp_path):
+    root = use(tmp_path, 'DFC2018')
+    tiles = {'train': ['UH_NAD83_272056_3289689', 'UH_NAD83_272652_3289689',
+                       'UH_NAD83_273248_3289689'], 'valid': ['UH_NAD83_273844_3289689']}
+    dsm = np.full((SIZE, SIZE), 30.0, np.float32)
+    dsm[0, 0], dsm[0, 1], dsm[0, 2] = 40.0, 1e38, -1e38     # max of the rest 40, min 30
+    dem = np.full((SIZE, SIZE), 20.0, np.float32)
+    dem[1, 1] = 22.0
+    for tile in sum(tiles.values(), []):
+        tif(f'{root}/RGB/{tile}.tif', rgb())
+        tif(f'{root}/DSM/{tile}.tif', dsm)
+        tif(f'{root}/DEM/{tile}.tif', dem)
+        tif(f'{root}/SEM/{tile}.tif', np.full((SIZE, SIZE), 20, np.uint8))
+    samples = datasets.find_split('train')
+    assert [s.name for s in samples] == tiles['train']
+    assert samples[0].dem == f"{root}/DEM/{tiles['train'][0]}.tif"
+    loaded = datasets.load_sample(datasets.find_split('valid')[0])
+    expected = np.full((SIZE, SIZE), 10.0)
+    expected[0, 0], expected[0, 1], expected[0, 2], expected[1, 1] = 20, 20, 10, 8
+    np.testing.assert_array_equal(loaded.height, expected)
+    assert (loaded.labels == 19).all()      # code 20 is the last of 1..20
+    with pytest.raises(DatasetError, match='UH_NAD83_271460_3289689'):
+        datasets.find_split('test')
+
+
+# ------------------------------------------------------------------ DFC2019
+
+def make_dfc2019(root, split_dir, truths, cls_value=2):
+    """truths: {n: 'AC' | 'A' | 'C'} which truths tile n has."""
+    for n, which in truths.items():
+        tif(f'{root}/{split_dir}/RGB/JAX_004_006_RGB_{n}.tif', rgb(n))
+        if 'A' in which:
+            tif(f'{root}/{split_dir}/Truth/JAX_004_006_AGL_{n}.tif',
+                np.full((SIZE, SIZE), float(n), np.float32))
+        if 'C' in which:
+            tif(f'{root}/{split_dir}/Truth/JAX_004_006_CLS_{n}.tif',
+                np.full((SIZE, SIZE), cls_value, np.uint8))
+
+
+def test_dfc2019_skips_images_without_both_truths(tmp_path):
+    root = use(tmp_path, 'DFC2019_crp256')
+    make_dfc2019(root, 'Train', {0: 'AC', 1: 'A', 2: 'C', 3: 'AC'})
+    make_dfc2019(root, 'Valid', {5: 'AC'})
+    samples = datasets.find_split('train')
+    assert [s.name for s in samples] == ['JAX_004_006_RGB_0', 'JAX_004_006_RGB_3']
+    assert samples[1].height == f'{root}/Train/Truth/JAX_004_006_AGL_3.tif'
+    assert samples[1].labels == f'{root}/Train/Truth/JAX_004_006_CLS_3.tif'
+    loaded = datasets.load_sample(samples[1])
+    assert (loaded.height == 3).all() and (loaded.labels == 0).all()   # code 2 -> index 0
+    assert not datasets.is_tile_dataset()
+    config.train_valid_flag = False
+    assert len(datasets.find_split('train')) == 3
+    with pytest.raises(DatasetError, match='Test'):
+        datasets.find_split('test')
+
+
+def test_dfc2019_no_image_with_both_truths_is_an_error(tmp_path):
+    root = use(tmp_path, 'DFC2019_crp256')
+    make_dfc2019(root, 'Valid', {0: 'A', 1: 'C'})
+    with pytest.raises(DatasetError, match='both truths'):
+        datasets.find_split('valid')
+
+
+def test_dfc2019_codes_and_bin_codes(tmp_path):
+    root = use(tmp_path, 'DFC2019_crp256')
+    path = f'{root}/cls.tif'
+    tif(path, np.array([[2, 5, 6, 9, 17, 65]], np.uint8))
+    np.testing.assert_array_equal(datasets.read_labels(path), [[0, 1, 2, 3, 4, 5]])
+    use(tmp_path, 'DFC2019_crp256_bin')
+    assert config.label_codes == [0, 1]
+    tif(path, np.array([[0, 1, 1, 0]], np.uint8))
+    np.testing.assert_array_equal(datasets.read_labels(path), [[0, 1, 1, 0]])
+    tif(path, np.array([[0, 1, 65, 0]], np.uint8))
+    with pytest.raises(DatasetError, match=r'cls\.tif.*\[65\]'):
+        datasets.read_labels(path)
+
+
+# ------------------------------------------------------------------ split folders
+
+def make_split_folders(root, split, names, folders=('rgb', 'dsm', 'sem')):
+    for i, name in enumerate(names):
+        tif(f'{root}/{split}/{folders[0]}/{name}.tif', rgb(10 * i))
+        tif(f'{root}/{split}/{folders[1]}/{name}.tif', np.full((SIZE, SIZE), float(i), np.float32))
+        tif(f'{root}/{split}/{folders[2]}/{name}.tif', np.full((SIZE, SIZE), i % 2, np.uint8))
+
+
+def test_dfc2023_pairs_by_name_and_stacks_sar(tmp_path):
+    root = use(tmp_path, 'DFC2023_track2', 'sar_mode=True')
+    # Created in an order unlike the sorted one: pairing must follow names.
+    names = ['P0300', 'P0002', 'P0101']
+    make_split_folders(root, 'train', names)
+    for i, name in enumerate(names):
+        tif(f'{root}/train/sar/{name}.tif', np.full((SIZE, SIZE), 1000 * (i + 1), np.uint16))
+    samples = datasets.find_split('train')
+    assert [s.name for s in samples] == sorted(names)
+    for sample in samples:
+        for path in (sample.height, sample.labels, sample.sar):
+            assert os.path.basename(path) == sample.name + '.tif'
+    loaded = datasets.load_sample(samples[2])       # P0300, made first (i = 0)
+    assert loaded.image.shape == (SIZE, SIZE, 4)
+    np.testing.assert_allclose(loaded.image[..., 3], 1000 / 65535, rtol=1e-6)
+    assert (loaded.height == 0).all() and (loaded.labels == 0).all()
+    os.remove(f'{root}/train/sar/P0101.tif')
+    with pytest.raises(DatasetError, match=r'rgb/P0101\.tif.*sar'):
+        datasets.find_split('train')
+
+
+def test_vaihingen_crp256_uses_ndsm_folders(tmp_path):
+    root = use(tmp_path, 'Vaihingen_crp256')
+    make_split_folders(root, 'valid', ['a_0'], folders=('rgb', 'ndsm', 'sem'))
+    sample = datasets.find_split('valid')[0]
+    assert sample.height == f'{root}/valid/ndsm/a_0.tif'
+    # Cropped Vaihingen that keeps the original names pairs top_mosaic with dsm_matching.
+    tif(f'{root}/test/rgb/top_mosaic_09cm_area2_0.tif', rgb())
+    tif(f'{root}/test/ndsm/dsm_09cm_matching_area2_0.tif', np.zeros((SIZE, SIZE), np.float32))
+    tif(f'{root}/test/sem/top_mosaic_09cm_area2_0.tif', colour_labels(np.zeros((SIZE, SIZE), int)))
+    assert datasets.find_split('test')[0].height.endswith('dsm_09cm_matching_area2_0.tif')
+    config.sar_mode = True
+    with pytest.raises(DatasetError, match='sar_mode'):
+        datasets.find_split('valid')
+
+
+def test_missing_split_folder_is_named(tmp_path):
+    root = use(tmp_path, 'DFC2023')
+    make_split_folders(root, 'train', ['x'])
+    with pytest.raises(DatasetError,
+                       match=r'(?s)Missing valid split folder: .*DFC2023/valid\n'
+                             r'.*train/ valid/ test/'):
+        datasets.find_split('valid')
+
+
+def test_empty_split_is_an_error(tmp_path):
+    root = use(tmp_path, 'DFC2023')
+    for folder in ('rgb', 'dsm', 'sem'):
+        os.makedirs(f'{root}/test/{folder}')
+    with pytest.raises(DatasetError, match=r'test split has no images'):
+        datasets.find_split('test')
+
+
+def test_image_without_height_is_named(tmp_path):
+    root = use(tmp_path, 'DFC2023')
+    make_split_folders(root, 'train', ['a', 'b'])
+    os.remove(f'{root}/train/dsm/b.tif')
+    with pytest.raises(DatasetError, match=r'rgb/b\.tif: no height partner'):
+        datasets.find_split('train')
+
+
+def test_image_without_labels_is_named(tmp_path):
+    root = use(tmp_path, 'DFC2023')
+    make_split_folders(root, 'train', ['a', 'b'])
+    os.remove(f'{root}/train/sem/a.tif')
+    with pytest.raises(DatasetError, match=r'rgb/a\.tif: no labels partner'):
+        datasets.find_split('train')
+
+
+# ------------------------------------------------------------------ check_split
+
+def one_sample(tmp_path, image=None, height=None, labels=None):
+    root = use(tmp_path, 'DFC2023')
+    tif(f'{root}/train/rgb/s.tif', rgb() if image is None else image)
+    tif(f'{root}/train/dsm/s.tif', np.ones((SIZE, SIZE), np.float32) if height is None else height)
+    tif(f'{root}/train/sem/s.tif', np.zeros((SIZE, SIZE), np.uint8) if labels is None else labels)
+    return datasets.find_split('train')
+
+
+def test_good_sample_passes(tmp_path):
+    datasets.check_split(one_sample(tmp_path))
+
+
+def test_different_sizes_name_both_files(tmp_path):
+    samples = one_sample(tmp_path, height=np.ones((SIZE, SIZE + 8), np.float32))
+    with pytest.raises(DatasetError, match=r'rgb/s\.tif is 32x32.*dsm/s\.tif is 40x32'):
+        datasets.check_split(samples)
+
+
+def test_unreadable_file_is_named(tmp_path):
+    samples = one_sample(tmp_path)
+    with open(samples[0].labels, 'wb') as f:
+        f.write(b'not an image at all')
+    with pytest.raises(DatasetError, match=r'Cannot read .*sem/s\.tif'):
+        datasets.check_split(samples)
+
+
+def test_image_smaller_than_crop_is_named(tmp_path):
+    samples = one_sample(tmp_path)
+    config.cropSize = 64
+    with pytest.raises(DatasetError, match=r'rgb/s\.tif is 32x32, smaller than cropSize=64.*32'):
+        datasets.check_split(samples)
+
+
+def test_labels_outside_codes_are_named(tmp_path):
+    samples = one_sample(tmp_path, labels=np.full((SIZE, SIZE), 7, np.uint8))
+    with pytest.raises(DatasetError, match=r'sem/s\.tif: label values \[7\]'):
+        datasets.check_split(samples)
+
+
+def test_all_nan_heights_are_named(tmp_path):
+    samples = one_sample(tmp_path, height=np.full((SIZE, SIZE), -9999.0, np.float32))
+    with pytest.raises(DatasetError, match=r'dsm/s\.tif: every height is nodata'):
+        datasets.check_split(samples)
+
+
+def test_empty_sample_list_is_an_error(tmp_path):
+    use(tmp_path, 'DFC2023')
+    with pytest.raises(DatasetError, match='no samples'):
+        datasets.check_split([])
+
+
+# ------------------------------------------------------------------ value conventions
+
+def test_nodata_becomes_nan(tmp_path):
+    height = np.array([[1.5, -9999.0], [np.inf, -1001.0], [-1000.0, 7.0]], np.float32)
+    path = f'{tmp_path}/h.tif'
+    tif(path, height)
+    got = datasets.read_height(path)
+    np.testing.assert_array_equal(np.isnan(got), [[0, 1], [1, 1], [0, 0]])
+    assert got[0, 0] == 1.5 and got[2, 0] == -1000 and got[2, 1] == 7
+    # A GDAL_NODATA tag (42113) value is nodata too.
+    tifffile.imwrite(path, np.array([[0.0, 3.0]], np.float32),
+                     extratags=[(42113, 's', 0, '0', True)])
+    got = datasets.read_height(path)
+    assert np.isnan(got[0, 0]) and got[0, 1] == 3
+
+
+def test_image_scaling_by_type(tmp_path):
+    path = f'{tmp_path}/i.tif'
+    tif(path, np.array([[[0, 32768, 65535]]], np.uint16))
+    np.testing.assert_allclose(datasets.read_image(path), [[[0, 32768 / 65535, 1]]], rtol=1e-6)
+    tif(path, np.array([[[10.0, 20.0, 30.0]]], np.float32))      # float: min-max
+    np.testing.assert_allclose(datasets.read_image(path), [[[0, 0.5, 1]]])
+    tif(path, np.array([[[0.1, 0.2, 0.3]]], np.float32))         # float in [0,1]: kept
+    np.testing.assert_allclose(datasets.read_image(path), [[[0.1, 0.2, 0.3]]], rtol=1e-6)
+    # OpenCV files come back RGB: a PNG pixel written as BGR (0, 0, 255) is red.
+    cv2.imwrite(f'{tmp_path}/i.png', np.array([[[0, 0, 255]]], np.uint8))
+    np.testing.assert_array_equal(datasets.read_image(f'{tmp_path}/i.png'), [[[1, 0, 0]]])
+
+
+def test_lzw_tiff_is_read(tmp_path):
+    # OpenCV writes LZW-compressed TIFFs, which tifffile cannot decode without
+    # imagecodecs: the reader falls back to OpenCV (and converts BGR to RGB).
+    path = f'{tmp_path}/lzw.tif'
+    cv2.imwrite(path, np.array([[[0, 0, 255], [255, 0, 0]]], np.uint8))
+    np.testing.assert_array_equal(datasets.read_image(path), [[[1, 0, 0], [0, 0, 1]]])
+
+
+def test_sample_is_frozen():
+    sample = Sample(name='a', image='a.tif', height='h.tif', labels=None)
+    assert sample.dem is None and sample.sar is None
+    with pytest.raises(Exception):
+        sample.name = 'b'

@@ -1,0 +1,509 @@
+"""Finding and loading the images, heights and labels of every dataset.
+
+The datasets root is os.path.join(config.shortcut_path, config.dataset_name);
+config.layout (from the dataset table in config.py) says how it is organised:
+
+  'vaihingen'      RGB/top_mosaic_09cm_area<N>.tif, NDSM/dsm_09cm_matching_area<N>.jpg,
+                   SEM/top_mosaic_09cm_area<N>.tif; the split is a fixed list of areas.
+  'dfc2018'        RGB/ DSM/ DEM/ SEM/ each <tile>.tif; the split is a fixed list of tiles.
+  'dfc2019'        Train/ Valid/ Test/, each RGB/<base>_RGB_<n>.tif with
+                   Truth/<base>_AGL_<n>.tif and Truth/<base>_CLS_<n>.tif; an RGB image
+                   without BOTH truths is skipped (published rule).
+  'split_folders'  train/ valid/ test/, each with one folder per modality holding files
+                   of the same name: DFC2023* rgb/ sar/ dsm/ sem/; Vaihingen_crp256
+                   rgb/ ndsm/ sem/; synthetic rgb/ dsm/ sem/; any other name: like DFC2023.
+
+Files are paired by name, never by directory order. A partner may have any
+of the image extensions (.tif .tiff .png .jpg .jpeg); for Vaihingen-style
+names the height partner of top_mosaic_09cm_area<X> is dsm_09cm_matching_area<X>.
+
+Loading conventions:
+  image   float32 HxWx3 (HxWx4 with SAR) in [0, 1]: uint8 / 255, uint16 / 65535;
+          float data already within [0, 1] kept, any other type min-max scaled per
+          image. Channels after the third (alpha, NIR) are dropped. A multi-band
+          SAR file is averaged into one channel, then scaled the same way.
+  height  float32 HxW metres (Vaihingen: the 8-bit nDSM value as stored). Nodata
+          becomes NaN: non-finite values, the TIFF's GDAL_NODATA value, and values
+          below -1000 (e.g. -9999, -32768, -3.4e38). DFC2018 instead applies its
+          published outlier rule to DSM and DEM (see correct_dfc2018).
+  labels  int32 HxW indices into config.label_codes (RGB colour triplets for
+          Vaihingen, integer codes elsewhere).
+TIFFs are read with tifffile; compressed ones tifffile cannot decode without
+the optional imagecodecs package (e.g. LZW) are read with OpenCV instead.
+"""
+import dataclasses
+import os
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+import tifffile
+
+import config
+
+SPLITS = ('train', 'valid', 'test')
+IMAGE_EXTENSIONS = ('.tif', '.tiff', '.png', '.jpg', '.jpeg')
+NODATA_BELOW = -1000.0      # heights below this are nodata (DFC2018: outliers)
+DFC2018_OUTLIER = 1000.0
+
+VAIHINGEN_AREAS = {
+    'train': (1, 3, 5, 7, 11, 13, 15, 17, 21, 23, 26, 30, 34),
+    'valid': (28, 32, 37),
+    'test': (2, 4, 6, 8, 10, 12, 14, 16, 20, 22, 24, 27, 29, 31, 33, 35, 38),
+}
+DFC2018_TILES = {
+    'train': ('UH_NAD83_272056_3289689', 'UH_NAD83_272652_3289689', 'UH_NAD83_273248_3289689'),
+    'valid': ('UH_NAD83_273844_3289689',),
+    'test': ('UH_NAD83_271460_3289689', 'UH_NAD83_271460_3290290', 'UH_NAD83_272056_3290290',
+             'UH_NAD83_272652_3290290', 'UH_NAD83_273248_3290290', 'UH_NAD83_273844_3290290',
+             'UH_NAD83_274440_3289689', 'UH_NAD83_274440_3290290', 'UH_NAD83_275036_3289689',
+             'UH_NAD83_275036_3290290'),
+}
+DFC2019_SPLIT_DIRS = {'train': 'Train', 'valid': 'Valid', 'test': 'Test'}
+# Modality folders of the 'split_folders' layout by dataset name prefix
+# (longest match wins; no match: the DFC2023 names).
+SPLIT_FOLDER_NAMES = {
+    'DFC2023': dict(image='rgb', height='dsm', labels='sem', sar='sar'),
+    'Vaihingen_crp256': dict(image='rgb', height='ndsm', labels='sem', sar=None),
+    'synthetic': dict(image='rgb', height='dsm', labels='sem', sar=None),
+}
+MAX_LISTED = 5              # problems listed in one error message
+
+
+class DatasetError(ValueError):
+    """Bad or missing dataset files; the message names the file and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One image and the files that go with it."""
+    name: str                   # e.g. 'top_mosaic_09cm_area1' or the image's file stem
+    image: str                  # path of the RGB/IRRG image
+    height: str                 # path of the nDSM / AGL / dsm (DFC2018: the DSM)
+    labels: str | None          # path of the semantic label image
+    dem: str | None = None      # DFC2018 only
+    sar: str | None = None      # DFC2023 with config.sar_mode
+
+
+class Loaded(NamedTuple):
+    image: np.ndarray           # float32 HxWxC in [0, 1]
+    height: np.ndarray          # float32 HxW, NaN where nodata
+    labels: np.ndarray | None   # int32 HxW class indices
+
+
+def dataset_root():
+    return os.path.join(config.shortcut_path, config.dataset_name)
+
+
+def is_tile_dataset():
+    """True for the large-tile datasets that are trained on random crops."""
+    return config.layout in ('vaihingen', 'dfc2018')
+
+
+def split_folder_names():
+    """Modality folder names of the current 'split_folders' dataset."""
+    matches = [k for k in SPLIT_FOLDER_NAMES if config.dataset_name.startswith(k)]
+    return SPLIT_FOLDER_NAMES[max(matches, key=len) if matches else 'DFC2023']
+
+
+def expected_layout():
+    """The folder tree the current dataset should have, for error messages."""
+    root = dataset_root()
+    if config.layout == 'vaihingen':
+        areas = '\n'.join(f"    {s}: areas {' '.join(map(str, a))}"
+                          for s, a in VAIHINGEN_AREAS.items())
+        return (f"{root}/\n  RGB/top_mosaic_09cm_area<N>.tif\n"
+                f"  NDSM/dsm_09cm_matching_area<N>.jpg\n  SEM/top_mosaic_09cm_area<N>.tif\n"
+                f"{areas}")
+    if config.layout == 'dfc2018':
+        tiles = '\n'.join(f"    {s}: {' '.join(t)}" for s, t in DFC2018_TILES.items())
+        return (f"{root}/\n  RGB/<tile>.tif\n  DSM/<tile>.tif\n  DEM/<tile>.tif\n"
+                f"  SEM/<tile>.tif\n{tiles}")
+    if config.layout == 'dfc2019':
+        return (f"{root}/\n  Train/ Valid/ Test/  each with\n    RGB/<base>_RGB_<n>.tif\n"
+                f"    Truth/<base>_AGL_<n>.tif\n    Truth/<base>_CLS_<n>.tif")
+    names = split_folder_names()
+    lines = [f"    {names[m]}/<name>.tif" for m in ('image', 'sar', 'height', 'labels')
+             if names[m] and (m != 'sar' or config.sar_mode)]
+    return f"{root}/\n  train/ valid/ test/  each with\n" + '\n'.join(lines) + \
+        "\n  (the same file name in every folder)"
+
+
+def _layout_error(what):
+    return DatasetError(f"{what}\nExpected layout for dataset_name={config.dataset_name!r} "
+                        f"(layout {config.layout!r}):\n{expected_layout()}\n"
+                        f"Fix: put the data there, or set shortcut_path (now "
+                        f"{config.shortcut_path!r}) / dataset_name to where it is.")
+
+
+def _require_dir(path, what):
+    if not os.path.isdir(path):
+        raise _layout_error(f"Missing {what} folder: {path}")
+
+
+def _index(folder):
+    """{file stem: path} of the image files in `folder` (empty if it is missing)."""
+    if not os.path.isdir(folder):
+        return {}
+    index = {}
+    for entry in sorted(os.listdir(folder)):
+        stem, ext = os.path.splitext(entry)
+        if ext.lower() not in IMAGE_EXTENSIONS:
+            continue
+        path = os.path.join(folder, entry)
+        if stem in index:
+            raise DatasetError(f"Two files with the name {stem!r}: {index[stem]} and {path}. "
+                               f"Fix: remove or rename one of them.")
+        index[stem] = path
+    return index
+
+
+def _raise_problems(problems, fix):
+    if problems:
+        listed = '\n  '.join(problems[:MAX_LISTED])
+        more = f"\n  ... and {len(problems) - MAX_LISTED} more" \
+            if len(problems) > MAX_LISTED else ''
+        raise DatasetError(f"{len(problems)} problem(s) in dataset "
+                           f"{config.dataset_name!r}:\n  {listed}{more}\nFix: {fix}")
+
+
+def _labels_needed(folder, what):
+    """Whether the label folder is used: required with sem_flag, optional without."""
+    if os.path.isdir(folder):
+        return True
+    if config.sem_flag:
+        raise _layout_error(f"Missing {what} folder: {folder} (needed because sem_flag=True; "
+                            f"set sem_flag=False to train without semantics)")
+    return False
+
+
+def _find_named(root, split, stems, folders):
+    """Samples of the fixed-name layouts (Vaihingen, DFC2018).
+
+    stems: [(name, {modality: file stem})]; folders: {modality: folder name}.
+    """
+    for modality, folder in folders.items():
+        if modality != 'labels':
+            _require_dir(os.path.join(root, folder), folder)
+    use_labels = _labels_needed(os.path.join(root, folders['labels']), folders['labels'])
+    index = {m: _index(os.path.join(root, f)) for m, f in folders.items()}
+    samples, problems = [], []
+    for name, stem in stems:
+        paths = {}
+        for modality in folders:
+            if modality == 'labels' and not use_labels:
+                paths[modality] = None
+                continue
+            paths[modality] = index[modality].get(stem[modality])
+            if paths[modality] is None:
+                expected = os.path.join(root, folders[modality], stem[modality])
+                problems.append(f"{split}: missing {expected}.* ({modality} of {name})")
+        samples.append(Sample(name=name, image=paths['image'], height=paths['height'],
+                              labels=paths['labels'], dem=paths.get('dem')))
+    _raise_problems(problems, "the published split lists these files by name; add them "
+                              "(see the expected layout in utils/datasets.py).")
+    return samples
+
+
+def _find_vaihingen(root, split):
+    stems = [(f'top_mosaic_09cm_area{n}',
+              dict(image=f'top_mosaic_09cm_area{n}', height=f'dsm_09cm_matching_area{n}',
+                   labels=f'top_mosaic_09cm_area{n}'))
+             for n in VAIHINGEN_AREAS[split]]
+    return _find_named(root, split, stems, dict(image='RGB', height='NDSM', labels='SEM'))
+
+
+def _find_dfc2018(root, split):
+    stems = [(t, dict(image=t, height=t, dem=t, labels=t)) for t in DFC2018_TILES[split]]
+    return _find_named(root, split, stems,
+                       dict(image='RGB', height='DSM', dem='DEM', labels='SEM'))
+
+
+def _find_dfc2019(root, split):
+    split_dir = os.path.join(root, DFC2019_SPLIT_DIRS[split])
+    _require_dir(split_dir, f"{DFC2019_SPLIT_DIRS[split]} split")
+    for sub in ('RGB', 'Truth'):
+        _require_dir(os.path.join(split_dir, sub), f"{DFC2019_SPLIT_DIRS[split]}/{sub}")
+    truth = _index(os.path.join(split_dir, 'Truth'))
+    samples, problems = [], []
+    for stem, path in _index(os.path.join(split_dir, 'RGB')).items():
+        base, marker, suffix = stem.rpartition('_RGB')
+        if not marker:
+            problems.append(f"{path}: name does not follow <base>_RGB_<n>")
+            continue
+        agl, cls = truth.get(f'{base}_AGL{suffix}'), truth.get(f'{base}_CLS{suffix}')
+        if agl and cls:     # published rule: an image without both truths is skipped
+            samples.append(Sample(name=stem, image=path, height=agl, labels=cls))
+    _raise_problems(problems, "rename the images to <base>_RGB_<n>.tif or move them out of RGB/.")
+    if not samples:
+        raise _layout_error(f"No image in {split_dir}/RGB has both truths "
+                            f"(Truth/<base>_AGL_<n> and Truth/<base>_CLS_<n>).")
+    return samples
+
+
+def _find_split_folders(root, split):
+    names = split_folder_names()
+    split_dir = os.path.join(root, split)
+    _require_dir(split_dir, f"{split} split")
+    for modality in ('image', 'height'):
+        _require_dir(os.path.join(split_dir, names[modality]), f"{split}/{names[modality]}")
+    if config.sar_mode:
+        if not names['sar']:
+            raise DatasetError(f"sar_mode=True but dataset {config.dataset_name!r} has no SAR "
+                               f"images. Fix: set sar_mode=False.")
+        _require_dir(os.path.join(split_dir, names['sar']), f"{split}/{names['sar']}")
+    use_labels = _labels_needed(os.path.join(split_dir, names['labels']),
+                                f"{split}/{names['labels']}")
+    index = {m: _index(os.path.join(split_dir, names[m]))
+             for m in ('image', 'height', 'labels', 'sar') if names[m]}
+    partners = ['height'] + (['labels'] if use_labels else []) + \
+        (['sar'] if config.sar_mode else [])
+    samples, problems = [], []
+    for stem, path in index['image'].items():
+        found = {}
+        for modality in partners:
+            candidates = [stem]
+            if modality == 'height':    # cropped Vaihingen keeps the original file names
+                candidates.append(stem.replace('top_mosaic_09cm_area', 'dsm_09cm_matching_area'))
+            found[modality] = next((index[modality][c] for c in candidates
+                                    if c in index[modality]), None)
+            if found[modality] is None:
+                problems.append(f"{path}: no {modality} partner "
+                                f"{os.path.join(split_dir, names[modality], stem)}.*")
+        samples.append(Sample(name=stem, image=path, height=found['height'],
+                              labels=found.get('labels'), sar=found.get('sar')))
+    _raise_problems(problems, "add the partner file with the same name, or remove the image.")
+    if not samples:
+        raise _layout_error(f"The {split} split has no images in "
+                            f"{os.path.join(split_dir, names['image'])}.")
+    return samples
+
+
+_FINDERS = {'vaihingen': _find_vaihingen, 'dfc2018': _find_dfc2018,
+            'dfc2019': _find_dfc2019, 'split_folders': _find_split_folders}
+
+
+def find_split(split):
+    """The samples of 'train', 'valid' or 'test', sorted by name.
+
+    With config.train_valid_flag False, 'train' also returns the valid samples.
+    For dataset_name 'synthetic' the data are generated on first use.
+    """
+    if split not in SPLITS:
+        raise DatasetError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+    root = dataset_root()
+    if config.dataset_name == 'synthetic':
+        from utils import synthetic
+        synthetic.ensure_synthetic(root)
+    if not os.path.isdir(root):
+        raise _layout_error(f"Dataset folder not found: {root}")
+    if config.layout not in _FINDERS:
+        raise DatasetError(f"Unknown layout {config.layout!r} for dataset "
+                           f"{config.dataset_name!r}; expected one of {', '.join(_FINDERS)}.")
+    parts = [split] + (['valid'] if split == 'train' and not config.train_valid_flag else [])
+    samples = []
+    for part in parts:
+        samples += _FINDERS[config.layout](root, part)
+    return samples
+
+
+# ------------------------------------------------------------------ reading
+
+def _read_raw(path):
+    """(array channels-last, GDAL nodata value or None) of an image file."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"File not found: {path}. Fix: restore the file or remove its "
+                           f"partners so the sample is not listed.")
+    nodata, array, error = None, None, None
+    if path.lower().endswith(('.tif', '.tiff')):
+        try:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                tag = page.tags.get('GDAL_NODATA')
+                if tag is not None:
+                    nodata = float(str(tag.value).strip('\x00 '))
+                array = page.asarray()
+                if array.ndim == 3 and page.axes.startswith('S'):   # planar channels
+                    array = np.moveaxis(array, 0, -1)
+        except Exception as err:    # OpenCV may still read it (e.g. LZW without imagecodecs)
+            array, error = None, err
+    if array is None:
+        array = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if array is not None and array.ndim == 3 and array.shape[2] in (3, 4):
+            array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB if array.shape[2] == 3
+                                 else cv2.COLOR_BGRA2RGBA)
+    if array is None:
+        reason = f" ({error})" if error else ''
+        raise DatasetError(f"Cannot read {path}{reason}. Fix: replace the file with a valid "
+                           f"TIFF/PNG/JPEG (compressed TIFFs may need `pip install imagecodecs`).")
+    return array, nodata
+
+
+def _single_channel(array, path, what):
+    """HxW from HxW, HxWx1, or HxWxC with identical channels (grey saved as colour)."""
+    if array.ndim == 3 and (array.shape[2] == 1 or
+                            all(np.array_equal(array[..., 0], array[..., c])
+                                for c in range(1, array.shape[2]))):
+        array = array[..., 0]
+    if array.ndim != 2:
+        raise DatasetError(f"{path}: expected a single-channel {what}, got shape "
+                           f"{array.shape}. Fix: export it as one band.")
+    return array
+
+
+def _to_unit(array):
+    """Scale an image band stack to float32 [0, 1] (see the module docstring)."""
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    values = array.astype(np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(values.shape, np.float32)
+    low, high = values[finite].min(), values[finite].max()
+    if not (np.issubdtype(array.dtype, np.floating) and low >= 0 and high <= 1):
+        values = (values - low) / (high - low) if high > low else values - low
+    return np.where(finite, values, 0).astype(np.float32)
+
+
+def read_image(path):
+    """float32 HxWx3 in [0, 1]."""
+    array, _ = _read_raw(path)
+    if array.ndim != 3 or array.shape[2] < 3:
+        raise DatasetError(f"{path}: expected a colour image with 3 channels, got shape "
+                           f"{array.shape}. Fix: export it as RGB.")
+    return _to_unit(array[..., :3])
+
+
+def read_sar(path):
+    """float32 HxW in [0, 1]; several bands are averaged."""
+    array, _ = _read_raw(path)
+    if array.ndim == 3:
+        array = array.astype(np.float64).mean(axis=-1) if array.shape[2] > 1 else array[..., 0]
+    return _to_unit(array)
+
+
+def read_height(path, nodata_to_nan=True):
+    """float32 HxW heights; nodata -> NaN unless `nodata_to_nan` is False."""
+    array, nodata = _read_raw(path)
+    height = _single_channel(array, path, 'height map').astype(np.float32)
+    if nodata_to_nan:
+        bad = ~np.isfinite(height) | (height < NODATA_BELOW)
+        if nodata is not None:
+            bad |= height == np.float32(nodata)
+        height[bad] = np.nan
+    return height
+
+
+def correct_dfc2018(raster):
+    """The published DFC2018 outlier rule, applied to one DSM or DEM raster.
+
+    Values > 1000 become the raster's max and values < -1000 its min, where
+    max and min are taken over the remaining (in-range, non-NaN) values: the
+    max over all values would be the outlier itself. NaN stays NaN; a raster
+    with no in-range value becomes all NaN.
+    """
+    raster = np.asarray(raster, dtype=np.float64)
+    in_range = (raster >= -DFC2018_OUTLIER) & (raster <= DFC2018_OUTLIER)
+    if not in_range.any():
+        return np.full(raster.shape, np.nan, np.float32)
+    fixed = raster.copy()
+    fixed[raster > DFC2018_OUTLIER] = raster[in_range].max()
+    fixed[raster < -DFC2018_OUTLIER] = raster[in_range].min()
+    return fixed.astype(np.float32)
+
+
+def read_labels(path):
+    """int32 HxW indices into config.label_codes; other values raise."""
+    array, _ = _read_raw(path)
+    codes = config.label_codes
+    if isinstance(codes[0], tuple):     # colour triplets (Vaihingen)
+        if array.ndim != 3 or array.shape[2] < 3:
+            raise DatasetError(f"{path}: label_codes are RGB colours but the label image has "
+                               f"shape {array.shape}. Fix: use the colour label images, or set "
+                               f"label_codes to the integer codes of this file.")
+        rgb = array[..., :3].astype(np.int64)
+        values = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        code_values = np.array([(r << 16) | (g << 8) | b for r, g, b in codes], np.int64)
+    else:
+        values = _single_channel(array, path, 'label image')
+        if not np.array_equal(values, np.round(values)):
+            raise DatasetError(f"{path}: label values are not integers. Fix: save the class "
+                               f"codes {list(codes)} as integers.")
+        values = values.astype(np.int64)
+        code_values = np.array(codes, np.int64)
+    order = np.argsort(code_values)
+    position = np.clip(np.searchsorted(code_values[order], values), 0, len(codes) - 1)
+    known = code_values[order][position] == values
+    if not known.all():
+        unknown = np.unique(values[~known])
+        if isinstance(codes[0], tuple):
+            shown = [((v >> 16) & 255, (v >> 8) & 255, v & 255) for v in unknown[:10].tolist()]
+        else:
+            shown = unknown[:10].tolist()
+        raise DatasetError(f"{path}: label values {shown} are not in label_codes "
+                           f"{list(codes)} ({int((~known).sum())} pixels). Fix: correct the "
+                           f"labels or set label_codes for this dataset.")
+    return order[position].astype(np.int32)
+
+
+def load_sample(sample):
+    """Decode one sample: Loaded(image, height, labels)."""
+    image = read_image(sample.image)
+    sizes = {sample.image: image.shape[:2]}
+    if sample.sar:
+        sar = read_sar(sample.sar)
+        sizes[sample.sar] = sar.shape
+        _check_sizes(sizes)
+        image = np.concatenate([image, sar[..., None]], axis=-1)
+    if sample.dem:      # DFC2018: height = DSM - DEM after the outlier rule on each
+        dsm = read_height(sample.height, nodata_to_nan=False)
+        dem = read_height(sample.dem, nodata_to_nan=False)
+        _check_sizes({sample.height: dsm.shape, sample.dem: dem.shape})
+        height = correct_dfc2018(dsm) - correct_dfc2018(dem)
+    else:
+        height = read_height(sample.height)
+    sizes[sample.height] = height.shape
+    labels = None
+    if sample.labels:
+        labels = read_labels(sample.labels)
+        sizes[sample.labels] = labels.shape
+    _check_sizes(sizes)
+    return Loaded(image, height, labels)
+
+
+def _check_sizes(sizes):
+    if len({tuple(s) for s in sizes.values()}) > 1:
+        listed = ', '.join(f"{p} is {s[1]}x{s[0]}" for p, s in sizes.items())
+        raise DatasetError(f"Files of one sample differ in size: {listed} (width x height). "
+                           f"Fix: resample them to the same grid.")
+
+
+def check_split(samples, verbose=0):
+    """Load every sample and raise DatasetError on anything training would trip over.
+
+    Besides what load_sample checks (readable files, sizes, label values):
+    every image at least config.cropSize on both sides, and not all heights nodata.
+    """
+    if not samples:
+        raise _layout_error("The split has no samples.")
+    progress = None
+    if verbose:
+        import keras
+        progress = keras.utils.Progbar(len(samples), unit_name='file')
+    crop = config.cropSize
+    for i, sample in enumerate(samples):
+        loaded = load_sample(sample)
+        rows, cols = loaded.height.shape
+        if min(rows, cols) < crop:
+            fitting = min(rows, cols) // 32 * 32
+            raise DatasetError(f"{sample.image} is {cols}x{rows}, smaller than cropSize={crop}. "
+                               f"Fix: set cropSize to at most {fitting} (a multiple of 32), "
+                               f"or remove the image.")
+        if not np.isfinite(loaded.height).any():
+            files = sample.height + (f" and {sample.dem}" if sample.dem else '')
+            raise DatasetError(f"{files}: every height is nodata (NaN, GDAL nodata or "
+                               f"< {NODATA_BELOW:g}). Fix: replace the file or remove the sample.")
+        if progress:
+            progress.update(i + 1)
