@@ -1,0 +1,360 @@
+"""The tf.data input pipeline of both training stages.
+
+`train_dataset(stage, global_batch, epoch, skip_batches)` yields GLOBAL batches
+(hand them to `strategy.experimental_distribute_dataset`), each a dict:
+    'image'  [B,c,c,C] float32 in [0,1]           (C = 4 with sar_mode, else 3)
+    'height' [B,c,c,1] float32, 0 where nodata
+    'mask'   [B,c,c,1] float32, 1 where the height is valid
+    'sem'    [B,c,c]   int32 class indices        (sem_flag; one-hot in the loss)
+    'norm'   [B,c,c,3] float32 (n+1)/2            (norm_flag; x255 without normalize_flag)
+    'edge'   [B,c,c,1] float32 in {0,1}           (edge_flag)
+with c = config.cropSize. Normals and edges come from utils.geometry over the
+whole tile or patch (which fills nodata before filtering), then are cropped
+with the rest, so a crop's border pixels see their real neighbours.
+
+Every random choice for a sample (tile, crop position, augmentation) is a
+stateless function of (config.seed, epoch, k), k being the sample's position
+in the epoch. An epoch is therefore reproducible, and resuming with
+skip_batches just starts the index range later: it yields exactly the tail of
+the uninterrupted epoch without producing the skipped samples.
+
+Large-tile datasets (Vaihingen, DFC2018): the training tiles are decoded
+once per process with their normals and edge maps and kept in memory,
+whatever *_preload says (a random crop read from disk would decode a whole
+tile per sample). Each sample takes a random tile and a random crop; an epoch
+is *_training_samples samples, floored to whole global batches.
+
+Patch datasets: one pass over the files per epoch, in an order shuffled with
+(config.seed, epoch); a file larger than the crop gives a random crop. The
+last partial batch is dropped (drop_remainder=True) so that every step holds
+the full global batch its loss is averaged over. With *_preload and at most
+config.preload_max_gb of decoded data the patches are decoded once and cached
+like tiles; otherwise every epoch reads and decodes them in parallel.
+"""
+import concurrent.futures
+import os
+
+import numpy as np
+import tensorflow as tf
+
+import config
+from utils import datasets, geometry
+
+STAGES = ('mtl', 'dae')
+_cache = {}     # the one decoded training set kept in memory: {'key': ..., 'value': _Cache}
+
+
+def _check_stage(stage):
+    if stage not in STAGES:
+        raise ValueError(f"stage = {stage!r}: use 'mtl' or 'dae'")
+
+
+def _field_specs():
+    """(name, dtype, channels) of every element field, in a fixed order."""
+    specs = [('image', tf.float32, 4 if config.sar_mode else 3),
+             ('height', tf.float32, 1), ('mask', tf.float32, 1)]
+    if config.sem_flag:
+        specs.append(('sem', tf.int32, 1))
+    if config.norm_flag:
+        specs.append(('norm', tf.float32, 3))
+    if config.edge_flag:
+        specs.append(('edge', tf.float32, 1))
+    return specs
+
+
+def _batch_error(count, what, global_batch, stage, fix):
+    return datasets.DatasetError(
+        f"{what} gives {count} samples, fewer than one global batch of {global_batch} "
+        f"({stage}_batchSize x replicas): {fix}")
+
+
+def steps_per_epoch(stage, global_batch):
+    """Whole global batches in one epoch of `stage` ('mtl' or 'dae')."""
+    _check_stage(stage)
+    if global_batch < 1:
+        raise ValueError(f"global batch = {global_batch}: set {stage}_batchSize to 1 or more")
+    if datasets.is_tile_dataset():
+        count = getattr(config, f'{stage}_training_samples')
+        if count < global_batch:
+            raise _batch_error(count, f"{stage}_training_samples = {count}", global_batch,
+                               stage, f"raise {stage}_training_samples or lower "
+                                      f"{stage}_batchSize")
+    else:
+        count = len(datasets.find_split('train'))
+        if count < global_batch:
+            raise _batch_error(
+                count, f"the 'train' split of {config.dataset_name} (under "
+                       f"{os.path.join(config.shortcut_path, config.dataset_name)})",
+                global_batch, stage,
+                f"lower {stage}_batchSize, train on fewer replicas, add training samples, "
+                f"or set train_valid_flag = False to train on the valid split too")
+    return count // global_batch
+
+
+# ----------------------------------------------------------------- decoding
+
+def _decode(sample):
+    """Every field of one sample at full size: name -> [H, W, ch] array."""
+    loaded = datasets.load_sample(sample)
+    image = np.asarray(loaded.image, np.float32)
+    image = image[..., None] if image.ndim == 2 else image
+    height = np.asarray(loaded.height, np.float32)
+    valid = np.isfinite(height)
+    fields = {'image': image, 'height': np.where(valid, height, 0)[..., None],
+              'mask': valid.astype(np.float32)[..., None]}
+    if config.sem_flag:
+        if loaded.labels is None:
+            raise datasets.DatasetError(
+                f"{sample.image}: no semantic labels for this sample, but sem_flag = True; "
+                f"add its label file or set sem_flag = False")
+        fields['sem'] = np.asarray(loaded.labels, np.int32)[..., None]
+    if config.norm_flag:
+        fields['norm'] = np.asarray(geometry.surface_normals(height), np.float32)
+    if config.edge_flag:
+        fields['edge'] = np.asarray(geometry.edge_map(height), np.float32)[..., None]
+    crop = config.cropSize
+    for name, _, channels in _field_specs():
+        array = fields[name]
+        if array.shape != image.shape[:2] + (channels,):
+            raise datasets.DatasetError(
+                f"{sample.image}: {name} has shape {array.shape[:2]} x {array.shape[2]} "
+                f"channels, expected {image.shape[:2]} x {channels} (image size; "
+                f"4 image channels need sar_mode = True): fix the files of {sample.name}")
+        if not np.isfinite(array).all():
+            raise datasets.DatasetError(
+                f"{sample.image}: {name} of {sample.name} holds NaN or infinite values; "
+                f"fix the file (nodata heights are fine, they are masked)")
+    if min(image.shape[:2]) < crop:
+        raise datasets.DatasetError(
+            f"{sample.image} is {image.shape[0]} x {image.shape[1]} px, smaller than "
+            f"cropSize = {crop}: lower cropSize or remove the sample")
+    return fields
+
+
+def _pack(array):
+    """Store an array as uint8 when that is lossless, to halve memory traffic.
+
+    Floats are stored as round(x * 255): the decoded float32(u) / 255 must
+    reproduce every value exactly (8-bit images, masks, {0,1} edges); integers
+    (class indices) as themselves when they fit. Returns (stored, is_packed).
+    """
+    if array.dtype == np.int32:
+        fits = array.size and array.min() >= 0 and array.max() <= 255
+        return (array.astype(np.uint8), True) if fits else (array, False)
+    if array.min() < 0 or array.max() > 1:
+        return array, False
+    packed = np.rint(array * 255).astype(np.uint8)
+    exact = np.array_equal(packed.astype(np.float32) / np.float32(255), array)
+    return (packed, True) if exact else (array, False)
+
+
+def _unpack(stored, is_packed, dtype):
+    if not is_packed:
+        return stored
+    if dtype == tf.int32:
+        return tf.cast(stored, tf.int32)
+    return tf.cast(stored, tf.float32) / 255.0
+
+
+def _decode_packed(sample):
+    fields = _decode(sample)
+    return {name: _pack(array) for name, array in fields.items()}
+
+
+class _Cache:
+    """Decoded samples in memory: tiles of one shape and storage type share a stack.
+
+    A crop is a strided slice of one stack, picked by a switch over the
+    stacks, so tiles of different sizes cost no padding.
+    """
+
+    def __init__(self, packed):
+        specs = _field_specs()
+        groups = {}
+        for index, fields in enumerate(packed):
+            signature = (fields['image'][0].shape[:2],) + tuple(
+                fields[name][1] for name, _, _ in specs)
+            groups.setdefault(signature, []).append(index)
+        self.size = len(packed)
+        self.sizes = tf.constant([packed[i]['image'][0].shape[:2]
+                                  for i in range(self.size)], tf.int32)
+        group_of = np.zeros(self.size, np.int32)
+        index_in_group = np.zeros(self.size, np.int32)
+        self.stacks = []
+        for g, (signature, members) in enumerate(groups.items()):
+            group_of[members] = g
+            index_in_group[members] = np.arange(len(members))
+            stack = {}
+            for name, _, _ in specs:
+                stack[name] = tf.constant(np.stack([packed[i][name][0] for i in members]))
+                for i in members:   # free the numpy copy as soon as TensorFlow holds one
+                    packed[i][name] = (None, packed[i][name][1])
+            self.stacks.append((stack, dict(zip([n for n, _, _ in specs], signature[1:]))))
+        self.group_of = tf.constant(group_of)
+        self.index_in_group = tf.constant(index_in_group)
+
+    def crop(self, tile, key):
+        """The fields of a random crop of cached sample `tile`."""
+        c = config.cropSize
+        size = self.sizes[tile]
+        y, x = _offsets(key, size[0], size[1])
+        j = self.index_in_group[tile]
+        specs = _field_specs()
+
+        def branch(stack, packed):
+            return lambda: {name: _unpack(stack[name][j, y:y + c, x:x + c], packed[name], dtype)
+                            for name, dtype, _ in specs}
+        return tf.switch_case(self.group_of[tile],
+                              [branch(stack, packed) for stack, packed in self.stacks])
+
+
+def _cache_key(samples):
+    """Everything the decoded fields depend on."""
+    return (tuple(samples), config.sar_mode, config.sem_flag, config.norm_flag,
+            config.edge_flag, config.normalize_flag, config.roof_height_threshold,
+            config.canny_lt, config.canny_ht, tuple(config.label_codes), config.cropSize)
+
+
+def _decode_all(samples, first=None):
+    """Decode and pack every sample, in parallel; `first` is samples[0] already done."""
+    workers = max(1, min(len(samples), os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        rest = list(pool.map(_decode_packed, samples[1:] if first else samples))
+    return [first] + rest if first else rest
+
+
+def _cached(samples, decide=None):
+    """The cache of `samples`, built on first use; None if `decide(first)` says not to."""
+    key = _cache_key(samples)
+    if _cache.get('key') == key:
+        return _cache['value']
+    first = _decode_packed(samples[0])
+    if decide is not None and not decide(first):
+        return None
+    _cache.clear()      # one decoded training set at a time
+    value = _Cache(_decode_all(samples, first))
+    _cache.update(key=key, value=value)
+    return value
+
+
+def _fits_in_memory(first, count):
+    per_sample = sum(stored.nbytes for stored, _ in first.values())
+    return per_sample * count <= config.preload_max_gb * 2 ** 30
+
+
+# ----------------------------------------------------------------- randomness
+
+def _epoch_key(epoch, purpose):
+    """Key of one purpose (0: file order, 1: samples) in one epoch."""
+    base = tf.constant([config.seed, epoch], tf.int64)
+    return tf.random.experimental.stateless_fold_in(base, purpose)
+
+
+def _offsets(key, height, width):
+    """A uniform random crop position in an image of height x width."""
+    ky, kx = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+    c = config.cropSize
+    y = tf.random.stateless_uniform([], ky, 0, height - c + 1, tf.int32)
+    x = tf.random.stateless_uniform([], kx, 0, width - c + 1, tf.int32)
+    return y, x
+
+
+def _maybe(flag, fn, value):
+    return tf.cond(flag, lambda: fn(value), lambda: value)
+
+
+def _augment(fields, key):
+    """One of the 8 flips/rotations of the square crop, the same for every field.
+
+    The normal vectors turn with the image. Normals are (-zx, -zy, 1)/|.| with
+    x along columns and y along rows, stored as e = s (n + 1) / 2 (s = 1, or 255
+    without normalize_flag), so negating a component is e -> s - e.
+    """
+    transpose, flip_rows, flip_cols = tf.unstack(
+        tf.random.stateless_uniform([3], key, 0, 2, tf.int32) > 0)
+    out = {}
+    for name, value in fields.items():
+        value = _maybe(transpose, lambda v: tf.transpose(v, [1, 0, 2]), value)
+        value = _maybe(flip_rows, lambda v: tf.reverse(v, [0]), value)
+        out[name] = _maybe(flip_cols, lambda v: tf.reverse(v, [1]), value)
+    if 'norm' in out:
+        scale = 1.0 if config.normalize_flag else 255.0
+        nx, ny, nz = tf.unstack(out['norm'], axis=-1)
+        nx, ny = tf.where(transpose, ny, nx), tf.where(transpose, nx, ny)
+        ny = tf.where(flip_rows, scale - ny, ny)
+        nx = tf.where(flip_cols, scale - nx, nx)
+        out['norm'] = tf.stack([nx, ny, nz], axis=-1)
+    return out
+
+
+# ----------------------------------------------------------------- datasets
+
+def _loader(samples):
+    """Per-sample fields read from disk (uncached patch datasets)."""
+    specs = _field_specs()
+
+    def load(index):
+        fields = _decode(samples[int(index)])
+        return [fields[name] for name, _, _ in specs]
+
+    def crop(index, key):
+        arrays = tf.numpy_function(load, [index], [dtype for _, dtype, _ in specs],
+                                   stateful=False)
+        shape = tf.shape(arrays[0])
+        y, x = _offsets(key, shape[0], shape[1])
+        c = config.cropSize
+        return {name: array[y:y + c, x:x + c] for (name, _, _), array in zip(specs, arrays)}
+    return crop
+
+
+def _options():
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = \
+        tf.data.experimental.AutoShardPolicy.DATA
+    options.deterministic = True
+    return options
+
+
+def train_dataset(stage, global_batch, epoch, skip_batches=0):
+    """Batches `skip_batches` .. steps_per_epoch - 1 of training epoch `epoch`."""
+    steps = steps_per_epoch(stage, global_batch)
+    if not 0 <= skip_batches <= steps:
+        raise ValueError(f"skip_batches = {skip_batches}: an epoch of {stage} has "
+                         f"{steps} batches of {global_batch}")
+    samples = datasets.find_split('train')
+    sample_key = _epoch_key(epoch, 1)
+    if datasets.is_tile_dataset():
+        cache = _cached(samples)
+
+        def source(k, key):
+            key_pick, key_crop = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+            pick = tf.random.stateless_uniform([], key_pick, 0, cache.size, tf.int32)
+            return cache.crop(pick, key_crop)
+    else:
+        order = tf.argsort(tf.random.stateless_uniform(
+            [len(samples)], _epoch_key(epoch, 0)), stable=True)
+        cache = _cached(samples, lambda first: getattr(config, f'{stage}_preload')
+                        and _fits_in_memory(first, len(samples)))
+        read = cache.crop if cache is not None else _loader(samples)
+
+        def source(k, key):
+            return read(order[k], key)
+    specs = _field_specs()
+    c = config.cropSize
+
+    def element(k):
+        key_source, key_augment = tf.unstack(tf.random.experimental.stateless_split(
+            tf.random.experimental.stateless_fold_in(sample_key, k), 2))
+        fields = source(k, key_source)
+        if config.augment:
+            fields = _augment(fields, key_augment)
+        for name, _, channels in specs:
+            fields[name] = tf.ensure_shape(fields[name], [c, c, channels])
+        if 'sem' in fields:
+            fields['sem'] = fields['sem'][..., 0]
+        return fields
+
+    dataset = tf.data.Dataset.range(skip_batches * global_batch, steps * global_batch)
+    dataset = dataset.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.batch(global_batch, drop_remainder=True)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options())
