@@ -59,6 +59,10 @@ def test_vaihingen_splits_are_the_published_areas(tmp_path):
     assert datasets.is_tile_dataset()
     config.train_valid_flag = False
     assert len(datasets.find_split('train')) == 13 + 3
+    # The ISPRS nDSM file name is accepted as well.
+    os.rename(f'{root}/NDSM/dsm_09cm_matching_area28.jpg',
+              f'{root}/NDSM/dsm_09cm_matching_area28_normalized.jpg')
+    assert datasets.find_split('valid')[0].height.endswith('area28_normalized.jpg')
 
 
 def test_vaihingen_loading(tmp_path):

@@ -15,7 +15,8 @@ config.layout (from the dataset table in config.py) says how it is organised:
 
 Files are paired by name, never by directory order. A partner may have any
 of the image extensions (.tif .tiff .png .jpg .jpeg); for Vaihingen-style
-names the height partner of top_mosaic_09cm_area<X> is dsm_09cm_matching_area<X>.
+names the height partner of top_mosaic_09cm_area<X> is dsm_09cm_matching_area<X>
+(Vaihingen also accepts the ISPRS nDSM name dsm_09cm_matching_area<N>_normalized).
 
 Loading conventions:
   image   float32 HxWx3 (HxWx4 with SAR) in [0, 1]: uint8 / 255, uint16 / 65535;
@@ -180,7 +181,8 @@ def _labels_needed(folder, what):
 def _find_named(root, split, stems, folders):
     """Samples of the fixed-name layouts (Vaihingen, DFC2018).
 
-    stems: [(name, {modality: file stem})]; folders: {modality: folder name}.
+    stems: [(name, {modality: file stem or tuple of accepted stems})];
+    folders: {modality: folder name}.
     """
     for modality, folder in folders.items():
         if modality != 'labels':
@@ -194,9 +196,11 @@ def _find_named(root, split, stems, folders):
             if modality == 'labels' and not use_labels:
                 paths[modality] = None
                 continue
-            paths[modality] = index[modality].get(stem[modality])
+            candidates = stem[modality] if isinstance(stem[modality], tuple) else (stem[modality],)
+            paths[modality] = next((index[modality][c] for c in candidates
+                                    if c in index[modality]), None)
             if paths[modality] is None:
-                expected = os.path.join(root, folders[modality], stem[modality])
+                expected = os.path.join(root, folders[modality], candidates[0])
                 problems.append(f"{split}: missing {expected}.* ({modality} of {name})")
         samples.append(Sample(name=name, image=paths['image'], height=paths['height'],
                               labels=paths['labels'], dem=paths.get('dem')))
@@ -207,7 +211,9 @@ def _find_named(root, split, stems, folders):
 
 def _find_vaihingen(root, split):
     stems = [(f'top_mosaic_09cm_area{n}',
-              dict(image=f'top_mosaic_09cm_area{n}', height=f'dsm_09cm_matching_area{n}',
+              # The ISPRS nDSM package adds '_normalized' to the dsmnet.md name.
+              dict(image=f'top_mosaic_09cm_area{n}',
+                   height=(f'dsm_09cm_matching_area{n}', f'dsm_09cm_matching_area{n}_normalized'),
                    labels=f'top_mosaic_09cm_area{n}'))
              for n in VAIHINGEN_AREAS[split]]
     return _find_named(root, split, stems, dict(image='RGB', height='NDSM', labels='SEM'))
