@@ -200,8 +200,10 @@ def test_patch_epochs_are_shuffled_passes_without_the_partial_batch(patches):
     np.testing.assert_array_equal(resumed[0]['norm'], epochs[1][1]['norm'])
 
 
-def test_patches_read_from_disk_equal_the_cached_ones(patches):
+@pytest.mark.parametrize('augment', [False, True])
+def test_patches_read_from_disk_equal_the_cached_ones(patches, augment):
     patches()
+    config.augment = augment
     cached = _collect(pipeline.train_dataset('mtl', BATCH, epoch=2))
     config.mtl_preload = False
     pipeline._cache.clear()

@@ -204,12 +204,14 @@ class _Cache:
         def branch(stack, packed):
             return lambda: {name: _unpack(stack[name][j, y:y + c, x:x + c], packed[name], dtype)
                             for name, dtype, _ in specs}
-        return tf.switch_case(self.group_of[tile],
-                              [branch(stack, packed) for stack, packed in self.stacks])
+        fields = tf.switch_case(self.group_of[tile],
+                                [branch(stack, packed) for stack, packed in self.stacks])
+        return {name: tf.ensure_shape(fields[name], [c, c, channels])
+                for name, _, channels in specs}
 
 
 def _cache_key(samples):
-    """Everything the decoded fields depend on."""
+    """Everything the decoded fields depend on (and cropSize, which _decode checks)."""
     return (tuple(samples), config.sar_mode, config.sem_flag, config.norm_flag,
             config.edge_flag, config.normalize_flag, config.roof_height_threshold,
             config.canny_lt, config.canny_ht, tuple(config.label_codes), config.cropSize)
@@ -303,7 +305,8 @@ def _loader(samples):
         shape = tf.shape(arrays[0])
         y, x = _offsets(key, shape[0], shape[1])
         c = config.cropSize
-        return {name: array[y:y + c, x:x + c] for (name, _, _), array in zip(specs, arrays)}
+        return {name: tf.ensure_shape(array[y:y + c, x:x + c], [c, c, channels])
+                for (name, _, channels), array in zip(specs, arrays)}
     return crop
 
 
@@ -333,14 +336,13 @@ def train_dataset(stage, global_batch, epoch, skip_batches=0):
     else:
         order = tf.argsort(tf.random.stateless_uniform(
             [len(samples)], _epoch_key(epoch, 0)), stable=True)
-        cache = _cached(samples, lambda first: getattr(config, f'{stage}_preload')
-                        and _fits_in_memory(first, len(samples)))
+        cache = None
+        if getattr(config, f'{stage}_preload'):
+            cache = _cached(samples, lambda first: _fits_in_memory(first, len(samples)))
         read = cache.crop if cache is not None else _loader(samples)
 
         def source(k, key):
             return read(order[k], key)
-    specs = _field_specs()
-    c = config.cropSize
 
     def element(k):
         key_source, key_augment = tf.unstack(tf.random.experimental.stateless_split(
@@ -348,8 +350,6 @@ def train_dataset(stage, global_batch, epoch, skip_batches=0):
         fields = source(k, key_source)
         if config.augment:
             fields = _augment(fields, key_augment)
-        for name, _, channels in specs:
-            fields[name] = tf.ensure_shape(fields[name], [c, c, channels])
         if 'sem' in fields:
             fields['sem'] = fields['sem'][..., 0]
         return fields
