@@ -97,7 +97,10 @@ def _decode(sample):
     """Every field of one sample at full size: name -> [H, W, ch] array."""
     loaded = datasets.load_sample(sample)
     image = np.asarray(loaded.image, np.float32)
-    image = image[..., None] if image.ndim == 2 else image
+    if min(image.shape[:2]) < config.cropSize:
+        raise datasets.DatasetError(
+            f"{sample.image} is {image.shape[0]} x {image.shape[1]} px, smaller than "
+            f"cropSize = {config.cropSize}: lower cropSize or remove the sample")
     height = np.asarray(loaded.height, np.float32)
     valid = np.isfinite(height)
     fields = {'image': image, 'height': np.where(valid, height, 0)[..., None],
@@ -112,27 +115,21 @@ def _decode(sample):
         fields['norm'] = np.asarray(geometry.surface_normals(height), np.float32)
     if config.edge_flag:
         fields['edge'] = np.asarray(geometry.edge_map(height), np.float32)[..., None]
-    crop = config.cropSize
     for name, _, channels in _field_specs():
         array = fields[name]
         if array.shape != image.shape[:2] + (channels,):
             raise datasets.DatasetError(
-                f"{sample.image}: {name} has shape {array.shape[:2]} x {array.shape[2]} "
-                f"channels, expected {image.shape[:2]} x {channels} (image size; "
-                f"4 image channels need sar_mode = True): fix the files of {sample.name}")
+                f"{sample.image}: {name} of {sample.name} has shape {array.shape}, expected "
+                f"{image.shape[:2] + (channels,)}: fix the files of this sample")
         if not np.isfinite(array).all():
             raise datasets.DatasetError(
                 f"{sample.image}: {name} of {sample.name} holds NaN or infinite values; "
                 f"fix the file (nodata heights are fine, they are masked)")
-    if min(image.shape[:2]) < crop:
-        raise datasets.DatasetError(
-            f"{sample.image} is {image.shape[0]} x {image.shape[1]} px, smaller than "
-            f"cropSize = {crop}: lower cropSize or remove the sample")
     return fields
 
 
 def _pack(array):
-    """Store an array as uint8 when that is lossless, to halve memory traffic.
+    """Store an array as uint8 when that is lossless: 4x less memory and copying.
 
     Floats are stored as round(x * 255): the decoded float32(u) / 255 must
     reproduce every value exactly (8-bit images, masks, {0,1} edges); integers
@@ -218,21 +215,24 @@ def _cache_key(samples):
 
 
 def _decode_all(samples, first=None):
-    """Decode and pack every sample, in parallel; `first` is samples[0] already done."""
-    workers = max(1, min(len(samples), os.cpu_count() or 1))
+    """Decode and pack every sample in threads; `first`: samples[0], already done."""
+    todo = samples if first is None else samples[1:]
+    workers = max(1, min(len(todo), os.cpu_count() or 1))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        rest = list(pool.map(_decode_packed, samples[1:] if first else samples))
-    return [first] + rest if first else rest
+        done = list(pool.map(_decode_packed, todo))
+    return done if first is None else [first] + done
 
 
-def _cached(samples, decide=None):
-    """The cache of `samples`, built on first use; None if `decide(first)` says not to."""
+def _cached(samples, fits=None):
+    """The cache of `samples`, built on first use; None if `fits(first sample)` is False."""
     key = _cache_key(samples)
     if _cache.get('key') == key:
         return _cache['value']
-    first = _decode_packed(samples[0])
-    if decide is not None and not decide(first):
-        return None
+    first = None
+    if fits is not None:
+        first = _decode_packed(samples[0])
+        if not fits(first):
+            return None
     _cache.clear()      # one decoded training set at a time
     value = _Cache(_decode_all(samples, first))
     _cache.update(key=key, value=value)
