@@ -159,3 +159,75 @@ def test_rgb_label_codes_written_as_colours(fake_split, tmp_path):
     sem = tifffile.imread(tmp_path / 'a_sem.tif')
     assert sem.shape == (64, 96, 3) and (sem == [0, 0, 255]).all()
     assert not (tmp_path / 'a.png').exists()
+
+
+# ---------------------------------------------------------------- test_dsm.py, end to end
+TINY = ['mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625', 'cropSize=64',
+        'test_stride=32', 'test_plot_images=1']
+
+
+@pytest.fixture(scope='module')
+def synthetic_weights(tmp_path_factory):
+    """The built-in synthetic dataset and untrained tiny MTL/DAE weights files."""
+    from nets import dae, mtl
+    from utils import checkpoints, settings, synthetic
+    base = tmp_path_factory.mktemp('eval')
+    synthetic.ensure_synthetic(str(base / 'synthetic'))
+    sets = TINY + [f'shortcut_path={base}', f'output_root={base / "output"}',
+                   f'checkpoint_root={base / "ckpt"}']
+    settings.apply(['dataset_name=synthetic', 'backbone_weights=None'] + sets)
+    checkpoints.save_weights(mtl.build_from_config(), config.predCheckPointPath, 'mtl')
+    checkpoints.save_weights(dae.build_from_config(), config.corrCheckPointPath, 'dae')
+    return base, [a for s in sets for a in ('--set', s)]
+
+
+def test_dsm_script_writes_every_metric(synthetic_weights, capsys):
+    import json
+    import test_dsm
+    base, sets = synthetic_weights
+    code = test_dsm.main(['--correction', '--max-images', '2'] + sets)
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
+    run = base / 'output' / 'synthetic' / 'mtl_dae'
+    record = json.loads((run / 'metrics.json').read_text())
+    overall = record['overall']
+    for key in ('mse', 'mae', 'rmse', 'delta1', 'delta2', 'delta3', 'mtl_rmse', 'mtl_mae',
+                'miou', 'oa', 'fwiou', 'mean_f1', 'baseline_rmse', 'baseline_mae'):
+        assert isinstance(overall[key], float), key
+    for key in ('iou', 'precision', 'recall', 'f1'):
+        assert len(overall[key]) == 6, key
+    assert record['baseline']['rmse'] == overall['baseline_rmse']
+    assert [p['name'] for p in record['per_image']] == ['test_0000', 'test_0001']
+    assert record['checkpoints']['dae'].endswith('best.weights.h5')
+    assert record['settings']['cropSize'] == 64 and record['split'] == 'test'
+    # per-image values average to the overall ones
+    assert overall['rmse'] == pytest.approx(np.mean([p['rmse'] for p in record['per_image']]))
+    last = out.out.strip().splitlines()[-1]
+    fields = dict(f.split('=') for f in last.split()[1:])
+    assert last.startswith('RESULT ')
+    assert float(fields['rmse']) == pytest.approx(overall['rmse'], abs=1e-4)
+    assert float(fields['baseline_rmse']) == pytest.approx(overall['baseline_rmse'], abs=1e-4)
+    assert sorted(os.listdir(run)) == ['metrics.json', 'test_0000.png', 'test_0000_height.tif',
+                                       'test_0000_sem.tif', 'test_0001_height.tif',
+                                       'test_0001_sem.tif']
+
+
+def test_dsm_script_weight_errors_are_clear(synthetic_weights, tmp_path, capsys):
+    import test_dsm
+    _, sets = synthetic_weights
+    missing = str(tmp_path / 'none.weights.h5')
+    assert test_dsm.main(['--mtl-weights', missing] + sets) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and missing in err
+    assert test_dsm.main(sets + ['--set', 'mtl_decoder_scale=0.125']) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and 'mtl_decoder_scale=0.0625' in err
+
+
+def test_dsm_script_exits_1_without_traceback(synthetic_weights, tmp_path):
+    from tests.conftest import run_python
+    _, sets = synthetic_weights
+    proc = run_python(['test_dsm.py', '--correction', '--dae-weights',
+                       str(tmp_path / 'no_dae.weights.h5')] + sets, timeout=300)
+    assert proc.returncode == 1
+    assert 'no_dae.weights.h5' in proc.stderr and 'Traceback' not in proc.stderr

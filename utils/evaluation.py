@@ -121,8 +121,8 @@ def evaluate(mtl, dae=None, split='valid', out_dir=None, max_images=None, verbos
     writer = out_dir is not None and distribute.is_chief()
     if writer:
         os.makedirs(out_dir, exist_ok=True)
-    bar = keras.utils.Progbar(len(samples), verbose=verbose, unit_name='image',
-                              stateful_metrics=['rmse'])
+    # rmse shown is the running mean over images, i.e. the overall figure so far
+    bar = keras.utils.Progbar(len(samples), verbose=verbose, unit_name='image')
     per_image = []
     for index, sample in enumerate(samples):
         data = datasets.load_sample(sample)

@@ -1,0 +1,118 @@
+"""Test trained DSMNet weights on a split of the configured dataset.
+
+Tiled prediction of every image, height and segmentation metrics, a
+mean-height baseline, predicted GeoTIFFs and figures. Writes
+output/<dataset>/<run>/metrics.json (<run>: 'mtl', or 'mtl_dae' with
+--correction) and ends with one line a script can grep:
+
+    RESULT rmse=... mae=... mse=... delta1=... baseline_rmse=... baseline_mae=... miou=...
+
+Example: python test_dsm.py --correction --set dataset_name=Vaihingen
+"""
+import json
+import math
+import os
+import sys
+
+import config
+from utils import settings
+
+TABLE = [('MSE', 'mse'), ('MAE', 'mae'), ('RMSE', 'rmse'), ('delta1', 'delta1'),
+         ('delta2', 'delta2'), ('delta3', 'delta3'), ('mIoU', 'miou'), ('OA', 'oa'),
+         ('FWIoU', 'fwiou'), ('baseline RMSE', 'baseline_rmse'),
+         ('baseline MAE', 'baseline_mae')]
+RESULT_KEYS = ('rmse', 'mae', 'mse', 'delta1', 'baseline_rmse', 'baseline_mae', 'miou')
+
+
+def parse(argv=None):
+    p = settings.parser(__doc__.split('\n\n')[0])
+    p.add_argument('--split', choices=('test', 'valid', 'train'), default='test')
+    p.add_argument('--correction', action='store_true',
+                   help='refine the MTL height with the DAE (also: --set correction=True)')
+    p.add_argument('--mtl-weights', help='MTL weights file (default: predCheckPointPath)')
+    p.add_argument('--dae-weights', help='DAE weights file (default: corrCheckPointPath)')
+    p.add_argument('--out', help='folder for metrics.json and the predictions '
+                                 '(default: <output_root>/<dataset>/mtl or mtl_dae)')
+    p.add_argument('--max-images', type=int, help='only the first N images (smoke runs)')
+    args = settings.parse_args(p, argv)
+    args.correction = args.correction or config.correction
+    return args
+
+
+def _finite(value):
+    """JSON has no NaN: undefined metrics are written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _fmt(value):
+    return 'n/a' if value is None else f'{value:.4f}'
+
+
+def report(result, correction):
+    """The readable table, and the RESULT line last."""
+    print(f"\n{config.dataset_name}, split {result['split']}, {result['images']} images")
+    header = f"{'metric':<15}{'refined' if correction else 'MTL':>10}"
+    print(header + (f"{'MTL only':>10}" if correction else ''))
+    for label, key in TABLE:
+        line = f"{label:<15}{_fmt(result.get(key)):>10}"
+        if correction and key in result and f'mtl_{key}' in result:
+            line += f"{_fmt(result[f'mtl_{key}']):>10}"
+        print(line)
+    print('RESULT ' + ' '.join(f"{k}={_fmt(result.get(k))}" for k in RESULT_KEYS))
+
+
+def main(argv=None):
+    args = parse(argv)
+    used = {k: getattr(config, k) for k in settings.names()}   # before the edit below
+    # Imported after --set so the strategy and networks see the overrides.
+    from nets import dae as dae_net, mtl as mtl_net
+    from utils import checkpoints, distribute, evaluation
+
+    mtl_path = args.mtl_weights or config.predCheckPointPath
+    dae_path = (args.dae_weights or config.corrCheckPointPath) if args.correction else None
+    run = args.out or os.path.join(config.output_root, config.dataset_name,
+                                   'mtl_dae' if args.correction else 'mtl')
+    try:
+        with config.strategy.scope():
+            # The checkpoint replaces every weight: no ImageNet download needed.
+            config.backbone_weights = None
+            mtl = mtl_net.build_from_config()
+            checkpoints.load_weights(mtl, mtl_path, 'mtl')
+            dae = None
+            if args.correction:
+                dae = dae_net.build_from_config()
+                checkpoints.load_weights(dae, dae_path, 'dae')
+        result = evaluation.evaluate(mtl, dae, split=args.split, out_dir=run,
+                                     max_images=args.max_images)
+    except (checkpoints.CheckpointError, ValueError) as err:
+        # Bad files and settings (DatasetError, DeviceConfigError are ValueErrors).
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+    if distribute.is_chief():
+        overall = {k: v for k, v in result.items() if k != 'per_image'}
+        record = {'dataset': config.dataset_name, 'split': args.split,
+                  'correction': args.correction,
+                  'checkpoints': {'mtl': mtl_path, 'dae': dae_path},
+                  'overall': overall,
+                  'baseline': {'height': result['baseline_height'],
+                               'rmse': result['baseline_rmse'],
+                               'mae': result['baseline_mae']},
+                  'per_image': result['per_image'],
+                  'settings': used}
+        path = os.path.join(run, 'metrics.json')
+        with open(path, 'w') as f:
+            json.dump(_finite(record), f, indent=2, default=str)
+        print(f"\nmetrics and predictions: {run}")
+    report(result, args.correction)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
