@@ -2,7 +2,6 @@
 every metric can be computed by hand; GeoTIFF tags must survive into the
 outputs."""
 import os
-import sys
 import types
 from collections import namedtuple
 
@@ -59,11 +58,9 @@ def fake_split(tmp_path, monkeypatch):
     }
     splits = {'test': [Sample('a', geo_image, '', ''), Sample('b', 'b.png', '', '')],
               'train': [Sample('t', 't.png', '', '')]}
-    fake = types.ModuleType('utils.datasets')
-    fake.find_split = lambda split: list(splits[split])
-    fake.load_sample = lambda sample: data[sample.name]
-    monkeypatch.setitem(sys.modules, 'utils.datasets', fake)
-    monkeypatch.setattr(sys.modules['utils'], 'datasets', fake, raising=False)
+    fake = types.SimpleNamespace(find_split=lambda split: list(splits[split]),
+                                 load_sample=lambda sample: data[sample.name])
+    monkeypatch.setattr(evaluation, 'datasets', fake)
     evaluation._train_mean.clear()
     config.label_codes = [10, 20, 30]
     config.cropSize = 32

@@ -13,7 +13,7 @@ import numpy as np
 import tifffile
 
 import config
-from utils import distribute, inference, metrics
+from utils import datasets, distribute, inference, metrics
 
 # GeoTIFF tags copied from an input image to the predictions: ModelPixelScale,
 # ModelTiepoint, ModelTransformation, GeoKeyDirectory, GeoDoubleParams,
@@ -25,10 +25,8 @@ _train_mean = {}       # (dataset, root, flags) -> mean training height
 _predict_cache = {}    # the last (models, settings) -> predict_fn: no retrace per epoch
 
 
-def train_mean_height(datasets=None):
+def train_mean_height():
     """Mean of the valid pixels of every training height map (cached per dataset)."""
-    if datasets is None:
-        from utils import datasets
     key = (config.dataset_name, os.path.abspath(config.shortcut_path),
            config.train_valid_flag, config.sar_mode)
     if key not in _train_mean:
@@ -74,7 +72,7 @@ def _write_outputs(out_dir, sample, pred_height, pred_idx, plot_args):
                          photometric='rgb' if sem.ndim == 3 else 'minisblack',
                          extratags=tags)
     if plot_args is not None:
-        from utils import plots
+        from utils import plots     # matplotlib only when figures are wanted
         plots.plot_test_image(os.path.join(out_dir, f'{sample.name}.png'), **plot_args)
 
 
@@ -105,14 +103,13 @@ def evaluate(mtl, dae=None, split='valid', out_dir=None, max_images=None, verbos
     With out_dir: <name>_height.tif (float32, GeoTIFF tags of the input kept),
     <name>_sem.tif (label codes/colours) and, for the first
     config.test_plot_images images, <name>.png."""
-    from utils import datasets
     samples = datasets.find_split(split)
     if max_images:
         samples = samples[:max_images]
     if not samples:
         raise ValueError(f"split {split!r} of {config.dataset_name!r} has no image "
                          f"(shortcut_path = {config.shortcut_path!r})")
-    baseline = train_mean_height(datasets)
+    baseline = train_mean_height()
     predict_fn = _predict_fn(mtl, dae)
     num_classes = len(config.label_codes)
     binary = metrics.is_binary(config.label_codes)
