@@ -19,7 +19,7 @@ distribution = 'auto'       # 'auto' | 'default' | 'mirrored' | 'multi_worker'
 mixed_precision = 'float32' # 'float32' | 'mixed_bfloat16' | 'mixed_float16'
 jit_compile = False         # XLA-compile the train and inference steps
 steps_per_execution = 1     # train steps run inside one tf.function call
-sync_batchnorm = False      # synchronise our BatchNormalization across replicas
+sync_batchnorm = False      # BatchNormalization statistics over the global batch
 seed = 42
 deterministic = False       # TensorFlow op determinism (slower)
 
@@ -59,6 +59,7 @@ huber_delta = 1.0
 # ----------------------------------------------------------------- MTL training
 mtl_lr = 2e-4
 mtl_beta_1 = 0.9
+adam_epsilon = 1e-7         # Keras' default, as published (both stages)
 mtl_lr_decay = False        # halve the learning rate after every epoch
 mtl_batchSize = None        # per replica; None: batch_size
 mtl_numEpochs = None        # None: from the dataset

@@ -45,7 +45,8 @@ def _refine(x, width, dropout, name):
     return layers.Dropout(dropout, name=f'{name}_drop')(x)
 
 
-def _encoder(x, weights, freeze):
+def _encoder(weights, freeze):
+    """DenseNet121 without its top, from `weights` (None, 'imagenet' or a file)."""
     try:
         densenet = keras.applications.DenseNet121(
             include_top=False, weights=weights, input_shape=(None, None, 3))
@@ -56,7 +57,7 @@ def _encoder(x, weights, freeze):
             f"path as backbone_weights), or set backbone_weights = None to start "
             f"from random weights.") from err
     densenet.trainable = not freeze
-    return densenet(x)
+    return densenet
 
 
 def build_mtl(num_classes, in_channels=3, sem=True, norm=True, edge=False,
@@ -74,7 +75,12 @@ def build_mtl(num_classes, in_channels=3, sem=True, norm=True, edge=False,
     if in_channels != 3:
         x = layers.Conv2D(3, 3, padding='same', name='sar_fuse')(x)
         x = layers.Dropout(dropout, name='sar_drop')(x)
-    x = _encoder(x, backbone_weights, freeze_backbone)
+    encoder = _encoder(backbone_weights, freeze_backbone)
+    if sync_batchnorm:   # DenseNet's own BN layers too: its statistics dominate
+        for layer in encoder.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.synchronized = True
+    x = encoder(x)
     x = layers.BatchNormalization(synchronized=sync_batchnorm, name='encoder_bn')(x)
 
     features = {name: x for name, _, _ in tasks}

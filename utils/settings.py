@@ -12,6 +12,10 @@ import os
 import sys
 import types
 
+# TensorFlow's C++ start-up chatter buries our output; TF_CPP_MIN_LOG_LEVEL=0
+# in the environment brings it back.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
 # Settings whose None means "the dataset's published value" (resolved again
 # whenever dataset_name or one of them is overridden).
 _FROM_DATASET = ('cropSize', 'batch_size', 'label_codes', 'w1', 'w2', 'w3', 'w4',

@@ -1,0 +1,167 @@
+"""Check the device setup in config.py: devices, strategy, replicas, batch sizes,
+and one real distributed training step of the MTL and of the DAE.
+
+    python test_multi_gpu.py [--quick] [--json] [--set NAME=VALUE ...]
+
+Exit code 0 when the configuration does what config.py asks for (e.g. two
+replicas for gpu_devices = "0,1" with multi_gpu_enabled), 1 with the reason
+otherwise. The step uses random weights (backbone_weights is ignored here:
+this checks distribution, not data or pretrained weights).
+"""
+import json
+import math
+import os
+import sys
+
+from utils import settings
+
+parser = settings.parser(__doc__.splitlines()[0])
+parser.add_argument('--quick', action='store_true',
+                    help='64 px crop and a 1/16-width decoder: about a minute on a CPU')
+parser.add_argument('--json', action='store_true', help='print one JSON object')
+args = settings.parse_args(parser)
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import config  # noqa: E402
+from nets import dae as dae_net, mtl as mtl_net  # noqa: E402
+from utils import distribute, losses, training  # noqa: E402
+
+if args.quick:
+    settings.apply(['cropSize=64', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625'])
+config.backbone_weights = None
+
+
+def random_batch(global_batch, crop, seed=0):
+    """A global batch shaped like the input pipeline's, from a fixed seed."""
+    rng = np.random.default_rng(seed)
+    channels = 4 if config.sar_mode else 3
+    height = rng.uniform(0, 30, (global_batch, crop, crop, 1)).astype('float32')
+    batch = {'image': rng.uniform(0, 1, (global_batch, crop, crop, channels)).astype('float32'),
+             'height': height, 'mask': np.ones_like(height)}
+    if config.sem_flag:
+        batch['sem'] = rng.integers(0, len(config.label_codes), (global_batch, crop, crop),
+                                    dtype='int32')
+    if config.norm_flag:
+        batch['norm'] = rng.uniform(0, 1, (global_batch, crop, crop, 3)).astype('float32')
+    if config.edge_flag:
+        batch['edge'] = (rng.uniform(0, 1, (global_batch, crop, crop, 1)) > 0.9).astype('float32')
+    return batch
+
+
+def one_step(stage, model, terms_fn, total_fn):
+    """One distributed step: (loss terms, examples each replica received)."""
+    trainer = training.Trainer(stage, model, terms_fn, total_fn, None, None)
+    batch = random_batch(getattr(config, f'{stage}_global_batch_size'), config.cropSize)
+    dataset = tf.data.Dataset.from_tensors(batch)
+    iterator = iter(config.strategy.experimental_distribute_dataset(dataset))
+    return trainer.train_step(iterator)
+
+
+def expected_replicas():
+    """What the settings ask for, on this machine."""
+    if distribute.strategy_kind() != 'mirrored':
+        return None   # default: 1; multi_worker: decided by TF_CONFIG
+    if tf.config.list_physical_devices('GPU'):
+        return len(distribute.parse_gpu_devices(config.gpu_devices))
+    return max(config.cpu_replicas, 1)
+
+
+def check():
+    report = {'tensorflow': tf.__version__,
+              'cuda_visible_devices': os.environ.get('CUDA_VISIBLE_DEVICES'),
+              'physical_gpus': [d.name for d in tf.config.list_physical_devices('GPU')]}
+    strategy = config.strategy
+    replicas = strategy.num_replicas_in_sync
+    report.update({
+        'logical_gpus': [d.name for d in tf.config.list_logical_devices('GPU')],
+        'strategy': type(strategy).__name__, 'replicas': replicas,
+        'devices': list(getattr(strategy.extended, 'worker_devices', ['default'])),
+        'crop': config.cropSize, 'batch_size': config.batch_size,
+        'global_batch_size': config.global_batch_size,
+        'mtl_batch_size': config.mtl_batchSize,
+        'mtl_global_batch_size': config.mtl_global_batch_size,
+        'dae_batch_size': config.dae_batchSize,
+        'dae_global_batch_size': config.dae_global_batch_size})
+
+    with strategy.scope():
+        mtl = mtl_net.build_from_config()
+    mtl_losses, report['per_replica_examples'] = one_step(
+        'mtl', mtl, lambda b, training: losses.mtl_terms(b, mtl(b['image'], training=training)),
+        losses.mtl_total)
+    with strategy.scope():
+        dae = dae_net.build_from_config()
+
+    def dae_terms(b, training):
+        predicted = mtl(b['image'], training=False)
+        noise = dae(dae_net.assemble_input(predicted, b['image']), training=training)
+        return {'dsm': losses.regression(b['height'], predicted['height'] - noise, b['mask'])}
+
+    dae_losses, report['dae_per_replica_examples'] = one_step(
+        'dae', dae, dae_terms, lambda t: t['dsm'])
+    report['mtl_losses'], report['dae_losses'] = mtl_losses, dae_losses
+
+    problems = []
+    for stage, counts in (('mtl', report['per_replica_examples']),
+                          ('dae', report['dae_per_replica_examples'])):
+        share = report[f'{stage}_global_batch_size'] // replicas
+        if counts != [share] * replicas:
+            problems.append(f"{stage.upper()} replicas received {counts} examples, "
+                            f"expected {share} each")
+    for name, value in {**{f'mtl {k}': v for k, v in mtl_losses.items()},
+                        **{f'dae {k}': v for k, v in dae_losses.items()}}.items():
+        if not math.isfinite(value):
+            problems.append(f"loss {name} is {value}")
+    report['step_ok'] = not problems
+    wanted = expected_replicas()
+    if wanted is not None and replicas != wanted:
+        problems.append(f"config asks for {wanted} replicas (multi_gpu_enabled, "
+                        f"gpu_devices = {config.gpu_devices!r}, cpu_replicas = "
+                        f"{config.cpu_replicas}) but the strategy has {replicas}")
+    report['ok'] = not problems
+    report['verdict'] = ('OK: ' + f"{replicas} replica(s), each given "
+                         f"{report['mtl_global_batch_size'] // replicas} of "
+                         f"{report['mtl_global_batch_size']} MTL examples per step"
+                         if not problems else 'FAIL: ' + '; '.join(problems))
+    return report
+
+
+def print_report(r):
+    rows = [('TensorFlow', r['tensorflow']),
+            ('CUDA_VISIBLE_DEVICES', r['cuda_visible_devices'] or 'unset'),
+            ('physical GPUs', ', '.join(r['physical_gpus']) or 'none'),
+            ('logical GPUs', ', '.join(r['logical_gpus']) or 'none'),
+            ('strategy', r['strategy']), ('replicas in sync', r['replicas']),
+            ('devices', ', '.join(r['devices'])), ('crop', r['crop']),
+            ('MTL batch', f"{r['mtl_batch_size']} per replica, "
+                          f"{r['mtl_global_batch_size']} global"),
+            ('DAE batch', f"{r['dae_batch_size']} per replica, "
+                          f"{r['dae_global_batch_size']} global"),
+            ('MTL step', f"examples per replica {r['per_replica_examples']}, losses " +
+             ', '.join(f"{k} {v:.4g}" for k, v in r['mtl_losses'].items())),
+            ('DAE step', f"examples per replica {r['dae_per_replica_examples']}, loss "
+                         f"{r['dae_losses']['loss']:.4g}")]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    print(r['verdict'])
+
+
+def main():
+    try:
+        report = check()
+    except distribute.DeviceConfigError as err:
+        report = {'ok': False, 'step_ok': False, 'verdict': f'FAIL: {err}'}
+        if not args.json:
+            print(report['verdict'])
+    else:
+        if not args.json:
+            print_report(report)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    sys.exit(0 if report['ok'] else 1)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,46 @@
+"""Train the denoising autoencoder (stage 2) on the frozen MTL's outputs.
+
+    python train_dae.py [--set NAME=VALUE ...]
+
+Needs the MTL weights from train_mtl.py (config.predCheckPointPath). The MTL
+runs in inference mode inside the same replica step as the DAE, so its
+forward pass is split across replicas too.
+"""
+from utils import settings
+
+args = settings.parse_args(settings.parser(__doc__.splitlines()[0]))
+
+import tensorflow as tf  # noqa: E402
+
+import config  # noqa: E402
+from nets import dae as dae_net, mtl as mtl_net  # noqa: E402
+from utils import checkpoints, datasets, evaluation, losses, training  # noqa: E402
+
+
+def main():
+    strategy = config.strategy
+    datasets.check_split(datasets.find_split('train'))
+    if config.train_valid_flag:
+        datasets.check_split(datasets.find_split('valid'))
+    with strategy.scope():
+        mtl = mtl_net.build_from_config()
+        checkpoints.load_weights(mtl, config.predCheckPointPath, 'mtl')
+        mtl.trainable = False
+        dae = dae_net.build_from_config()
+
+    def terms(batch, training):
+        predicted = mtl(batch['image'], training=False)
+        noise = dae(dae_net.assemble_input(predicted, batch['image']), training=training)
+        refined = tf.stop_gradient(predicted['height']) - noise
+        return {'dsm': losses.regression(batch['height'], refined, batch['mask'])}
+
+    def validate():
+        return evaluation.evaluate(mtl, dae, split='valid', verbose=0)
+
+    trainer = training.Trainer('dae', dae, terms, lambda t: t['dsm'], validate,
+                               config.corrCheckPointPath)
+    trainer.fit()
+
+
+if __name__ == '__main__':
+    settings.run_main(main)

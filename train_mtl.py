@@ -1,0 +1,38 @@
+"""Train the multi-task network (stage 1) on config.dataset_name.
+
+    python train_mtl.py [--set NAME=VALUE ...]
+
+Runs on the strategy config.py builds: one device, all GPUs of a machine
+(multi_gpu_enabled), or several machines (TF_CONFIG). Resumes an interrupted
+run from its last checkpoint; keeps the best weights by validation metric.
+"""
+from utils import settings
+
+args = settings.parse_args(settings.parser(__doc__.splitlines()[0]))
+
+import config  # noqa: E402
+from nets import mtl as mtl_net  # noqa: E402
+from utils import datasets, evaluation, losses, training  # noqa: E402
+
+
+def main():
+    strategy = config.strategy
+    datasets.check_split(datasets.find_split('train'))   # bad data fails before any step
+    if config.train_valid_flag:
+        datasets.check_split(datasets.find_split('valid'))
+    with strategy.scope():
+        model = mtl_net.build_from_config()
+
+    def terms(batch, training):
+        return losses.mtl_terms(batch, model(batch['image'], training=training))
+
+    def validate():
+        return evaluation.evaluate(model, split='valid', verbose=0)
+
+    trainer = training.Trainer('mtl', model, terms, losses.mtl_total, validate,
+                               config.predCheckPointPath)
+    trainer.fit()
+
+
+if __name__ == '__main__':
+    settings.run_main(main)

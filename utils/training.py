@@ -1,0 +1,315 @@
+"""The data-parallel training loop shared by train_mtl.py and train_dae.py.
+
+One `strategy.run` step per batch over a distributed tf.data dataset; the
+loss is averaged over the GLOBAL batch, so N replicas with B/N examples each
+apply the same update as one replica with B. Everything needed to continue
+(weights, Adam slots, dropout RNG, epoch and position in the epoch, best
+metric, early-stopping counter) is checkpointed, so a killed run resumes
+where it stopped and sees exactly the batches it would have seen.
+"""
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import config
+from utils import datasets, distribute, pipeline, plots
+
+LOWER_IS_BETTER = ('rmse', 'mae', 'mse')
+TERM_ORDER = ('dsm', 'sem', 'norm', 'edge', 'loss')
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or Inf; the message names the term and the step."""
+
+
+def make_optimizer(stage, model):
+    """Adam with the published settings, slots built now (inside the strategy scope)."""
+    optimizer = keras.optimizers.Adam(learning_rate=getattr(config, f'{stage}_lr'),
+                                      beta_1=getattr(config, f'{stage}_beta_1'),
+                                      epsilon=config.adam_epsilon)
+    if config.mixed_precision == 'mixed_float16':
+        optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+    optimizer.build(model.trainable_variables)
+    return optimizer
+
+
+def run_dir(stage):
+    return os.path.join(config.checkpoint_root, config.dataset_name, stage)
+
+
+def _logger(directory, chief):
+    log = logging.getLogger('dsmnet')
+    log.handlers.clear()
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter('%(message)s'))
+    log.addHandler(console)
+    if chief:
+        os.makedirs(directory, exist_ok=True)
+        handler = logging.FileHandler(os.path.join(directory, 'train.log'))
+        handler.setFormatter(logging.Formatter('%(asctime)s %(message)s'))
+        log.addHandler(handler)
+    return log
+
+
+class Trainer:
+    """Trains `model` on `terms_fn(batch, training)` -> {term: per-example loss}.
+
+    `total_fn(terms)` combines the terms per example; `validate_fn()` returns
+    the validation metrics dict (or None to skip validation).
+    """
+
+    def __init__(self, stage, model, terms_fn, total_fn, validate_fn, best_path):
+        self.stage = stage
+        self.strategy = distribute.get_strategy()
+        self.model = model
+        self.terms_fn = terms_fn
+        self.total_fn = total_fn
+        self.validate_fn = validate_fn
+        self.best_path = best_path
+        self.chief = distribute.is_chief()
+        self.dir = run_dir(stage)
+        self.global_batch = getattr(config, f'{stage}_global_batch_size')
+        with self.strategy.scope():
+            self.optimizer = make_optimizer(stage, model)
+        # The step counter moves inside the compiled step, together with the
+        # weights, so an interrupt can never separate the two.
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.epoch_start = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.best = tf.Variable(np.nan, dtype=tf.float64, trainable=False)
+        self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False)
+        # model.variables, not the model: Keras 3 models do not track their
+        # dropout seed state for tf.train.Checkpoint, and resuming needs it.
+        self.checkpoint = tf.train.Checkpoint(
+            model_variables=list(model.variables), optimizer=self.optimizer,
+            step=self.step, epoch=self.epoch, epoch_start=self.epoch_start,
+            best=self.best, bad_epochs=self.bad_epochs)
+        self.history = []
+        self._step_fn = None
+
+    # ------------------------------------------------------------ one step
+    def _replica_step(self, batch):
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            terms = self.terms_fn(batch, training=True)
+            loss = tf.nn.compute_average_loss(self.total_fn(terms),
+                                              global_batch_size=self.global_batch)
+            if self.model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
+            scaled = self.optimizer.scale_loss(loss)   # identity unless float16
+        grads = tape.gradient(scaled, variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
+        report = {k: tf.nn.compute_average_loss(v, global_batch_size=self.global_batch)
+                  for k, v in terms.items()}
+        report['loss'] = loss
+        return report, tf.shape(batch['image'])[0]
+
+    def train_step(self, iterator):
+        """One distributed step: (global loss terms, examples seen by each replica)."""
+        if self._step_fn is None:
+            def step(it):
+                report, count = self.strategy.run(self._replica_step, (next(it),))
+                summed = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                          for k, v in report.items()}
+                self.step.assign_add(1)
+                return summed, count
+            self._step_fn = tf.function(step)
+        report, count = self._step_fn(iterator)
+        counts = [int(c) for c in self.strategy.experimental_local_results(count)]
+        return {k: float(v) for k, v in report.items()}, counts
+
+    # ------------------------------------------------------------ saving
+    def _manager(self):
+        # Only the chief keeps files; the other workers must still take part
+        # in the save (it is collective), so they write to a scratch folder.
+        directory = os.path.join(self.dir, 'train_state')
+        if not self.chief:
+            directory = tempfile.mkdtemp(prefix='dsmnet_worker_')
+        return tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
+
+    def save(self):
+        step = int(self.step.numpy())
+        path = self.manager.save(checkpoint_number=step)
+        if self.chief:
+            with open(os.path.join(self.dir, 'history.json.tmp'), 'w') as f:
+                json.dump(self.history, f, indent=1)
+            os.replace(os.path.join(self.dir, 'history.json.tmp'),
+                       os.path.join(self.dir, 'history.json'))
+            self.log.info(f"checkpoint saved: {path} (step {step})")
+        else:
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
+            self.manager = self._manager()
+
+    def _restore_or_start(self):
+        state = os.path.join(self.dir, 'train_state')
+        if os.path.isdir(state) and tf.train.latest_checkpoint(state) and not config.resume:
+            aside = f"{self.dir}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+            if self.chief:
+                shutil.move(self.dir, aside)
+                print(f"resume = False: the previous run was moved to {aside}")
+        self.log = _logger(self.dir, self.chief)
+        self.manager = self._manager()
+        latest = tf.train.latest_checkpoint(state) if config.resume else None
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            history = os.path.join(self.dir, 'history.json')
+            if os.path.exists(history):
+                with open(history) as f:
+                    self.history = json.load(f)
+            self.log.info(f"resuming from {latest} at step {int(self.step.numpy())}")
+
+    # ------------------------------------------------------------ the loop
+    def _describe(self, steps):
+        replicas = self.strategy.num_replicas_in_sync
+        lines = [
+            f"== {self.stage.upper()} training on {config.dataset_name} ==",
+            f"strategy        {type(self.strategy).__name__}, {replicas} replica(s)",
+            f"batch           {self.global_batch // replicas} per replica, "
+            f"{self.global_batch} global",
+            f"images          {len(datasets.find_split('train'))} train, "
+            f"{len(datasets.find_split('valid')) if config.train_valid_flag else 0} valid",
+            f"samples/epoch   {steps * self.global_batch}",
+            f"steps per epoch {steps}, epochs {getattr(config, f'{self.stage}_numEpochs')}",
+            f"checkpoints     {os.path.join(self.dir, 'train_state')} "
+            f"(every {config.checkpoint_every} steps and at epoch ends)",
+            f"best weights    {self.best_path} (by validation {config.eval_metric})",
+            f"logs            {os.path.join(self.dir, 'train.log')}, TensorBoard: "
+            f"{os.path.join(self.dir, 'tensorboard')}",
+        ]
+        self.log.info('\n'.join(lines))
+
+    def _check_finite(self, report, step):
+        for name in TERM_ORDER:
+            if name in report and not math.isfinite(report[name]):
+                raise TrainingDiverged(
+                    f"loss term '{name}' is {report[name]} at step {step}. Training "
+                    f"stopped; the last good checkpoint in "
+                    f"{os.path.join(self.dir, 'train_state')} is untouched. Look for "
+                    f"NaN or extreme values in the data, or lower the learning rate.")
+
+    def _improved(self, value):
+        best = float(self.best.numpy())
+        if math.isnan(best):
+            return True
+        if config.eval_metric in LOWER_IS_BETTER:
+            return value < best - config.early_stop_delta
+        return value > best + config.early_stop_delta
+
+    def _end_epoch(self, epoch, train_means):
+        from utils import checkpoints
+        record = {'epoch': epoch + 1, 'lr': float(self.optimizer.learning_rate.numpy()),
+                  **{f'train_{k}': v for k, v in train_means.items()}}
+        metrics = self.validate_fn() if config.train_valid_flag else None
+        stop = False
+        if metrics is None:   # nothing held out: the latest weights are the best we know
+            if self.chief:
+                checkpoints.save_weights(self.model, self.best_path, self.stage)
+        else:
+            value = float(metrics[config.eval_metric])
+            record.update({f'val_{k}': v for k, v in metrics.items()
+                           if isinstance(v, (int, float))})
+            if self._improved(value):
+                self.best.assign(value)
+                self.bad_epochs.assign(0)
+                if self.chief:
+                    checkpoints.save_weights(self.model, self.best_path, self.stage,
+                                             extra={'epoch': epoch + 1, 'metrics': record})
+                    self.log.info(f"best {config.eval_metric} so far: {value:.4f}, "
+                                  f"weights saved: {self.best_path}")
+            else:
+                self.bad_epochs.assign_add(1)
+                stop = config.early_stop_flag and \
+                    int(self.bad_epochs.numpy()) >= config.early_stop_patience
+        self.history.append(record)
+        self.log.info('epoch %d: %s', epoch + 1, ', '.join(
+            f"{k} {v:.4g}" for k, v in record.items() if k != 'epoch'))
+        if self.chief:
+            with self.writer.as_default(step=epoch + 1):
+                for k, v in record.items():
+                    if k.startswith('val_'):
+                        tf.summary.scalar(f'validation/{k[4:]}', v)
+            if config.plot_metrics or config.plot_train_error:
+                plots.plot_history(self.history, os.path.join(self.dir, 'metrics.png'))
+        return stop
+
+    def fit(self):
+        """Train until the epochs run out, early stopping, or max_steps."""
+        self._restore_or_start()
+        steps = pipeline.steps_per_epoch(self.stage, self.global_batch)
+        epochs = getattr(config, f'{self.stage}_numEpochs')
+        self._describe(steps)
+        self.writer = tf.summary.create_file_writer(
+            os.path.join(self.dir, 'tensorboard') if self.chief else
+            tempfile.mkdtemp(prefix='dsmnet_tb_'))
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            while int(self.epoch.numpy()) < epochs and not self._done():
+                epoch = int(self.epoch.numpy())
+                skip = int(self.step.numpy() - self.epoch_start.numpy())
+                base_lr = getattr(config, f'{self.stage}_lr')
+                decay = 0.5 ** epoch if getattr(config, f'{self.stage}_lr_decay') else 1.0
+                self.optimizer.learning_rate.assign(base_lr * decay)
+                dataset = pipeline.train_dataset(self.stage, self.global_batch, epoch, skip)
+                iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
+                self.log.info(f"epoch {epoch + 1}/{epochs}")
+                bar = keras.utils.Progbar(steps, stateful_metrics=['samples/s'])
+                sums, n = {}, 0
+                for i in range(skip, steps):
+                    start = time.perf_counter()
+                    report, _ = self.train_step(iterator)
+                    step = int(self.step.numpy())
+                    self._check_finite(report, step)
+                    sums = {k: sums.get(k, 0.0) + v for k, v in report.items()}
+                    n += 1
+                    rate = self.global_batch / max(time.perf_counter() - start, 1e-9)
+                    bar.update(i + 1, [(k, v) for k, v in report.items()] +
+                               [('samples/s', rate)])
+                    if self.chief:
+                        with self.writer.as_default(step=step):
+                            for k, v in report.items():
+                                tf.summary.scalar(f'train/{k}', v)
+                            tf.summary.scalar('train/learning_rate',
+                                              self.optimizer.learning_rate.numpy())
+                    if step % config.checkpoint_every == 0:
+                        self.save()
+                    if self._done():
+                        break
+                stop = self._end_epoch(epoch, {k: v / max(n, 1) for k, v in sums.items()})
+                self.epoch.assign(epoch + 1)
+                self.epoch_start.assign(self.step)
+                self.save()
+                if stop:
+                    self.log.info(f"early stopping: no {config.eval_metric} improvement "
+                                  f"larger than {config.early_stop_delta} for "
+                                  f"{config.early_stop_patience} epochs")
+                    break
+        except KeyboardInterrupt:
+            self.save()
+            self.log.info("interrupted: state saved; run the same command to resume")
+            raise SystemExit(130)
+        if self.chief and not os.path.exists(self.best_path):
+            from utils import checkpoints
+            checkpoints.save_weights(self.model, self.best_path, self.stage)
+        self.log.info(f"done after {int(self.step.numpy())} steps; "
+                      f"best weights: {self.best_path}")
+        return self.history
+
+    def _done(self):
+        return config.max_steps > 0 and int(self.step.numpy()) >= config.max_steps
+
+
+def _interrupt(signum, frame):
+    # SLURM and Kubernetes send SIGTERM before killing: save as for Ctrl-C.
+    raise KeyboardInterrupt
