@@ -6,15 +6,9 @@ Needs the MTL weights from train_mtl.py (config.predCheckPointPath). The MTL
 runs in inference mode inside the same replica step as the DAE, so its
 forward pass is split across replicas too.
 """
-from utils import settings
-
-args = settings.parse_args(settings.parser(__doc__.splitlines()[0]))
-
-import tensorflow as tf  # noqa: E402
-
-import config  # noqa: E402
-from nets import dae as dae_net, mtl as mtl_net  # noqa: E402
-from utils import checkpoints, datasets, evaluation, losses, training  # noqa: E402
+import config
+from nets import dae as dae_net, mtl as mtl_net
+from utils import checkpoints, datasets, evaluation, losses, settings, training
 
 
 def main():
@@ -31,7 +25,8 @@ def main():
     def terms(batch, training):
         predicted = mtl(batch['image'], training=False)
         noise = dae(dae_net.assemble_input(predicted, batch['image']), training=training)
-        refined = tf.stop_gradient(predicted['height']) - noise
+        # Only the DAE's variables are watched, so no gradient enters the MTL.
+        refined = predicted['height'] - noise
         return {'dsm': losses.regression(batch['height'], refined, batch['mask'])}
 
     def validate():
@@ -40,7 +35,9 @@ def main():
     trainer = training.Trainer('dae', dae, terms, lambda t: t['dsm'], validate,
                                config.corrCheckPointPath)
     trainer.fit()
+    return trainer
 
 
 if __name__ == '__main__':
+    settings.parse_args(settings.parser(__doc__.splitlines()[0]))
     settings.run_main(main)

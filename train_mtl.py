@@ -6,13 +6,9 @@ Runs on the strategy config.py builds: one device, all GPUs of a machine
 (multi_gpu_enabled), or several machines (TF_CONFIG). Resumes an interrupted
 run from its last checkpoint; keeps the best weights by validation metric.
 """
-from utils import settings
-
-args = settings.parse_args(settings.parser(__doc__.splitlines()[0]))
-
-import config  # noqa: E402
-from nets import mtl as mtl_net  # noqa: E402
-from utils import datasets, evaluation, losses, training  # noqa: E402
+import config
+from nets import mtl as mtl_net
+from utils import datasets, evaluation, losses, settings, training
 
 
 def main():
@@ -32,7 +28,9 @@ def main():
     trainer = training.Trainer('mtl', model, terms, losses.mtl_total, validate,
                                config.predCheckPointPath)
     trainer.fit()
+    return trainer
 
 
 if __name__ == '__main__':
+    settings.parse_args(settings.parser(__doc__.splitlines()[0]))
     settings.run_main(main)

@@ -44,3 +44,154 @@ def test_two_replicas_apply_the_same_updates_as_one(tmp_path, stage):
     update_two = np.concatenate([(b - s).ravel() for b, s in zip(weights(two), start)])
     assert norm(update_one) > 1e-2 * norm(np.concatenate([s.ravel() for s in start]))
     assert norm(update_one - update_two) < 1e-4 * norm(update_one)
+
+
+# ---------------------------------------------------------------- full runs
+# Tiny settings on the built-in synthetic dataset: 32 px crops, 1/16 widths.
+TINY = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
+        'test_stride=16', 'backbone_weights=None', 'plot_metrics=False',
+        'plot_train_error=False']
+
+
+@pytest.fixture(scope='session')
+def synthetic_root(tmp_path_factory):
+    """The synthetic dataset, generated once for every run in this session."""
+    import config
+    from utils import datasets
+    root = str(tmp_path_factory.mktemp('datasets'))
+    config.shortcut_path = root
+    datasets.find_split('train')     # generates it
+    return root
+
+
+def sets_for(root, ckpt, *extra):
+    return [f'--set={s}' for s in TINY + [f'shortcut_path={root}',
+                                           f'checkpoint_root={ckpt}', *extra]]
+
+
+def checkpoint_values(path):
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(path)
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if k != '_CHECKPOINTABLE_OBJECT_GRAPH'}
+
+
+def test_killed_run_resumes_where_it_stopped(tmp_path, synthetic_root):
+    """kill -9 after the first checkpoint, start again: same steps, same weights
+    as an uninterrupted run (two epochs, so Adam also survives an epoch end)."""
+    import signal
+    import subprocess
+    import sys
+    import tensorflow as tf
+    common = ['batch_size=8', 'mtl_numEpochs=2', 'checkpoint_every=10', 'deterministic=True']
+    env = dict(os.environ, PYTHONUNBUFFERED='1', TF_CPP_MIN_LOG_LEVEL='2')
+    train = os.path.join(ROOT, 'train_mtl.py')
+
+    full = run_python([train, *sets_for(synthetic_root, tmp_path / 'a', *common)])
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    proc = subprocess.Popen([sys.executable, train,
+                             *sets_for(synthetic_root, tmp_path / 'b', *common)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if line.startswith('checkpoint saved:'):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    state_b = tmp_path / 'b' / 'synthetic' / 'mtl' / 'train_state'
+    killed_at = int(tf.train.latest_checkpoint(str(state_b)).rsplit('-', 1)[1])
+    assert killed_at >= 10
+
+    resumed = run_python([train, *sets_for(synthetic_root, tmp_path / 'b', *common)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f'resuming from {state_b}/ckpt-{killed_at} at step {killed_at}' in resumed.stdout
+
+    state_a = tmp_path / 'a' / 'synthetic' / 'mtl' / 'train_state'
+    final_a = tf.train.latest_checkpoint(str(state_a))
+    final_b = tf.train.latest_checkpoint(str(state_b))
+    steps = 2 * (300 // 8)           # two epochs of the 300 training patches
+    assert final_a.endswith(f'-{steps}') and final_b.endswith(f'-{steps}')
+    a, b = checkpoint_values(final_a), checkpoint_values(final_b)
+    assert a.keys() == b.keys()
+    iterations = [k for k in a if k.startswith('optimizer/_iterations')]
+    assert [int(a[k]) for k in iterations] == [steps]   # Adam lived through both epochs
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7, err_msg=key)
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, synthetic_root, monkeypatch):
+    import tensorflow as tf
+    import config
+    import train_mtl
+    from utils import pipeline, settings, training
+    settings.apply(TINY + [f'shortcut_path={synthetic_root}', f'checkpoint_root={tmp_path}',
+                           'batch_size=4', 'checkpoint_every=2'])
+    real = pipeline.train_dataset
+
+    def poisoned(stage, global_batch, epoch, skip_batches=0):
+        def spoil(index, batch):     # the 4th batch's heights slip through as NaN
+            bad = tf.equal(index + skip_batches, 3)
+            height = tf.where(bad, tf.fill(tf.shape(batch['height']), np.nan),
+                              batch['height'])
+            return {**batch, 'height': height}
+        return real(stage, global_batch, epoch, skip_batches).enumerate().map(spoil)
+
+    monkeypatch.setattr(pipeline, 'train_dataset', poisoned)
+    with pytest.raises(training.TrainingDiverged, match=r"loss term 'dsm' is nan at step 4"):
+        train_mtl.main()
+    state = tmp_path / 'synthetic' / 'mtl' / 'train_state'
+    latest = tf.train.latest_checkpoint(str(state))
+    assert latest.endswith('ckpt-2')
+    values = checkpoint_values(latest)
+    learned = [v for k, v in values.items() if k.startswith(('model_variables', 'optimizer'))]
+    assert len(learned) > 100 and all(np.all(np.isfinite(v)) for v in learned)
+    assert config.max_steps == 0
+
+
+def test_two_workers_train_like_one_process(tmp_path, synthetic_root):
+    """MultiWorkerMirroredStrategy over two local processes: both see 2
+    replicas, end with the same weights as one process on the same global
+    batches, and only the chief writes checkpoints and logs."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            ports.append(s.getsockname()[1])
+    cluster = {'worker': [f'127.0.0.1:{p}' for p in ports]}
+    # The encoder is frozen so its BatchNorm runs on fixed statistics (see
+    # replica_run.py); decoder, our BN and the optimizer are compared.
+    common = [f'shortcut_path={synthetic_root}', 'max_steps=2', 'mtl_bb_freeze=True',
+              'dropout_rate=0', 'sync_batchnorm=True', 'deterministic=True'] + TINY
+    workers = []
+    for index in range(2):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', TF_CONFIG=json.dumps(
+            {'cluster': cluster, 'task': {'type': 'worker', 'index': index}}))
+        workers.append(subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, 'tests', 'train_run.py'),
+             str(tmp_path / f'worker{index}.npz'), *common, 'batch_size=4',
+             f'checkpoint_root={tmp_path / f"ckpt{index}"}'],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [w.communicate(timeout=900) for w in workers]
+    for w, (out, err) in zip(workers, outputs):
+        assert w.returncode == 0, err[-3000:]
+    single = run_python([os.path.join(ROOT, 'tests', 'train_run.py'),
+                         str(tmp_path / 'single.npz'), *common, 'batch_size=8',
+                         f'checkpoint_root={tmp_path / "single"}'])
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    w0, w1, one = (dict(np.load(tmp_path / f)) for f in
+                   ('worker0.npz', 'worker1.npz', 'single.npz'))
+    assert int(w0['replicas']) == int(w1['replicas']) == 2 and int(one['replicas']) == 1
+    assert int(w0['step']) == int(w1['step']) == int(one['step']) == 2
+    for a, b, c in zip(weights(w0), weights(w1), weights(one)):
+        np.testing.assert_array_equal(a, b)
+        assert np.linalg.norm(a - c) <= 1e-4 * np.linalg.norm(c)
+    chief_files = os.listdir(tmp_path / 'ckpt0' / 'synthetic' / 'mtl')
+    assert {'train_state', 'train.log', 'best.weights.h5'} <= set(chief_files)
+    assert not os.path.exists(tmp_path / 'ckpt1')

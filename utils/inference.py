@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 import config
+from nets import dae as dae_net
 
 GAUSS_SIGMA = 0.2
 
@@ -36,12 +37,6 @@ def window_starts(size, crop, stride):
     return starts
 
 
-def dae_input(outputs, image):
-    """The DAE's input: concat[height, sem softmax, normals, (edges), image] (nets/dae.py)."""
-    parts = [outputs['height']] + [outputs[k] for k in ('sem', 'norm', 'edge') if k in outputs]
-    return tf.concat(parts + [tf.cast(image, outputs['height'].dtype)], axis=-1)
-
-
 def _replica_step(mtl, dae):
     """Per-replica forward pass of one batch of windows (inference mode)."""
     def step(windows):
@@ -49,7 +44,8 @@ def _replica_step(mtl, dae):
         height = tf.cast(out['height'], tf.float32)
         result = {'height_mtl': height[..., 0], 'height': height[..., 0]}
         if dae is not None:
-            noise = tf.cast(dae(dae_input(out, windows), training=False), tf.float32)
+            noise = tf.cast(dae(dae_net.assemble_input(out, windows), training=False),
+                            tf.float32)
             result['height'] = (height - noise)[..., 0]
         if 'sem' in out:
             result['sem'] = tf.cast(out['sem'], tf.float32)

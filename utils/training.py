@@ -63,6 +63,19 @@ def _logger(directory, chief):
     return log
 
 
+def _share_overflow(grads):
+    """Make one replica's float16 overflow every replica's. Keras'
+    LossScaleOptimizer skips or applies a step by the first replica's own
+    gradients (before they are summed), so an overflow on another replica
+    would reach the weights; NaN on all replicas makes all of them skip."""
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads
+                            if g is not None])
+    overflows = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
+    poison = tf.where(overflows > 0, float('nan'), 0.0)
+    return [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]
+
+
 class Trainer:
     """Trains `model` on `terms_fn(batch, training)` -> {term: per-example loss}.
 
@@ -100,7 +113,8 @@ class Trainer:
         self._step_fn = None
 
     # ------------------------------------------------------------ one step
-    def _replica_step(self, batch):
+    def _gradients(self, batch):
+        """Forward and backward on one replica's batch: (loss terms, gradients)."""
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             terms = self.terms_fn(batch, training=True)
@@ -110,25 +124,70 @@ class Trainer:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
             scaled = self.optimizer.scale_loss(loss)   # identity unless float16
         grads = tape.gradient(scaled, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))
         report = {k: tf.nn.compute_average_loss(v, global_batch_size=self.global_batch)
                   for k, v in terms.items()}
         report['loss'] = loss
+        return report, grads
+
+    def _replica_step(self, batch):
+        # With jit_compile only the forward and backward are XLA-compiled: the
+        # gradient all-reduce and the update stay with tf.distribute, which
+        # cannot place its collectives inside an XLA cluster.
+        report, grads = self._gradient_fn(batch)
+        if isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer) and \
+                self.strategy.num_replicas_in_sync > 1:
+            grads = _share_overflow(grads)
+        # A float16 overflow makes the optimizer skip the update and halve the
+        # loss scale (it unscales the gradients itself); the reported float32
+        # loss terms stay finite, so that is no divergence.
+        self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         return report, tf.shape(batch['image'])[0]
 
-    def train_step(self, iterator):
-        """One distributed step: (global loss terms, examples seen by each replica)."""
+    def _build_step(self):
+        """tf.function(iterator, n): n distributed steps in a graph loop, so
+        small steps do not wait on Python between launches."""
+        self._gradient_fn = (tf.function(self._gradients, jit_compile=True)
+                             if config.jit_compile else self._gradients)
+        strategy = self.strategy
+        local = len(strategy.extended.worker_devices) \
+            if strategy.num_replicas_in_sync > 1 else 1
+        names = []   # the loss terms the step reports, known once it is traced
+
+        def one_step(it):
+            report, count = strategy.run(self._replica_step, (next(it),))
+            unknown = sorted(set(report) - set(TERM_ORDER))
+            if unknown:
+                raise ValueError(f"loss terms {unknown}: name the terms of terms_fn "
+                                 f"among {TERM_ORDER[:-1]}")
+            names[:] = [k for k in TERM_ORDER if k in report]
+            terms = tf.stack([strategy.reduce(tf.distribute.ReduceOp.SUM, report[k],
+                                              axis=None) if k in report else 0.0
+                              for k in TERM_ORDER])
+            self.step.assign_add(1)
+            return terms, tf.stack(strategy.experimental_local_results(count))
+
+        def steps(it, n):
+            totals = tf.zeros([len(TERM_ORDER)])
+            counts = tf.zeros([local], tf.int32)
+            for _ in tf.range(n):
+                terms, count = one_step(it)
+                totals += terms
+                counts += count
+            means = totals / tf.cast(n, tf.float32)
+            return {k: means[TERM_ORDER.index(k)] for k in names}, counts
+        return tf.function(steps)
+
+    def train_step(self, iterator, steps=None):
+        """`steps` distributed steps in one call (default config.steps_per_execution):
+        (global loss terms averaged over those steps, examples each local
+        replica received in them). The iterator must hold that many batches."""
+        steps = config.steps_per_execution if steps is None else steps
+        if int(steps) != steps or steps < 1:
+            raise ValueError(f"steps_per_execution = {steps}: use a whole number >= 1")
         if self._step_fn is None:
-            def step(it):
-                report, count = self.strategy.run(self._replica_step, (next(it),))
-                summed = {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-                          for k, v in report.items()}
-                self.step.assign_add(1)
-                return summed, count
-            self._step_fn = tf.function(step)
-        report, count = self._step_fn(iterator)
-        counts = [int(c) for c in self.strategy.experimental_local_results(count)]
-        return {k: float(v) for k, v in report.items()}, counts
+            self._step_fn = self._build_step()
+        report, counts = self._step_fn(iterator, tf.constant(int(steps), tf.int64))
+        return {k: float(v) for k, v in report.items()}, [int(c) for c in counts.numpy()]
 
     # ------------------------------------------------------------ saving
     def _manager(self):
@@ -264,7 +323,7 @@ class Trainer:
                 dataset = pipeline.train_dataset(self.stage, self.global_batch, epoch, skip)
                 iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
                 self.log.info(f"epoch {epoch + 1}/{epochs}")
-                bar = keras.utils.Progbar(steps, stateful_metrics=['samples/s'])
+                bar = _Progress(steps, self.log)
                 sums, n = {}, 0
                 for i in range(skip, steps):
                     start = time.perf_counter()
@@ -274,15 +333,15 @@ class Trainer:
                     sums = {k: sums.get(k, 0.0) + v for k, v in report.items()}
                     n += 1
                     rate = self.global_batch / max(time.perf_counter() - start, 1e-9)
-                    bar.update(i + 1, [(k, v) for k, v in report.items()] +
-                               [('samples/s', rate)])
+                    bar.update(i + 1, {**report, 'samples/s': rate})
                     if self.chief:
                         with self.writer.as_default(step=step):
                             for k, v in report.items():
                                 tf.summary.scalar(f'train/{k}', v)
                             tf.summary.scalar('train/learning_rate',
                                               self.optimizer.learning_rate.numpy())
-                    if step % config.checkpoint_every == 0:
+                    last = i + 1 == steps or self._done()   # the epoch end saves then
+                    if step % config.checkpoint_every == 0 and not last:
                         self.save()
                     if self._done():
                         break
@@ -308,6 +367,24 @@ class Trainer:
 
     def _done(self):
         return config.max_steps > 0 and int(self.step.numpy()) >= config.max_steps
+
+
+class _Progress:
+    """Keras' progress bar on a terminal; in a log file or CI, a plain line
+    every tenth of the epoch (the bar's redraws would pile up on one line)."""
+
+    def __init__(self, steps, log):
+        self.steps, self.log = steps, log
+        self.every = max(1, steps // 10)
+        self.bar = keras.utils.Progbar(steps, stateful_metrics=['samples/s']) \
+            if sys.stdout.isatty() else None
+
+    def update(self, done, values):
+        if self.bar:
+            self.bar.update(done, list(values.items()))
+        elif done % self.every == 0 or done == self.steps:
+            self.log.info(f"  step {done}/{self.steps}  " +
+                          '  '.join(f"{k} {v:.4g}" for k, v in values.items()))
 
 
 def _interrupt(signum, frame):
