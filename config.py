@@ -33,7 +33,8 @@ sar_mode = False            # DFC2023: stack the SAR channel as a 4th input
 normalize_flag = True       # normals stored in [0, 1] (False: [0, 255])
 augment = False             # random flips and 90-degree rotations
 train_valid_flag = True     # False: merge the valid split into train
-roof_height_threshold = 50  # edge map: binary threshold on 0..255 heights
+roof_height_threshold = None    # edge map: threshold on 0..255 heights; None: from
+                            # the dataset (50 as published)
 canny_lt = 50               # edge map: Canny thresholds
 canny_ht = 150
 
@@ -124,13 +125,14 @@ DATASETS = {
     'synthetic': dict(layout='split_folders', cropSize=96, batch_size=8,
                       label_codes=[0, 1, 2, 3, 4, 5], w1=1.0, w2=0.1, w3=0.1, w4=0.1,
                       backbone_weights=None, mtl_decoder_scale=0.25, dae_width_scale=0.25,
-                      mtl_numEpochs=6, dae_numEpochs=3,
-                      mtl_training_samples=2400, dae_training_samples=1200),
+                      roof_height_threshold=2,   # its heights are metres, 0-27
+                      mtl_numEpochs=18, dae_numEpochs=6),
 }
 # What an entry does not name, and a dataset_name matching no entry.
 PUBLISHED = dict(layout='split_folders', cropSize=256, batch_size=2,
                  label_codes=[0, 1], w1=1.0, w2=1.0, w3=1.0, w4=1.0,
                  backbone_weights='imagenet', mtl_decoder_scale=1.0, dae_width_scale=1.0,
+                 roof_height_threshold=50,
                  mtl_numEpochs=20, dae_numEpochs=20,
                  mtl_training_samples=10000, dae_training_samples=10000)
 

@@ -33,3 +33,20 @@ def run_python(args, timeout=600, env=None, cwd=ROOT):
     full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **(env or {}))
     return subprocess.run([sys.executable] + list(args), cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+# Tiny settings on the built-in synthetic dataset: 32 px crops, 1/16 widths.
+TINY = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
+        'test_stride=16', 'backbone_weights=None', 'plot_metrics=False',
+        'plot_train_error=False']
+
+
+@pytest.fixture(scope='session')
+def synthetic_root(tmp_path_factory):
+    """The synthetic dataset, generated once for every run in this session."""
+    from utils import datasets
+    root = str(tmp_path_factory.mktemp('datasets'))
+    saved, config.shortcut_path = config.shortcut_path, root
+    datasets.find_split('train')     # generates it
+    config.shortcut_path = saved
+    return root

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_python
+from conftest import ROOT, TINY, run_python
 
 REPLICA_RUN = os.path.join(ROOT, 'tests', 'replica_run.py')
 
@@ -47,21 +47,6 @@ def test_two_replicas_apply_the_same_updates_as_one(tmp_path, stage):
 
 
 # ---------------------------------------------------------------- full runs
-# Tiny settings on the built-in synthetic dataset: 32 px crops, 1/16 widths.
-TINY = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
-        'test_stride=16', 'backbone_weights=None', 'plot_metrics=False',
-        'plot_train_error=False']
-
-
-@pytest.fixture(scope='session')
-def synthetic_root(tmp_path_factory):
-    """The synthetic dataset, generated once for every run in this session."""
-    import config
-    from utils import datasets
-    root = str(tmp_path_factory.mktemp('datasets'))
-    config.shortcut_path = root
-    datasets.find_split('train')     # generates it
-    return root
 
 
 def sets_for(root, ckpt, *extra):
