@@ -90,8 +90,7 @@ def main(argv=None):
                 checkpoints.load_weights(dae, dae_path, 'dae')
         result = evaluation.evaluate(mtl, dae, split=args.split, out_dir=run,
                                      max_images=args.max_images)
-    except (checkpoints.CheckpointError, ValueError) as err:
-        # Bad files and settings (DatasetError, DeviceConfigError are ValueErrors).
+    except settings.user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

@@ -62,7 +62,7 @@ def _encoder(weights, freeze):
 
 def build_mtl(num_classes, in_channels=3, sem=True, norm=True, edge=False,
               head_mode='dsm', decoder_scale=1.0, backbone_weights=None,
-              dropout=0.5, sync_batchnorm=False, freeze_backbone=False):
+              dropout=0.5, sync_batchnorm=False, freeze_backbone=False, bn_momentum=None):
     """The MTL as a Keras model: images in [0, 1] -> dict of task outputs."""
     if head_mode not in ('dsm', 'full'):
         raise ValueError(f"mtl_head_mode = {head_mode!r}: use 'dsm' or 'full'")
@@ -76,12 +76,14 @@ def build_mtl(num_classes, in_channels=3, sem=True, norm=True, edge=False,
         x = layers.Conv2D(3, 3, padding='same', name='sar_fuse')(x)
         x = layers.Dropout(dropout, name='sar_drop')(x)
     encoder = _encoder(backbone_weights, freeze_backbone)
-    if sync_batchnorm:   # DenseNet's own BN layers too: its statistics dominate
-        for layer in encoder.layers:
-            if isinstance(layer, layers.BatchNormalization):
-                layer.synchronized = True
+    for layer in encoder.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.synchronized = sync_batchnorm   # DenseNet's too: they dominate
+            if bn_momentum is not None:
+                layer.momentum = bn_momentum
     x = encoder(x)
-    x = layers.BatchNormalization(synchronized=sync_batchnorm, name='encoder_bn')(x)
+    x = layers.BatchNormalization(synchronized=sync_batchnorm, name='encoder_bn',
+                                  momentum=bn_momentum or 0.99)(x)
 
     features = {name: x for name, _, _ in tasks}
     for stage, base in enumerate(DECODER_WIDTHS, start=1):
@@ -111,4 +113,5 @@ def build_from_config():
         sem=config.sem_flag, norm=config.norm_flag, edge=config.edge_flag,
         head_mode=config.mtl_head_mode, decoder_scale=config.mtl_decoder_scale,
         backbone_weights=config.backbone_weights, dropout=config.dropout_rate,
-        sync_batchnorm=config.sync_batchnorm, freeze_backbone=config.mtl_bb_freeze)
+        sync_batchnorm=config.sync_batchnorm, freeze_backbone=config.mtl_bb_freeze,
+        bn_momentum=config.bn_momentum)

@@ -8,12 +8,11 @@ metrics from one confusion matrix over the split, and a trivial baseline
 """
 import os
 
-import keras
 import numpy as np
 import tifffile
 
 import config
-from utils import datasets, distribute, inference, metrics
+from utils import datasets, distribute, inference, metrics, progress
 
 # GeoTIFF tags copied from an input image to the predictions: ModelPixelScale,
 # ModelTiepoint, ModelTransformation, GeoKeyDirectory, GeoDoubleParams,
@@ -37,7 +36,7 @@ def train_mean_height():
             total += float(height[valid].sum())
             count += int(valid.sum())
         if count == 0:
-            raise ValueError(f"the 'train' split of {config.dataset_name!r} under "
+            raise datasets.DatasetError(f"the 'train' split of {config.dataset_name!r} under "
                              f"{config.shortcut_path} has no valid height pixel: "
                              f"cannot compute the mean-height baseline")
         _train_mean[key] = total / count
@@ -107,7 +106,7 @@ def evaluate(mtl, dae=None, split='valid', out_dir=None, max_images=None, verbos
     if max_images:
         samples = samples[:max_images]
     if not samples:
-        raise ValueError(f"split {split!r} of {config.dataset_name!r} has no image "
+        raise datasets.DatasetError(f"split {split!r} of {config.dataset_name!r} has no image "
                          f"(shortcut_path = {config.shortcut_path!r})")
     baseline = train_mean_height()
     predict_fn = _predict_fn(mtl, dae)
@@ -119,7 +118,7 @@ def evaluate(mtl, dae=None, split='valid', out_dir=None, max_images=None, verbos
     if writer:
         os.makedirs(out_dir, exist_ok=True)
     # rmse shown is the running mean over images, i.e. the overall figure so far
-    bar = keras.utils.Progbar(len(samples), verbose=verbose, unit_name='image')
+    bar = progress.Progress(len(samples), unit='image') if verbose else None
     per_image = []
     for index, sample in enumerate(samples):
         data = datasets.load_sample(sample)
@@ -154,7 +153,8 @@ def evaluate(mtl, dae=None, split='valid', out_dir=None, max_images=None, verbos
                 plot_args = dict(image=data.image, gt=scored_gt, predictions=maps,
                                  title=f"{sample.name}: RMSE {row['rmse']:.3f} m")
             _write_outputs(out_dir, sample, out['height'], pred_idx, plot_args)
-        bar.update(index + 1, values=[('rmse', row['rmse'])])
+        if bar:
+            bar.update(index + 1, {'rmse': row['rmse']})
 
     result = {k: _mean([r[k] for r in per_image]) for k in per_image[0] if k != 'name'}
     seg = confusion.results() if has_sem else {

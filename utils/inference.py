@@ -11,6 +11,8 @@ import tensorflow as tf
 
 import config
 from nets import dae as dae_net
+from utils.datasets import DatasetError
+from utils.settings import SettingError
 
 GAUSS_SIGMA = 0.2
 
@@ -27,10 +29,10 @@ def gaussian_window(crop):
 def window_starts(size, crop, stride):
     """Start offsets along one side: every `stride`, the last one at size - crop."""
     if size < crop:
-        raise ValueError(f"image side {size} px is smaller than the crop {crop} px: "
+        raise DatasetError(f"image side {size} px is smaller than the crop {crop} px: "
                          f"set cropSize (a multiple of 32) to at most {size}")
     if stride < 1:
-        raise ValueError(f"test_stride = {stride}: use a positive step, e.g. cropSize // 6")
+        raise SettingError(f"test_stride = {stride}: use a positive step, e.g. cropSize // 6")
     starts = list(range(0, size - crop + 1, stride))
     if starts[-1] != size - crop:
         starts.append(size - crop)
@@ -66,7 +68,7 @@ def make_predict_fn(mtl, dae=None, strategy=None, batch_size=None):
     replicas = strategy.num_replicas_in_sync
     batch = int(batch_size or config.test_batch_size)
     if batch < 1:
-        raise ValueError(f"test_batch_size = {batch}: use at least 1")
+        raise SettingError(f"test_batch_size = {batch}: use at least 1")
     batch = -(-batch // replicas) * replicas
     per_replica = batch // replicas
     step = tf.function(_replica_step(mtl, dae), jit_compile=bool(config.jit_compile))
@@ -116,10 +118,10 @@ def predict_tile(predict_fn, image, crop, stride, batch_size=None):
         raise ValueError(f"expected an image [H, W, C], got shape {image.shape}")
     h, w = image.shape[:2]
     if h < crop or w < crop:
-        raise ValueError(f"image of {h}x{w} px is smaller than cropSize = {crop}: "
+        raise DatasetError(f"image of {h}x{w} px is smaller than cropSize = {crop}: "
                          f"set cropSize (a multiple of 32) to at most {min(h, w)}")
     if crop % 32:
-        raise ValueError(f"cropSize = {crop}: the MTL needs a multiple of 32")
+        raise SettingError(f"cropSize = {crop}: the MTL needs a multiple of 32")
     weight = gaussian_window(crop).astype(np.float32)
     corners = [(y, x) for y in window_starts(h, crop, stride)
                for x in window_starts(w, crop, stride)]

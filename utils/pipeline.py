@@ -39,6 +39,7 @@ import tensorflow as tf
 
 import config
 from utils import datasets, geometry
+from utils.settings import SettingError
 
 STAGES = ('mtl', 'dae')
 _cache = {}     # the one decoded training set kept in memory: {'key': ..., 'value': _Cache}
@@ -72,7 +73,7 @@ def steps_per_epoch(stage, global_batch):
     """Whole global batches in one epoch of `stage` ('mtl' or 'dae')."""
     _check_stage(stage)
     if global_batch < 1:
-        raise ValueError(f"global batch = {global_batch}: set {stage}_batchSize to 1 or more")
+        raise SettingError(f"global batch = {global_batch}: set {stage}_batchSize to 1 or more")
     if datasets.is_tile_dataset():
         count = getattr(config, f'{stage}_training_samples')
         if count < global_batch:

@@ -16,12 +16,16 @@ import types
 # in the environment brings it back.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
+class SettingError(ValueError):
+    """A setting with a value that cannot work; the message names it."""
+
+
 # Settings whose None means "the dataset's published value" (resolved again
 # whenever dataset_name or one of them is overridden).
 _FROM_DATASET = ('cropSize', 'batch_size', 'label_codes', 'w1', 'w2', 'w3', 'w4',
                  'backbone_weights', 'mtl_decoder_scale', 'dae_width_scale', 'mtl_numEpochs',
                  'dae_numEpochs', 'mtl_training_samples', 'dae_training_samples',
-                 'roof_height_threshold')
+                 'roof_height_threshold', 'bn_momentum')
 # Settings whose None is derived from other settings.
 _DERIVED = ('mtl_batchSize', 'dae_batchSize', 'test_stride',
             'predCheckPointPath', 'corrCheckPointPath')
@@ -76,12 +80,12 @@ def parse_value(name, text):
             return True
         if lowered in ('0', 'false', 'no', 'off'):
             return False
-        raise ValueError(f"--set {name}={text}: expected True or False")
+        raise SettingError(f"--set {name}={text}: expected True or False")
     if isinstance(default, (int, float)) and not isinstance(default, bool):
         try:
             number = float(text)
         except ValueError:
-            raise ValueError(f"--set {name}={text}: expected a number "
+            raise SettingError(f"--set {name}={text}: expected a number "
                              f"like {default!r}") from None
         if isinstance(default, int) and number.is_integer() and '.' not in text \
                 and 'e' not in text.lower():
@@ -101,7 +105,7 @@ def override(name, value):
     if name not in names():
         close = difflib.get_close_matches(name, names(), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ''
-        raise ValueError(f"unknown setting {name!r} in --set.{hint} "
+        raise SettingError(f"unknown setting {name!r} in --set.{hint} "
                          f"The settings are the names in config.py.")
     if name in _declared:
         _declared[name] = value
@@ -113,7 +117,7 @@ def apply(pairs):
     """Apply a list of 'NAME=VALUE' strings, in order."""
     for pair in pairs or []:
         if '=' not in pair:
-            raise ValueError(f"--set expects NAME=VALUE, got {pair!r}")
+            raise SettingError(f"--set expects NAME=VALUE, got {pair!r}")
         name, text = pair.split('=', 1)
         name = name.strip()
         if name not in names():
@@ -139,17 +143,22 @@ def parse_args(p, argv=None):
     return args
 
 
-def run_main(main):
-    """Run a script's main(); errors about the user's data or settings end the
-    run with their message and exit code 1 instead of a traceback."""
+def user_errors():
+    """The exceptions that report a problem with the user's data or settings:
+    scripts print their message and exit 1 instead of a traceback."""
     from nets.mtl import BackboneWeightsError
     from utils.checkpoints import CheckpointError
     from utils.datasets import DatasetError
     from utils.distribute import DeviceConfigError
     from utils.training import TrainingDiverged
+    return (BackboneWeightsError, CheckpointError, DatasetError, DeviceConfigError,
+            SettingError, TrainingDiverged)
+
+
+def run_main(main):
+    """Run a script's main(); a user error ends it with its message, exit code 1."""
     try:
         main()
-    except (BackboneWeightsError, CheckpointError, DatasetError, DeviceConfigError,
-            TrainingDiverged) as err:
+    except user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

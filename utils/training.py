@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 import config
-from utils import datasets, distribute, pipeline, plots
+from utils import datasets, distribute, pipeline, plots, progress
 
 LOWER_IS_BETTER = ('rmse', 'mae', 'mse')
 TERM_ORDER = ('dsm', 'sem', 'norm', 'edge', 'loss')
@@ -323,7 +323,7 @@ class Trainer:
                 dataset = pipeline.train_dataset(self.stage, self.global_batch, epoch, skip)
                 iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
                 self.log.info(f"epoch {epoch + 1}/{epochs}")
-                bar = _Progress(steps, self.log)
+                bar = progress.Progress(steps, self.log.info)
                 sums, n = {}, 0
                 for i in range(skip, steps):
                     start = time.perf_counter()
@@ -367,24 +367,6 @@ class Trainer:
 
     def _done(self):
         return config.max_steps > 0 and int(self.step.numpy()) >= config.max_steps
-
-
-class _Progress:
-    """Keras' progress bar on a terminal; in a log file or CI, a plain line
-    every tenth of the epoch (the bar's redraws would pile up on one line)."""
-
-    def __init__(self, steps, log):
-        self.steps, self.log = steps, log
-        self.every = max(1, steps // 10)
-        self.bar = keras.utils.Progbar(steps, stateful_metrics=['samples/s']) \
-            if sys.stdout.isatty() else None
-
-    def update(self, done, values):
-        if self.bar:
-            self.bar.update(done, list(values.items()))
-        elif done % self.every == 0 or done == self.steps:
-            self.log.info(f"  step {done}/{self.steps}  " +
-                          '  '.join(f"{k} {v:.4g}" for k, v in values.items()))
 
 
 def _interrupt(signum, frame):
