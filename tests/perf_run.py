@@ -1,0 +1,143 @@
+"""Train a network a few steps under several performance settings, one
+variant after the other from the same initial weights, and save what each
+produced (run by test_performance.py in its own process: devices are
+configured once per process).
+
+    python tests/perf_run.py OUT.npz VARIANT [VARIANT ...] [--set NAME=VALUE ...]
+
+VARIANT is `name:mtl|dae:calls[:NAME=VALUE,...]`. `calls` are the steps of each
+train_step call joined by '+', e.g. `spe:dae:2+1` runs 3 steps in two calls
+(`0`: no call; `d`: train_step's default, config.steps_per_execution).
+Options: settings, plus `overflow=1` (heights 0 in the first half of every
+batch, 1e8 m in the second: in float16 only the last replica overflows),
+`save=PATH` (write the final weights file), `load=PATH` (load one first).
+The DAE trains alone on random inputs: its training step is under test here,
+not the MTL's predictions.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from utils import settings  # noqa: E402
+
+args = sys.argv[1:]
+out = args.pop(0)
+base = [a for a, flag in zip(args[1:], args) if flag == '--set']
+variants = [a for a, prev in zip(args, [''] + args) if a != '--set' and prev != '--set']
+# Linear Adam (epsilon 1): updates proportional to the gradients, so a small
+# numerical difference stays small instead of flipping a whole update.
+settings.apply(['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
+                'dropout_rate=0', 'backbone_weights=None', 'adam_epsilon=1.0',
+                'mtl_lr=1', 'dae_lr=1'] + base)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import config  # noqa: E402
+from nets import dae as dae_net, mtl as mtl_net  # noqa: E402
+from utils import checkpoints, losses, training  # noqa: E402
+
+GLOBAL_BATCH = 8
+strategy = config.strategy
+assert config.global_batch_size == GLOBAL_BATCH, 'set batch_size'
+
+
+def make_data(stage, steps, overflow):
+    rng = np.random.default_rng(7)
+    n, c = GLOBAL_BATCH * steps, config.cropSize
+    height = rng.uniform(0, 20, (n, c, c, 1)).astype('float32')
+    if overflow:
+        per_step = height.reshape(steps, GLOBAL_BATCH, -1)
+        per_step[:, :GLOBAL_BATCH // 2] = 0.0   # nothing to overflow
+        per_step[:, GLOBAL_BATCH // 2:] = 1e8
+    channels = 3 if stage == 'mtl' else dae_net.input_channels(len(config.label_codes))
+    # Brightness varying per example, so batch statistics depend on which
+    # examples a replica holds.
+    image = rng.uniform(0, 1, (n, c, c, channels)) * rng.uniform(0.1, 1, (n, 1, 1, 1))
+    return {'image': image.astype('float32'),
+            'height': height,
+            'mask': (rng.uniform(0, 1, height.shape) > 0.1).astype('float32'),
+            'sem': rng.integers(0, len(config.label_codes), (n, c, c), dtype='int32'),
+            'norm': rng.uniform(0, 1, (n, c, c, 3)).astype('float32')}
+
+
+def run(spec):
+    name, stage, calls, *rest = spec.split(':')
+    # Each variant starts from the defaults of the settings under test.
+    options = {'mixed_precision': 'float32', 'jit_compile': 'False',
+               'steps_per_execution': '1', 'sync_batchnorm': 'False'}
+    options.update(s.split('=', 1) for s in ':'.join(rest).split(',') if s)
+    overflow = options.pop('overflow', '0') == '1'
+    save, load = options.pop('save', None), options.pop('load', None)
+    settings.apply([f'{k}={v}' for k, v in options.items()])
+    # What utils/distribute.py does once per process, again per variant.
+    keras.mixed_precision.set_global_policy(config.mixed_precision)
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        if stage == 'mtl':
+            model = mtl_net.build_from_config()
+            # As tests/replica_run.py: DenseNet's BN layers in inference mode keep
+            # float32 rounding from growing into percent-level gradient noise.
+            densenet = next(l for l in model.layers if l.name.startswith('densenet121'))
+            for layer in densenet.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    layer.trainable = False
+        else:
+            model = dae_net.build_from_config()
+    if load:
+        checkpoints.load_weights(model, load, stage)
+    if stage == 'mtl':
+        total, names = losses.mtl_total, ('loss', 'dsm', 'sem', 'norm')
+
+        def terms(batch, training):
+            return losses.mtl_terms(batch, model(batch['image'], training=training))
+    else:
+        total, names = (lambda t: t['dsm']), ('loss', 'dsm')
+
+        def terms(batch, training):
+            noise = model(batch['image'], training=training)
+            return {'dsm': losses.regression(batch['height'], noise, batch['mask'])}
+    calls = [c for c in calls.split('+') if c != '0']
+    steps_run = sum(config.steps_per_execution if c == 'd' else int(c) for c in calls)
+    data = make_data(stage, max(1, steps_run), overflow)
+    trainer = training.Trainer(stage, model, terms, total, None, None)
+    initial = [v.numpy() for v in model.trainable_variables]
+    iterator = iter(strategy.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices(data).batch(GLOBAL_BATCH)))
+    reports, counts = [], []
+    for steps in calls:
+        report, count = trainer.train_step(iterator, steps=None if steps == 'd' else int(steps))
+        reports.append([report[k] for k in names])
+        counts.append(count)
+    if save:
+        checkpoints.save_weights(model, save, stage)
+    outputs = model(tf.constant(data['image'][:GLOBAL_BATCH]), training=False)
+    if stage == 'dae':
+        outputs = {'height': outputs}
+    result = {'losses': np.array(reports), 'counts': np.array(counts),
+              'step': int(trainer.step.numpy()),
+              'iterations': int(trainer.optimizer.iterations.numpy()),
+              'policy': keras.mixed_precision.global_policy().name,
+              'compute_dtype': str(model.get_layer(
+                  'height1_deconv' if stage == 'mtl' else 'enc1_conv1').compute_dtype),
+              'output_dtypes': ','.join(str(v.dtype.name) for v in outputs.values()),
+              'outputs': np.concatenate([v.numpy() for v in outputs.values()], -1),
+              'loss_scale': float(trainer.optimizer.dynamic_scale.numpy())
+              if hasattr(trainer.optimizer, 'dynamic_scale') else 0.0}
+    if stage == 'mtl':
+        # The moving statistics minus what is left of their initial values
+        # (0 and 1): the part that the batches' statistics contributed.
+        bn = model.get_layer('encoder_bn')
+        left = bn.momentum ** steps_run
+        result.update(bn_mean=bn.moving_mean.numpy(), bn_var=bn.moving_variance.numpy() - left)
+    result.update({f'init_{i}': w for i, w in enumerate(initial)})
+    result.update({f'w_{i}': v.numpy() for i, v in enumerate(model.trainable_variables)})
+    return name, result
+
+
+saved = {'replicas': strategy.num_replicas_in_sync}
+for spec in variants:
+    name, result = run(spec)
+    saved.update({f'{name}/{k}': v for k, v in result.items()})
+np.savez(out, **saved)

@@ -1,0 +1,144 @@
+"""Performance options (mixed precision, XLA, steps_per_execution, sync batch
+normalisation) must not change what training computes beyond rounding.
+
+Each comparison trains the same initial weights on the same batches with
+and without the option, in a subprocess (tests/perf_run.py), since devices
+and precision are configured once per process."""
+import os
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, run_python
+
+PERF_RUN = os.path.join(ROOT, 'tests', 'perf_run.py')
+TWO_REPLICAS = ['batch_size=4', 'multi_gpu_enabled=True', 'cpu_replicas=2']
+norm = np.linalg.norm
+
+
+def perf_run(tmp_path, name, variants, sets):
+    out = tmp_path / f'{name}.npz'
+    args = [PERF_RUN, str(out), *variants]
+    for s in sets:
+        args += ['--set', s]
+    result = run_python(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = dict(np.load(out))
+    return {v.split(':')[0]: {k.split('/', 1)[1]: data[k] for k in data
+                              if k.startswith(v.split(':')[0] + '/')}
+            for v in variants} | {'replicas': int(data['replicas'])}
+
+
+def flat(run, prefix='w_'):
+    keys = sorted((k for k in run if k.startswith(prefix)), key=lambda k: int(k[len(prefix):]))
+    return np.concatenate([run[k].ravel() for k in keys])
+
+
+@pytest.fixture(scope='module')
+def one_replica_mtl(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('precision')
+    weights = str(tmp / 'f32.weights.h5')
+    return perf_run(tmp, 'one', [
+        f'f32:mtl:1+1+1+1:save={weights}',
+        'bf16:mtl:1+1+1+1:mixed_precision=mixed_bfloat16',
+        'f16:mtl:1+1+1+1:mixed_precision=mixed_float16',
+        f'bf16_loaded:mtl:0:mixed_precision=mixed_bfloat16,load={weights}'], ['batch_size=8'])
+
+
+def test_bfloat16_tracks_float32(one_replica_mtl):
+    f32, bf16 = one_replica_mtl['f32'], one_replica_mtl['bf16']
+    assert str(bf16['policy']) == 'mixed_bfloat16' and str(bf16['compute_dtype']) == 'bfloat16'
+    assert set(str(bf16['output_dtypes']).split(',')) == {'float32'}
+    np.testing.assert_array_equal(flat(f32, 'init_'), flat(bf16, 'init_'))
+    # The float32 run's loss falls by over 10% in these 4 steps, so a bf16 run
+    # that did not learn, or learnt from wrong gradients, would leave the band.
+    assert f32['losses'][-1, 0] < 0.9 * f32['losses'][0, 0]
+    # bfloat16 keeps 8 significant bits: each product is rounded by up to
+    # 2^-9 = 0.2%. The loss terms average thousands of pixels, so rounding
+    # mostly cancels (measured: at most 0.16% over these steps); 2% allows
+    # for drift over the 4 steps and is still well below the 10% the
+    # training moves the loss.
+    assert np.isfinite(bf16['losses']).all()
+    np.testing.assert_allclose(bf16['losses'], f32['losses'], rtol=2e-2)
+    update32 = flat(f32) - flat(f32, 'init_')
+    update16 = flat(bf16) - flat(bf16, 'init_')
+    assert norm(update16 - update32) < 0.2 * norm(update32)   # same direction, bf16-rounded
+
+
+def test_float16_scales_the_loss_and_skips_overflowing_steps(one_replica_mtl):
+    f32, f16 = one_replica_mtl['f32'], one_replica_mtl['f16']
+    assert str(f16['compute_dtype']) == 'float16'
+    assert set(str(f16['output_dtypes']).split(',')) == {'float32'}
+    assert np.isfinite(f16['losses']).all() and np.isfinite(flat(f16)).all()
+    # Before any update the float16 forward gives the float32 losses (2^-11 rounding).
+    np.testing.assert_allclose(f16['losses'][0], f32['losses'][0], rtol=1e-2)
+    # Dynamic loss scaling: every skipped step halves the scale from 2^15,
+    # every applied one counts as an optimizer iteration.
+    applied = int(f16['iterations'])
+    skipped = int(round(np.log2(2.0 ** 15 / float(f16['loss_scale']))))
+    assert applied + skipped == int(f16['step']) == 4
+    assert applied >= 1 and f16['losses'][-1, 0] < f16['losses'][0, 0]
+
+
+def test_weights_load_across_precisions(one_replica_mtl):
+    f32, loaded = one_replica_mtl['f32'], one_replica_mtl['bf16_loaded']
+    assert str(loaded['compute_dtype']) == 'bfloat16'
+    np.testing.assert_array_equal(flat(loaded), flat(f32))   # variables stay float32
+    # Same predictions up to bfloat16 rounding of the activations.
+    a, b = f32['outputs'], loaded['outputs']
+    assert 0 < norm(b - a) < 3e-2 * norm(a)
+
+
+@pytest.fixture(scope='module')
+def two_replicas(tmp_path_factory):
+    return perf_run(tmp_path_factory.mktemp('two'), 'two', [
+        'sync:mtl:1+1+1+1:sync_batchnorm=True', 'local:mtl:1+1+1+1',
+        'single:dae:1+1+1', 'spe:dae:d+1:steps_per_execution=2',
+        'xla:dae:1+1+1:jit_compile=True',
+        'f16:dae:1:mixed_precision=mixed_float16,overflow=1'], TWO_REPLICAS)
+
+
+def test_sync_batchnorm_on_two_replicas_matches_one_replica(one_replica_mtl, two_replicas):
+    one, sync, local = one_replica_mtl['f32'], two_replicas['sync'], two_replicas['local']
+    assert two_replicas['replicas'] == 2
+    assert sync['counts'].tolist() == [[4, 4]] * 4
+    # encoder_bn's moving statistics (the batches' share of them): those of
+    # the full batch of 8 at every step.
+    for key in ('bn_mean', 'bn_var'):
+        assert norm(sync[key] - one[key]) < 1e-4 * norm(one[key])
+    assert norm(flat(sync) - flat(one)) < 1e-4 * norm(flat(one) - flat(one, 'init_'))
+    np.testing.assert_allclose(sync['outputs'], one['outputs'], rtol=1e-4, atol=1e-5)
+    # Without synchronisation each replica normalises by its own 4 examples
+    # (measured: 4% off in the mean, 19% in the variance).
+    for key in ('bn_mean', 'bn_var'):
+        assert norm(local[key] - one[key]) > 1e-2 * norm(one[key])
+
+
+def test_steps_per_execution_equals_single_steps(two_replicas):
+    single, spe = two_replicas['single'], two_replicas['spe']
+    assert two_replicas['replicas'] == 2
+    assert int(spe['step']) == int(spe['iterations']) == int(single['step']) == 3
+    assert spe['counts'].tolist() == [[8, 8], [4, 4]]   # examples per replica per call
+    np.testing.assert_allclose(flat(spe), flat(single), rtol=1e-6, atol=1e-7)
+    # The first call reports the mean of its two steps' losses.
+    np.testing.assert_allclose(spe['losses'][0], single['losses'][:2].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(spe['losses'][1], single['losses'][2], rtol=1e-6)
+
+
+def test_xla_equals_no_xla_on_two_replicas(two_replicas):
+    single, xla = two_replicas['single'], two_replicas['xla']
+    update = flat(single) - flat(single, 'init_')
+    assert norm(update) > 1e-2 * norm(flat(single, 'init_'))
+    # XLA fuses and reorders float32 arithmetic: rounding-level differences.
+    assert norm(flat(xla) - flat(single)) < 1e-5 * norm(update)
+    np.testing.assert_allclose(xla['losses'], single['losses'], rtol=1e-5)
+
+
+def test_float16_overflow_on_one_replica_skips_the_step_on_all(two_replicas):
+    f16 = two_replicas['f16']
+    # Only the second replica's heights overflow float16; Keras alone would
+    # judge by the first replica and sum an infinite gradient into the weights.
+    np.testing.assert_array_equal(flat(f16), flat(f16, 'init_'))
+    assert int(f16['iterations']) == 0 and int(f16['step']) == 1
+    assert float(f16['loss_scale']) == 2.0 ** 14
+    assert np.isfinite(f16['losses']).all()
