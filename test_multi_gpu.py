@@ -59,6 +59,14 @@ def one_step(stage, model, terms_fn, total_fn):
     return trainer.train_step(iterator)
 
 
+def devices(strategy):
+    """The devices the replicas run on (the default strategy has no list)."""
+    if isinstance(strategy, type(tf.distribute.get_strategy())):
+        return [(tf.config.list_logical_devices('GPU') or
+                 tf.config.list_logical_devices('CPU'))[0].name]
+    return list(strategy.extended.worker_devices)
+
+
 def expected_replicas():
     """What the settings ask for, on this machine."""
     if distribute.strategy_kind() != 'mirrored':
@@ -77,7 +85,7 @@ def check():
     report.update({
         'logical_gpus': [d.name for d in tf.config.list_logical_devices('GPU')],
         'strategy': type(strategy).__name__, 'replicas': replicas,
-        'devices': list(getattr(strategy.extended, 'worker_devices', ['default'])),
+        'devices': devices(strategy),
         'crop': config.cropSize, 'batch_size': config.batch_size,
         'global_batch_size': config.global_batch_size,
         'mtl_batch_size': config.mtl_batchSize,
