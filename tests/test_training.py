@@ -180,3 +180,29 @@ def test_two_workers_train_like_one_process(tmp_path, synthetic_root):
     chief_files = os.listdir(tmp_path / 'ckpt0' / 'synthetic' / 'mtl')
     assert {'train_state', 'train.log', 'best.weights.h5'} <= set(chief_files)
     assert not os.path.exists(tmp_path / 'ckpt1')
+
+
+def test_ctrl_c_saves_and_exits_cleanly(tmp_path, synthetic_root):
+    import signal
+    import subprocess
+    import sys
+    import tensorflow as tf
+    env = dict(os.environ, PYTHONUNBUFFERED='1', TF_CPP_MIN_LOG_LEVEL='2')
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train_mtl.py'),
+                             *sets_for(synthetic_root, tmp_path, 'batch_size=4')],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith('  step '):       # training is under way
+            proc.send_signal(signal.SIGINT)
+            break
+    lines += proc.stdout.readlines()
+    proc.wait(timeout=120)
+    out = ''.join(lines)
+    assert proc.returncode == 130, out[-2000:]
+    assert 'interrupted: state saved' in out
+    saved = tf.train.latest_checkpoint(str(tmp_path / 'synthetic' / 'mtl' / 'train_state'))
+    step = int(saved.rsplit('-', 1)[1])
+    assert step >= 7 and f'checkpoint saved: {saved} (step {step})' in out
