@@ -2,11 +2,19 @@
 and one real distributed training step of the MTL and of the DAE.
 
     python test_multi_gpu.py [--quick] [--json] [--set NAME=VALUE ...]
+    python test_multi_gpu.py --benchmark [--windows 5] [--quick] [--json] [--set ...]
 
 Exit code 0 when the configuration does what config.py asks for (e.g. two
 replicas for gpu_devices = "0,1" with multi_gpu_enabled), 1 with the reason
 otherwise. The step uses random weights (backbone_weights is ignored here:
 this checks distribution, not data or pretrained weights).
+
+--benchmark measures, on this machine and with the current settings (crop,
+per-replica batch, mixed_precision, jit_compile, steps_per_execution,
+sync_batchnorm): MTL and DAE training samples/s on 1 replica and on all
+configured replicas, the scaling efficiency, peak memory per replica (where
+TensorFlow tracks it),
+the real input pipeline's rate next to the step rate, and a verdict.
 """
 import json
 import math
@@ -19,6 +27,10 @@ parser = settings.parser(__doc__.splitlines()[0])
 parser.add_argument('--quick', action='store_true',
                     help='64 px crop and a 1/16-width decoder: about a minute on a CPU')
 parser.add_argument('--json', action='store_true', help='print one JSON object')
+parser.add_argument('--benchmark', action='store_true',
+                    help='measure training throughput and scaling instead of checking')
+parser.add_argument('--windows', type=int, default=5,
+                    help='--benchmark: timed windows per variant (median reported)')
 args = settings.parse_args(parser)
 
 import numpy as np  # noqa: E402
@@ -156,7 +168,23 @@ def print_report(r):
     print(r['verdict'])
 
 
+def benchmark():
+    from utils import benchmark as bench
+    report = bench.scaling(windows=args.windows)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        bench.print_scaling(report)
+
+
 def main():
+    if args.benchmark:
+        try:
+            benchmark()
+        except distribute.DeviceConfigError as err:
+            print(f'FAIL: {err}')
+            sys.exit(1)
+        sys.exit(0)
     try:
         report = check()
     except distribute.DeviceConfigError as err:

@@ -1,0 +1,247 @@
+"""Training throughput on this machine: what `python test_multi_gpu.py
+--benchmark` and bench/strategy_overhead.py measure.
+
+Steps are timed on synthetic in-memory batches (the step, not the disk),
+after warm-up calls that trace and compile; each figure is the median of
+several timed windows. The real input pipeline is timed on its own, so the
+two rates can be compared.
+"""
+import contextlib
+import statistics
+import time
+
+import numpy as np
+import tensorflow as tf
+
+import config
+from nets import dae as dae_net, mtl as mtl_net
+from utils import distribute, losses, training
+
+
+def synthetic_batch(global_batch, seed=0):
+    """A global batch shaped like utils/pipeline.py's, random but fixed."""
+    rng = np.random.default_rng(seed)
+    crop, channels = config.cropSize, 4 if config.sar_mode else 3
+    height = rng.uniform(0, 30, (global_batch, crop, crop, 1)).astype('float32')
+    batch = {'image': rng.uniform(0, 1, (global_batch, crop, crop, channels)).astype('float32'),
+             'height': height, 'mask': np.ones_like(height)}
+    if config.sem_flag:
+        batch['sem'] = rng.integers(0, len(config.label_codes), (global_batch, crop, crop),
+                                    dtype='int32')
+    if config.norm_flag:
+        batch['norm'] = rng.uniform(0, 1, (global_batch, crop, crop, 3)).astype('float32')
+    if config.edge_flag:
+        batch['edge'] = (rng.uniform(0, 1, (global_batch, crop, crop, 1)) > 0.9).astype('float32')
+    return batch
+
+
+@contextlib.contextmanager
+def single_replica():
+    """Within: config.strategy is the default strategy (one replica on the
+    first device), so Trainer and the global batch sizes follow it."""
+    configured = distribute.get_strategy()
+    distribute._strategy = tf.distribute.get_strategy()
+    try:
+        yield distribute._strategy
+    finally:
+        distribute._strategy = configured
+
+
+def make_trainer(stage):
+    """A Trainer for `stage` ('mtl' or 'dae', with a random frozen MTL) under
+    config.strategy, built as train_mtl.py / train_dae.py build theirs."""
+    with config.strategy.scope():
+        mtl = mtl_net.build_from_config()
+        dae = dae_net.build_from_config() if stage == 'dae' else None
+    if stage == 'mtl':
+        def terms(batch, training):
+            return losses.mtl_terms(batch, mtl(batch['image'], training=training))
+        return training.Trainer('mtl', mtl, terms, losses.mtl_total, None, None)
+    mtl.trainable = False
+
+    def dae_terms(batch, training):
+        predicted = mtl(batch['image'], training=False)
+        noise = dae(dae_net.assemble_input(predicted, batch['image']), training=training)
+        return {'dsm': losses.regression(batch['height'], predicted['height'] - noise,
+                                         batch['mask'])}
+    return training.Trainer('dae', dae, dae_terms, lambda t: t['dsm'], None, None)
+
+
+class StepTimer:
+    """Times `trainer.train_step` on one repeated synthetic global batch."""
+
+    def __init__(self, trainer, steps_per_call=None, warmup_calls=2):
+        self.trainer = trainer
+        self.steps = int(steps_per_call or config.steps_per_execution)
+        batch = synthetic_batch(trainer.global_batch)
+        dataset = tf.data.Dataset.from_tensors(batch).repeat()
+        self.iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
+        for _ in range(warmup_calls):   # the first traces (and compiles with XLA)
+            trainer.train_step(self.iterator, steps=self.steps)
+
+    def window(self, calls):
+        """Seconds per step over `calls` calls of steps_per_call steps."""
+        start = time.perf_counter()
+        for _ in range(calls):
+            report, _ = self.trainer.train_step(self.iterator, steps=self.steps)
+        elapsed = time.perf_counter() - start
+        if not all(np.isfinite(v) for v in report.values()):
+            raise FloatingPointError(f"non-finite loss while timing: {report}")
+        return elapsed / (calls * self.steps)
+
+
+def median_step_time(timers, windows, calls):
+    """{name: median seconds per step}, the timers' windows interleaved so
+    that a change of load on a shared machine hits every variant alike."""
+    times = {name: [] for name in timers}
+    for _ in range(windows):
+        for name, timer in timers.items():
+            times[name].append(timer.window(calls))
+    return {name: statistics.median(t) for name, t in times.items()}, times
+
+
+def input_rate(stage, global_batch, batches=20, warmup=3):
+    """Samples per second the real input pipeline delivers on its own."""
+    from utils import pipeline
+    total = pipeline.steps_per_epoch(stage, global_batch)
+    batches = min(batches, total - warmup)
+    if batches < 1:
+        raise ValueError(f"the {stage} epoch has only {total} batches of {global_batch}: "
+                         f"too few to time the input pipeline")
+    iterator = iter(pipeline.train_dataset(stage, global_batch, epoch=0))
+    for _ in range(warmup):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * global_batch / (time.perf_counter() - start)
+
+
+def replica_devices(strategy):
+    """Short device names ('GPU:0') of the strategy's local replicas."""
+    if strategy.num_replicas_in_sync == 1:
+        logical = tf.config.list_logical_devices('GPU') or tf.config.list_logical_devices('CPU')
+        names = [logical[0].name]
+    else:
+        names = list(strategy.extended.worker_devices)
+    return [n.split('device:')[-1] for n in names]
+
+
+def _memory_in_use(devices):
+    used = {}
+    for device in devices:
+        try:
+            used[device] = int(tf.config.experimental.get_memory_info(device)['current'])
+            tf.config.experimental.reset_memory_stats(device)
+        except (ValueError, tf.errors.InvalidArgumentError):
+            used[device] = None   # TensorFlow does not track this device (CPU)
+    return used
+
+
+def _peak_since(devices, before):
+    """Peak bytes per device above what was in use before (None: not tracked)."""
+    peaks = []
+    for device in devices:
+        if before[device] is None:
+            peaks.append(None)
+        else:
+            peak = tf.config.experimental.get_memory_info(device)['peak']
+            peaks.append(int(peak) - before[device])
+    return peaks
+
+
+class _Timed(StepTimer):
+    """A StepTimer whose windows last about `seconds`, with the peak memory
+    its training step needed on each device."""
+
+    def __init__(self, trainer, devices, seconds):
+        before = _memory_in_use(devices)
+        start = time.perf_counter()
+        super().__init__(trainer, warmup_calls=1)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        trainer.train_step(self.iterator, steps=self.steps)   # warm-up after the trace
+        call = time.perf_counter() - start
+        self.calls = max(1, min(100, round(seconds / max(call, 1e-6))))
+        self.trace_seconds = first - call
+        self.peak_bytes = _peak_since(devices, before)
+
+    def window(self, calls=None):
+        return super().window(self.calls)
+
+
+def scaling(windows=5, seconds=2.0, stages=('mtl', 'dae')):
+    """Training throughput on 1 replica and on every configured replica, the
+    scaling efficiency, peak memory and the input pipeline's own rate."""
+    from utils import datasets
+    strategy = config.strategy
+    replicas = strategy.num_replicas_in_sync
+    devices = replica_devices(strategy)
+    report = {'strategy': type(strategy).__name__, 'replicas': replicas, 'devices': devices,
+              'crop': config.cropSize, 'mixed_precision': config.mixed_precision,
+              'jit_compile': bool(config.jit_compile),
+              'steps_per_execution': int(config.steps_per_execution),
+              'sync_batchnorm': bool(config.sync_batchnorm), 'windows': windows,
+              'tensorflow': tf.__version__, 'stages': {}}
+    for stage in stages:
+        per_replica = getattr(config, f'{stage}_batchSize')
+        timers = {replicas: _Timed(make_trainer(stage), devices, seconds)}
+        if replicas > 1:
+            with single_replica():
+                timers[1] = _Timed(make_trainer(stage), devices[:1], seconds)
+        medians, _ = median_step_time(timers, windows, None)
+        rate = {n: per_replica * n / medians[n] for n in timers}
+        entry = {'per_replica_batch': per_replica,
+                 'step_seconds': {str(n): medians[n] for n in timers},
+                 'samples_per_second': {str(n): rate[n] for n in timers},
+                 'trace_seconds': {str(n): timers[n].trace_seconds for n in timers},
+                 'peak_bytes_per_replica': {str(n): timers[n].peak_bytes for n in timers},
+                 'scaling_efficiency': rate[replicas] / (replicas * rate[1]) if replicas > 1
+                 else None}
+        try:
+            entry['input_samples_per_second'] = input_rate(stage, per_replica * replicas)
+        except (datasets.DatasetError, ValueError, OSError) as err:
+            entry['input_samples_per_second'] = None
+            entry['input_error'] = str(err)
+        entry['verdict'] = _verdict(entry, rate[replicas])
+        report['stages'][stage] = entry
+    return report
+
+
+def _verdict(entry, training_rate):
+    fed = entry['input_samples_per_second']
+    if fed is None:
+        return f"input pipeline not measured: {entry['input_error']}"
+    if fed < training_rate:
+        return (f"the input pipeline is the bottleneck: it delivers {fed:.1f} samples/s "
+                f"but the training step could take {training_rate:.1f}. Training will "
+                f"run at the pipeline's rate; set *_preload = True, use faster storage, "
+                f"or give the machine more CPU cores for decoding.")
+    if fed < 1.5 * training_rate:
+        return (f"the input pipeline keeps up, with little margin ({fed:.1f} samples/s "
+                f"for {training_rate:.1f} consumed): other load on the CPU may slow training")
+    return (f"the input pipeline is not the bottleneck ({fed:.1f} samples/s delivered, "
+            f"{training_rate:.1f} consumed)")
+
+
+def print_scaling(report):
+    n = report['replicas']
+    print(f"benchmark: {report['strategy']}, {n} replica(s) on {', '.join(report['devices'])}; "
+          f"crop {report['crop']}, {report['mixed_precision']}, XLA "
+          f"{'on' if report['jit_compile'] else 'off'}, steps_per_execution "
+          f"{report['steps_per_execution']}, sync_batchnorm "
+          f"{'on' if report['sync_batchnorm'] else 'off'}; median of "
+          f"{report['windows']} windows, synthetic batches")
+    for stage, e in report['stages'].items():
+        print(f"{stage.upper()}  per-replica batch {e['per_replica_batch']}")
+        for k in sorted(e['samples_per_second'], key=int):
+            peaks = e['peak_bytes_per_replica'][k]
+            memory = ', '.join('n/a' if p is None else f"{p / 2 ** 20:.0f} MiB" for p in peaks)
+            print(f"  {k} replica(s): {e['samples_per_second'][k]:8.2f} samples/s, "
+                  f"{e['step_seconds'][k]:.4f} s/step, peak memory per replica {memory}")
+        if e['scaling_efficiency'] is not None:
+            print(f"  scaling efficiency {e['scaling_efficiency']:.3f} "
+                  f"({n}-replica samples/s / ({n} x 1-replica samples/s))")
+        fed = e['input_samples_per_second']
+        print(f"  input pipeline {'n/a' if fed is None else f'{fed:.1f} samples/s'}")
+        print(f"  {e['verdict']}")
