@@ -325,26 +325,30 @@ class Trainer:
                 self.log.info(f"epoch {epoch + 1}/{epochs}")
                 bar = progress.Progress(steps, self.log.info)
                 sums, n = {}, 0
-                for i in range(skip, steps):
+                done = skip
+                while done < steps and not self._done():
+                    # Several steps per call (steps_per_execution), never past
+                    # the epoch's end or max_steps.
+                    k = min(config.steps_per_execution, steps - done)
+                    if config.max_steps > 0:
+                        k = min(k, config.max_steps - int(self.step.numpy()))
                     start = time.perf_counter()
-                    report, _ = self.train_step(iterator)
-                    step = int(self.step.numpy())
+                    report, _ = self.train_step(iterator, k)
+                    step, done = int(self.step.numpy()), done + k
                     self._check_finite(report, step)
-                    sums = {k: sums.get(k, 0.0) + v for k, v in report.items()}
-                    n += 1
-                    rate = self.global_batch / max(time.perf_counter() - start, 1e-9)
-                    bar.update(i + 1, {**report, 'samples/s': rate})
+                    sums = {name: sums.get(name, 0.0) + v * k for name, v in report.items()}
+                    n += k
+                    rate = k * self.global_batch / max(time.perf_counter() - start, 1e-9)
+                    bar.update(done, {**report, 'samples/s': rate})
                     if self.chief:
                         with self.writer.as_default(step=step):
-                            for k, v in report.items():
-                                tf.summary.scalar(f'train/{k}', v)
+                            for name, v in report.items():
+                                tf.summary.scalar(f'train/{name}', v)
                             tf.summary.scalar('train/learning_rate',
                                               self.optimizer.learning_rate.numpy())
-                    last = i + 1 == steps or self._done()   # the epoch end saves then
-                    if step % config.checkpoint_every == 0 and not last:
+                    crossed = step // config.checkpoint_every > (step - k) // config.checkpoint_every
+                    if crossed and done < steps and not self._done():  # else the epoch end saves
                         self.save()
-                    if self._done():
-                        break
                 stop = self._end_epoch(epoch, {k: v / max(n, 1) for k, v in sums.items()})
                 self.epoch.assign(epoch + 1)
                 self.epoch_start.assign(self.step)
