@@ -6,19 +6,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_history(history, path):
-    """Training loss terms and validation metrics per epoch, one panel each."""
-    keys = [k for k in history[0] if k not in ('epoch', 'lr')] if history else []
-    train = [k for k in keys if k.startswith('train_')]
-    val = [k for k in keys if k.startswith('val_') and
-           all(isinstance(h.get(k), (int, float)) for h in history)]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    """Per epoch: training loss terms, validation height errors against the
+    mean-height baseline, and validation scores."""
+    def series(key):
+        values = [h.get(key) for h in history]
+        return values if all(isinstance(v, (int, float)) for v in values) else None
+
     epochs = [h['epoch'] for h in history]
-    for k in train:
-        axes[0].plot(epochs, [h.get(k) for h in history], marker='o', label=k[6:])
-    axes[0].set(title='training loss (per term, unweighted)', xlabel='epoch', yscale='log')
-    for k in val:
-        axes[1].plot(epochs, [h[k] for h in history], marker='o', label=k[4:])
-    axes[1].set(title='validation', xlabel='epoch')
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for key in sorted({k for h in history for k in h if k.startswith('train_')}):
+        if series(key):
+            axes[0].plot(epochs, series(key), marker='o', label=key[6:])
+    axes[0].set(title='training loss per term (unweighted)', xlabel='epoch', yscale='log')
+    for key, style in (('rmse', '-'), ('mae', '-'), ('baseline_rmse', '--'),
+                       ('baseline_mae', '--')):
+        if series('val_' + key):
+            axes[1].plot(epochs, series('val_' + key), style, marker='o', label=key)
+    axes[1].set(title='validation height error (m)', xlabel='epoch')
+    for key in ('delta1', 'miou', 'oa'):
+        if series('val_' + key):
+            axes[2].plot(epochs, series('val_' + key), marker='o', label=key)
+    axes[2].set(title='validation scores', xlabel='epoch', ylim=(0, 1))
     for ax in axes:
         if ax.lines:
             ax.legend(fontsize=8)
