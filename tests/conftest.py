@@ -37,7 +37,7 @@ def run_python(args, timeout=600, env=None, cwd=ROOT):
 
 # Tiny settings on the built-in synthetic dataset: 32 px crops, 1/16 widths.
 TINY = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
-        'test_stride=16', 'backbone_weights=None', 'plot_metrics=False',
+        'test_stride=32', 'backbone_weights=None', 'plot_metrics=False',
         'plot_train_error=False']
 
 

@@ -95,3 +95,37 @@ def test_one_device_asked_to_mirror_warns_and_continues():
     assert result.returncode == 0, result.stderr
     assert 'only one device is visible' in result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1])['replicas'] == 1
+
+
+class FakeConfig:
+    """Stands in for tf.config: records which GPUs were made visible."""
+
+    def __init__(self):
+        self.visible, self.growth = None, []
+        self.experimental = self
+
+    def set_visible_devices(self, devices, kind):
+        self.visible = (list(devices), kind)
+
+    def set_memory_growth(self, device, flag):
+        self.growth.append((device, flag))
+
+
+class FakeTF:
+    def __init__(self):
+        self.config = FakeConfig()
+
+
+def test_gpu_selection_on_a_machine_with_two_gpus():
+    gpus = ['GPU:0', 'GPU:1']
+    config.multi_gpu_enabled, config.gpu_devices = True, '1,0'
+    tf = FakeTF()
+    distribute._select_gpus(tf, gpus)
+    assert tf.config.visible == (['GPU:1', 'GPU:0'], 'GPU')
+    config.multi_gpu_enabled = False            # one GPU: the first listed
+    distribute._select_gpus(tf, gpus)
+    assert tf.config.visible == (['GPU:1'], 'GPU')
+    config.multi_gpu_enabled, config.gpu_devices = True, '0,1,2'
+    with pytest.raises(distribute.DeviceConfigError,
+                       match=r"asks for GPU 2, but only 2 GPU\(s\) are visible"):
+        distribute._select_gpus(tf, gpus)

@@ -206,3 +206,21 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, synthetic_root):
     saved = tf.train.latest_checkpoint(str(tmp_path / 'synthetic' / 'mtl' / 'train_state'))
     step = int(saved.rsplit('-', 1)[1])
     assert step >= 7 and f'checkpoint saved: {saved} (step {step})' in out
+
+
+def test_resume_false_moves_the_old_run_aside(tmp_path, synthetic_root, capsys):
+    import glob
+    import train_mtl
+    from utils import settings
+    settings.apply(TINY + [f'shortcut_path={synthetic_root}', f'checkpoint_root={tmp_path}',
+                           'batch_size=4', 'max_steps=1'])
+    train_mtl.main()
+    settings.apply(['max_steps=2'])
+    assert int(train_mtl.main().step.numpy()) == 2        # resumed: one more step
+    settings.apply(['resume=False'])
+    assert int(train_mtl.main().step.numpy()) == 2        # fresh: two steps from zero
+    out = capsys.readouterr().out
+    assert out.count('resuming from') == 1 and 'previous run was moved to' in out
+    aside = glob.glob(str(tmp_path / 'synthetic' / 'mtl.old-*'))
+    assert len(aside) == 1
+    assert os.path.exists(os.path.join(aside[0], 'train_state', 'ckpt-2.index'))
