@@ -13,8 +13,8 @@ this checks distribution, not data or pretrained weights).
 per-replica batch, mixed_precision, jit_compile, steps_per_execution,
 sync_batchnorm): MTL and DAE training samples/s on 1 replica and on all
 configured replicas, the scaling efficiency, peak memory per replica (where
-TensorFlow tracks it),
-the real input pipeline's rate next to the step rate, and a verdict.
+TensorFlow tracks it), the real input pipeline's rate next to the step rate,
+and a verdict.
 """
 import json
 import math
