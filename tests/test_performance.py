@@ -142,3 +142,13 @@ def test_float16_overflow_on_one_replica_skips_the_step_on_all(two_replicas):
     assert int(f16['iterations']) == 0 and int(f16['step']) == 1
     assert float(f16['loss_scale']) == 2.0 ** 14
     assert np.isfinite(f16['losses']).all()
+
+
+def test_xla_with_synchronised_batchnorm_on_two_replicas_is_refused_clearly(tmp_path):
+    # tf.distribute cannot all-reduce BN statistics from inside an XLA function.
+    result = run_python([PERF_RUN, str(tmp_path / 'x.npz'),
+                         'both:mtl:1:sync_batchnorm=True,jit_compile=True',
+                         *[a for s in TWO_REPLICAS for a in ('--set', s)]])
+    assert result.returncode != 0
+    assert 'SettingError: jit_compile = True and sync_batchnorm = True cannot be ' \
+           'combined on 2 replicas' in result.stderr

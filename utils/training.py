@@ -63,6 +63,17 @@ def _logger(directory, chief):
     return log
 
 
+def _has_synchronized_bn(model):
+    """True when the model, or a model inside it, has a synchronised BN layer."""
+    layers = list(model.layers)
+    while layers:
+        layer = layers.pop()
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized:
+            return True
+        layers.extend(getattr(layer, 'layers', []))
+    return False
+
+
 def _share_overflow(grads):
     """Make one replica's float16 overflow every replica's. Keras'
     LossScaleOptimizer skips or applies a step by the first replica's own
@@ -146,9 +157,18 @@ class Trainer:
     def _build_step(self):
         """tf.function(iterator, n): n distributed steps in a graph loop, so
         small steps do not wait on Python between launches."""
+        strategy = self.strategy
+        if config.jit_compile and strategy.num_replicas_in_sync > 1 and \
+                _has_synchronized_bn(self.model):
+            from utils.settings import SettingError
+            # Synchronised BN all-reduces inside the forward pass, which
+            # tf.distribute cannot do from within a compiled function.
+            raise SettingError(
+                "jit_compile = True and sync_batchnorm = True cannot be combined on "
+                f"{strategy.num_replicas_in_sync} replicas: set one of them to False "
+                "(compare both with python test_multi_gpu.py --benchmark)")
         self._gradient_fn = (tf.function(self._gradients, jit_compile=True)
                              if config.jit_compile else self._gradients)
-        strategy = self.strategy
         local = len(strategy.extended.worker_devices) \
             if strategy.num_replicas_in_sync > 1 else 1
         names = []   # the loss terms the step reports, known once it is traced
