@@ -33,39 +33,21 @@ parser.add_argument('--windows', type=int, default=5,
                     help='--benchmark: timed windows per variant (median reported)')
 args = settings.parse_args(parser)
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import config  # noqa: E402
 from nets import dae as dae_net, mtl as mtl_net  # noqa: E402
-from utils import distribute, losses, training  # noqa: E402
+from utils import benchmark, distribute, losses, training  # noqa: E402
 
 if args.quick:
     settings.apply(['cropSize=64', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625'])
 config.backbone_weights = None
 
 
-def random_batch(global_batch, crop, seed=0):
-    """A global batch shaped like the input pipeline's, from a fixed seed."""
-    rng = np.random.default_rng(seed)
-    channels = 4 if config.sar_mode else 3
-    height = rng.uniform(0, 30, (global_batch, crop, crop, 1)).astype('float32')
-    batch = {'image': rng.uniform(0, 1, (global_batch, crop, crop, channels)).astype('float32'),
-             'height': height, 'mask': np.ones_like(height)}
-    if config.sem_flag:
-        batch['sem'] = rng.integers(0, len(config.label_codes), (global_batch, crop, crop),
-                                    dtype='int32')
-    if config.norm_flag:
-        batch['norm'] = rng.uniform(0, 1, (global_batch, crop, crop, 3)).astype('float32')
-    if config.edge_flag:
-        batch['edge'] = (rng.uniform(0, 1, (global_batch, crop, crop, 1)) > 0.9).astype('float32')
-    return batch
-
-
 def one_step(stage, model, terms_fn, total_fn):
     """One distributed step: (loss terms, examples each replica received)."""
     trainer = training.Trainer(stage, model, terms_fn, total_fn, None, None)
-    batch = random_batch(getattr(config, f'{stage}_global_batch_size'), config.cropSize)
+    batch = benchmark.synthetic_batch(getattr(config, f'{stage}_global_batch_size'))
     dataset = tf.data.Dataset.from_tensors(batch)
     iterator = iter(config.strategy.experimental_distribute_dataset(dataset))
     return trainer.train_step(iterator)
@@ -107,19 +89,12 @@ def check():
 
     with strategy.scope():
         mtl = mtl_net.build_from_config()
-    mtl_losses, report['per_replica_examples'] = one_step(
-        'mtl', mtl, lambda b, training: losses.mtl_terms(b, mtl(b['image'], training=training)),
-        losses.mtl_total)
+    mtl_losses, report['per_replica_examples'] = one_step('mtl', mtl, *losses.mtl_step(mtl))
     with strategy.scope():
         dae = dae_net.build_from_config()
-
-    def dae_terms(b, training):
-        predicted = mtl(b['image'], training=False)
-        noise = dae(dae_net.assemble_input(predicted, b['image']), training=training)
-        return {'dsm': losses.regression(b['height'], predicted['height'] - noise, b['mask'])}
-
+    mtl.trainable = False
     dae_losses, report['dae_per_replica_examples'] = one_step(
-        'dae', dae, dae_terms, lambda t: t['dsm'])
+        'dae', dae, *losses.dae_step(mtl, dae))
     report['mtl_losses'], report['dae_losses'] = mtl_losses, dae_losses
 
     problems = []
@@ -168,19 +143,18 @@ def print_report(r):
     print(r['verdict'])
 
 
-def benchmark():
-    from utils import benchmark as bench
-    report = bench.scaling(windows=args.windows)
+def run_benchmark():
+    report = benchmark.scaling(windows=args.windows)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        bench.print_scaling(report)
+        benchmark.print_scaling(report)
 
 
 def main():
     if args.benchmark:
         try:
-            benchmark()
+            run_benchmark()
         except distribute.DeviceConfigError as err:
             print(f'FAIL: {err}')
             sys.exit(1)

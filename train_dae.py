@@ -22,17 +22,10 @@ def main():
         mtl.trainable = False
         dae = dae_net.build_from_config()
 
-    def terms(batch, training):
-        predicted = mtl(batch['image'], training=False)
-        noise = dae(dae_net.assemble_input(predicted, batch['image']), training=training)
-        # Only the DAE's variables are watched, so no gradient enters the MTL.
-        refined = predicted['height'] - noise
-        return {'dsm': losses.regression(batch['height'], refined, batch['mask'])}
-
     def validate():
         return evaluation.evaluate(mtl, dae, split='valid', verbose=0)
 
-    trainer = training.Trainer('dae', dae, terms, lambda t: t['dsm'], validate,
+    trainer = training.Trainer('dae', dae, *losses.dae_step(mtl, dae), validate,
                                config.corrCheckPointPath)
     trainer.fit()
     return trainer

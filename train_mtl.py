@@ -19,13 +19,10 @@ def main():
     with strategy.scope():
         model = mtl_net.build_from_config()
 
-    def terms(batch, training):
-        return losses.mtl_terms(batch, model(batch['image'], training=training))
-
     def validate():
         return evaluation.evaluate(model, split='valid', verbose=0)
 
-    trainer = training.Trainer('mtl', model, terms, losses.mtl_total, validate,
+    trainer = training.Trainer('mtl', model, *losses.mtl_step(model), validate,
                                config.predCheckPointPath)
     trainer.fit()
     return trainer

@@ -47,19 +47,10 @@ with strategy.scope():
     if stage == 'dae':
         dae = dae_net.build_from_config()
 if stage == 'mtl':
-    model, total = mtl, losses.mtl_total
-
-    def terms(batch, training):
-        return losses.mtl_terms(batch, mtl(batch['image'], training=training))
+    model, (terms, total) = mtl, losses.mtl_step(mtl)
 else:
-    model, total = dae, (lambda t: t['dsm'])
     mtl.trainable = False
-
-    def terms(batch, training):
-        predicted = mtl(batch['image'], training=False)
-        noise = dae(dae_net.assemble_input(predicted, batch['image']), training=training)
-        return {'dsm': losses.regression(batch['height'], predicted['height'] - noise,
-                                         batch['mask'])}
+    model, (terms, total) = dae, losses.dae_step(mtl, dae)
 
 initial = [v.numpy() for v in model.trainable_variables]
 trainer = training.Trainer(stage, model, terms, total, None, None)

@@ -54,17 +54,9 @@ def make_trainer(stage):
         mtl = mtl_net.build_from_config()
         dae = dae_net.build_from_config() if stage == 'dae' else None
     if stage == 'mtl':
-        def terms(batch, training):
-            return losses.mtl_terms(batch, mtl(batch['image'], training=training))
-        return training.Trainer('mtl', mtl, terms, losses.mtl_total, None, None)
+        return training.Trainer('mtl', mtl, *losses.mtl_step(mtl), None, None)
     mtl.trainable = False
-
-    def dae_terms(batch, training):
-        predicted = mtl(batch['image'], training=False)
-        noise = dae(dae_net.assemble_input(predicted, batch['image']), training=training)
-        return {'dsm': losses.regression(batch['height'], predicted['height'] - noise,
-                                         batch['mask'])}
-    return training.Trainer('dae', dae, dae_terms, lambda t: t['dsm'], None, None)
+    return training.Trainer('dae', dae, *losses.dae_step(mtl, dae), None, None)
 
 
 class StepTimer:

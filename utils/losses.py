@@ -7,6 +7,7 @@ replica holding half the batch contributes half the gradient.
 import tensorflow as tf
 
 import config
+from nets.dae import assemble_input
 
 
 def regression(y_true, y_pred, mask):
@@ -50,3 +51,21 @@ def mtl_total(terms):
     """w1*L_dsm + w2*L_sem + w3*L_norm + w4*L_edge, per example."""
     weights = {'dsm': config.w1, 'sem': config.w2, 'norm': config.w3, 'edge': config.w4}
     return tf.add_n([weights[k] * v for k, v in terms.items()])
+
+
+def mtl_step(mtl):
+    """(terms_fn, total_fn) that train the MTL."""
+    def terms(batch, training):
+        return mtl_terms(batch, mtl(batch['image'], training=training))
+    return terms, mtl_total
+
+
+def dae_step(mtl, dae):
+    """(terms_fn, total_fn) that train the DAE on the frozen MTL's outputs:
+    the loss is on the refined height, MTL height - predicted noise."""
+    def terms(batch, training):
+        predicted = mtl(batch['image'], training=False)
+        noise = dae(assemble_input(predicted, batch['image']), training=training)
+        # Only the DAE's variables are watched, so no gradient enters the MTL.
+        return {'dsm': regression(batch['height'], predicted['height'] - noise, batch['mask'])}
+    return terms, lambda t: t['dsm']
