@@ -25,7 +25,7 @@ class SettingError(ValueError):
 _FROM_DATASET = ('cropSize', 'batch_size', 'label_codes', 'w1', 'w2', 'w3', 'w4',
                  'backbone_weights', 'mtl_decoder_scale', 'dae_width_scale', 'mtl_numEpochs',
                  'dae_numEpochs', 'mtl_training_samples', 'dae_training_samples',
-                 'roof_height_threshold', 'bn_momentum')
+                 'roof_height_threshold', 'bn_momentum', 'dropout_rate')
 # Settings whose None is derived from other settings.
 _DERIVED = ('mtl_batchSize', 'dae_batchSize', 'test_stride',
             'predCheckPointPath', 'corrCheckPointPath')
