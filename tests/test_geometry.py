@@ -73,6 +73,7 @@ def test_edges_of_a_box_lie_on_its_outline():
 
 
 def test_box_below_threshold_has_no_edges():
+    config.roof_height_threshold = 50        # the published value
     height = np.zeros((64, 80))
     height[20:44, 30:62] = 40.0
     assert not geometry.edge_map(height).any()

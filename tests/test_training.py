@@ -68,7 +68,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, synthetic_root):
     import subprocess
     import sys
     import tensorflow as tf
-    common = ['batch_size=16', 'mtl_numEpochs=2', 'checkpoint_every=10', 'deterministic=True']
+    common = ['batch_size=32', 'mtl_numEpochs=2', 'checkpoint_every=5', 'deterministic=True']
     env = dict(os.environ, PYTHONUNBUFFERED='1', TF_CPP_MIN_LOG_LEVEL='2')
     train = os.path.join(ROOT, 'train_mtl.py')
 
@@ -87,7 +87,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, synthetic_root):
     assert proc.returncode == -signal.SIGKILL
     state_b = tmp_path / 'b' / 'synthetic' / 'mtl' / 'train_state'
     killed_at = int(tf.train.latest_checkpoint(str(state_b)).rsplit('-', 1)[1])
-    assert killed_at >= 10
+    assert killed_at >= 5
 
     resumed = run_python([train, *sets_for(synthetic_root, tmp_path / 'b', *common)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -96,7 +96,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, synthetic_root):
     state_a = tmp_path / 'a' / 'synthetic' / 'mtl' / 'train_state'
     final_a = tf.train.latest_checkpoint(str(state_a))
     final_b = tf.train.latest_checkpoint(str(state_b))
-    steps = 2 * (300 // 16)          # two epochs of the 300 training patches
+    steps = 2 * (300 // 32)          # two epochs of the 300 training patches
     assert final_a.endswith(f'-{steps}') and final_b.endswith(f'-{steps}')
     a, b = checkpoint_values(final_a), checkpoint_values(final_b)
     assert a.keys() == b.keys()
