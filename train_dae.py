@@ -13,9 +13,7 @@ from utils import checkpoints, datasets, evaluation, losses, settings, training
 
 def main():
     strategy = config.strategy
-    datasets.check_split(datasets.find_split('train'))
-    if config.train_valid_flag:
-        datasets.check_split(datasets.find_split('valid'))
+    datasets.check_training_splits()   # bad data fails before any step
     with strategy.scope():
         mtl = mtl_net.build_from_config()
         checkpoints.load_weights(mtl, config.predCheckPointPath, 'mtl')

@@ -13,9 +13,7 @@ from utils import datasets, evaluation, losses, settings, training
 
 def main():
     strategy = config.strategy
-    datasets.check_split(datasets.find_split('train'))   # bad data fails before any step
-    if config.train_valid_flag:
-        datasets.check_split(datasets.find_split('valid'))
+    datasets.check_training_splits()   # bad data fails before any step
     with strategy.scope():
         model = mtl_net.build_from_config()
 

@@ -486,6 +486,13 @@ def _check_sizes(sizes):
                            f"Fix: resample them to the same grid.")
 
 
+def check_training_splits():
+    """check_split on every split training reads: train, and valid unless it
+    is merged into train (train_valid_flag = False)."""
+    for split in ('train', 'valid') if config.train_valid_flag else ('train',):
+        check_split(find_split(split))
+
+
 def check_split(samples, verbose=0):
     """Load every sample and raise DatasetError on anything training would trip over.
 
