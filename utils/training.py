@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 import config
-from utils import datasets, distribute, pipeline, plots, progress
+from utils import checkpoints, datasets, distribute, pipeline, plots, progress
 
 LOWER_IS_BETTER = ('rmse', 'mae', 'mse')
 TERM_ORDER = ('dsm', 'sem', 'norm', 'edge', 'loss')
@@ -287,7 +287,6 @@ class Trainer:
         return value > best + config.early_stop_delta
 
     def _end_epoch(self, epoch, train_means):
-        from utils import checkpoints
         record = {'epoch': epoch + 1, 'lr': float(self.optimizer.learning_rate.numpy()),
                   **{f'train_{k}': v for k, v in train_means.items()}}
         metrics = self.validate_fn() if config.train_valid_flag else None
@@ -383,8 +382,7 @@ class Trainer:
             self.log.info("interrupted: state saved; run the same command to resume")
             raise SystemExit(130)
         if self.chief and not os.path.exists(self.best_path):
-            from utils import checkpoints
-            checkpoints.save_weights(self.model, self.best_path, self.stage)
+                checkpoints.save_weights(self.model, self.best_path, self.stage)
         self.log.info(f"done after {int(self.step.numpy())} steps; "
                       f"best weights: {self.best_path}")
         return self.history
