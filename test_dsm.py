@@ -69,7 +69,7 @@ def report(result, correction):
 
 def main(argv=None):
     args = parse(argv)
-    used = {k: getattr(config, k) for k in settings.names()}   # before the edit below
+    used = {k: getattr(config, k) for k in settings.names()}
     # Imported after --set so the strategy and networks see the overrides.
     from nets import dae as dae_net, mtl as mtl_net
     from utils import checkpoints, distribute, evaluation
@@ -80,9 +80,7 @@ def main(argv=None):
                                    'mtl_dae' if args.correction else 'mtl')
     try:
         with config.strategy.scope():
-            # The checkpoint replaces every weight: no ImageNet download needed.
-            config.backbone_weights = None
-            mtl = mtl_net.build_from_config()
+            mtl = mtl_net.build_from_config(pretrained=False)
             checkpoints.load_weights(mtl, mtl_path, 'mtl')
             dae = None
             if args.correction:

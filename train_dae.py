@@ -15,7 +15,7 @@ def main():
     strategy = config.strategy
     datasets.check_training_splits()   # bad data fails before any step
     with strategy.scope():
-        mtl = mtl_net.build_from_config()
+        mtl = mtl_net.build_from_config(pretrained=False)
         checkpoints.load_weights(mtl, config.predCheckPointPath, 'mtl')
         mtl.trainable = False
         dae = dae_net.build_from_config()

@@ -105,13 +105,16 @@ def build_mtl(num_classes, in_channels=3, sem=True, norm=True, edge=False,
     return keras.Model(inputs, outputs, name='dsmnet_mtl')
 
 
-def build_from_config():
-    """The MTL with the settings in config.py."""
+def build_from_config(pretrained=True):
+    """The MTL with the settings in config.py. pretrained=False skips the
+    encoder's backbone_weights, for a network whose checkpoint is loaded next
+    (it replaces every weight, so no ImageNet download is needed)."""
     return build_mtl(
         num_classes=len(config.label_codes),
         in_channels=4 if config.sar_mode else 3,
         sem=config.sem_flag, norm=config.norm_flag, edge=config.edge_flag,
         head_mode=config.mtl_head_mode, decoder_scale=config.mtl_decoder_scale,
-        backbone_weights=config.backbone_weights, dropout=config.dropout_rate,
+        backbone_weights=config.backbone_weights if pretrained else None,
+        dropout=config.dropout_rate,
         sync_batchnorm=config.sync_batchnorm, freeze_backbone=config.mtl_bb_freeze,
         bn_momentum=config.bn_momentum)

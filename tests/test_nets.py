@@ -104,3 +104,18 @@ def test_missing_imagenet_weights_error_names_the_fix(monkeypatch):
     with pytest.raises(mtl.BackboneWeightsError) as err:
         mtl.build_mtl(6, backbone_weights='imagenet')
     assert mtl.DENSENET_FILE in str(err.value) and 'backbone_weights = None' in str(err.value)
+
+
+def test_a_network_about_to_load_a_checkpoint_skips_the_imagenet_download(monkeypatch):
+    import config
+    real = keras.applications.DenseNet121
+
+    def offline(*args, weights=None, **kwargs):
+        if weights is not None:
+            raise OSError('URL fetch failure')
+        return real(*args, weights=weights, **kwargs)
+    monkeypatch.setattr(keras.applications, 'DenseNet121', offline)
+    config.backbone_weights, config.mtl_decoder_scale = 'imagenet', 0.0625
+    assert mtl.build_from_config(pretrained=False).count_params() > 7e6
+    with pytest.raises(mtl.BackboneWeightsError):
+        mtl.build_from_config()
