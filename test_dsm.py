@@ -16,6 +16,7 @@ import sys
 
 import config
 from utils import settings
+from utils.errors import UserError
 
 TABLE = [('MSE', 'mse'), ('MAE', 'mae'), ('RMSE', 'rmse'), ('delta1', 'delta1'),
          ('delta2', 'delta2'), ('delta3', 'delta3'), ('mIoU', 'miou'), ('OA', 'oa'),
@@ -88,7 +89,7 @@ def main(argv=None):
                 checkpoints.load_weights(dae, dae_path, 'dae')
         result = evaluation.evaluate(mtl, dae, split=args.split, out_dir=run,
                                      max_images=args.max_images)
-    except settings.user_errors() as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

@@ -9,15 +9,12 @@ import keras
 from keras import layers
 
 import config
+from utils.errors import BackboneWeightsError
 
 DECODER_WIDTHS = (1024, 512, 256, 64, 32)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DENSENET_FILE = 'densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5'
-
-
-class BackboneWeightsError(RuntimeError):
-    """The encoder's pretrained weights are neither cached nor downloadable."""
 
 
 def task_outputs(num_classes, sem=True, norm=True, edge=False):

@@ -9,6 +9,7 @@ import json
 import os
 
 import config
+from utils.errors import CheckpointError
 
 # The settings that change the layers of each network.
 ARCHITECTURE = {
@@ -18,10 +19,6 @@ ARCHITECTURE = {
             'sar_mode', 'label_codes'),
 }
 SETTING_OF_PATH = {'mtl': 'predCheckPointPath', 'dae': 'corrCheckPointPath'}
-
-
-class CheckpointError(RuntimeError):
-    """A weights file that is missing or does not fit the configured network."""
 
 
 def _settings(kind):

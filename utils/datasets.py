@@ -41,6 +41,7 @@ import numpy as np
 import tifffile
 
 import config
+from utils.errors import DatasetError
 
 SPLITS = ('train', 'valid', 'test')
 IMAGE_EXTENSIONS = ('.tif', '.tiff', '.png', '.jpg', '.jpeg')
@@ -69,10 +70,6 @@ SPLIT_FOLDER_NAMES = {
     'synthetic': dict(image='rgb', height='dsm', labels='sem', sar=None),
 }
 MAX_LISTED = 5              # problems listed in one error message
-
-
-class DatasetError(ValueError):
-    """Bad or missing dataset files; the message names the file and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)

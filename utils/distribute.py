@@ -9,12 +9,9 @@ import os
 import warnings
 
 import config
+from utils.errors import DeviceConfigError
 
 _strategy = None
-
-
-class DeviceConfigError(ValueError):
-    """A device setting that cannot be satisfied; the message names it."""
 
 
 def parse_gpu_devices(text):

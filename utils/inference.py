@@ -11,8 +11,7 @@ import tensorflow as tf
 
 import config
 from nets import dae as dae_net
-from utils.datasets import DatasetError
-from utils.settings import SettingError
+from utils.errors import DatasetError, SettingError
 
 GAUSS_SIGMA = 0.2
 

@@ -39,7 +39,7 @@ import tensorflow as tf
 
 import config
 from utils import datasets, geometry
-from utils.settings import SettingError
+from utils.errors import SettingError
 
 STAGES = ('mtl', 'dae')
 _cache = {}     # the one decoded training set kept in memory: {'key': ..., 'value': _Cache}

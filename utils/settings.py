@@ -12,12 +12,11 @@ import os
 import sys
 import types
 
+from utils.errors import SettingError, UserError
+
 # TensorFlow's C++ start-up chatter buries our output; TF_CPP_MIN_LOG_LEVEL=0
 # in the environment brings it back.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-class SettingError(ValueError):
-    """A setting with a value that cannot work; the message names it."""
 
 
 # Settings whose None means "the dataset's published value" (resolved again
@@ -143,22 +142,10 @@ def parse_args(p, argv=None):
     return args
 
 
-def user_errors():
-    """The exceptions that report a problem with the user's data or settings:
-    scripts print their message and exit 1 instead of a traceback."""
-    from nets.mtl import BackboneWeightsError
-    from utils.checkpoints import CheckpointError
-    from utils.datasets import DatasetError
-    from utils.distribute import DeviceConfigError
-    from utils.training import TrainingDiverged
-    return (BackboneWeightsError, CheckpointError, DatasetError, DeviceConfigError,
-            SettingError, TrainingDiverged)
-
-
 def run_main(main):
     """Run a script's main(); a user error ends it with its message, exit code 1."""
     try:
         main()
-    except user_errors() as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

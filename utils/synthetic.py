@@ -34,6 +34,7 @@ import numpy as np
 import tifffile
 
 import config
+from utils.errors import DatasetError
 
 VERSION = 1                 # bump when the generator changes: old data are regenerated
 SPLITS = {'train': (300, 128), 'valid': (8, 192), 'test': (10, 192)}   # (count, side)
@@ -289,7 +290,6 @@ def ensure_synthetic(root, seed=None, splits=SPLITS):
     if is_complete(root, seed, splits):
         return root
     if os.path.isdir(root) and not set(os.listdir(root)) <= set(splits) | {MARKER}:
-        from utils.datasets import DatasetError
         raise DatasetError(f"{root} exists but is not a generated synthetic dataset (it holds "
                            f"other files). Fix: move it away, or set shortcut_path elsewhere.")
     print(f"Generating the synthetic dataset in {root} (seed {seed}) ...", flush=True)

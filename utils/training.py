@@ -23,13 +23,10 @@ import tensorflow as tf
 
 import config
 from utils import checkpoints, datasets, distribute, pipeline, plots, progress
+from utils.errors import SettingError, TrainingDiverged
 
 LOWER_IS_BETTER = ('rmse', 'mae', 'mse')
 TERM_ORDER = ('dsm', 'sem', 'norm', 'edge', 'loss')
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or Inf; the message names the term and the step."""
 
 
 def make_optimizer(stage, model):
@@ -160,7 +157,6 @@ class Trainer:
         strategy = self.strategy
         if config.jit_compile and strategy.num_replicas_in_sync > 1 and \
                 _has_synchronized_bn(self.model):
-            from utils.settings import SettingError
             # Synchronised BN all-reduces inside the forward pass, which
             # tf.distribute cannot do from within a compiled function.
             raise SettingError(

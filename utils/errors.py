@@ -1,0 +1,34 @@
+"""The user's mistakes, by kind: one home, importing nothing of ours.
+
+Every script ends a run that raises one of these with `error: <message>` and
+exit code 1 (see utils/settings.run_main); the message names the setting or
+file and the fix. Anything else is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem the user can fix; the message says how."""
+
+
+class SettingError(UserError, ValueError):
+    """A setting with a value that cannot work; the message names it."""
+
+
+class DeviceConfigError(SettingError):
+    """A device setting that cannot be satisfied; the message names it."""
+
+
+class DatasetError(UserError, ValueError):
+    """A dataset file or folder that is missing, unreadable or inconsistent."""
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A weights file or training state that is missing, damaged or does not fit."""
+
+
+class BackboneWeightsError(UserError, RuntimeError):
+    """The encoder's pretrained weights could not be loaded."""
+
+
+class TrainingDiverged(UserError, RuntimeError):
+    """A loss became NaN or Inf; the message names the term and the step."""
