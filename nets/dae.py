@@ -5,6 +5,7 @@ import keras
 from keras import layers
 
 import config
+from utils import datasets, heads
 
 ENCODER_WIDTHS = (64, 128, 256, 512)
 BRIDGE_WIDTH = 1024
@@ -16,9 +17,10 @@ def _double_conv(x, width, name):
     return x
 
 
-def input_channels(num_classes, sem=True, norm=True, edge=False, image_channels=3):
-    """Channels of [height, sem softmax, normals, (edges), image]."""
-    return 1 + (num_classes if sem else 0) + (3 if norm else 0) + (1 if edge else 0) \
+def input_channels(num_classes, image_channels=3, **switches):
+    """Channels of the MTL outputs of the heads switched on (utils/heads.py;
+    `switches` as for nets.mtl.build_mtl), then the image."""
+    return sum(h.out_channels(num_classes) for h in heads.select(**switches)) \
         + image_channels
 
 
@@ -46,13 +48,14 @@ def build_dae(in_channels, width_scale=1.0, dropout=0.5):
 
 def build_from_config():
     """The DAE with the settings in config.py."""
-    channels = input_channels(len(config.label_codes), config.sem_flag, config.norm_flag,
-                              config.edge_flag, 4 if config.sar_mode else 3)
+    channels = input_channels(len(config.label_codes), datasets.image_channels(),
+                              **heads.switches())
     return build_dae(channels, config.dae_width_scale, config.dropout_rate)
 
 
 def assemble_input(mtl_outputs, image):
-    """The DAE input: MTL height, semantics, normals, (edges) and the image, stacked."""
+    """The DAE input: the MTL's outputs in the order of utils/heads.py (height,
+    semantics, normals, edges, those the MTL has), then the image, stacked."""
     import keras.ops as ops
-    parts = [mtl_outputs[k] for k in ('height', 'sem', 'norm', 'edge') if k in mtl_outputs]
+    parts = [mtl_outputs[k] for k in heads.NAMES if k in mtl_outputs]
     return ops.concatenate([ops.cast(p, image.dtype) for p in parts] + [image], axis=-1)

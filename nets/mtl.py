@@ -9,6 +9,7 @@ import keras
 from keras import layers
 
 import config
+from utils import datasets, heads
 from utils.errors import BackboneWeightsError
 
 DECODER_WIDTHS = (1024, 512, 256, 64, 32)
@@ -17,16 +18,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DENSENET_FILE = 'densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5'
 
 
-def task_outputs(num_classes, sem=True, norm=True, edge=False):
-    """(name, channels, final activation) of each enabled task, height first."""
-    tasks = [('height', 1, None)]
-    if sem:
-        tasks.append(('sem', num_classes, 'softmax'))
-    if norm:
-        tasks.append(('norm', 3, None))
-    if edge:
-        tasks.append(('edge', 1, 'relu'))
-    return tasks
+def task_outputs(num_classes, **switches):
+    """(name, channels, final activation) of each head switched on (utils/heads.py),
+    height first; `switches`: e.g. sem=False, edge=True."""
+    return [(h.name, h.out_channels(num_classes), h.activation)
+            for h in heads.select(**switches)]
 
 
 def _up(x, width, name):
@@ -57,13 +53,15 @@ def _encoder(weights, freeze):
     return densenet
 
 
-def build_mtl(num_classes, in_channels=3, sem=True, norm=True, edge=False,
-              head_mode='dsm', decoder_scale=1.0, backbone_weights=None,
-              dropout=0.5, sync_batchnorm=False, freeze_backbone=False, bn_momentum=None):
-    """The MTL as a Keras model: images in [0, 1] -> dict of task outputs."""
+def build_mtl(num_classes, in_channels=3, head_mode='dsm', decoder_scale=1.0,
+              backbone_weights=None, dropout=0.5, sync_batchnorm=False,
+              freeze_backbone=False, bn_momentum=None, **switches):
+    """The MTL as a Keras model: images in [0, 1] -> dict of task outputs.
+    `switches` turn heads on or off by name (sem=False, edge=True); the
+    others keep their default (utils/heads.py)."""
     if head_mode not in ('dsm', 'full'):
         raise ValueError(f"mtl_head_mode = {head_mode!r}: use 'dsm' or 'full'")
-    tasks = task_outputs(num_classes, sem, norm, edge)
+    tasks = task_outputs(num_classes, **switches)
     inputs = keras.Input((None, None, in_channels), name='image')
     # ImageNet statistics for RGB; an extra SAR channel is centred on 0.5.
     x = layers.Normalization(mean=IMAGENET_MEAN + (0.5,) * (in_channels - 3),
@@ -108,10 +106,9 @@ def build_from_config(pretrained=True):
     (it replaces every weight, so no ImageNet download is needed)."""
     return build_mtl(
         num_classes=len(config.label_codes),
-        in_channels=4 if config.sar_mode else 3,
-        sem=config.sem_flag, norm=config.norm_flag, edge=config.edge_flag,
+        in_channels=datasets.image_channels(),
         head_mode=config.mtl_head_mode, decoder_scale=config.mtl_decoder_scale,
         backbone_weights=config.backbone_weights if pretrained else None,
         dropout=config.dropout_rate,
         sync_batchnorm=config.sync_batchnorm, freeze_backbone=config.mtl_bb_freeze,
-        bn_momentum=config.bn_momentum)
+        bn_momentum=config.bn_momentum, **heads.switches())

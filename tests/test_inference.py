@@ -40,7 +40,7 @@ def test_window_starts(size, crop, stride, expected):
 
 
 def test_image_smaller_than_crop_is_a_clear_error():
-    with pytest.raises(ValueError, match='smaller than the crop'):
+    with pytest.raises(ValueError, match='smaller than cropSize=64'):
         inference.window_starts(40, 64, 10)
     with pytest.raises(ValueError, match='cropSize'):
         inference.predict_tile(lambda w: {}, np.zeros((40, 100, 3)), 64, 10)

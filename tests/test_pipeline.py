@@ -279,5 +279,5 @@ def test_too_few_samples_for_one_batch(patches, tiles):
 def test_sample_smaller_than_the_crop(tiles):
     tiles()
     config.cropSize = 128
-    with pytest.raises(datasets.DatasetError, match=r"smaller than cropSize = 128"):
+    with pytest.raises(datasets.DatasetError, match=r"smaller than cropSize=128"):
         pipeline.train_dataset('mtl', BATCH, epoch=0)

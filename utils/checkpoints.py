@@ -9,14 +9,13 @@ import json
 import os
 
 import config
+from utils import heads
 from utils.errors import CheckpointError
 
-# The settings that change the layers of each network.
+# The settings that change the layers of each network (the head switches first).
 ARCHITECTURE = {
-    'mtl': ('sem_flag', 'norm_flag', 'edge_flag', 'mtl_head_mode',
-            'mtl_decoder_scale', 'sar_mode', 'label_codes'),
-    'dae': ('sem_flag', 'norm_flag', 'edge_flag', 'dae_width_scale',
-            'sar_mode', 'label_codes'),
+    'mtl': heads.FLAGS + ('mtl_head_mode', 'mtl_decoder_scale', 'sar_mode', 'label_codes'),
+    'dae': heads.FLAGS + ('dae_width_scale', 'sar_mode', 'label_codes'),
 }
 SETTING_OF_PATH = {'mtl': 'predCheckPointPath', 'dae': 'corrCheckPointPath'}
 

@@ -89,6 +89,22 @@ class Loaded(NamedTuple):
     labels: np.ndarray | None   # int32 HxW class indices
 
 
+def image_channels():
+    """Channels of a loaded image: RGB, and the SAR channel with sar_mode."""
+    return 4 if config.sar_mode else 3
+
+
+def check_crop_fits(what, shape, crop):
+    """DatasetError unless every side of `shape` ((rows, cols) of an image, or
+    one side) holds the crop: training and inference never pad an image."""
+    if min(shape[:2]) < crop:
+        size = 'x'.join(str(side) for side in reversed(shape[:2]))   # width x height
+        fitting = min(shape[:2]) // 32 * 32
+        raise DatasetError(f"{what} is {size}, smaller than cropSize={crop}. Fix: set "
+                           f"cropSize to at most {fitting} (a multiple of 32), or remove "
+                           f"the image.")
+
+
 def dataset_root():
     return os.path.join(config.shortcut_path, config.dataset_name)
 
@@ -505,12 +521,7 @@ def check_split(samples, verbose=0):
     crop = config.cropSize
     for i, sample in enumerate(samples):
         loaded = load_sample(sample)
-        rows, cols = loaded.height.shape
-        if min(rows, cols) < crop:
-            fitting = min(rows, cols) // 32 * 32
-            raise DatasetError(f"{sample.image} is {cols}x{rows}, smaller than cropSize={crop}. "
-                               f"Fix: set cropSize to at most {fitting} (a multiple of 32), "
-                               f"or remove the image.")
+        check_crop_fits(sample.image, loaded.height.shape, crop)
         if not np.isfinite(loaded.height).any():
             files = sample.height + (f" and {sample.dem}" if sample.dem else '')
             raise DatasetError(f"{files}: every height is nodata (NaN, GDAL nodata or "

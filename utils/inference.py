@@ -11,7 +11,8 @@ import tensorflow as tf
 
 import config
 from nets import dae as dae_net
-from utils.errors import DatasetError, SettingError
+from utils import datasets
+from utils.errors import SettingError
 
 GAUSS_SIGMA = 0.2
 
@@ -27,9 +28,7 @@ def gaussian_window(crop):
 
 def window_starts(size, crop, stride):
     """Start offsets along one side: every `stride`, the last one at size - crop."""
-    if size < crop:
-        raise DatasetError(f"image side {size} px is smaller than the crop {crop} px: "
-                         f"set cropSize (a multiple of 32) to at most {size}")
+    datasets.check_crop_fits('an image side', (size,), crop)
     if stride < 1:
         raise SettingError(f"test_stride = {stride}: use a positive step, e.g. cropSize // 6")
     starts = list(range(0, size - crop + 1, stride))
@@ -116,9 +115,7 @@ def predict_tile(predict_fn, image, crop, stride, batch_size=None):
     if image.ndim != 3:
         raise ValueError(f"expected an image [H, W, C], got shape {image.shape}")
     h, w = image.shape[:2]
-    if h < crop or w < crop:
-        raise DatasetError(f"image of {h}x{w} px is smaller than cropSize = {crop}: "
-                         f"set cropSize (a multiple of 32) to at most {min(h, w)}")
+    datasets.check_crop_fits('the image', image.shape, crop)
     if crop % 32:
         raise SettingError(f"cropSize = {crop}: the MTL needs a multiple of 32")
     weight = gaussian_window(crop).astype(np.float32)

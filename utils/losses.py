@@ -8,6 +8,7 @@ import tensorflow as tf
 
 import config
 from nets.dae import assemble_input
+from utils import heads
 
 
 def regression(y_true, y_pred, mask):
@@ -35,21 +36,21 @@ def cross_entropy(labels, probs):
     return tf.reduce_mean(per_pixel, axis=[1, 2])
 
 
+def head_loss(head, batch, outputs):
+    """The per-example loss of one head (utils/heads.py) on its target."""
+    if head.loss == 'cross_entropy':
+        return cross_entropy(batch[head.name], outputs[head.name])
+    return regression(batch[head.name], outputs[head.name], batch['mask'])
+
+
 def mtl_terms(batch, outputs):
-    """Unweighted per-example loss of every enabled task."""
-    terms = {'dsm': regression(batch['height'], outputs['height'], batch['mask'])}
-    if 'sem' in outputs:
-        terms['sem'] = cross_entropy(batch['sem'], outputs['sem'])
-    if 'norm' in outputs:
-        terms['norm'] = regression(batch['norm'], outputs['norm'], batch['mask'])
-    if 'edge' in outputs:
-        terms['edge'] = regression(batch['edge'], outputs['edge'], batch['mask'])
-    return terms
+    """Unweighted per-example loss of every head the MTL has, by term name."""
+    return {h.term: head_loss(h, batch, outputs) for h in heads.HEADS if h.name in outputs}
 
 
 def mtl_total(terms):
-    """w1*L_dsm + w2*L_sem + w3*L_norm + w4*L_edge, per example."""
-    weights = {'dsm': config.w1, 'sem': config.w2, 'norm': config.w3, 'edge': config.w4}
+    """w1*L_dsm + w2*L_sem + w3*L_norm + w4*L_edge (each head's weight setting), per example."""
+    weights = {h.term: getattr(config, h.weight) for h in heads.HEADS}
     return tf.add_n([weights[k] * v for k, v in terms.items()])
 
 
@@ -67,5 +68,7 @@ def dae_step(mtl, dae):
         predicted = mtl(batch['image'], training=False)
         noise = dae(assemble_input(predicted, batch['image']), training=training)
         # Only the DAE's variables are watched, so no gradient enters the MTL.
-        return {'dsm': regression(batch['height'], predicted['height'] - noise, batch['mask'])}
-    return terms, lambda t: t['dsm']
+        height = heads.HEIGHT
+        return {height.term: regression(batch[height.name], predicted[height.name] - noise,
+                                        batch['mask'])}
+    return terms, lambda t: t[heads.HEIGHT.term]

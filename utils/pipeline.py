@@ -3,14 +3,16 @@
 `train_dataset(stage, global_batch, epoch, skip_batches)` yields GLOBAL batches
 (hand them to `strategy.experimental_distribute_dataset`), each a dict:
     'image'  [B,c,c,C] float32 in [0,1]           (C = 4 with sar_mode, else 3)
-    'height' [B,c,c,1] float32, 0 where nodata
     'mask'   [B,c,c,1] float32, 1 where the height is valid
+and the target of every head switched on (utils/heads.py), under its name:
+    'height' [B,c,c,1] float32, 0 where nodata
     'sem'    [B,c,c]   int32 class indices        (sem_flag; one-hot in the loss)
     'norm'   [B,c,c,3] float32 (n+1)/2            (norm_flag; x255 without normalize_flag)
     'edge'   [B,c,c,1] float32 in {0,1}           (edge_flag)
-with c = config.cropSize. Normals and edges come from utils.geometry over the
-whole tile or patch (which fills nodata before filtering), then are cropped
-with the rest, so a crop's border pixels see their real neighbours.
+with c = config.cropSize. The targets are made over the whole tile or patch
+(normals and edges by utils.geometry, which fills nodata before filtering),
+then cropped with the rest, so a crop's border pixels see their real
+neighbours.
 
 Every random choice for a sample (tile, crop position, augmentation) is a
 stateless function of (config.seed, epoch, k), k being the sample's position
@@ -38,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 import config
-from utils import datasets, geometry
+from utils import datasets, heads
 from utils.errors import SettingError
 
 STAGES = ('mtl', 'dae')
@@ -52,15 +54,8 @@ def _check_stage(stage):
 
 def _field_specs():
     """(name, dtype, channels) of every element field, in a fixed order."""
-    specs = [('image', tf.float32, 4 if config.sar_mode else 3),
-             ('height', tf.float32, 1), ('mask', tf.float32, 1)]
-    if config.sem_flag:
-        specs.append(('sem', tf.int32, 1))
-    if config.norm_flag:
-        specs.append(('norm', tf.float32, 3))
-    if config.edge_flag:
-        specs.append(('edge', tf.float32, 1))
-    return specs
+    return [('image', tf.float32, datasets.image_channels()), ('mask', tf.float32, 1)] + [
+        (h.name, tf.as_dtype(h.dtype), h.field_channels) for h in heads.from_config()]
 
 
 def _batch_error(count, what, global_batch, stage, fix):
@@ -94,28 +89,34 @@ def steps_per_epoch(stage, global_batch):
 
 # ----------------------------------------------------------------- decoding
 
+def make_fields(loaded):
+    """Every field of one loaded sample at full size: name -> [H, W, ch] array."""
+    loaded = loaded._replace(image=np.asarray(loaded.image, np.float32),
+                             height=np.asarray(loaded.height, np.float32))
+    fields = {'image': loaded.image,
+              'mask': np.isfinite(loaded.height).astype(np.float32)[..., None]}
+    for head in heads.from_config():
+        fields[head.name] = np.asarray(head.target(loaded), head.dtype)
+    return fields
+
+
+def drop_index_channel(fields):
+    """Class-index targets lose their channel axis, as the losses take them."""
+    for head in heads.from_config():
+        if head.dtype == 'int32' and head.name in fields:
+            fields[head.name] = fields[head.name][..., 0]
+    return fields
+
+
 def _decode(sample):
-    """Every field of one sample at full size: name -> [H, W, ch] array."""
+    """Every field of one sample at full size, checked: name -> [H, W, ch] array."""
     loaded = datasets.load_sample(sample)
-    image = np.asarray(loaded.image, np.float32)
-    if min(image.shape[:2]) < config.cropSize:
-        raise datasets.DatasetError(
-            f"{sample.image} is {image.shape[0]} x {image.shape[1]} px, smaller than "
-            f"cropSize = {config.cropSize}: lower cropSize or remove the sample")
-    height = np.asarray(loaded.height, np.float32)
-    valid = np.isfinite(height)
-    fields = {'image': image, 'height': np.where(valid, height, 0)[..., None],
-              'mask': valid.astype(np.float32)[..., None]}
-    if config.sem_flag:
-        if loaded.labels is None:
-            raise datasets.DatasetError(
-                f"{sample.image}: no semantic labels for this sample, but sem_flag = True; "
-                f"add its label file or set sem_flag = False")
-        fields['sem'] = np.asarray(loaded.labels, np.int32)[..., None]
-    if config.norm_flag:
-        fields['norm'] = np.asarray(geometry.surface_normals(height), np.float32)
-    if config.edge_flag:
-        fields['edge'] = np.asarray(geometry.edge_map(height), np.float32)[..., None]
+    datasets.check_crop_fits(sample.image, np.shape(loaded.image), config.cropSize)
+    try:
+        fields = make_fields(loaded)
+    except datasets.DatasetError as err:   # a target the sample lacks: name its file
+        raise datasets.DatasetError(f"{sample.image}: {err}") from None
+    image = fields['image']
     for name, _, channels in _field_specs():
         array = fields[name]
         if array.shape != image.shape[:2] + (channels,):
@@ -210,9 +211,9 @@ class _Cache:
 
 def _cache_key(samples):
     """Everything the decoded fields depend on (and cropSize, which _decode checks)."""
-    return (tuple(samples), config.sar_mode, config.sem_flag, config.norm_flag,
-            config.edge_flag, config.normalize_flag, config.roof_height_threshold,
-            config.canny_lt, config.canny_ht, tuple(config.label_codes), config.cropSize)
+    return (tuple(samples), config.sar_mode, tuple(config.label_codes), config.cropSize) + \
+        tuple((h.name,) + tuple(getattr(config, k) for k in h.depends_on)
+              for h in heads.from_config())
 
 
 def _decode_all(samples, first=None):
@@ -351,9 +352,7 @@ def train_dataset(stage, global_batch, epoch, skip_batches=0):
         fields = source(k, key_source)
         if config.augment:
             fields = _augment(fields, key_augment)
-        if 'sem' in fields:
-            fields['sem'] = fields['sem'][..., 0]
-        return fields
+        return drop_index_channel(fields)
 
     dataset = tf.data.Dataset.range(skip_batches * global_batch, steps * global_batch)
     dataset = dataset.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

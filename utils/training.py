@@ -22,11 +22,11 @@ import numpy as np
 import tensorflow as tf
 
 import config
-from utils import checkpoints, datasets, distribute, pipeline, plots, progress
+from utils import checkpoints, datasets, distribute, heads, pipeline, plots, progress
 from utils.errors import SettingError, TrainingDiverged
 
 LOWER_IS_BETTER = ('rmse', 'mae', 'mse')
-TERM_ORDER = ('dsm', 'sem', 'norm', 'edge', 'loss')
+TERM_ORDER = heads.TERMS + ('loss',)   # as the step reports them
 
 
 def make_optimizer(stage, model):
