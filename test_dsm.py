@@ -72,21 +72,15 @@ def main(argv=None):
     args = parse(argv)
     used = {k: getattr(config, k) for k in settings.names()}
     # Imported after --set so the strategy and networks see the overrides.
-    from nets import dae as dae_net, mtl as mtl_net
-    from utils import checkpoints, distribute, evaluation
+    from utils import distribute, evaluation, stages
 
     mtl_path = args.mtl_weights or config.predCheckPointPath
     dae_path = (args.dae_weights or config.corrCheckPointPath) if args.correction else None
     run = args.out or os.path.join(config.output_root, config.dataset_name,
                                    'mtl_dae' if args.correction else 'mtl')
     try:
-        with config.strategy.scope():
-            mtl = mtl_net.build_from_config(pretrained=False)
-            checkpoints.load_weights(mtl, mtl_path, 'mtl')
-            dae = None
-            if args.correction:
-                dae = dae_net.build_from_config()
-                checkpoints.load_weights(dae, dae_path, 'dae')
+        mtl = stages.trained_mtl(mtl_path)
+        dae = stages.trained_dae(dae_path) if args.correction else None
         result = evaluation.evaluate(mtl, dae, split=args.split, out_dir=run,
                                      max_images=args.max_images)
     except UserError as err:

@@ -36,29 +36,19 @@ args = settings.parse_args(parser)
 import tensorflow as tf  # noqa: E402
 
 import config  # noqa: E402
-from nets import dae as dae_net, mtl as mtl_net  # noqa: E402
-from utils import benchmark, distribute, losses, training  # noqa: E402
+from utils import benchmark, distribute, stages  # noqa: E402
 
 if args.quick:
     settings.apply(['cropSize=64', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625'])
 config.backbone_weights = None
 
 
-def one_step(stage, model, terms_fn, total_fn):
+def one_step(trainer):
     """One distributed step: (loss terms, examples each replica received)."""
-    trainer = training.Trainer(stage, model, terms_fn, total_fn, None, None)
-    batch = benchmark.synthetic_batch(getattr(config, f'{stage}_global_batch_size'))
+    batch = benchmark.synthetic_batch(trainer.global_batch)
     dataset = tf.data.Dataset.from_tensors(batch)
     iterator = iter(config.strategy.experimental_distribute_dataset(dataset))
     return trainer.train_step(iterator)
-
-
-def devices(strategy):
-    """The devices the replicas run on (the default strategy has no list)."""
-    if isinstance(strategy, type(tf.distribute.get_strategy())):
-        return [(tf.config.list_logical_devices('GPU') or
-                 tf.config.list_logical_devices('CPU'))[0].name]
-    return list(strategy.extended.worker_devices)
 
 
 def expected_replicas():
@@ -79,7 +69,7 @@ def check():
     report.update({
         'logical_gpus': [d.name for d in tf.config.list_logical_devices('GPU')],
         'strategy': type(strategy).__name__, 'replicas': replicas,
-        'devices': devices(strategy),
+        'devices': distribute.replica_devices(strategy),
         'crop': config.cropSize, 'batch_size': config.batch_size,
         'global_batch_size': config.global_batch_size,
         'mtl_batch_size': config.mtl_batchSize,
@@ -87,14 +77,10 @@ def check():
         'dae_batch_size': config.dae_batchSize,
         'dae_global_batch_size': config.dae_global_batch_size})
 
-    with strategy.scope():
-        mtl = mtl_net.build_from_config()
-    mtl_losses, report['per_replica_examples'] = one_step('mtl', mtl, *losses.mtl_step(mtl))
-    with strategy.scope():
-        dae = dae_net.build_from_config()
-    mtl.trainable = False
-    dae_losses, report['dae_per_replica_examples'] = one_step(
-        'dae', dae, *losses.dae_step(mtl, dae))
+    mtl_trainer = stages.make_trainer('mtl', steps_only=True)
+    mtl_losses, report['per_replica_examples'] = one_step(mtl_trainer)
+    dae_trainer = stages.make_trainer('dae', mtl=mtl_trainer.model, steps_only=True)
+    dae_losses, report['dae_per_replica_examples'] = one_step(dae_trainer)
     report['mtl_losses'], report['dae_losses'] = mtl_losses, dae_losses
 
     problems = []

@@ -6,25 +6,12 @@ Needs the MTL weights from train_mtl.py (config.predCheckPointPath). The MTL
 runs in inference mode inside the same replica step as the DAE, so its
 forward pass is split across replicas too.
 """
-import config
-from nets import dae as dae_net, mtl as mtl_net
-from utils import checkpoints, datasets, evaluation, losses, settings, training
+from utils import datasets, settings, stages
 
 
 def main():
-    strategy = config.strategy
     datasets.check_training_splits()   # bad data fails before any step
-    with strategy.scope():
-        mtl = mtl_net.build_from_config(pretrained=False)
-        checkpoints.load_weights(mtl, config.predCheckPointPath, 'mtl')
-        mtl.trainable = False
-        dae = dae_net.build_from_config()
-
-    def validate():
-        return evaluation.evaluate(mtl, dae, split='valid', verbose=0)
-
-    trainer = training.Trainer('dae', dae, *losses.dae_step(mtl, dae), validate,
-                               config.corrCheckPointPath)
+    trainer = stages.make_trainer('dae')
     trainer.fit()
     return trainer
 

@@ -6,22 +6,12 @@ Runs on the strategy config.py builds: one device, all GPUs of a machine
 (multi_gpu_enabled), or several machines (TF_CONFIG). Resumes an interrupted
 run from its last checkpoint; keeps the best weights by validation metric.
 """
-import config
-from nets import mtl as mtl_net
-from utils import datasets, evaluation, losses, settings, training
+from utils import datasets, settings, stages
 
 
 def main():
-    strategy = config.strategy
     datasets.check_training_splits()   # bad data fails before any step
-    with strategy.scope():
-        model = mtl_net.build_from_config()
-
-    def validate():
-        return evaluation.evaluate(model, split='valid', verbose=0)
-
-    trainer = training.Trainer('mtl', model, *losses.mtl_step(model), validate,
-                               config.predCheckPointPath)
+    trainer = stages.make_trainer('mtl')
     trainer.fit()
     return trainer
 

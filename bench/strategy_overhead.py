@@ -43,7 +43,7 @@ def main():
 
     import tensorflow as tf
     import config
-    from utils import benchmark
+    from utils import benchmark, stages
 
     if args.intra is not None:
         tf.config.threading.set_intra_op_parallelism_threads(args.intra)
@@ -57,12 +57,12 @@ def main():
     for xla in ([False] if args.no_xla else [False, True]):
         config.jit_compile = xla
         suffix = ' + XLA' if xla else ''
-        timers['mirrored' + suffix] = benchmark.StepTimer(benchmark.make_trainer('mtl'),
-                                                          steps_per_call=1)
+        timers['mirrored' + suffix] = benchmark.StepTimer(
+            stages.make_trainer('mtl', steps_only=True), steps_per_call=1)
         config.mtl_batchSize = args.batch   # one replica takes the whole global batch
         with benchmark.single_replica():
-            timers['default' + suffix] = benchmark.StepTimer(benchmark.make_trainer('mtl'),
-                                                             steps_per_call=1)
+            timers['default' + suffix] = benchmark.StepTimer(
+                stages.make_trainer('mtl', steps_only=True), steps_per_call=1)
         config.mtl_batchSize = args.batch // 2
     params = timers['default'].trainer.model.count_params()
     medians, windows = benchmark.median_step_time(timers, args.windows, args.calls)

@@ -14,25 +14,21 @@ import numpy as np
 import tensorflow as tf
 
 import config
-from nets import dae as dae_net, mtl as mtl_net
-from utils import distribute, losses, training
+from utils import datasets, distribute, pipeline, stages
 
 
 def synthetic_batch(global_batch, seed=0):
-    """A global batch shaped like utils/pipeline.py's, random but fixed."""
+    """A global batch shaped like utils/pipeline.py's, random but fixed: random
+    images, heights and labels, and the heads' targets made from them."""
     rng = np.random.default_rng(seed)
-    crop, channels = config.cropSize, 4 if config.sar_mode else 3
-    height = rng.uniform(0, 30, (global_batch, crop, crop, 1)).astype('float32')
-    batch = {'image': rng.uniform(0, 1, (global_batch, crop, crop, channels)).astype('float32'),
-             'height': height, 'mask': np.ones_like(height)}
-    if config.sem_flag:
-        batch['sem'] = rng.integers(0, len(config.label_codes), (global_batch, crop, crop),
-                                    dtype='int32')
-    if config.norm_flag:
-        batch['norm'] = rng.uniform(0, 1, (global_batch, crop, crop, 3)).astype('float32')
-    if config.edge_flag:
-        batch['edge'] = (rng.uniform(0, 1, (global_batch, crop, crop, 1)) > 0.9).astype('float32')
-    return batch
+    shape = (global_batch, config.cropSize, config.cropSize)
+    images = rng.uniform(0, 1, shape + (datasets.image_channels(),)).astype('float32')
+    heights = rng.uniform(0, 30, shape).astype('float32')
+    labels = rng.integers(0, len(config.label_codes), shape, dtype='int32')
+    examples = [pipeline.make_fields(datasets.Loaded(*sample))
+                for sample in zip(images, heights, labels)]
+    return pipeline.drop_index_channel({k: np.stack([e[k] for e in examples])
+                                        for k in examples[0]})
 
 
 @contextlib.contextmanager
@@ -45,18 +41,6 @@ def single_replica():
         yield distribute._strategy
     finally:
         distribute._strategy = configured
-
-
-def make_trainer(stage):
-    """A Trainer for `stage` ('mtl' or 'dae', with a random frozen MTL) under
-    config.strategy, built as train_mtl.py / train_dae.py build theirs."""
-    with config.strategy.scope():
-        mtl = mtl_net.build_from_config()
-        dae = dae_net.build_from_config() if stage == 'dae' else None
-    if stage == 'mtl':
-        return training.Trainer('mtl', mtl, *losses.mtl_step(mtl), None, None)
-    mtl.trainable = False
-    return training.Trainer('dae', dae, *losses.dae_step(mtl, dae), None, None)
 
 
 class StepTimer:
@@ -94,7 +78,6 @@ def median_step_time(timers, windows, calls):
 
 def input_rate(stage, global_batch, batches=20, warmup=3):
     """Samples per second the real input pipeline delivers on its own."""
-    from utils import pipeline
     total = pipeline.steps_per_epoch(stage, global_batch)
     batches = min(batches, total - warmup)
     if batches < 1:
@@ -107,16 +90,6 @@ def input_rate(stage, global_batch, batches=20, warmup=3):
     for _ in range(batches):
         next(iterator)
     return batches * global_batch / (time.perf_counter() - start)
-
-
-def replica_devices(strategy):
-    """Short device names ('GPU:0') of the strategy's local replicas."""
-    if strategy.num_replicas_in_sync == 1:
-        logical = tf.config.list_logical_devices('GPU') or tf.config.list_logical_devices('CPU')
-        names = [logical[0].name]
-    else:
-        names = list(strategy.extended.worker_devices)
-    return [n.split('device:')[-1] for n in names]
 
 
 def _memory_in_use(devices):
@@ -165,10 +138,9 @@ class _Timed(StepTimer):
 def scaling(windows=5, seconds=2.0, stages=('mtl', 'dae')):
     """Training throughput on 1 replica and on every configured replica, the
     scaling efficiency, peak memory and the input pipeline's own rate."""
-    from utils import datasets
     strategy = config.strategy
     replicas = strategy.num_replicas_in_sync
-    devices = replica_devices(strategy)
+    devices = distribute.replica_devices(strategy)
     report = {'strategy': type(strategy).__name__, 'replicas': replicas, 'devices': devices,
               'crop': config.cropSize, 'mixed_precision': config.mixed_precision,
               'jit_compile': bool(config.jit_compile),
@@ -177,10 +149,12 @@ def scaling(windows=5, seconds=2.0, stages=('mtl', 'dae')):
               'tensorflow': tf.__version__, 'stages': {}}
     for stage in stages:
         per_replica = getattr(config, f'{stage}_batchSize')
-        timers = {replicas: _Timed(make_trainer(stage), devices, seconds)}
+        timers = {replicas: _Timed(stages.make_trainer(stage, steps_only=True), devices,
+                                   seconds)}
         if replicas > 1:
             with single_replica():
-                timers[1] = _Timed(make_trainer(stage), devices[:1], seconds)
+                timers[1] = _Timed(stages.make_trainer(stage, steps_only=True), devices[:1],
+                                   seconds)
         medians, _ = median_step_time(timers, windows, None)
         rate = {n: per_replica * n / medians[n] for n in timers}
         entry = {'per_replica_batch': per_replica,

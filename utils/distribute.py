@@ -127,3 +127,15 @@ def is_chief():
         return True
     return resolver.task_type == 'chief' or (
         resolver.task_type == 'worker' and resolver.task_id == 0)
+
+
+def replica_devices(strategy):
+    """Short device names ('GPU:0') of the strategy's local replicas (the
+    default strategy has no list: its one device)."""
+    import tensorflow as tf
+    if strategy.num_replicas_in_sync == 1:
+        logical = tf.config.list_logical_devices('GPU') or tf.config.list_logical_devices('CPU')
+        names = [logical[0].name]
+    else:
+        names = list(strategy.extended.worker_devices)
+    return [n.split('device:')[-1] for n in names]
