@@ -6,12 +6,18 @@ Needs the MTL weights from train_mtl.py (config.predCheckPointPath). The MTL
 runs in inference mode inside the same replica step as the DAE, so its
 forward pass is split across replicas too.
 """
+import sys
+
 import config
-from nets import dae as dae_net, mtl as mtl_net
-from utils import checkpoints, datasets, evaluation, losses, settings, training
+from utils import settings
 
 
 def main():
+    # Imported here, after the command line: a setting that breaks its rule
+    # stops the script before TensorFlow loads.
+    from nets import dae as dae_net, mtl as mtl_net
+    from utils import checkpoints, datasets, evaluation, losses, training
+
     strategy = config.strategy
     datasets.check_training_splits()   # bad data fails before any step
     with strategy.scope():
@@ -31,4 +37,4 @@ def main():
 
 if __name__ == '__main__':
     settings.parse_args(settings.parser(__doc__.splitlines()[0]))
-    settings.run_main(main)
+    sys.exit(settings.run_main(main))

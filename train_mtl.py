@@ -6,12 +6,18 @@ Runs on the strategy config.py builds: one device, all GPUs of a machine
 (multi_gpu_enabled), or several machines (TF_CONFIG). Resumes an interrupted
 run from its last checkpoint; keeps the best weights by validation metric.
 """
+import sys
+
 import config
-from nets import mtl as mtl_net
-from utils import datasets, evaluation, losses, settings, training
+from utils import settings
 
 
 def main():
+    # Imported here, after the command line: a setting that breaks its rule
+    # stops the script before TensorFlow loads.
+    from nets import mtl as mtl_net
+    from utils import datasets, evaluation, losses, training
+
     strategy = config.strategy
     datasets.check_training_splits()   # bad data fails before any step
     with strategy.scope():
@@ -28,4 +34,4 @@ def main():
 
 if __name__ == '__main__':
     settings.parse_args(settings.parser(__doc__.splitlines()[0]))
-    settings.run_main(main)
+    sys.exit(settings.run_main(main))
