@@ -23,7 +23,7 @@ import os
 # ----------------------------------------------------------------- devices
 multi_gpu_enabled: bool = False     # True: MirroredStrategy over every GPU in gpu_devices
 gpu_devices: gpu_ids = "0"          # comma-separated GPU ids, e.g. "0,1"
-cpu_replicas: whole(at_least=0) = 0 # >1 with no GPU: split the CPU into that many replicas
+cpu_replicas: whole(at_least=0) = 0  # >1 with no GPU: split the CPU into that many replicas
 distribution: one_of('auto', 'default', 'mirrored', 'multi_worker') = 'auto'
                             # 'auto': multi_worker when the TF_CONFIG environment
                             # variable is set, else mirrored when multi_gpu_enabled,
@@ -195,20 +195,20 @@ def resolve():
     settings, from what this file (or --set) declares for them in `declared`.
     utils/settings.override runs it again after every change. A value of the
     wrong type is left for its rule to name, never an error here."""
-    names = globals()
+    module = globals()
     entry = dataset_settings(dataset_name if isinstance(dataset_name, str) else '')
     for key, ask in FROM_DATASET.items():
         value = declared[key]
-        names[key] = entry[key] if value == ask else value
-    names['layout'] = entry['layout']
+        module[key] = entry[key] if value == ask else value
+    module['layout'] = entry['layout']
     if isinstance(label_codes, (list, tuple)):   # colours may be written as lists
-        names['label_codes'] = [tuple(c) if isinstance(c, (list, tuple)) else c
+        module['label_codes'] = [tuple(c) if isinstance(c, (list, tuple)) else c
                                 for c in label_codes]
     for key, derive in DERIVED.items():
         try:
-            names[key] = derive() if declared[key] is None else declared[key]
+            module[key] = derive() if declared[key] is None else declared[key]
         except TypeError:
-            names[key] = None
+            module[key] = None
 
 
 # ----------------------------------------------------------------- rules
@@ -262,6 +262,7 @@ def number(at_least=None, above=None, below=None, at_most=None):
 
 
 def one_of(*choices):
+    """One of the strings `choices`."""
     return Rule(_either(choices), lambda v: isinstance(v, str) and v in choices, str)
 
 
@@ -296,7 +297,7 @@ SEGMENTATION_METRICS = ('miou', 'oa', 'fwiou', 'mean_f1')
 TYPES = {bool: Rule('True or False', lambda v: isinstance(v, bool), bool),
          str: Rule('a string', lambda v: isinstance(v, str), str)}
 folder_name = Rule('a non-empty string (a DATASETS key, or your dataset folder name)',
-            lambda v: isinstance(v, str) and v.strip() != '', str)
+                   lambda v: isinstance(v, str) and v.strip() != '', str)
 gpu_ids = Rule('distinct GPU ids (whole numbers >= 0) separated by commas, e.g. "0,1"',
                _gpu_ids, str)
 class_codes = Rule('a list of distinct class codes: whole numbers, or (r, g, b) colours '
@@ -304,10 +305,9 @@ class_codes = Rule('a list of distinct class codes: whole numbers, or (r, g, b) 
 encoder_weights = Rule("'auto', 'imagenet', None (random initial weights) or the path of "
                        "an .h5 file", lambda v: v in (None, 'auto', 'imagenet') or
                        (isinstance(v, str) and v.endswith('.h5')), str)
-validation_metric = Rule(f"{_either(HEIGHT_METRICS)}, or with sem_flag = True "
-                         f"{_either(SEGMENTATION_METRICS)}",
-                         lambda v: v in HEIGHT_METRICS or (sem_flag and v in SEGMENTATION_METRICS),
-                         str)
+validation_metric = Rule(
+    f"{_either(HEIGHT_METRICS)}, or with sem_flag = True {_either(SEGMENTATION_METRICS)}",
+    lambda v: v in HEIGHT_METRICS or (sem_flag and v in SEGMENTATION_METRICS), str)
 # Environment variables read with the settings, checked with them.
 ENVIRONMENT = {'TF_CONFIG': Rule(
     'unset, or a JSON object like {"cluster": {"worker": ["hostA:12345", "hostB:12345"]}, '

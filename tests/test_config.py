@@ -324,7 +324,7 @@ def test_rules_are_checked_before_the_strategy_without_a_parser():
     assert result.stdout.strip() == "mtl_head_mode = 'foo': use 'dsm' or 'full' False"
 
 
-# A script of the kind written for the earlier multi-GPU attempt: every name
+# A script as written against the original multi-GPU config.py: every name
 # from `from config import *`, then a model and an optimizer in the scope.
 SEED_SCRIPT = """
 import json

@@ -30,7 +30,7 @@ def names():
 
 def rule(name):
     """The rule config.py declares for a setting (its annotation)."""
-    found = eval(config.__annotations__[name], vars(config))   # noqa: S307 (our own file)
+    found = eval(config.__annotations__[name], vars(config))   # text of our own config.py
     return config.TYPES.get(found, found)
 
 
