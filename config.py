@@ -5,106 +5,124 @@ Edit the values below, or override any of them for one run with
 Settings marked "None: from the dataset" take the published value for
 `dataset_name` from the DATASETS table at the bottom.
 
+The annotation after each name is what the setting may be (its rule, see
+"Rules" at the bottom). Every rule is checked once, right after `--set` and
+before TensorFlow starts; a value that breaks one stops the run with one
+line naming the setting, its value and what is allowed.
+
 `strategy` and the `*global_batch_size` names are computed on first use,
-after any `--set` overrides, from the distribution settings.
+after any `--set` overrides, from the distribution settings; `from config
+import *` gives them too. This file imports nothing of the project's, so
+`import config` alone never starts TensorFlow.
 """
+from __future__ import annotations   # the rules are read when checked, not here
+
+import json
+import os
 
 # ----------------------------------------------------------------- devices
-multi_gpu_enabled = False   # True: MirroredStrategy over every GPU in gpu_devices
-gpu_devices = "0"           # comma-separated GPU ids, e.g. "0,1"
-cpu_replicas = 0            # >1 with no GPU: split the CPU into that many replicas
-distribution = 'auto'       # 'auto' | 'default' | 'mirrored' | 'multi_worker'
-                            # 'auto': multi_worker when TF_CONFIG is set, else
-                            # mirrored when multi_gpu_enabled, else default
-mixed_precision = 'float32' # 'float32' | 'mixed_bfloat16' | 'mixed_float16'
-jit_compile = False         # XLA-compile the train and inference steps
-steps_per_execution = 1     # train steps run inside one tf.function call
-sync_batchnorm = False      # BatchNormalization statistics over the global batch
-seed = 42
-deterministic = False       # TensorFlow op determinism (slower)
+multi_gpu_enabled: bool = False     # True: MirroredStrategy over every GPU in gpu_devices
+gpu_devices: gpu_ids = "0"          # comma-separated GPU ids, e.g. "0,1"
+cpu_replicas: whole(at_least=0) = 0  # >1 with no GPU: split the CPU into that many replicas
+distribution: one_of('auto', 'default', 'mirrored', 'multi_worker') = 'auto'
+                            # 'auto': multi_worker when the TF_CONFIG environment
+                            # variable is set, else mirrored when multi_gpu_enabled,
+                            # else default; TF_CONFIG's rule: ENVIRONMENT below
+mixed_precision: one_of('float32', 'mixed_bfloat16', 'mixed_float16') = 'float32'
+jit_compile: bool = False           # XLA-compile the train and inference steps
+steps_per_execution: whole(at_least=1) = 1  # train steps run inside one tf.function call
+sync_batchnorm: bool = False        # BatchNormalization statistics over the global batch
+seed: whole(at_least=0) = 42
+deterministic: bool = False         # TensorFlow op determinism (slower)
 
 # ----------------------------------------------------------------- data
-dataset_name = 'synthetic'  # see DATASETS below
-shortcut_path = './datasets/'   # root holding datasets/<dataset_name>/
-cropSize = None             # None: from the dataset
-batch_size = None           # per replica; None: from the dataset
-label_codes = None          # None: from the dataset
-sar_mode = False            # DFC2023: stack the SAR channel as a 4th input
-normalize_flag = True       # normals stored in [0, 1] (False: [0, 255])
-augment = False             # random flips and 90-degree rotations
-train_valid_flag = True     # False: merge the valid split into train
-roof_height_threshold = None    # edge map: threshold on 0..255 heights; None: from
-                            # the dataset (50 as published)
-canny_lt = 50               # edge map: Canny thresholds
-canny_ht = 150
+dataset_name: folder_name = 'synthetic'  # see DATASETS below
+shortcut_path: str = './datasets/'  # root holding datasets/<dataset_name>/
+cropSize: whole(at_least=32, multiple_of=32) = None     # None: from the dataset
+batch_size: whole(at_least=1) = None    # per replica; None: from the dataset
+label_codes: class_codes = None     # None: from the dataset
+sar_mode: bool = False              # DFC2023: stack the SAR channel as a 4th input
+normalize_flag: bool = True         # normals stored in [0, 1] (False: [0, 255])
+augment: bool = False               # random flips and 90-degree rotations
+train_valid_flag: bool = True       # False: merge the valid split into train
+roof_height_threshold: number(at_least=0) = None    # edge map: threshold on 0..255
+                            # heights; None: from the dataset (50 as published)
+canny_lt: whole(at_least=0) = 50    # edge map: Canny thresholds
+canny_ht: whole(at_least=0) = 150
 
 # ----------------------------------------------------------------- network
-backbone_weights = 'auto'   # 'imagenet' | None (random init) | an .h5 path;
-                            # 'auto': from the dataset (None for synthetic)
-mtl_decoder_scale = None    # multiplies decoder widths (1.0 = paper); None: from the dataset
-mtl_head_mode = 'dsm'       # 'dsm' (paper) | 'full'
-sem_flag = True
-norm_flag = True
-edge_flag = False
-dae_width_scale = None      # multiplies DAE widths (1.0 = paper); None: from the dataset
-dropout_rate = None         # None: from the dataset (0.5 as published)
-bn_momentum = None          # BatchNormalization moving-average momentum; None: from
-                            # the dataset (Keras' 0.99 as published)
+backbone_weights: encoder_weights = 'auto'  # 'imagenet' | None (random init) | an .h5
+                            # path; 'auto': from the dataset (None for synthetic)
+mtl_decoder_scale: number(above=0) = None   # multiplies decoder widths (1.0 = paper);
+                            # None: from the dataset
+mtl_head_mode: one_of('dsm', 'full') = 'dsm'    # 'dsm' (paper) | 'full'
+sem_flag: bool = True
+norm_flag: bool = True
+edge_flag: bool = False
+dae_width_scale: number(above=0) = None     # multiplies DAE widths (1.0 = paper);
+                            # None: from the dataset
+dropout_rate: number(at_least=0, below=1) = None    # None: from the dataset (0.5 as published)
+bn_momentum: number(at_least=0, at_most=1) = None   # BatchNormalization moving-average
+                            # momentum; None: from the dataset (Keras' 0.99 as published)
 
 # ----------------------------------------------------------------- losses
-w1 = None                   # height weight; None: from the dataset
-w2 = None                   # semantics
-w3 = None                   # normals
-w4 = None                   # edges
-reg_loss = 'mse'            # 'mse' | 'huber'
-huber_delta = 1.0
+w1: number(at_least=0) = None       # height weight; None: from the dataset
+w2: number(at_least=0) = None       # semantics
+w3: number(at_least=0) = None       # normals
+w4: number(at_least=0) = None       # edges
+reg_loss: one_of('mse', 'huber') = 'mse'
+huber_delta: number(above=0) = 1.0
 
 # ----------------------------------------------------------------- MTL training
-mtl_lr = 2e-4
-mtl_beta_1 = 0.9
-adam_epsilon = 1e-7         # Keras' default, as published (both stages)
-mtl_lr_decay = False        # halve the learning rate after every epoch
-mtl_batchSize = None        # per replica; None: batch_size
-mtl_numEpochs = None        # None: from the dataset
-mtl_training_samples = None # samples per epoch on large-tile datasets; None: 10000
-mtl_preload = True          # patch datasets: decode once, keep in memory (tiles always are)
-mtl_bb_freeze = False       # freeze the DenseNet encoder
+mtl_lr: number(above=0) = 2e-4
+mtl_beta_1: number(at_least=0, below=1) = 0.9
+adam_epsilon: number(above=0) = 1e-7    # Keras' default, as published (both stages)
+mtl_lr_decay: bool = False          # halve the learning rate after every epoch
+mtl_batchSize: whole(at_least=1) = None     # per replica; None: batch_size
+mtl_numEpochs: whole(at_least=1) = None     # None: from the dataset
+mtl_training_samples: whole(at_least=1) = None  # samples per epoch on large-tile
+                            # datasets; None: 10000
+mtl_preload: bool = True            # patch datasets: decode once, keep in memory
+                            # (tiles always are)
+mtl_bb_freeze: bool = False         # freeze the DenseNet encoder
 
 # ----------------------------------------------------------------- DAE training
-dae_lr = 2e-4
-dae_beta_1 = 0.9
-dae_lr_decay = False
-dae_batchSize = None        # per replica; None: batch_size
-dae_numEpochs = None        # None: from the dataset
-dae_training_samples = None
-dae_preload = True
-preload_max_gb = 4.0        # patch datasets: cache decoded patches in memory (with
-                            # *_preload) only up to this size; tiles are always cached
+dae_lr: number(above=0) = 2e-4
+dae_beta_1: number(at_least=0, below=1) = 0.9
+dae_lr_decay: bool = False
+dae_batchSize: whole(at_least=1) = None     # per replica; None: batch_size
+dae_numEpochs: whole(at_least=1) = None     # None: from the dataset
+dae_training_samples: whole(at_least=1) = None
+dae_preload: bool = True
+preload_max_gb: number(at_least=0) = 4.0    # patch datasets: cache decoded patches in
+                            # memory (with *_preload) only up to this size; tiles are
+                            # always cached
 
 # ----------------------------------------------------------------- run control
-early_stop_flag = True
-early_stop_patience = 10
-early_stop_delta = 1e-2
-eval_metric = 'rmse'        # validation metric that picks the best weights
-checkpoint_every = 500      # steps between training checkpoints
-resume = True               # continue an interrupted run from its checkpoint
-max_steps = 0               # >0: stop after this many steps (smoke runs)
-plot_train_error = True
-plot_metrics = True
-checkpoint_root = './checkpoints/'
-output_root = './output/'
-predCheckPointPath = None   # None: <checkpoint_root>/<dataset>/mtl/best.weights.h5
-corrCheckPointPath = None   # None: <checkpoint_root>/<dataset>/dae/best.weights.h5
+early_stop_flag: bool = True
+early_stop_patience: whole(at_least=1) = 10
+early_stop_delta: number(at_least=0) = 1e-2
+eval_metric: validation_metric = 'rmse'     # validation metric that picks the best weights
+checkpoint_every: whole(at_least=1) = 500   # steps between training checkpoints
+resume: bool = True                 # continue an interrupted run from its checkpoint
+max_steps: whole(at_least=0) = 0    # >0: stop after this many steps (smoke runs)
+plot_train_error: bool = True
+plot_metrics: bool = True
+checkpoint_root: str = './checkpoints/'
+output_root: str = './output/'
+predCheckPointPath: str = None      # None: <checkpoint_root>/<dataset>/mtl/best.weights.h5
+corrCheckPointPath: str = None      # None: <checkpoint_root>/<dataset>/dae/best.weights.h5
 
 # ----------------------------------------------------------------- testing
-correction = False          # refine the MTL height with the DAE
-test_stride = None          # sliding-window step; None: cropSize // 6
-test_batch_size = 8         # windows per inference call (global)
-test_plot_images = 3        # PNG figures for the first N test images
+correction: bool = False            # refine the MTL height with the DAE
+test_stride: whole(at_least=1, at_most='cropSize') = None   # sliding-window step;
+                            # None: cropSize // 6
+test_batch_size: whole(at_least=1) = 8  # windows per inference call (global)
+test_plot_images: whole(at_least=0) = 3 # PNG figures for the first N test images
 
-# Published settings per dataset (dsmnet.md). A dataset_name not listed
-# takes the longest entry it starts with; a name ending in '_bin' has the
-# binary label codes (0, 1).
+# Published settings per dataset (DSMNet paper and its code). A dataset_name
+# not listed takes the longest entry it starts with; a name ending in '_bin'
+# has the binary label codes (0, 1).
 VAIHINGEN_CODES = [(255, 255, 255), (0, 0, 255), (0, 255, 255),
                    (0, 255, 0), (255, 255, 0), (255, 0, 0)]
 DATASETS = {
@@ -150,19 +168,171 @@ def dataset_settings(name):
     return entry
 
 
-def __getattr__(name):
-    # Computed on first use so that --set overrides are applied first.
+# ----------------------------------------------------------------- resolution
+# The settings that take the dataset's published value, and the value that
+# asks for it: None, except for backbone_weights, whose None is a value of
+# its own (random initial weights) and which asks with 'auto'.
+FROM_DATASET = dict.fromkeys(
+    ('cropSize', 'batch_size', 'label_codes', 'w1', 'w2', 'w3', 'w4', 'mtl_decoder_scale',
+     'dae_width_scale', 'mtl_numEpochs', 'dae_numEpochs', 'mtl_training_samples',
+     'dae_training_samples', 'roof_height_threshold', 'bn_momentum', 'dropout_rate'),
+    None)
+FROM_DATASET['backbone_weights'] = 'auto'
+# The settings whose None is worked out from other settings, and how.
+DERIVED = {
+    'mtl_batchSize': lambda: batch_size,
+    'dae_batchSize': lambda: batch_size,
+    'test_stride': lambda: max(1, cropSize // 6),
+    'predCheckPointPath': lambda: os.path.join(checkpoint_root, dataset_name, 'mtl',
+                                               'best.weights.h5'),
+    'corrCheckPointPath': lambda: os.path.join(checkpoint_root, dataset_name, 'dae',
+                                               'best.weights.h5'),
+}
+
+
+def resolve():
+    """Fill the settings above that are left to the dataset or to other
+    settings, from what this file (or --set) declares for them in `declared`.
+    utils/settings.override runs it again after every change. A value of the
+    wrong type is left for its rule to name, never an error here."""
+    module = globals()
+    entry = dataset_settings(dataset_name if isinstance(dataset_name, str) else '')
+    for key, ask in FROM_DATASET.items():
+        value = declared[key]
+        module[key] = entry[key] if value == ask else value
+    module['layout'] = entry['layout']
+    if isinstance(label_codes, (list, tuple)):   # colours may be written as lists
+        module['label_codes'] = [tuple(c) if isinstance(c, (list, tuple)) else c
+                                for c in label_codes]
+    for key, derive in DERIVED.items():
+        try:
+            module[key] = derive() if declared[key] is None else declared[key]
+        except TypeError:
+            module[key] = None
+
+
+# ----------------------------------------------------------------- rules
+# The words in the annotations above. utils/settings.py evaluates a
+# setting's annotation here when it checks the setting, tests the value and
+# reads `--set` text as the rule's kind.
+class Rule:
+    """What a setting may be: `allowed`, in the words an error shows;
+    `test(value)`, true for a value that works; `kind`, how `--set` reads
+    its text (bool, int, float, str, or 'literal' for a Python value)."""
+
+    def __init__(self, allowed, test, kind):
+        self.allowed, self.test, self.kind = allowed, test, kind
+
+
+def _is(value, kind):
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def _bounds(**bounds):
+    """(words, test) for bounds; a bound given as a string names another setting."""
+    ops = {'at_least': ('>=', lambda a, b: a >= b), 'above': ('>', lambda a, b: a > b),
+           'below': ('<', lambda a, b: a < b), 'at_most': ('<=', lambda a, b: a <= b)}
+    given = [(key, bound) for key, bound in bounds.items() if bound is not None]
+    words = ' and '.join(f'{ops[key][0]} {bound}' for key, bound in given)
+
+    def test(value):
+        return all(ops[key][1](value, globals()[bound] if isinstance(bound, str) else bound)
+                   for key, bound in given)
+    return (' ' + words if words else ''), test
+
+
+def _either(choices):
+    shown = [repr(c) for c in choices]
+    return ', '.join(shown[:-1]) + ' or ' + shown[-1] if len(shown) > 1 else shown[0]
+
+
+def whole(at_least=None, at_most=None, multiple_of=None):
+    """A whole number within the bounds, and a multiple of `multiple_of`."""
+    words, within = _bounds(at_least=at_least, at_most=at_most)
+    kind = f'a multiple of {multiple_of}' if multiple_of else 'a whole number'
+    return Rule(kind + words, lambda v: _is(v, int) and within(v) and
+                (not multiple_of or v % multiple_of == 0), int)
+
+
+def number(at_least=None, above=None, below=None, at_most=None):
+    """A number (whole or not) within the bounds."""
+    words, within = _bounds(at_least=at_least, above=above, below=below, at_most=at_most)
+    return Rule('a number' + words, lambda v: _is(v, (int, float)) and v == v and within(v),
+                float)
+
+
+def one_of(*choices):
+    """One of the strings `choices`."""
+    return Rule(_either(choices), lambda v: isinstance(v, str) and v in choices, str)
+
+
+def _gpu_ids(value):
+    if not _is(value, (str, int)):
+        return False
+    parts = [p.strip() for p in str(value).split(',')]
+    return all(p.isascii() and p.isdigit() for p in parts) and \
+        len({int(p) for p in parts}) == len(parts)
+
+
+def _class_codes(codes):
+    def colour(c):
+        return isinstance(c, tuple) and len(c) == 3 and all(_is(x, int) and 0 <= x <= 255
+                                                            for x in c)
+    return isinstance(codes, (list, tuple)) and len(codes) > 0 and \
+        len(set(codes)) == len(codes) and \
+        (all(_is(c, int) for c in codes) or all(colour(c) for c in codes))
+
+
+def _tf_config(text):
+    if not text:
+        return distribution != 'multi_worker'
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
+
+
+HEIGHT_METRICS = ('rmse', 'mae', 'mse', 'delta1', 'delta2', 'delta3')
+SEGMENTATION_METRICS = ('miou', 'oa', 'fwiou', 'mean_f1')
+TYPES = {bool: Rule('True or False', lambda v: isinstance(v, bool), bool),
+         str: Rule('a string', lambda v: isinstance(v, str), str)}
+folder_name = Rule('a non-empty string (a DATASETS key, or your dataset folder name)',
+                   lambda v: isinstance(v, str) and v.strip() != '', str)
+gpu_ids = Rule('distinct GPU ids (whole numbers >= 0) separated by commas, e.g. "0,1"',
+               _gpu_ids, str)
+class_codes = Rule('a list of distinct class codes: whole numbers, or (r, g, b) colours '
+                   'of 0..255', _class_codes, 'literal')
+encoder_weights = Rule("'auto', 'imagenet', None (random initial weights) or the path of "
+                       "an .h5 file", lambda v: v in (None, 'auto', 'imagenet') or
+                       (isinstance(v, str) and v.endswith('.h5')), str)
+validation_metric = Rule(
+    f"{_either(HEIGHT_METRICS)}, or with sem_flag = True {_either(SEGMENTATION_METRICS)}",
+    lambda v: v in HEIGHT_METRICS or (sem_flag and v in SEGMENTATION_METRICS), str)
+# Environment variables read with the settings, checked with them.
+ENVIRONMENT = {'TF_CONFIG': Rule(
+    'unset, or a JSON object like {"cluster": {"worker": ["hostA:12345", "hostB:12345"]}, '
+    '"task": {"type": "worker", "index": 0}} (README, Several machines); '
+    "distribution = 'multi_worker' needs it set", _tf_config, str)}
+
+
+# ----------------------------------------------------------------- computed
+# Worked out on first use, after --set (PEP 562): utils/distribute.py builds
+# the strategy once and imports TensorFlow only then. `from config import *`
+# asks for every name in __all__, so it builds the strategy.
+PER_REPLICA = {'global_batch_size': 'batch_size', 'mtl_global_batch_size': 'mtl_batchSize',
+               'dae_global_batch_size': 'dae_batchSize'}
+
+
+def __getattr__(attr):
+    if attr != 'strategy' and attr not in PER_REPLICA:
+        raise AttributeError(f"config has no setting {attr!r}")
     from utils import distribute
-    if name == 'strategy':
-        return distribute.get_strategy()
-    per_replica = {'global_batch_size': 'batch_size',
-                   'mtl_global_batch_size': 'mtl_batchSize',
-                   'dae_global_batch_size': 'dae_batchSize'}.get(name)
-    if per_replica:
-        return globals()[per_replica] * distribute.get_strategy().num_replicas_in_sync
-    raise AttributeError(f"config has no setting {name!r}")
+    strategy = distribute.get_strategy()
+    if attr == 'strategy':
+        return strategy
+    return globals()[PER_REPLICA[attr]] * strategy.num_replicas_in_sync
 
 
-import sys as _sys  # noqa: E402
-from utils import settings as _settings  # noqa: E402
-_settings.resolve(_sys.modules[__name__])   # fill the None settings
+__all__ = [*__annotations__, 'strategy', *PER_REPLICA]
+declared = {key: globals()[key] for key in (*FROM_DATASET, *DERIVED)}
+resolve()

@@ -16,7 +16,6 @@ import sys
 
 import config
 from utils import settings
-from utils.errors import UserError
 
 TABLE = [('MSE', 'mse'), ('MAE', 'mae'), ('RMSE', 'rmse'), ('delta1', 'delta1'),
          ('delta2', 'delta2'), ('delta3', 'delta3'), ('mIoU', 'miou'), ('OA', 'oa'),
@@ -68,8 +67,8 @@ def report(result, correction):
     print('RESULT ' + ' '.join(f"{k}={_fmt(result.get(k))}" for k in RESULT_KEYS))
 
 
-def main(argv=None):
-    args = parse(argv)
+def run_test(args):
+    """Test, write metrics.json and the predictions, print the table."""
     used = {k: getattr(config, k) for k in settings.names()}
     # Imported after --set so the strategy and networks see the overrides.
     from utils import distribute, evaluation, stages
@@ -78,14 +77,10 @@ def main(argv=None):
     dae_path = (args.dae_weights or config.corrCheckPointPath) if args.correction else None
     run = args.out or os.path.join(config.output_root, config.dataset_name,
                                    'mtl_dae' if args.correction else 'mtl')
-    try:
-        mtl = stages.trained_mtl(mtl_path)
-        dae = stages.trained_dae(dae_path) if args.correction else None
-        result = evaluation.evaluate(mtl, dae, split=args.split, out_dir=run,
-                                     max_images=args.max_images)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    mtl = stages.trained_mtl(mtl_path)
+    dae = stages.trained_dae(dae_path) if args.correction else None
+    result = evaluation.evaluate(mtl, dae, split=args.split, out_dir=run,
+                                 max_images=args.max_images)
 
     if distribute.is_chief():
         overall = {k: v for k, v in result.items() if k != 'per_image'}
@@ -103,7 +98,11 @@ def main(argv=None):
             json.dump(_finite(record), f, indent=2, default=str)
         print(f"\nmetrics and predictions: {run}")
     report(result, args.correction)
-    return 0
+
+
+def main(argv=None):
+    """The script's exit code (the convention of settings.run_main)."""
+    return settings.run_main(run_test, parse(argv))
 
 
 if __name__ == '__main__':

@@ -5,9 +5,11 @@ and one real distributed training step of the MTL and of the DAE.
     python test_multi_gpu.py --benchmark [--windows 5] [--quick] [--json] [--set ...]
 
 Exit code 0 when the configuration does what config.py asks for (e.g. two
-replicas for gpu_devices = "0,1" with multi_gpu_enabled), 1 with the reason
-otherwise. The step uses random weights (backbone_weights is ignored here:
-this checks distribution, not data or pretrained weights).
+replicas for gpu_devices = "0,1" with multi_gpu_enabled); otherwise 1, with
+the verdict `FAIL: <reason>`, or, like every script, one line `error: ...`
+on stderr for a setting that cannot work. The step uses random weights
+(backbone_weights is ignored here: this checks distribution, not data or
+pretrained weights).
 
 --benchmark measures, on this machine and with the current settings (crop,
 per-replica batch, mixed_precision, jit_compile, steps_per_execution,
@@ -37,6 +39,7 @@ import tensorflow as tf  # noqa: E402
 
 import config  # noqa: E402
 from utils import benchmark, distribute, stages  # noqa: E402
+from utils.errors import DeviceConfigError  # noqa: E402
 
 if args.quick:
     settings.apply(['cropSize=64', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625'])
@@ -139,25 +142,22 @@ def run_benchmark():
 
 def main():
     if args.benchmark:
-        try:
-            run_benchmark()
-        except distribute.DeviceConfigError as err:
-            print(f'FAIL: {err}')
-            sys.exit(1)
-        sys.exit(0)
+        run_benchmark()
+        return
     try:
         report = check()
-    except distribute.DeviceConfigError as err:
-        report = {'ok': False, 'step_ok': False, 'verdict': f'FAIL: {err}'}
-        if not args.json:
-            print(report['verdict'])
-    else:
-        if not args.json:
-            print_report(report)
+    except DeviceConfigError as err:   # the machine lacks a device the settings name
+        if args.json:
+            print(json.dumps({'ok': False, 'step_ok': False, 'verdict': f'FAIL: {err}'},
+                             indent=1))
+        raise
     if args.json:
         print(json.dumps(report, indent=1))
-    sys.exit(0 if report['ok'] else 1)
+    else:
+        print_report(report)
+    if not report['ok']:
+        sys.exit(1)
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(settings.run_main(main))

@@ -6,10 +6,16 @@ Needs the MTL weights from train_mtl.py (config.predCheckPointPath). The MTL
 runs in inference mode inside the same replica step as the DAE, so its
 forward pass is split across replicas too.
 """
-from utils import datasets, settings, stages
+import sys
+
+from utils import settings
 
 
 def main():
+    # Imported here, after the command line: a setting that breaks its rule
+    # stops the script before TensorFlow loads.
+    from utils import datasets, stages
+
     datasets.check_training_splits()   # bad data fails before any step
     trainer = stages.make_trainer('dae')
     trainer.fit()
@@ -18,4 +24,4 @@ def main():
 
 if __name__ == '__main__':
     settings.parse_args(settings.parser(__doc__.splitlines()[0]))
-    settings.run_main(main)
+    sys.exit(settings.run_main(main))

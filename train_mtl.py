@@ -6,10 +6,16 @@ Runs on the strategy config.py builds: one device, all GPUs of a machine
 (multi_gpu_enabled), or several machines (TF_CONFIG). Resumes an interrupted
 run from its last checkpoint; keeps the best weights by validation metric.
 """
-from utils import datasets, settings, stages
+import sys
+
+from utils import settings
 
 
 def main():
+    # Imported here, after the command line: a setting that breaks its rule
+    # stops the script before TensorFlow loads.
+    from utils import datasets, stages
+
     datasets.check_training_splits()   # bad data fails before any step
     trainer = stages.make_trainer('mtl')
     trainer.fit()
@@ -18,4 +24,4 @@ def main():
 
 if __name__ == '__main__':
     settings.parse_args(settings.parser(__doc__.splitlines()[0]))
-    settings.run_main(main)
+    sys.exit(settings.run_main(main))

@@ -14,7 +14,7 @@ import config  # noqa: E402
 from utils import settings  # noqa: E402
 
 _ORIGINAL = {k: copy.deepcopy(getattr(config, k)) for k in settings.names()}
-_ORIGINAL_DECLARED = copy.deepcopy(settings._declared)
+_ORIGINAL_DECLARED = copy.deepcopy(config.declared)
 
 
 @pytest.fixture(autouse=True)
@@ -23,9 +23,8 @@ def fresh_config():
     yield
     for key, value in _ORIGINAL.items():
         setattr(config, key, copy.deepcopy(value))
-    settings._declared.clear()
-    settings._declared.update(copy.deepcopy(_ORIGINAL_DECLARED))
-    settings.resolve(config)
+    config.declared.update(copy.deepcopy(_ORIGINAL_DECLARED))
+    config.resolve()
 
 
 def run_python(args, timeout=600, env=None, cwd=ROOT):

@@ -26,4 +26,4 @@ def test_quick_check_reports_the_replicas_and_the_split(sets, replicas):
 def test_malformed_gpu_devices_fail_with_the_setting_named(value):
     result = run_python(['test_multi_gpu.py', '--set', f'gpu_devices={value}'])
     assert result.returncode == 1
-    assert 'FAIL' in result.stdout and 'gpu_devices' in result.stdout
+    assert result.stderr.startswith(f"error: gpu_devices = '{value}': use ")

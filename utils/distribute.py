@@ -1,31 +1,27 @@
 """Devices and the tf.distribute strategy, from config.py's settings.
 
-The first call of get_strategy() configures the TensorFlow runtime (visible
-GPUs, logical CPU replicas, precision, determinism); the runtime allows that
-only once per process, so the strategy is built once and cached.
+The first call of get_strategy() checks every setting against its rule
+(unless a command line was parsed and checked already), then configures the
+TensorFlow runtime (visible GPUs, logical CPU replicas, precision,
+determinism); the runtime allows that only once per process, so the
+strategy is built once and cached. Device settings that cannot be right on
+any machine (a malformed gpu_devices, an unknown distribution, a malformed
+TF_CONFIG) are their rules' business; this module reports what only the
+machine can tell (a listed GPU that is not there).
 """
-import json
 import os
 import warnings
 
 import config
+from utils import settings
 from utils.errors import DeviceConfigError
 
 _strategy = None
 
 
 def parse_gpu_devices(text):
-    """'0,1' -> [0, 1]; anything else that is not distinct ids >= 0 is an error."""
-    parts = [p.strip() for p in str(text).split(',')]
-    if not all(p.isdigit() for p in parts):
-        raise DeviceConfigError(
-            f"gpu_devices = {text!r} is malformed: give GPU ids as non-negative "
-            f"integers separated by commas, e.g. gpu_devices = \"0,1\"")
-    ids = [int(p) for p in parts]
-    if len(set(ids)) != len(ids):
-        raise DeviceConfigError(f"gpu_devices = {text!r} names a GPU twice; "
-                                f"list each GPU id once, e.g. \"0,1\"")
-    return ids
+    """'0,1' -> [0, 1] (its rule in config.py has checked the form)."""
+    return [int(p) for p in str(text).split(',')]
 
 
 def _select_gpus(tf, gpus):
@@ -54,15 +50,10 @@ def _split_cpu(tf, replicas):
 def _configure_runtime(tf):
     import keras
     gpus = tf.config.list_physical_devices('GPU')
-    if config.cpu_replicas < 0:
-        raise DeviceConfigError(f"cpu_replicas = {config.cpu_replicas}: use 0 (off) "
-                                f"or the number of CPU replicas, e.g. 2")
     if gpus:
         _select_gpus(tf, gpus)
-    else:
-        parse_gpu_devices(config.gpu_devices)   # a malformed value is still an error
-        if config.cpu_replicas > 1:
-            _split_cpu(tf, config.cpu_replicas)
+    elif config.cpu_replicas > 1:
+        _split_cpu(tf, config.cpu_replicas)
     keras.mixed_precision.set_global_policy(config.mixed_precision)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -72,9 +63,6 @@ def _configure_runtime(tf):
 def strategy_kind():
     """'default', 'mirrored' or 'multi_worker' for the current settings."""
     kind = config.distribution
-    if kind not in ('auto', 'default', 'mirrored', 'multi_worker'):
-        raise DeviceConfigError(f"distribution = {kind!r}: use 'auto', 'default', "
-                                f"'mirrored' or 'multi_worker'")
     if kind == 'auto':
         if os.environ.get('TF_CONFIG'):
             kind = 'multi_worker'
@@ -87,11 +75,7 @@ def strategy_kind():
 
 def _build(tf):
     kind = strategy_kind()
-    if kind == 'multi_worker':
-        if not os.environ.get('TF_CONFIG'):
-            raise DeviceConfigError("distribution = 'multi_worker' needs the TF_CONFIG "
-                                    "environment variable (see README, several machines)")
-        json.loads(os.environ['TF_CONFIG'])   # a malformed TF_CONFIG fails here, clearly
+    if kind == 'multi_worker':   # TF_CONFIG is set and JSON: its rule in config.py
         return tf.distribute.MultiWorkerMirroredStrategy()
     if kind == 'default':
         if config.cpu_replicas > 1 and not tf.config.list_logical_devices('GPU'):
@@ -114,6 +98,7 @@ def get_strategy():
     """The strategy for this process (built on first call)."""
     global _strategy
     if _strategy is None:
+        settings.check_once()   # e.g. `from config import *` parses no command line
         import tensorflow as tf
         _configure_runtime(tf)
         _strategy = _build(tf)

@@ -1,119 +1,105 @@
-"""config.py's dataset-dependent settings, `--set NAME=VALUE`, and the scripts'
-command line.
+"""config.py's settings at run time: `--set NAME=VALUE`, the one check of
+every setting against its rule, and how the user scripts read their command
+line and end.
 
-A setting left at None (or 'auto' for backbone_weights) in config.py takes
-the published value of the current dataset. Overrides change the module's
-attributes in memory; config.py itself is never written.
+A setting's rule is the annotation after its name in config.py. The check
+runs once, right after --set is applied (parse_args) or, for a script that
+does not parse a command line, before the strategy is built. Overrides
+change config's attributes in memory; config.py itself is never written.
 """
 import argparse
 import ast
 import difflib
 import os
 import sys
-import types
 
+import config
 from utils.errors import SettingError, UserError
 
 # TensorFlow's C++ start-up chatter buries our output; TF_CPP_MIN_LOG_LEVEL=0
 # in the environment brings it back.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-
-# Settings whose None means "the dataset's published value" (resolved again
-# whenever dataset_name or one of them is overridden).
-_FROM_DATASET = ('cropSize', 'batch_size', 'label_codes', 'w1', 'w2', 'w3', 'w4',
-                 'backbone_weights', 'mtl_decoder_scale', 'dae_width_scale', 'mtl_numEpochs',
-                 'dae_numEpochs', 'mtl_training_samples', 'dae_training_samples',
-                 'roof_height_threshold', 'bn_momentum', 'dropout_rate')
-# Settings whose None is derived from other settings.
-_DERIVED = ('mtl_batchSize', 'dae_batchSize', 'test_stride',
-            'predCheckPointPath', 'corrCheckPointPath')
-_declared = {}
+_checked = False    # every rule held at the last check, and nothing changed since
 
 
 def names():
-    """Every user setting of config.py."""
-    import config
-    return sorted(k for k, v in vars(config).items()
-                  if not k.startswith('_') and not k.isupper()
-                  and not isinstance(v, (types.ModuleType, types.FunctionType)))
+    """Every user setting of config.py, in the order it declares them."""
+    return list(config.__annotations__)
 
 
-def resolve(config):
-    """Fill the None settings of the config module from the dataset table and
-    from each other (config.py calls this while it is still being imported)."""
-    if not _declared:
-        _declared.update({k: getattr(config, k) for k in _FROM_DATASET + _DERIVED})
-    entry = config.dataset_settings(config.dataset_name)
-    for key in _FROM_DATASET:
-        value = _declared[key]
-        is_auto = value is None or (key == 'backbone_weights' and value == 'auto')
-        setattr(config, key, entry[key] if is_auto else value)
-    config.layout = entry['layout']
-    config.label_codes = [tuple(c) if isinstance(c, (list, tuple)) else c
-                          for c in config.label_codes]
-    derived = {
-        'mtl_batchSize': config.batch_size,
-        'dae_batchSize': config.batch_size,
-        'test_stride': max(1, config.cropSize // 6),
-        'predCheckPointPath': os.path.join(config.checkpoint_root, config.dataset_name,
-                                           'mtl', 'best.weights.h5'),
-        'corrCheckPointPath': os.path.join(config.checkpoint_root, config.dataset_name,
-                                           'dae', 'best.weights.h5'),
-    }
-    for key in _DERIVED:
-        setattr(config, key, derived[key] if _declared[key] is None else _declared[key])
+def rule(name):
+    """The rule config.py declares for a setting (its annotation)."""
+    found = eval(config.__annotations__[name], vars(config))   # text of our own config.py
+    return config.TYPES.get(found, found)
+
+
+def check():
+    """Check every setting, and the environment variables config.py reads,
+    against its rule; the first that breaks it raises a one-line SettingError
+    naming it, its value and what is allowed."""
+    global _checked
+    values = [(name, getattr(config, name), rule(name)) for name in names()]
+    values += [(var, os.environ.get(var), r) for var, r in config.ENVIRONMENT.items()]
+    for name, value, r in values:
+        try:
+            ok = r.test(value)
+        except (TypeError, ValueError):   # compared with a setting of the wrong type
+            ok = False
+        if not ok:
+            raise SettingError(f"{name} = {value!r}: use {r.allowed}")
+    _checked = True
+
+
+def check_once():
+    """check(), unless nothing was overridden since the last one passed."""
+    if not _checked:
+        check()
 
 
 def parse_value(name, text):
-    """Parse `text` to the type of the setting's declared value."""
-    import config
-    default = _declared.get(name, getattr(config, name))
-    if default is None or (name == 'backbone_weights'):
-        default = config.dataset_settings(config.dataset_name).get(name, default)
+    """`text` read as the kind of value the setting's rule takes."""
     if text.strip().lower() == 'none':
         return None
-    if isinstance(default, bool):
+    kind = rule(name).kind
+    if kind is bool:
         lowered = text.strip().lower()
         if lowered in ('1', 'true', 'yes', 'on'):
             return True
         if lowered in ('0', 'false', 'no', 'off'):
             return False
         raise SettingError(f"--set {name}={text}: expected True or False")
-    if isinstance(default, (int, float)) and not isinstance(default, bool):
+    if kind in (int, float):
         try:
-            number = float(text)
+            return kind(text)
         except ValueError:
-            raise SettingError(f"--set {name}={text}: expected a number "
-                             f"like {default!r}") from None
-        if isinstance(default, int) and number.is_integer() and '.' not in text \
-                and 'e' not in text.lower():
-            return int(number)
-        return number
-    if isinstance(default, str):
-        return text
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+            raise SettingError(f"--set {name}={text}: expected {rule(name).allowed}") from None
+    if kind == 'literal':
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise SettingError(f"--set {name}={text}: expected a Python value "
+                               f"({rule(name).allowed})") from None
+    return text
 
 
 def override(name, value):
     """Set one setting (already parsed) and re-derive what depends on it."""
-    import config
+    global _checked
     if name not in names():
         close = difflib.get_close_matches(name, names(), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(close)}?" if close else ''
         raise SettingError(f"unknown setting {name!r} in --set.{hint} "
-                         f"The settings are the names in config.py.")
-    if name in _declared:
-        _declared[name] = value
+                           f"The settings are the names in config.py.")
+    if name in config.declared:
+        config.declared[name] = value
     setattr(config, name, value)
-    resolve(config)
+    config.resolve()
+    _checked = False
 
 
 def apply(pairs):
-    """Apply a list of 'NAME=VALUE' strings, in order."""
+    """Apply a list of 'NAME=VALUE' strings, in order (checked later, by check())."""
     for pair in pairs or []:
         if '=' not in pair:
             raise SettingError(f"--set expects NAME=VALUE, got {pair!r}")
@@ -133,19 +119,35 @@ def parser(description):
 
 
 def parse_args(p, argv=None):
-    """Parse the command line and apply --set; a bad --set exits with its message."""
+    """Parse the command line, apply --set and check every setting. Ends the
+    process with one `error: ...` line on stderr: exit code 2 for a malformed
+    command line (argparse's own errors, a --set that is not NAME=VALUE,
+    names no setting or is not of its type), 1 for a setting that breaks its
+    rule (the same as when config.py itself holds the value)."""
     args = p.parse_args(argv)
     try:
         apply(args.set)
-    except ValueError as err:
+    except SettingError as err:
         p.exit(2, f"error: {err}\n")
+    try:
+        check()
+    except SettingError as err:
+        p.exit(1, f"error: {err}\n")
     return args
 
 
-def run_main(main):
-    """Run a script's main(); a user error ends it with its message, exit code 1."""
+def run_main(main, *args):
+    """Run a user script's main(*args) and return the script's exit code: 0;
+    1 after one `error: <message>` line on stderr for the user's mistakes
+    (utils.errors.UserError: a setting, a file, a checkpoint); 130 after
+    Ctrl-C. Anything else is a bug and keeps its traceback. Every script
+    ends with sys.exit(settings.run_main(...)), after parse_args."""
     try:
-        main()
+        main(*args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
+        print('error: ' + ' '.join(str(err).splitlines()), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        return 130
+    return 0

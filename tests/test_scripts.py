@@ -1,0 +1,74 @@
+"""The four user scripts end one way (utils/settings.run_main and parse_args):
+exit 1 and one line `error: ...` on stderr for the user's mistakes, 2 for a
+malformed command line, 130 on Ctrl-C; run as users run them."""
+import pytest
+
+from conftest import TINY, run_python
+from utils import settings
+from utils.errors import CheckpointError
+
+SCRIPTS = ['train_mtl.py', 'train_dae.py', 'test_dsm.py', 'test_multi_gpu.py']
+
+
+def one_error_line(result):
+    lines = result.stderr.strip().splitlines()
+    assert 'Traceback' not in result.stderr and lines, result.stderr[-2000:]
+    return lines[-1]
+
+
+@pytest.mark.parametrize('script', SCRIPTS)
+@pytest.mark.parametrize('bad,message', [
+    ('steps_per_execution=0', 'steps_per_execution = 0: use a whole number >= 1'),
+    ('reg_loss=mae', "reg_loss = 'mae': use 'mse' or 'huber'"),
+])
+def test_a_setting_that_breaks_its_rule_exits_1(script, bad, message):
+    result = run_python([script, '--set', bad], timeout=300)
+    assert result.returncode == 1
+    assert result.stderr == f'error: {message}\n'
+
+
+@pytest.mark.parametrize('script', SCRIPTS)
+def test_settings_are_checked_before_tensorflow_loads(script):
+    code = ("import runpy, sys\n"
+            f"sys.argv = [{script!r}, '--set', 'cropSize=100']\n"
+            "try:\n"
+            f"    runpy.run_path({script!r}, run_name='__main__')\n"
+            "except SystemExit as end:\n"
+            "    print(end.code, 'tensorflow' in sys.modules)\n")
+    result = run_python(['-c', code], timeout=300)
+    assert result.stdout.split() == ['1', 'False'], result.stderr[-2000:]
+    assert result.stderr == 'error: cropSize = 100: use a multiple of 32 >= 32\n'
+
+
+@pytest.mark.parametrize('script', SCRIPTS)
+@pytest.mark.parametrize('args', [['--set', 'reg_los=mse'], ['--set', 'cropSize'],
+                                  ['--set', 'mtl_lr=fast'], ['--no-such-option']])
+def test_a_malformed_command_line_exits_2(script, args):
+    result = run_python([script, *args], timeout=300)
+    assert result.returncode == 2
+    assert 'error: ' in one_error_line(result)
+
+
+def test_missing_mtl_weights_exit_1_naming_the_file(tmp_path, synthetic_root):
+    missing = tmp_path / 'none' / 'best.weights.h5'
+    sets = TINY + [f'shortcut_path={synthetic_root}', f'checkpoint_root={tmp_path}',
+                   f'predCheckPointPath={missing}']
+    result = run_python(['train_dae.py', *[a for s in sets for a in ('--set', s)]],
+                        timeout=300)
+    assert result.returncode == 1
+    line = one_error_line(result)
+    assert line.startswith('error: ') and str(missing) in line
+
+
+def test_run_main_convention(capsys):
+    def fails(kind, message):
+        raise kind(message)
+    assert settings.run_main(lambda: None) == 0
+    assert settings.run_main(fails, CheckpointError, 'no file x.h5\nput it there') == 1
+    assert capsys.readouterr().err == 'error: no file x.h5 put it there\n'
+    assert settings.run_main(fails, KeyboardInterrupt, '') == 130
+    with pytest.raises(ZeroDivisionError):      # a bug keeps its traceback
+        settings.run_main(fails, ZeroDivisionError, 'bug')
+    with pytest.raises(SystemExit) as end:      # a script's own exit code passes through
+        settings.run_main(fails, SystemExit, 3)
+    assert end.value.code == 3
