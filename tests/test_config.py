@@ -33,6 +33,23 @@ def test_set_parses_to_the_type_of_the_default():
     assert config.cropSize == 128 and config.batch_size == 4
 
 
+def test_backbone_weights_none_is_kept_on_every_dataset():
+    # None is random initialisation, never "from the dataset": only 'auto' is.
+    for name in ('Vaihingen', 'DFC2018', 'DFC2019_crp256_bin', 'DFC2023'):
+        settings.apply(['backbone_weights=None', f'dataset_name={name}'])
+        assert config.backbone_weights is None, name
+        settings.apply([f'dataset_name={name}', 'backbone_weights=None'])
+        assert config.backbone_weights is None, name
+        settings.apply(['backbone_weights=auto'])
+        assert config.backbone_weights == 'imagenet', name
+    settings.apply(['dataset_name=synthetic'])      # its own entry is None
+    assert config.backbone_weights is None
+    # The same line in config.py: the declared value is None.
+    settings._declared['backbone_weights'] = None
+    settings.apply(['dataset_name=Vaihingen'])
+    assert config.backbone_weights is None
+
+
 def test_set_rejects_bad_input():
     with pytest.raises(ValueError, match='cropSize'):
         settings.apply(['cropsize=64'])          # suggests the closest name

@@ -47,7 +47,8 @@ def resolve(config):
     entry = config.dataset_settings(config.dataset_name)
     for key in _FROM_DATASET:
         value = _declared[key]
-        is_auto = value is None or (key == 'backbone_weights' and value == 'auto')
+        # backbone_weights = None is random initialisation: only 'auto' is the dataset's.
+        is_auto = value == 'auto' if key == 'backbone_weights' else value is None
         setattr(config, key, entry[key] if is_auto else value)
     config.layout = entry['layout']
     config.label_codes = [tuple(c) if isinstance(c, (list, tuple)) else c
