@@ -10,10 +10,8 @@ import config
 from utils import datasets, settings
 from utils.datasets import DatasetError, Sample
 
-VAIHINGEN = {'train': (1, 3, 5, 7, 11, 13, 15, 17, 21, 23, 26, 30, 34), 'valid': (28, 32, 37),
-             'test': (2, 4, 6, 8, 10, 12, 14, 16, 20, 22, 24, 27, 29, 31, 33, 35, 38)}
-COLOURS = [(255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0), (255, 0, 0)]
-SIZE = 32
+from dataset_files import (SIZE, VAIHINGEN_AREAS, colour_labels, make_dfc2019,
+                           make_split_folders, make_vaihingen, rgb, tif)
 
 
 def use(tmp_path, name, *more):
@@ -22,37 +20,12 @@ def use(tmp_path, name, *more):
     return os.path.join(str(tmp_path), name)
 
 
-def tif(path, array):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tifffile.imwrite(path, array)
-
-
-def rgb(value=100, size=SIZE):
-    return np.full((size, size, 3), value, np.uint8)
-
-
-def colour_labels(indices):
-    return np.array(COLOURS, np.uint8)[indices]
-
-
 # ------------------------------------------------------------------ Vaihingen
-
-def make_vaihingen(root, skip=()):
-    for area in sum(VAIHINGEN.values(), ()):
-        if area in skip:
-            continue
-        tif(f'{root}/RGB/top_mosaic_09cm_area{area}.tif', rgb(area))
-        os.makedirs(f'{root}/NDSM', exist_ok=True)
-        cv2.imwrite(f'{root}/NDSM/dsm_09cm_matching_area{area}.jpg',
-                    np.full((SIZE, SIZE), area, np.uint8))
-        tif(f'{root}/SEM/top_mosaic_09cm_area{area}.tif',
-            colour_labels(np.full((SIZE, SIZE), area % 6)))
-
 
 def test_vaihingen_splits_are_the_published_areas(tmp_path):
     root = use(tmp_path, 'Vaihingen')
     make_vaihingen(root)
-    for split, areas in VAIHINGEN.items():
+    for split, areas in VAIHINGEN_AREAS.items():
         samples = datasets.find_split(split)
         assert [s.name for s in samples] == [f'top_mosaic_09cm_area{a}' for a in areas]
         assert samples[0].height == f'{root}/NDSM/dsm_09cm_matching_area{areas[0]}.jpg'
@@ -168,22 +141,10 @@ def test_dfc2018_height_is_dsm_minus_dem(tmp_path):
 
 # ------------------------------------------------------------------ DFC2019
 
-def make_dfc2019(root, split_dir, truths, cls_value=2):
-    """truths: {n: 'AC' | 'A' | 'C'} which truths tile n has."""
-    for n, which in truths.items():
-        tif(f'{root}/{split_dir}/RGB/JAX_004_006_RGB_{n}.tif', rgb(n))
-        if 'A' in which:
-            tif(f'{root}/{split_dir}/Truth/JAX_004_006_AGL_{n}.tif',
-                np.full((SIZE, SIZE), float(n), np.float32))
-        if 'C' in which:
-            tif(f'{root}/{split_dir}/Truth/JAX_004_006_CLS_{n}.tif',
-                np.full((SIZE, SIZE), cls_value, np.uint8))
-
-
 def test_dfc2019_skips_images_without_both_truths(tmp_path):
     root = use(tmp_path, 'DFC2019_crp256')
-    make_dfc2019(root, 'Train', {0: 'AC', 1: 'A', 2: 'C', 3: 'AC'})
-    make_dfc2019(root, 'Valid', {5: 'AC'})
+    make_dfc2019(root, 'train', {0: 'AC', 1: 'A', 2: 'C', 3: 'AC'})
+    make_dfc2019(root, 'valid', {5: 'AC'})
     samples = datasets.find_split('train')
     assert [s.name for s in samples] == ['JAX_004_006_RGB_0', 'JAX_004_006_RGB_3']
     assert samples[1].height == f'{root}/Train/Truth/JAX_004_006_AGL_3.tif'
@@ -199,7 +160,7 @@ def test_dfc2019_skips_images_without_both_truths(tmp_path):
 
 def test_dfc2019_no_image_with_both_truths_is_an_error(tmp_path):
     root = use(tmp_path, 'DFC2019_crp256')
-    make_dfc2019(root, 'Valid', {0: 'A', 1: 'C'})
+    make_dfc2019(root, 'valid', {0: 'A', 1: 'C'})
     with pytest.raises(DatasetError, match='both truths'):
         datasets.find_split('valid')
 
@@ -219,13 +180,6 @@ def test_dfc2019_codes_and_bin_codes(tmp_path):
 
 
 # ------------------------------------------------------------------ split folders
-
-def make_split_folders(root, split, names, folders=('rgb', 'dsm', 'sem')):
-    for i, name in enumerate(names):
-        tif(f'{root}/{split}/{folders[0]}/{name}.tif', rgb(10 * i))
-        tif(f'{root}/{split}/{folders[1]}/{name}.tif', np.full((SIZE, SIZE), float(i), np.float32))
-        tif(f'{root}/{split}/{folders[2]}/{name}.tif', np.full((SIZE, SIZE), i % 2, np.uint8))
-
 
 def test_dfc2023_pairs_by_name_and_stacks_sar(tmp_path):
     root = use(tmp_path, 'DFC2023_track2', 'sar_mode=True')

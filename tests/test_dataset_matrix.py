@@ -1,0 +1,195 @@
+"""Every published dataset, as configured, through the whole story a user runs.
+
+For each entry of config.DATASETS a tiny dataset is written in that layout with
+the real file formats (tests/dataset_files.py), and train_mtl.py, test_dsm.py,
+train_dae.py and test_dsm.py --correction run as separate processes from a
+folder holding datasets/<name>/, as a user would: the dataset's own settings,
+shrunk only where a CPU needs it (SHRINK). They run offline, with an empty
+Keras cache and no reachable network, so a setting that asks for the ImageNet
+weights fails the run instead of downloading them.
+"""
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+import dataset_files as files
+from conftest import ROOT, run_python
+
+CROP = 32
+WIDTH = 0.0625
+STEPS = 2
+SHRINK = [f'cropSize={CROP}', f'mtl_decoder_scale={WIDTH}', f'dae_width_scale={WIDTH}',
+          'backbone_weights=None', f'max_steps={STEPS}']
+TILE = (48, 64)             # rows x cols of the large-tile datasets' tiles (not square)
+# An address that refuses connections: any download attempt fails at once.
+OFFLINE = 'http://127.0.0.1:9'
+
+VAIHINGEN_W = (1e-4, 1e-1, 1e-5, 1e-3)
+DFC2019_W = (1e-2, 1e-1, 1e-5, 100)
+# The published settings (dsmnet.md), written out rather than read from config.py.
+PUBLISHED = {
+    'Vaihingen': dict(batch=4, codes=files.VAIHINGEN_COLOURS, w=VAIHINGEN_W),
+    'Vaihingen_crp256': dict(batch=10, codes=files.VAIHINGEN_COLOURS, w=VAIHINGEN_W),
+    'DFC2018': dict(batch=4, codes=files.DFC2018_CODES, w=(100, 1, 10, 100)),
+    'DFC2019_crp256': dict(batch=10, codes=files.DFC2019_CODES, w=DFC2019_W),
+    'DFC2019_crp512': dict(batch=2, codes=files.DFC2019_CODES, w=DFC2019_W),
+    'DFC2019_crp256_bin': dict(batch=10, codes=files.BINARY_CODES, w=DFC2019_W),
+    'DFC2023': dict(batch=2, codes=files.BINARY_CODES, w=(1e-3, 1.0, 1e-5, 1e-3)),
+}
+COMMON = dict(mtl_numEpochs=20, dae_numEpochs=20, mtl_training_samples=10000,
+              dae_training_samples=10000, dropout_rate=0.5, bn_momentum=0.99,
+              roof_height_threshold=50, test_stride=CROP // 6, sem_flag=True,
+              norm_flag=True, edge_flag=False, mtl_head_mode='dsm')
+
+
+# ------------------------------------------------------------------ the datasets
+
+def _patches(batch):
+    """Patch datasets: two steps of training patches, two valid, one test."""
+    return {'train': STEPS * batch, 'valid': 2, 'test': 1}
+
+
+def make_vaihingen(root):
+    # Area 28 (valid) and 2 (test) carry the ISPRS '_normalized' nDSM name.
+    files.make_vaihingen(root, lambda area: files.block_scene(area, TILE, 6),
+                         normalized=(28, 2))
+
+
+def make_vaihingen_crp256(root):
+    files.make_vaihingen_crp256(root, _patches(10),
+                                lambda i: files.block_scene(i, (CROP, CROP), 6))
+
+
+def make_dfc2018(root):
+    files.make_dfc2018(root, lambda i: files.block_scene(i, TILE, 20, nodata=0.1))
+
+
+def _dfc2019(batch, codes):
+    def make(root):
+        n = 0
+        for split, count in _patches(batch).items():
+            for _ in range(count):
+                scene = files.block_scene(n, (CROP, CROP), len(codes), nodata=0.1)
+                files.write_dfc2019(root, split, n, scene, codes=codes)
+                n += 1
+        # An image without its CLS truth: skipped, as published.
+        files.write_dfc2019(root, 'train', n, scene, truths='A', codes=codes)
+    return make
+
+
+def make_dfc2023(root):
+    n = 0
+    for split, count in _patches(2).items():
+        for _ in range(count):
+            scene = files.block_scene(n, (CROP, CROP), 2)
+            sar = (scene[0][..., 0] // 2 + 40).astype(np.uint8)     # one 8-bit SAR band
+            files.write_split_folders(root, split, f'P{n:04d}', scene, sar=sar)
+            n += 1
+
+
+CASES = [   # (test id, dataset_name, extra settings, writer)
+    ('Vaihingen', 'Vaihingen', [], make_vaihingen),
+    ('Vaihingen_crp256', 'Vaihingen_crp256', [], make_vaihingen_crp256),
+    ('DFC2018', 'DFC2018', [], make_dfc2018),
+    ('DFC2019_crp256', 'DFC2019_crp256', [], _dfc2019(10, files.DFC2019_CODES)),
+    ('DFC2019_crp512', 'DFC2019_crp512', [], _dfc2019(2, files.DFC2019_CODES)),
+    ('DFC2019_crp256_bin', 'DFC2019_crp256_bin', [], _dfc2019(10, files.BINARY_CODES)),
+    ('DFC2023', 'DFC2023', [], make_dfc2023),
+    ('DFC2023_sar', 'DFC2023', ['sar_mode=True'], make_dfc2023),
+]
+
+
+# ------------------------------------------------------------------ the story
+
+def _run(cwd, keras_home, script, *args):
+    env = {'KERAS_HOME': str(keras_home), 'PYTHONPATH': ''}
+    for name in ('HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy', 'ALL_PROXY'):
+        env[name] = OFFLINE
+    env['NO_PROXY'] = env['no_proxy'] = ''
+    result = run_python([os.path.join(ROOT, script), *args], env=env, cwd=cwd)
+    assert result.returncode == 0, f"{script} {' '.join(args)} exited " \
+        f"{result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert 'Downloading data from' not in result.stdout + result.stderr
+    return result.stdout
+
+
+def _check_settings(used, name, extra):
+    published = PUBLISHED[max((k for k in PUBLISHED if name.startswith(k)), key=len)]
+    assert used['dataset_name'] == name
+    assert used['label_codes'] == [list(c) if isinstance(c, tuple) else c
+                                   for c in published['codes']]
+    assert (used['w1'], used['w2'], used['w3'], used['w4']) == published['w']
+    batch = published['batch']
+    assert (used['batch_size'], used['mtl_batchSize'], used['dae_batchSize']) == \
+        (batch, batch, batch)
+    for key, value in COMMON.items():
+        assert used[key] == value, key
+    # What was shrunk, and nothing else.
+    assert (used['cropSize'], used['mtl_decoder_scale'], used['dae_width_scale'],
+            used['max_steps']) == (CROP, WIDTH, WIDTH, STEPS)
+    assert used['backbone_weights'] is None
+    assert used['sar_mode'] is ('sar_mode=True' in extra)
+
+
+def _check_test_outputs(folder, root, name, codes, correction):
+    with open(folder / 'metrics.json') as f:
+        record = json.load(f)
+    assert record['correction'] is correction and record['overall']['images'] == 1
+    assert np.isfinite(record['overall']['rmse'])
+    assert ('mtl_rmse' in record['overall']) is correction
+    image = record['per_image'][0]['name']
+    height = tifffile.imread(folder / f'{image}_height.tif')
+    sem = tifffile.imread(folder / f'{image}_sem.tif')
+    assert height.dtype == np.float32 and np.isfinite(height).all()
+    shape = TILE if name in ('Vaihingen', 'DFC2018') else (CROP, CROP)
+    assert height.shape == shape
+    if isinstance(codes[0], tuple):     # colour labels, like the input
+        assert sem.shape == shape + (3,)
+        assert {tuple(c) for c in sem.reshape(-1, 3)} <= set(codes)
+    else:
+        assert sem.shape == shape and set(np.unique(sem)) <= set(codes)
+    if name == 'DFC2018':   # the georeferencing of the input tile is kept
+        with tifffile.TiffFile(folder / f'{image}_height.tif') as tif:
+            tiepoint = tif.pages[0].tags[33922].value
+        easting, northing = (float(v) for v in image.split('_')[-2:])
+        assert tuple(tiepoint[3:5]) == (easting, northing)
+    return record['settings']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('case', CASES, ids=[c[0] for c in CASES])
+def test_dataset_story(case, tmp_path):
+    case_id, name, extra, write = case
+    start = time.perf_counter()
+    root = tmp_path / 'datasets' / name
+    write(str(root))
+    keras_home = tmp_path / 'keras_home'
+    keras_home.mkdir()
+    sets = [f'--set={s}' for s in [f'dataset_name={name}', *SHRINK, *extra]]
+    codes = PUBLISHED[max((k for k in PUBLISHED if name.startswith(k)), key=len)]['codes']
+
+    log = _run(tmp_path, keras_home, 'train_mtl.py', *sets)
+    assert f'done after {STEPS} steps' in log
+    _run(tmp_path, keras_home, 'test_dsm.py', '--max-images=1', *sets)
+    _run(tmp_path, keras_home, 'train_dae.py', *sets)
+    _run(tmp_path, keras_home, 'test_dsm.py', '--correction', '--max-images=1', *sets)
+
+    runs = tmp_path / 'checkpoints' / name
+    for stage, width in (('mtl', 'mtl_decoder_scale'), ('dae', 'dae_width_scale')):
+        assert (runs / stage / 'best.weights.h5').is_file()
+        with open(runs / stage / 'best.weights.h5.json') as f:
+            saved = json.load(f)['settings']
+        assert (saved['dataset_name'], saved['cropSize'], saved[width]) == (name, CROP, WIDTH)
+        assert saved['sar_mode'] is ('sar_mode=True' in extra)
+    for run, correction in (('mtl', False), ('mtl_dae', True)):
+        used = _check_test_outputs(tmp_path / 'output' / name / run, root, name, codes,
+                                   correction)
+        _check_settings(used, name, extra)
+    # Offline and nothing fetched: the empty Keras cache holds no model file.
+    assert not (keras_home / 'models').exists() or not os.listdir(keras_home / 'models')
+    print(f"{case_id}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
