@@ -105,14 +105,11 @@ def predict_image(predict_fn, path, paths, bands, progress=None):
 
         for r0, maps in inference.predict_rows(
                 predict_fn, read_rows, (h, w), config.cropSize, config.test_stride,
-                keys=tuple(k for k in writers), progress=progress):
+                keys=('height', 'sem') + (('norm',) if 'norm' in writers else ()),
+                progress=progress):
             n = len(maps['height'])
             held = np.concatenate(valid)
             mask, valid[:] = held[:n], [held[n:]]
-            for key in writers:
-                if key not in maps:
-                    raise SettingError(f"--outputs {key}: the network has no {key} "
-                                       f"head (sem_flag / norm_flag); leave {key} out")
             height = maps['height']
             height[~mask] = raster.HEIGHT_NODATA
             writers['height'].write(height)
@@ -168,6 +165,10 @@ def main(argv=None):
     checkpoints.adopt_settings(mtl_path, 'mtl', args.explicit)
     if dae_path:
         checkpoints.adopt_settings(dae_path, 'dae', args.explicit)
+    for key, flag in (('sem', 'sem_flag'), ('norm', 'norm_flag')):
+        if key in args.outputs and not getattr(config, flag):
+            raise SettingError(f"--outputs {','.join(args.outputs)}: these weights have "
+                               f"no {key} head ({flag}=False); leave {key} out")
     for path in files:      # bad inputs stop the run before the networks are built
         raster.Image(path, bands, 4 if config.sar_mode else 3).close()
 

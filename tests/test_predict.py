@@ -244,6 +244,10 @@ def test_bad_inputs_are_one_line_errors_naming_file_and_fix(weights, tmp_path):
                     [str(good), '--bands', '5,1,2', *cli])
     _one_line_error(DatasetError, f'{empty}: no image file', [str(empty), *cli])
     _one_line_error(DatasetError, 'no such file', [str(tmp_path / 'nothere.tif'), *cli])
+    _one_line_error(SettingError, '--outputs height,edge', [str(good), '--outputs',
+                                                          'height,edge', *cli])
+    _one_line_error(SettingError, r'no norm head \(norm_flag=False\)',
+                    [str(good), '--outputs', 'height,norm', *cli, '--set', 'norm_flag=False'])
     # weights of another architecture: named by the setting from the .json ...
     _one_line_error(CheckpointError, 'mtl_decoder_scale=0.0625.*--set mtl_decoder_scale',
                     [str(good), *cli, '--set', 'mtl_decoder_scale=0.125'])

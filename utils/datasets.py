@@ -312,7 +312,7 @@ def find_split(split):
 
 # ------------------------------------------------------------------ reading
 
-def _read_raw(path):
+def read_raw(path):
     """(array channels-last, GDAL nodata value or None) of an image file."""
     if not os.path.isfile(path):
         raise DatasetError(f"File not found: {path}. Fix: restore the file or remove its "
@@ -386,7 +386,7 @@ def to_unit(array, bounds=None):
 
 def read_image(path):
     """float32 HxWx3 in [0, 1]."""
-    array, _ = _read_raw(path)
+    array, _ = read_raw(path)
     if array.ndim != 3 or array.shape[2] < 3:
         raise DatasetError(f"{path}: expected a colour image with 3 channels, got shape "
                            f"{array.shape}. Fix: export it as RGB.")
@@ -395,7 +395,7 @@ def read_image(path):
 
 def read_sar(path):
     """float32 HxW in [0, 1]; several bands are averaged."""
-    array, _ = _read_raw(path)
+    array, _ = read_raw(path)
     if array.ndim == 3:
         array = array.astype(np.float64).mean(axis=-1) if array.shape[2] > 1 else array[..., 0]
     return to_unit(array)
@@ -403,7 +403,7 @@ def read_sar(path):
 
 def read_height(path, nodata_to_nan=True):
     """float32 HxW heights; nodata -> NaN unless `nodata_to_nan` is False."""
-    array, nodata = _read_raw(path)
+    array, nodata = read_raw(path)
     height = _single_channel(array, path, 'height map').astype(np.float32)
     if nodata_to_nan:
         bad = ~np.isfinite(height) | (height < NODATA_BELOW)
@@ -433,7 +433,7 @@ def correct_dfc2018(raster):
 
 def read_labels(path):
     """int32 HxW indices into config.label_codes; other values raise."""
-    array, _ = _read_raw(path)
+    array, _ = read_raw(path)
     codes = config.label_codes
     if isinstance(codes[0], tuple):     # colour triplets (Vaihingen)
         if array.ndim != 3 or array.shape[2] < 3:

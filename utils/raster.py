@@ -136,7 +136,7 @@ class Image:
                 self.close()
                 self.nodata = self.alpha = None
         if self._segments is None:
-            array, self.nodata = datasets._read_raw(path)
+            array, self.nodata = datasets.read_raw(path)
             self._whole = array[..., None] if array.ndim == 2 else array
             if path.lower().endswith('.png') and self._whole.shape[2] in (2, 4):
                 self.alpha = self._whole.shape[2] - 1
