@@ -113,12 +113,13 @@ def predict_image(predict_fn, path, paths, bands, progress=None):
             height = maps['height']
             height[~mask] = raster.HEIGHT_NODATA
             writers['height'].write(height)
-            first = (-r0) % step        # the band's first row on the preview grid
-            preview['height'].append(np.where(mask, height, np.nan)[first::step, ::step])
+            # the band's rows on the preview grid, copied (a view would keep the band)
+            grid = np.s_[(-r0) % step::step, ::step]
+            preview['height'].append(np.where(mask[grid], height[grid], np.nan))
             if 'sem' in maps:
-                classes = np.argmax(maps['sem'], -1)
+                classes = np.argmax(maps['sem'], -1).astype(np.int16)
                 classes[~mask] = -1
-                preview['classes'].append(classes[first::step, ::step])
+                preview['classes'].append(classes[grid].copy())
                 if 'sem' in writers:
                     labels = evaluation.label_image(np.maximum(classes, 0), codes)
                     labels[~mask] = sem_nodata

@@ -2,7 +2,7 @@
 the whole image in memory (read whole, predict_tile, write whole), on one
 large tiled GeoTIFF, in one run.
 
-    python bench/predict_large.py [--size 8000] [--keep DIR] [--skip-whole]
+    python bench/predict_large.py [--size 8000] [--rows N] [--keep DIR] [--skip-whole]
         [--set NAME=VALUE ...]
 
 The image (smooth random RGB, uint8, georeferenced) and the networks
@@ -44,15 +44,15 @@ def peak_rss_mb():
     return int(line.split()[1]) / 1024
 
 
-def write_image(path, size):
+def write_image(path, height, width):
     """A smooth random RGB GeoTIFF, written band by band (never whole in memory)."""
     from utils import raster
     rng = np.random.RandomState(0)
-    coarse = rng.rand(size // 64 + 2, size // 64 + 2, 3)
-    writer = raster.TiledWriter(path, (size, size, 3), np.uint8, GEO, photometric='rgb')
-    cols = np.linspace(0, coarse.shape[1] - 1.001, size)
-    for r0 in range(0, size, 256):
-        rows = np.linspace(0, coarse.shape[0] - 1.001, size)[r0:r0 + 256]
+    coarse = rng.rand(height // 64 + 2, width // 64 + 2, 3)
+    writer = raster.TiledWriter(path, (height, width, 3), np.uint8, GEO, photometric='rgb')
+    cols = np.linspace(0, coarse.shape[1] - 1.001, width)
+    for r0 in range(0, height, 256):
+        rows = np.linspace(0, coarse.shape[0] - 1.001, height)[r0:r0 + 256]
         y0, fy = rows.astype(int), (rows % 1)[:, None, None]
         x0, fx = cols.astype(int), (cols % 1)[None, :, None]
         top = coarse[y0][:, x0] * (1 - fx) + coarse[y0][:, x0 + 1] * fx
@@ -120,6 +120,8 @@ def measure(name, folder, image_path, argv):
 def main():
     p = settings.parser(__doc__.split('\n\n')[0])
     p.add_argument('--size', type=int, default=8000, help='image side, px')
+    p.add_argument('--rows', type=int, help='image height, px (default: --size); the '
+                                           "streamed path's memory depends on the width")
     p.add_argument('--keep', help='folder for the image, networks and outputs '
                                   '(default: a temporary folder, removed)')
     p.add_argument('--skip-whole', action='store_true',
@@ -137,31 +139,33 @@ def main():
     folder = args.keep or temp.name
     os.makedirs(folder, exist_ok=True)
     image_path = os.path.join(folder, 'large.tif')
+    rows = args.rows or args.size
     start = time.perf_counter()
-    write_image(image_path, args.size)
-    print(f"image: {args.size} x {args.size} px RGB uint8, tiled deflate, "
+    write_image(image_path, rows, args.size)
+    print(f"image: {rows} x {args.size} px RGB uint8, tiled deflate, "
           f"{os.path.getsize(image_path) / 1e6:.0f} MB, made and written in "
           f"{time.perf_counter() - start:.1f} s")
     from utils import raster
     start = time.perf_counter()
     with raster.Image(image_path, [0, 1, 2], 3) as image:
-        for r0 in range(0, args.size, 256):
-            image.rows(r0, min(r0 + 256, args.size))
+        for r0 in range(0, rows, 256):
+            image.rows(r0, min(r0 + 256, rows))
     print(f"reading it in bands of 256 rows (decode, scale, nodata mask): "
           f"{time.perf_counter() - start:.1f} s")
     networks(folder, make=True)
 
     from utils import inference
-    starts = len(inference.window_starts(args.size, config.cropSize, config.test_stride))
+    windows = len(inference.window_starts(args.size, config.cropSize, config.test_stride)) \
+        * len(inference.window_starts(rows, config.cropSize, config.test_stride))
     cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
                 if line.startswith('model name')), platform.processor())
     print(f"machine: {cpu}, {os.cpu_count()} cores, TF {tf.__version__}, "
           f"load {os.getloadavg()[0]:.1f}")
-    print(f"crop {config.cropSize}, stride {config.test_stride}, {starts * starts} windows, "
+    print(f"crop {config.cropSize}, stride {config.test_stride}, {windows} windows, "
           f"{config.test_batch_size} per call, MTL decoder_scale {config.mtl_decoder_scale}"
           + (f" + DAE width_scale {config.dae_width_scale}" if config.correction else '')
           + f", replicas: {config.strategy.num_replicas_in_sync}")
-    megapixels = args.size * args.size / 1e6
+    megapixels = rows * args.size / 1e6
     model = measure('model', folder, image_path, sets)
     print(f"networks alone: peak {model['peak_mb']:.0f} MB")
     results = {}

@@ -144,19 +144,35 @@ def predict_tile(predict_fn, image, crop, stride, batch_size=None):
     return {k: v / (total if v.ndim == 2 else total[:, :, None]) for k, v in acc.items()}
 
 
+def _drop_rows(buffer, rows):
+    """Move buffer[rows:] to the top in place and zero the freed rows. Copies in
+    blocks of `rows`, which never overlap, so NumPy needs no temporary."""
+    if rows <= 0:
+        return
+    rows = min(rows, len(buffer))
+    for first in range(0, len(buffer) - rows, rows):
+        end = min(first + rows, len(buffer) - rows)
+        buffer[first:end] = buffer[first + rows:end + rows]
+    buffer[len(buffer) - rows:] = 0
+
+
 def predict_rows(predict_fn, read_rows, shape, crop, stride, keys=('height', 'sem'),
                  batch_size=None, progress=None):
     """predict_tile for an image read in bands of rows: yields (first row,
     {key: maps of the finished rows}) from top to bottom.
 
-    read_rows(r0, r1) -> float32 [r1 - r0, W, C] gives the image's rows;
-    shape is (H, W). The windows, their order, their batches and the float32
-    blending arithmetic are predict_tile's, so the maps are the same, but
-    only the rows that windows not yet run still need are held. An image
-    smaller than the crop is reflection-padded at the bottom and right and
-    its maps are cropped back. progress(done, total) is called per batch."""
+    read_rows(r0, r1) -> float32 [r1 - r0, W, C] gives the image's rows, each
+    row once, in order; shape is (H, W). The windows, their order, their
+    batches and the float32 blending arithmetic are predict_tile's, so the
+    maps are the same, but only the rows that windows not yet run still need
+    are held, in buffers allocated once. An image smaller than the crop is
+    reflection-padded at the bottom and right and its maps are cropped back.
+    progress(done, total) is called per batch."""
     if crop % 32:
         raise SettingError(f"cropSize = {crop}: the MTL needs a multiple of 32")
+    if stride > crop:
+        raise SettingError(f"test_stride = {stride} leaves pixels no window covers: "
+                           f"use at most cropSize = {crop}")
     h, w = shape
     ph, pw = max(h, crop), max(w, crop)
     if (ph, pw) != (h, w):      # at most crop rows: held whole
@@ -166,35 +182,30 @@ def predict_rows(predict_fn, read_rows, shape, crop, stride, keys=('height', 'se
         def read_rows(r0, r1):
             return padded[r0:r1]
     weight = gaussian_window(crop).astype(np.float32)
-    corners = [(y, x) for y in window_starts(ph, crop, stride)
-               for x in window_starts(pw, crop, stride)]
+    xs = window_starts(pw, crop, stride)
+    corners = [(y, x) for y in window_starts(ph, crop, stride) for x in xs]
     chunk = max(int(batch_size or getattr(predict_fn, "batch_size", 8)), 1)
-    image, image_top = None, 0          # input rows [image_top, image_top + len)
-    acc, total, top = {}, np.zeros((0, pw), np.float32), 0   # rows [top, top + len)
+    # A batch reaches from its first window's row to its last window's row + crop.
+    held = min(ph, crop + stride * -(-chunk // len(xs)))
+    image, total, acc = None, np.zeros((held, pw), np.float32), {}
+    top, read = 0, 0    # buffers hold rows [top, top + held); rows < read were read
     for first in range(0, len(corners), chunk):
         part = corners[first:first + chunk]
         need = part[-1][0] + crop
-        if image is None:
-            image, image_top = read_rows(0, need), 0
-        else:
-            image = image[part[0][0] - image_top:]
-            image_top = part[0][0]
-            if image_top + len(image) < need:
-                image = np.concatenate([image, read_rows(image_top + len(image), need)])
-        out = predict_fn(np.stack([image[y - image_top:y - image_top + crop, x:x + crop]
+        if need > read:
+            rows = read_rows(read, need)
+            if image is None:
+                image = np.zeros((held,) + rows.shape[1:], np.float32)
+            image[read - top:need - top] = rows
+            read = need
+        out = predict_fn(np.stack([image[y - top:y - top + crop, x:x + crop]
                                    for y, x in part]))
-        grow = need - top - len(total)
-        if grow > 0:
-            total = np.concatenate([total, np.zeros((grow, pw), np.float32)])
         for key in keys:
             if key not in out:
                 continue
             maps = out[key]
             if key not in acc:
-                acc[key] = np.zeros((0, pw) + maps.shape[3:], np.float32)
-            if len(acc[key]) < len(total):
-                acc[key] = np.concatenate([acc[key], np.zeros(
-                    (len(total) - len(acc[key]),) + acc[key].shape[1:], np.float32)])
+                acc[key] = np.zeros((held, pw) + maps.shape[3:], np.float32)
             target = acc[key]
             wk = weight if maps.ndim == 3 else weight[:, :, None]
             for (y, x), m in zip(part, maps):
@@ -206,10 +217,10 @@ def predict_rows(predict_fn, read_rows, shape, crop, stride, keys=('height', 'se
         # rows above the next window are final
         done = corners[first + chunk][0] if first + chunk < len(corners) else ph
         if done > top:
-            rows, t = done - top, total[:done - top]
             if top < h:
-                keep = min(done, h) - top
-                yield top, {k: (v[:keep] / (t if v.ndim == 2 else t[:, :, None])[:keep])[:, :w]
+                keep, t = min(done, h) - top, total[:min(done, h) - top]
+                yield top, {k: (v[:keep] / (t if v.ndim == 2 else t[:, :, None]))[:, :w]
                             for k, v in acc.items()}
-            acc = {k: v[rows:].copy() for k, v in acc.items()}
-            total, top = total[rows:].copy(), done
+            for buffer in [image, total, *acc.values()]:
+                _drop_rows(buffer, done - top)
+            top = done

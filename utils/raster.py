@@ -140,8 +140,8 @@ class Image:
             self._whole = array[..., None] if array.ndim == 2 else array
             if path.lower().endswith('.png') and self._whole.shape[2] in (2, 4):
                 self.alpha = self._whole.shape[2] - 1
-        h, w, count = self.shape3 = (self._segments.shape if self._segments
-                                     else self._whole.shape)
+        h, w, count = (self._segments.shape if self._segments
+                       else self._whole.shape)
         self.height, self.width = h, w
         if len(bands) != channels or max(bands) >= count:
             self.close()
@@ -231,12 +231,15 @@ class TiledWriter:
     def __init__(self, path, shape, dtype, extratags=(), photometric='minisblack'):
         self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
         self.pending, self.rows_done, self.error = [], 0, None
-        self.queue = queue.Queue(maxsize=2)
+        self.queue = queue.Queue(maxsize=1)
         size = math.prod(self.shape) * self.dtype.itemsize
         kwargs = dict(shape=self.shape, dtype=self.dtype, tile=(TILE, TILE),
                       compression='zlib', photometric=photometric,
                       planarconfig='contig' if len(self.shape) == 3 else None,
-                      extratags=list(extratags), metadata=None)
+                      extratags=list(extratags), metadata=None,
+                      # tifffile gathers this many bytes of tiles per compression
+                      # pass (default 512 MB): one row of tiles, like the queue
+                      buffersize=TILE * math.prod(self.shape[1:]) * self.dtype.itemsize)
 
         def run():
             try:
@@ -275,7 +278,7 @@ class TiledWriter:
                 pad = np.zeros((TILE - len(rest),) + band.shape[1:], self.dtype)
                 self._put(np.concatenate([rest, pad]))
                 rest = rest[:0]
-            self.pending = [rest] if len(rest) else []
+            self.pending = [rest.copy()] if len(rest) else []
 
     def close(self):
         """Finish the file; raises what went wrong while writing it."""
