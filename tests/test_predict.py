@@ -168,6 +168,30 @@ def test_writer_rows_in_any_bands_give_the_array(tmp_path):
     np.testing.assert_array_equal(tifffile.imread(tmp_path / 'w.tif'), data)
 
 
+def test_memory_does_not_grow_with_the_image_height(tmp_path):
+    """The streamed path holds a strip of rows: a 4x taller image of the same
+    width peaks at the same traced memory, far below the whole image's maps."""
+    import tracemalloc
+    settings.apply(['cropSize=32', 'test_stride=16'])
+
+    def network(windows):       # a stand-in: no TensorFlow, same output shapes
+        return {'height': windows[..., 0] * 2.0, 'sem': np.repeat(windows[..., :1], 6, -1)}
+    network.batch_size = 8
+    peaks = {}
+    for rows in (1000, 4000):
+        path = str(tmp_path / f'{rows}.tif')
+        tifffile.imwrite(path, _image((rows, 160, 3)), photometric='rgb', tile=(64, 64),
+                         compression='zlib')
+        tracemalloc.start()
+        predict.predict_image(network, path, predict.output_paths(
+            str(tmp_path), str(rows), ('height', 'sem')), [0, 1, 2])
+        peaks[rows] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    whole = 4000 * 160 * 4 * (3 + 1 + 1 + 6)    # float32 image, weights, height, sem
+    assert peaks[4000] < 1.25 * peaks[1000], peaks
+    assert peaks[4000] < whole / 4, (peaks, whole)
+
+
 TWO_REPLICAS_ARGS = ['--set', 'multi_gpu_enabled=True', '--set', 'cpu_replicas=2']
 
 
