@@ -41,6 +41,21 @@ def save_weights(model, path, kind, extra=None):
     os.replace(path + '.json.tmp', path + '.json')
 
 
+def adopt_settings(path, kind, keep=()):
+    """Take the architecture settings and cropSize saved beside the weights
+    file `path` into config, except the names in `keep` (set by the user, so
+    load_weights reports a mismatch instead). No .json: nothing changes."""
+    from utils import settings
+    meta_path = path + '.json'
+    if not os.path.exists(meta_path):
+        return
+    with open(meta_path) as f:
+        trained = json.load(f).get('settings', {})
+    for key in ARCHITECTURE[kind] + ('cropSize',):
+        if key in trained and key not in keep:
+            settings.override(key, trained[key])
+
+
 def load_weights(model, path, kind):
     """Load weights saved by save_weights, checking the architecture settings first."""
     setting = SETTING_OF_PATH[kind]
@@ -63,5 +78,8 @@ def load_weights(model, path, kind):
     try:
         model.load_weights(path)
     except Exception as err:   # a file from another network or a truncated file
-        raise CheckpointError(f"{path} ({setting}) does not fit the configured "
-                              f"{kind.upper()}: {err}") from err
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(
+            f"{path} ({setting}) does not fit the configured {kind.upper()} "
+            f"({reason[:160]}). Fix: use the weights trained with these settings, or "
+            f"their settings (the .json written beside the weights).") from err

@@ -328,7 +328,7 @@ def find_split(split):
 
 # ------------------------------------------------------------------ reading
 
-def _read_raw(path):
+def read_raw(path):
     """(array channels-last, GDAL nodata value or None) of an image file."""
     if not os.path.isfile(path):
         raise DatasetError(f"File not found: {path}. Fix: restore the file or remove its "
@@ -370,17 +370,31 @@ def _single_channel(array, path, what):
     return array
 
 
-def _to_unit(array):
-    """Scale an image band stack to float32 [0, 1] (see the module docstring)."""
+def value_range(array):
+    """(low, high) of the finite values of an image band stack; None when its
+    type has a fixed scale (uint8, uint16) or it has no finite value."""
+    if array.dtype in (np.uint8, np.uint16):
+        return None
+    values = np.asarray(array, np.float64)
+    finite = values[np.isfinite(values)]
+    return (float(finite.min()), float(finite.max())) if finite.size else None
+
+
+def to_unit(array, bounds=None):
+    """Scale an image band stack to float32 [0, 1] (see the module docstring).
+    Types without a fixed scale are min-max scaled over `bounds` (low, high)
+    (default: this array's own range; a whole image read in parts passes
+    the range of the whole image)."""
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if array.dtype == np.uint16:
         return array.astype(np.float32) / 65535.0
     values = array.astype(np.float64)
     finite = np.isfinite(values)
-    if not finite.any():
+    bounds = bounds or value_range(array)
+    if bounds is None:
         return np.zeros(values.shape, np.float32)
-    low, high = values[finite].min(), values[finite].max()
+    low, high = bounds
     if not (np.issubdtype(array.dtype, np.floating) and low >= 0 and high <= 1):
         values = (values - low) / (high - low) if high > low else values - low
     return np.where(finite, values, 0).astype(np.float32)
@@ -388,24 +402,24 @@ def _to_unit(array):
 
 def read_image(path):
     """float32 HxWx3 in [0, 1]."""
-    array, _ = _read_raw(path)
+    array, _ = read_raw(path)
     if array.ndim != 3 or array.shape[2] < 3:
         raise DatasetError(f"{path}: expected a colour image with 3 channels, got shape "
                            f"{array.shape}. Fix: export it as RGB.")
-    return _to_unit(array[..., :3])
+    return to_unit(array[..., :3])
 
 
 def read_sar(path):
     """float32 HxW in [0, 1]; several bands are averaged."""
-    array, _ = _read_raw(path)
+    array, _ = read_raw(path)
     if array.ndim == 3:
         array = array.astype(np.float64).mean(axis=-1) if array.shape[2] > 1 else array[..., 0]
-    return _to_unit(array)
+    return to_unit(array)
 
 
 def read_height(path, nodata_to_nan=True):
     """float32 HxW heights; nodata -> NaN unless `nodata_to_nan` is False."""
-    array, nodata = _read_raw(path)
+    array, nodata = read_raw(path)
     height = _single_channel(array, path, 'height map').astype(np.float32)
     if nodata_to_nan:
         bad = ~np.isfinite(height) | (height < NODATA_BELOW)
@@ -435,7 +449,7 @@ def correct_dfc2018(raster):
 
 def read_labels(path):
     """int32 HxW indices into config.label_codes; other values raise."""
-    array, _ = _read_raw(path)
+    array, _ = read_raw(path)
     codes = config.label_codes
     if isinstance(codes[0], tuple):     # colour triplets (Vaihingen)
         if array.ndim != 3 or array.shape[2] < 3:

@@ -105,6 +105,19 @@ def get_strategy():
     return _strategy
 
 
+def worker_share():
+    """(index, count) of this machine among the workers of TF_CONFIG
+    (chief first); (0, 1) without TF_CONFIG."""
+    if not os.environ.get('TF_CONFIG'):
+        return 0, 1
+    spec = json.loads(os.environ['TF_CONFIG'])
+    cluster, task = spec.get('cluster', {}), spec.get('task', {})
+    chiefs = len(cluster.get('chief', []))
+    count = chiefs + len(cluster.get('worker', []))
+    index = task.get('index', 0) + (chiefs if task.get('type') == 'worker' else 0)
+    return index, max(count, 1)
+
+
 def is_chief():
     """True on the one worker that writes checkpoints, logs and plots."""
     resolver = getattr(get_strategy(), 'cluster_resolver', None)

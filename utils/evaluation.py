@@ -13,11 +13,8 @@ import tifffile
 
 import config
 from utils import datasets, distribute, inference, metrics, progress
+from utils.raster import GEO_TAGS, geo_tags  # noqa: F401  (copied to the predictions)
 
-# GeoTIFF tags copied from an input image to the predictions: ModelPixelScale,
-# ModelTiepoint, ModelTransformation, GeoKeyDirectory, GeoDoubleParams,
-# GeoAsciiParams, GDAL_METADATA, GDAL_NODATA.
-GEO_TAGS = (33550, 33922, 34264, 34735, 34736, 34737, 42112, 42113)
 SUMMARY_KEYS = metrics.HEIGHT_KEYS + ('miou', 'oa', 'fwiou', 'baseline_rmse', 'baseline_mae')
 
 _train_mean = {}       # (dataset, root, flags) -> mean training height
@@ -41,16 +38,6 @@ def train_mean_height():
                              f"cannot compute the mean-height baseline")
         _train_mean[key] = total / count
     return _train_mean[key]
-
-
-def geo_tags(path):
-    """The GeoTIFF tags of an image file as tifffile extratags ([] if none / not a TIFF)."""
-    if not str(path).lower().endswith(('.tif', '.tiff')):
-        return []
-    with tifffile.TiffFile(path) as tif:
-        tags = tif.pages[0].tags
-        return [(code, tags[code].dtype, tags[code].count, tags[code].value, True)
-                for code in GEO_TAGS if code in tags]
 
 
 def label_image(pred_idx, label_codes):

@@ -37,7 +37,7 @@ def window_starts(size, crop, stride):
     return starts
 
 
-def _replica_step(mtl, dae):
+def _replica_step(mtl, dae, norm=False):
     """Per-replica forward pass of one batch of windows (inference mode)."""
     def step(windows):
         out = mtl(windows, training=False)
@@ -49,14 +49,17 @@ def _replica_step(mtl, dae):
             result['height'] = (height - noise)[..., 0]
         if 'sem' in out:
             result['sem'] = tf.cast(out['sem'], tf.float32)
+        if norm and 'norm' in out:
+            result['norm'] = tf.cast(out['norm'], tf.float32)
         return result
     return step
 
 
-def make_predict_fn(mtl, dae=None, strategy=None, batch_size=None):
+def make_predict_fn(mtl, dae=None, strategy=None, batch_size=None, norm=False):
     """fn(windows [n, crop, crop, C] float32) -> dict of numpy arrays:
     'height' [n, crop, crop] (refined when a DAE is given), 'height_mtl'
-    (the MTL's own height), 'sem' [n, crop, crop, K] (when the MTL has it).
+    (the MTL's own height), 'sem' [n, crop, crop, K] (when the MTL has it),
+    'norm' [n, crop, crop, 3] (with norm=True, when the MTL has it).
 
     Windows run `batch_size` at a time (default config.test_batch_size,
     rounded up to a multiple of the replicas); the last batch is padded so
@@ -69,7 +72,7 @@ def make_predict_fn(mtl, dae=None, strategy=None, batch_size=None):
         raise SettingError(f"test_batch_size = {batch}: use at least 1")
     batch = -(-batch // replicas) * replicas
     per_replica = batch // replicas
-    step = tf.function(_replica_step(mtl, dae), jit_compile=bool(config.jit_compile))
+    step = tf.function(_replica_step(mtl, dae, norm), jit_compile=bool(config.jit_compile))
 
     if replicas == 1:
         run = step
@@ -136,3 +139,85 @@ def predict_tile(predict_fn, image, crop, stride, batch_size=None):
         for y, x in part:
             total[y:y + crop, x:x + crop] += weight
     return {k: v / (total if v.ndim == 2 else total[:, :, None]) for k, v in acc.items()}
+
+
+def _drop_rows(buffer, rows):
+    """Move buffer[rows:] to the top in place and zero the freed rows. Copies in
+    blocks of `rows`, which never overlap, so NumPy needs no temporary."""
+    if rows <= 0:
+        return
+    rows = min(rows, len(buffer))
+    for first in range(0, len(buffer) - rows, rows):
+        end = min(first + rows, len(buffer) - rows)
+        buffer[first:end] = buffer[first + rows:end + rows]
+    buffer[len(buffer) - rows:] = 0
+
+
+def predict_rows(predict_fn, read_rows, shape, crop, stride, keys=('height', 'sem'),
+                 batch_size=None, progress=None):
+    """predict_tile for an image read in bands of rows: yields (first row,
+    {key: maps of the finished rows}) from top to bottom.
+
+    read_rows(r0, r1) -> float32 [r1 - r0, W, C] gives the image's rows, each
+    row once, in order; shape is (H, W). The windows, their order, their
+    batches and the float32 blending arithmetic are predict_tile's, so the
+    maps are the same, but only the rows that windows not yet run still need
+    are held, in buffers allocated once. An image smaller than the crop is
+    reflection-padded at the bottom and right and its maps are cropped back.
+    progress(done, total) is called per batch."""
+    if crop % 32:
+        raise SettingError(f"cropSize = {crop}: the MTL needs a multiple of 32")
+    if stride > crop:
+        raise SettingError(f"test_stride = {stride} leaves pixels no window covers: "
+                           f"use at most cropSize = {crop}")
+    h, w = shape
+    ph, pw = max(h, crop), max(w, crop)
+    if (ph, pw) != (h, w):      # at most crop rows: held whole
+        small = read_rows(0, h)
+        padded = np.pad(small, ((0, ph - h), (0, pw - w), (0, 0)), mode='reflect')
+
+        def read_rows(r0, r1):
+            return padded[r0:r1]
+    weight = gaussian_window(crop).astype(np.float32)
+    xs = window_starts(pw, crop, stride)
+    corners = [(y, x) for y in window_starts(ph, crop, stride) for x in xs]
+    chunk = max(int(batch_size or getattr(predict_fn, "batch_size", 8)), 1)
+    # A batch reaches from its first window's row to its last window's row + crop.
+    held = min(ph, crop + stride * -(-chunk // len(xs)))
+    image, total, acc = None, np.zeros((held, pw), np.float32), {}
+    top, read = 0, 0    # buffers hold rows [top, top + held); rows < read were read
+    for first in range(0, len(corners), chunk):
+        part = corners[first:first + chunk]
+        need = part[-1][0] + crop
+        if need > read:
+            rows = read_rows(read, need)
+            if image is None:
+                image = np.zeros((held,) + rows.shape[1:], np.float32)
+            image[read - top:need - top] = rows
+            read = need
+        out = predict_fn(np.stack([image[y - top:y - top + crop, x:x + crop]
+                                   for y, x in part]))
+        for key in keys:
+            if key not in out:
+                continue
+            maps = out[key]
+            if key not in acc:
+                acc[key] = np.zeros((held, pw) + maps.shape[3:], np.float32)
+            target = acc[key]
+            wk = weight if maps.ndim == 3 else weight[:, :, None]
+            for (y, x), m in zip(part, maps):
+                target[y - top:y - top + crop, x:x + crop] += m * wk
+        for y, x in part:
+            total[y - top:y - top + crop, x:x + crop] += weight
+        if progress:
+            progress(first + len(part), len(corners))
+        # rows above the next window are final
+        done = corners[first + chunk][0] if first + chunk < len(corners) else ph
+        if done > top:
+            if top < h:
+                keep, t = min(done, h) - top, total[:min(done, h) - top]
+                yield top, {k: (v[:keep] / (t if v.ndim == 2 else t[:, :, None]))[:, :w]
+                            for k, v in acc.items()}
+            for buffer in [image, total, *acc.values()]:
+                _drop_rows(buffer, done - top)
+            top = done

@@ -8,11 +8,11 @@ class Progress:
     """Keras' progress bar on a terminal; elsewhere (a log file, CI) a plain
     line every tenth of the loop, since the bar's redraws pile up on one line."""
 
-    def __init__(self, total, write=print, unit='step'):
+    def __init__(self, total, write=print, unit='step', stateful=('samples/s',)):
         self.total, self.write, self.unit = total, write, unit
         self.every = max(1, total // 10)
         self.shown = 0
-        self.bar = keras.utils.Progbar(total, stateful_metrics=['samples/s'],
+        self.bar = keras.utils.Progbar(total, stateful_metrics=list(stateful),
                                        unit_name=unit) if sys.stdout.isatty() else None
 
     def update(self, done, values):

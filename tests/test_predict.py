@@ -1,0 +1,309 @@
+"""predict.py and utils/raster.py: streamed prediction against the in-memory
+tiled prediction of utils/inference.py, georeferencing and nodata kept,
+2 replicas against 1, interrupted batches, and the user's mistakes."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tifffile
+
+import config
+import predict
+from tests.conftest import ROOT, run_python
+from utils import checkpoints, datasets, distribute, evaluation, inference, raster, settings
+from utils.errors import CheckpointError, DatasetError, SettingError
+
+# Tiny networks (1/16 widths) on 32 px windows; test_stride 10 overlaps them.
+TINY = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
+        'backbone_weights=None', 'dropout_rate=0', 'test_stride=10', 'test_batch_size=3']
+GEO = [(33550, 'd', 3, (0.5, 0.5, 0.0), True),
+       (33922, 'd', 6, (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0), True),
+       (34735, 'H', 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32632), True),
+       (34737, 's', 0, 'WGS 84 / UTM zone 32N|', True)]
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory):
+    """Tiny MTL and DAE weights files with their .json, and the networks."""
+    import keras
+    from nets import dae as dae_net, mtl as mtl_net
+    folder = tmp_path_factory.mktemp('weights')
+    settings.apply(TINY)
+    keras.utils.set_random_seed(3)
+    mtl = mtl_net.build_from_config(pretrained=False)
+    dae = dae_net.build_from_config()
+    paths = {'mtl': str(folder / 'mtl.weights.h5'), 'dae': str(folder / 'dae.weights.h5')}
+    checkpoints.save_weights(mtl, paths['mtl'], 'mtl')
+    checkpoints.save_weights(dae, paths['dae'], 'dae')
+    return dict(paths, models=(mtl, dae))
+
+
+@pytest.fixture(scope='module')
+def predict_fn(weights):
+    """The tiny networks' windows, 3 per call (batches span window rows)."""
+    mtl, dae = weights['models']
+    return inference.make_predict_fn(mtl, dae, strategy=tf.distribute.get_strategy(),
+                                     batch_size=3, norm=True)
+
+
+def _image(shape, dtype=np.uint8, seed=0):
+    """A smooth random image (the networks see structure, not only noise)."""
+    rng = np.random.RandomState(seed)
+    coarse = rng.rand(shape[0] // 8 + 2, shape[1] // 8 + 2, shape[2])
+    smooth = tf.image.resize(coarse[None], (shape[0], shape[1]))[0].numpy()
+    return (smooth * 250).astype(dtype) if dtype == np.uint8 else (smooth * 900 - 100).astype(dtype)
+
+
+def _cli(weights, *extra):
+    return ['--mtl-weights', weights['mtl'], '--dae-weights', weights['dae'],
+            '--correction', '--set', 'test_stride=10', '--set', 'test_batch_size=4',
+            *extra]
+
+
+@pytest.mark.parametrize('shape,dtype,layout', [
+    ((75, 101, 3), np.uint8, dict(tile=(32, 32), compression='lzw')),
+    ((58, 47, 3), np.float32, dict(rowsperstrip=5, compression='zlib')),  # range pre-pass
+    ((20, 50, 3), np.uint8, dict(rowsperstrip=3)),       # smaller than the crop: padded
+])
+def test_streamed_equals_in_memory(predict_fn, tmp_path, shape, dtype, layout):
+    settings.apply(TINY)
+    path = str(tmp_path / 'img.tif')
+    tifffile.imwrite(path, _image(shape, dtype), photometric='rgb', **layout)
+    fn = predict_fn
+    paths = predict.output_paths(str(tmp_path), 'img', ('height', 'sem', 'norm'))
+    predict.predict_image(fn, path, paths, [0, 1, 2])
+
+    image = datasets.read_image(path)    # the in-memory path: whole image, predict_tile
+    h, w = shape[:2]
+    padded = np.pad(image, ((0, max(32 - h, 0)), (0, max(32 - w, 0)), (0, 0)), mode='reflect')
+    ref = inference.predict_tile(fn, padded, 32, 10)
+    np.testing.assert_array_equal(tifffile.imread(paths['height']), ref['height'][:h, :w])
+    np.testing.assert_array_equal(tifffile.imread(paths['norm']), ref['norm'][:h, :w])
+    np.testing.assert_array_equal(tifffile.imread(paths['sem']), evaluation.label_image(
+        np.argmax(ref['sem'][:h, :w], -1), config.label_codes))
+    assert not np.allclose(ref['height'], ref['height_mtl'])     # the DAE took part
+    assert os.path.getsize(paths['preview']) > 0
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ['img.tif'] + [os.path.basename(p) for p in paths.values()])   # no .tmp left
+
+
+@pytest.mark.parametrize('layout,nodata', [
+    (dict(rowsperstrip=4, compression='zlib'), 'gdal'),                  # striped deflate
+    (dict(tile=(16, 16), compression='lzw', extrasamples=['unassalpha']), 'alpha'),
+])
+def test_georeferencing_and_nodata_kept(predict_fn, tmp_path, layout, nodata):
+    settings.apply(TINY)
+    image = _image((40, 70, 4 if nodata == 'alpha' else 3))
+    image[..., :3] = np.maximum(image[..., :3], 1)
+    tags = list(GEO)
+    if nodata == 'alpha':
+        image[..., 3] = 255
+        image[5:12, 40:60, 3] = 0
+    else:
+        image[5:12, 40:60] = 0
+        tags.append((42113, 's', 0, '0', True))
+    path = str(tmp_path / 'geo.tif')
+    tifffile.imwrite(path, image, photometric='rgb', extratags=tags, **layout)
+    os.mkdir(tmp_path / 'out')
+    predict.predict_image(predict_fn, path, predict.output_paths(
+        str(tmp_path / 'out'), 'geo', ('height', 'sem')), [0, 1, 2])
+
+    expected = {code: value for code, _, _, value, _ in GEO}
+    for name in ('geo_height.tif', 'geo_sem.tif'):
+        with tifffile.TiffFile(tmp_path / 'out' / name) as tif:
+            page = tif.pages[0]
+            assert page.is_tiled and page.compression == 8     # tiled, deflate
+            got = {code: page.tags[code].value for code in expected}
+            nodata_tag = page.tags[42113].value
+        for code, value in expected.items():
+            if isinstance(value, tuple):
+                np.testing.assert_array_equal(got[code], value)
+            else:
+                assert got[code] == value
+    assert float(nodata_tag) == raster.label_nodata(config.label_codes)   # the sem file's
+    height = tifffile.imread(tmp_path / 'out' / 'geo_height.tif')
+    hole = np.zeros(height.shape, bool)
+    hole[5:12, 40:60] = True
+    assert (height[hole] == raster.HEIGHT_NODATA).all()
+    assert np.isfinite(height[~hole]).all() and (height[~hole] != raster.HEIGHT_NODATA).all()
+    sem = tifffile.imread(tmp_path / 'out' / 'geo_sem.tif')
+    assert (sem[hole] == raster.label_nodata(config.label_codes)).all()
+    # read back as a height map, the nodata pixels are NaN (the datasets' rule)
+    assert np.isnan(datasets.read_height(str(tmp_path / 'out' / 'geo_height.tif'))[hole]).all()
+
+
+@pytest.mark.parametrize('layout', [
+    dict(tile=(32, 48), compression='jpeg', photometric='rgb'),
+    dict(tile=(16, 16), compression='zlib', predictor=True, planarconfig='separate',
+         bigtiff=True, photometric='rgb'),
+    dict(rowsperstrip=7, compression='lzw', predictor=True, photometric='rgb'),
+    dict(photometric='rgb'),
+])
+def test_rows_read_by_segments_equal_the_whole_image(tmp_path, layout):
+    image = _image((90, 130, 3))
+    path = str(tmp_path / 'x.tif')
+    tifffile.imwrite(path, np.moveaxis(image, -1, 0)
+                     if layout.get('planarconfig') == 'separate' else image, **layout)
+    whole = tifffile.imread(path)
+    whole = np.moveaxis(whole, 0, -1) if whole.shape[0] == 3 else whole
+    with raster.Image(path, [2, 0, 1], 3) as source:
+        assert source._segments is not None     # streamed, not read whole
+        parts = [source.rows(r0, min(r0 + 13, 90))[0] for r0 in range(0, 90, 13)]
+    np.testing.assert_array_equal(np.concatenate(parts), whole[..., [2, 0, 1]] / np.float32(255))
+
+
+def test_writer_rows_in_any_bands_give_the_array(tmp_path):
+    data = np.random.RandomState(0).rand(600, 300).astype(np.float32)
+    writer = raster.TiledWriter(str(tmp_path / 'w.tif'), data.shape, np.float32)
+    for r0, r1 in ((0, 1), (1, 300), (300, 301), (301, 600)):
+        writer.write(data[r0:r1])
+    writer.close()
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / 'w.tif'), data)
+
+
+def test_memory_does_not_grow_with_the_image_height(tmp_path):
+    """The streamed path holds a strip of rows: a 4x taller image of the same
+    width peaks at the same traced memory, far below the whole image's maps."""
+    import tracemalloc
+    settings.apply(['cropSize=32', 'test_stride=16'])
+
+    def network(windows):       # a stand-in: no TensorFlow, same output shapes
+        return {'height': windows[..., 0] * 2.0, 'sem': np.repeat(windows[..., :1], 6, -1)}
+    network.batch_size = 8
+    peaks = {}
+    for rows in (1000, 4000):
+        path = str(tmp_path / f'{rows}.tif')
+        tifffile.imwrite(path, _image((rows, 160, 3)), photometric='rgb', tile=(64, 64),
+                         compression='zlib')
+        tracemalloc.start()
+        predict.predict_image(network, path, predict.output_paths(
+            str(tmp_path), str(rows), ('height', 'sem')), [0, 1, 2])
+        peaks[rows] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    whole = 4000 * 160 * 4 * (3 + 1 + 1 + 6)    # float32 image, weights, height, sem
+    assert peaks[4000] < 1.25 * peaks[1000], peaks
+    assert peaks[4000] < whole / 4, (peaks, whole)
+
+
+TWO_REPLICAS_ARGS = ['--set', 'multi_gpu_enabled=True', '--set', 'cpu_replicas=2']
+
+
+@pytest.mark.slow
+def test_two_replicas_match_one(weights, tmp_path):
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    tifffile.imwrite(folder / 'a.tif', _image((70, 90, 3)), photometric='rgb')
+    proc = run_python(['predict.py', str(folder), '--out', str(tmp_path / 'two'),
+                       *_cli(weights), *TWO_REPLICAS_ARGS], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '2 replica(s)' in proc.stdout
+    predict.main([str(folder), '--out', str(tmp_path / 'one'), *_cli(weights)])
+    one = tifffile.imread(tmp_path / 'one' / 'a_height.tif')
+    two = tifffile.imread(tmp_path / 'two' / 'a_height.tif')
+    # Same windows in the same batches of 4, split 2 + 2: float32 rounding only.
+    np.testing.assert_allclose(two, one, rtol=0, atol=1e-5 * max(1.0, np.abs(one).max()))
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / 'two' / 'a_sem.tif'),
+                                  tifffile.imread(tmp_path / 'one' / 'a_sem.tif'))
+
+
+@pytest.mark.slow
+def test_killed_batch_leaves_no_partial_output_and_rerun_completes(weights, tmp_path, capsys):
+    folder, out = tmp_path / 'in', tmp_path / 'out'
+    folder.mkdir()
+    for i, name in enumerate('abc'):
+        tifffile.imwrite(folder / f'{name}.tif', _image((200, 200, 3), seed=i),
+                         photometric='rgb')
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+    proc = subprocess.Popen([sys.executable, 'predict.py', str(folder), '--out', str(out),
+                             *_cli(weights)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / 'b_height.tif.tmp').exists() and proc.poll() is None:
+        assert time.time() < deadline, 'image b never started'
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)       # image a is done, b has just begun
+    proc.wait()
+    finals = sorted(p for p in os.listdir(out) if not p.endswith('.tmp'))
+    assert finals == ['a_height.tif', 'a_preview.png', 'a_sem.tif']
+    assert tifffile.imread(out / 'a_height.tif').shape == (200, 200)
+    before = os.stat(out / 'a_height.tif').st_mtime_ns
+
+    predict.main([str(folder), '--out', str(out), *_cli(weights)])
+    printed = capsys.readouterr().out
+    assert f"skipped {folder / 'a.tif'}" in printed
+    assert 'done: 2 image(s) predicted' in printed and '1 skipped' in printed
+    assert os.stat(out / 'a_height.tif').st_mtime_ns == before
+    assert sorted(os.listdir(out)) == sorted(f'{n}_{k}' for n in 'abc'
+                                             for k in ('height.tif', 'sem.tif', 'preview.png'))
+
+
+def _one_line_error(kind, match, argv):
+    with pytest.raises(kind, match=match) as err:
+        predict.main(argv)
+    assert '\n' not in str(err.value)
+    return str(err.value)
+
+
+def test_bad_inputs_are_one_line_errors_naming_file_and_fix(weights, tmp_path):
+    good = tmp_path / 'rgb.tif'
+    tifffile.imwrite(good, _image((40, 40, 3)), photometric='rgb')
+    bad = tmp_path / 'broken.tif'
+    bad.write_bytes(b'II*\x00 not really a tiff')
+    grey = tmp_path / 'grey.png'
+    import cv2
+    cv2.imwrite(str(grey), _image((40, 40, 1))[..., 0])
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    cli = _cli(weights)
+    _one_line_error(DatasetError, f'Cannot read {bad}', [str(bad), *cli])
+    _one_line_error(SettingError, f'{grey} has 1 band.*--bands', [str(grey), *cli])
+    _one_line_error(SettingError, f'{good} has 3 bands.*--bands 5,1,2',
+                    [str(good), '--bands', '5,1,2', *cli])
+    _one_line_error(DatasetError, f'{empty}: no image file', [str(empty), *cli])
+    _one_line_error(DatasetError, 'no such file', [str(tmp_path / 'nothere.tif'), *cli])
+    _one_line_error(SettingError, '--outputs height,edge', [str(good), '--outputs',
+                                                          'height,edge', *cli])
+    _one_line_error(SettingError, r'no norm head \(norm_flag=False\)',
+                    [str(good), '--outputs', 'height,norm', *cli, '--set', 'norm_flag=False'])
+    # weights of another architecture: named by the setting from the .json ...
+    _one_line_error(CheckpointError, 'mtl_decoder_scale=0.0625.*--set mtl_decoder_scale',
+                    [str(good), *cli, '--set', 'mtl_decoder_scale=0.125'])
+    # ... and, without a .json, by the weights file
+    bare = tmp_path / 'bare.weights.h5'
+    shutil.copy(weights['mtl'], bare)
+    _one_line_error(CheckpointError, f'{bare}.*does not fit',
+                    [str(good), *cli, '--mtl-weights', str(bare), '--set', 'cropSize=32',
+                     '--set', 'mtl_decoder_scale=0.125'])
+
+
+def test_error_ends_the_script_with_one_line_and_exit_1(tmp_path):
+    proc = run_python(['predict.py', str(tmp_path)])
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path}: no image file in this folder (looked for "
+        f".tif .tiff .png .jpg .jpeg). Fix: name a folder holding images, or the image "
+        f"files themselves.")
+
+
+def test_trained_settings_come_from_the_json(weights, tmp_path):
+    """Only --set dataset_name-like options: cropSize and widths from the .json."""
+    checkpoints.adopt_settings(weights['mtl'], 'mtl')
+    checkpoints.adopt_settings(weights['dae'], 'dae', keep={'dae_width_scale'})
+    assert config.cropSize == 32 and config.mtl_decoder_scale == 0.0625
+    assert config.dae_width_scale == 0.25      # kept: the user set it
+
+
+def test_each_worker_takes_its_share(monkeypatch):
+    monkeypatch.setenv('TF_CONFIG', json.dumps(
+        {'cluster': {'chief': ['a:1'], 'worker': ['b:1', 'c:1']},
+         'task': {'type': 'worker', 'index': 1}}))
+    assert distribute.worker_share() == (2, 3)
+    monkeypatch.delenv('TF_CONFIG')
+    assert distribute.worker_share() == (0, 1)
