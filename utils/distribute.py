@@ -9,6 +9,7 @@ any machine (a malformed gpu_devices, an unknown distribution, a malformed
 TF_CONFIG) are their rules' business; this module reports what only the
 machine can tell (a listed GPU that is not there).
 """
+import json
 import os
 import warnings
 
