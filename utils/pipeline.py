@@ -171,12 +171,14 @@ def _pack(array):
 
 
 def _unpack(stored, is_packed, dtype):
-    """The values _pack was given, from what it stored (NumPy)."""
+    """The values _pack was given, from what it stored (NumPy or TensorFlow)."""
     if not is_packed:
         return stored
-    if dtype == tf.int32:
-        return stored.astype(np.int32)
-    return stored.astype(np.float32) / np.float32(255)
+    if isinstance(stored, np.ndarray):
+        return stored.astype(np.int32) if dtype == tf.int32 else \
+            stored.astype(np.float32) / np.float32(255)
+    return tf.cast(stored, tf.int32) if dtype == tf.int32 else \
+        tf.cast(stored, tf.float32) / 255.0
 
 
 def _decode_packed(sample):
@@ -198,13 +200,24 @@ class _Cache:
         self.sizes = tf.constant([fields['image'][0].shape[:2] for fields in packed],
                                  tf.int32)
         self.nbytes = sum(stored.nbytes for fields in packed for stored, _ in fields.values())
+        # A field stored alike in every sample leaves NumPy as stored and is
+        # unpacked by TensorFlow, outside the GIL; other fields NumPy unpacks.
+        self.alike = {}
+        for name, _, _ in _field_specs():
+            kinds = {(fields[name][0].dtype, fields[name][1]) for fields in packed}
+            self.alike[name] = kinds.pop() if len(kinds) == 1 else None
 
     def _cut(self, index, y, x):
         c = config.cropSize
         fields = self.samples[index]
-        return [np.ascontiguousarray(_unpack(fields[name][0][y:y + c, x:x + c],
-                                             fields[name][1], dtype))
-                for name, dtype, _ in _field_specs()]
+        out = []
+        for name, dtype, _ in _field_specs():
+            stored, is_packed = fields[name]
+            window = stored[y:y + c, x:x + c]
+            if self.alike[name] is None:
+                window = _unpack(window, is_packed, dtype)
+            out.append(np.ascontiguousarray(window))
+        return out
 
     def crop(self, tile, key):
         """The fields of a random crop of cached sample `tile`."""
@@ -212,10 +225,14 @@ class _Cache:
         size = tf.gather(self.sizes, tile)
         y, x = _offsets(key, size[0], size[1])
         specs = _field_specs()
-        arrays = tf.numpy_function(self._cut, [tile, y, x], [dtype for _, dtype, _ in specs],
-                                   stateful=False)
-        return {name: tf.ensure_shape(array, [c, c, channels])
-                for (name, _, channels), array in zip(specs, arrays)}
+        kinds = [self.alike[name] for name, _, _ in specs]
+        arrays = tf.numpy_function(
+            self._cut, [tile, y, x],
+            [dtype if kind is None else tf.as_dtype(kind[0])
+             for (_, dtype, _), kind in zip(specs, kinds)], stateful=False)
+        return {name: tf.ensure_shape(array if kind is None else
+                                      _unpack(array, kind[1], dtype), [c, c, channels])
+                for (name, dtype, channels), array, kind in zip(specs, arrays, kinds)}
 
 
 def _cache_key(samples):
