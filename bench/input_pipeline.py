@@ -46,31 +46,36 @@ def write_tiles(root, count, seed=0):
     rng = np.random.default_rng(seed)
     for folder in ('RGB', 'NDSM', 'SEM'):
         os.makedirs(os.path.join(root, folder))
-    codes = np.array(config.VAIHINGEN_CODES, np.uint8)
     for area, (rows, cols) in zip(AREAS[:count], TILE_SHAPES):
-        small = rng.random((rows // 50, cols // 50)).astype(np.float32)
-        terrain = cv2.resize(small, (cols, rows), interpolation=cv2.INTER_CUBIC) * 10
-        height = terrain.copy()
-        classes = np.zeros((rows, cols), np.uint8)                  # impervious
-        classes[terrain > 6] = 2                                    # low vegetation
-        for _ in range(150):                                        # buildings
-            y, x = rng.integers(0, rows - 80), rng.integers(0, cols - 80)
-            h, w = rng.integers(20, 80, 2)
-            height[y:y + h, x:x + w] = rng.uniform(40, 200)
-            classes[y:y + h, x:x + w] = 1
-        for _ in range(300):                                        # trees and cars
-            y, x = rng.integers(0, rows - 20), rng.integers(0, cols - 20)
-            kind, size = (3, 15) if rng.random() < 0.8 else (4, 4)
-            height[y:y + size, x:x + size] += 10 if kind == 3 else 1
-            classes[y:y + size, x:x + size] = kind
-        colours = codes[classes]
-        noise = rng.integers(0, 40, (rows, cols, 3), dtype=np.uint8)
-        rgb = (codes[classes] // 2 + noise).astype(np.uint8)
-        name = f'top_mosaic_09cm_area{area}'
-        tifffile.imwrite(os.path.join(root, 'RGB', name + '.tif'), rgb)
-        cv2.imwrite(os.path.join(root, 'NDSM', f'dsm_09cm_matching_area{area}.jpg'),
-                    np.clip(height, 0, 255).astype(np.uint8))
-        tifffile.imwrite(os.path.join(root, 'SEM', name + '.tif'), colours)
+        write_tile(root, area, rows, cols, rng)
+
+
+def write_tile(root, area, rows, cols, rng):
+    """One Vaihingen-like area (the folders exist)."""
+    codes = np.array(config.VAIHINGEN_CODES, np.uint8)
+    small = rng.random((rows // 50, cols // 50)).astype(np.float32)
+    terrain = cv2.resize(small, (cols, rows), interpolation=cv2.INTER_CUBIC) * 10
+    height = terrain.copy()
+    classes = np.zeros((rows, cols), np.uint8)                  # impervious
+    classes[terrain > 6] = 2                                    # low vegetation
+    for _ in range(150):                                        # buildings
+        y, x = rng.integers(0, rows - 80), rng.integers(0, cols - 80)
+        h, w = rng.integers(20, 80, 2)
+        height[y:y + h, x:x + w] = rng.uniform(40, 200)
+        classes[y:y + h, x:x + w] = 1
+    for _ in range(300):                                        # trees and cars
+        y, x = rng.integers(0, rows - 20), rng.integers(0, cols - 20)
+        kind, size = (3, 15) if rng.random() < 0.8 else (4, 4)
+        height[y:y + size, x:x + size] += 10 if kind == 3 else 1
+        classes[y:y + size, x:x + size] = kind
+    colours = codes[classes]
+    noise = rng.integers(0, 40, (rows, cols, 3), dtype=np.uint8)
+    rgb = (codes[classes] // 2 + noise).astype(np.uint8)
+    name = f'top_mosaic_09cm_area{area}'
+    tifffile.imwrite(os.path.join(root, 'RGB', name + '.tif'), rgb)
+    cv2.imwrite(os.path.join(root, 'NDSM', f'dsm_09cm_matching_area{area}.jpg'),
+                np.clip(height, 0, 255).astype(np.uint8))
+    tifffile.imwrite(os.path.join(root, 'SEM', name + '.tif'), colours)
 
 
 def reference_batches(samples, batch, count, rng):

@@ -1,4 +1,5 @@
 """Surface normals and edge maps against hand-computed geometry."""
+import cv2
 import numpy as np
 import pytest
 
@@ -45,6 +46,26 @@ def test_normals_next_to_nodata_are_those_of_the_flat_surroundings():
     got = geometry.surface_normals(height)
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, np.broadcast_to([0.5, 0.5, 1.0], got.shape), atol=1e-6)
+
+
+@pytest.mark.parametrize('block', [1, 5, 37, 1000])
+@pytest.mark.parametrize('normalize', [True, False])
+def test_normals_in_blocks_of_rows_equal_the_whole_image_formula(monkeypatch, block,
+                                                                 normalize):
+    """Blocks see the two rows either side the 5x5 kernel reaches: bit for bit
+    the published formula applied to the whole map at once."""
+    config.normalize_flag = normalize
+    rng = np.random.default_rng(3)
+    height = rng.normal(0, 5, (38, 23)).cumsum(0)
+    height[rng.random(height.shape) < 0.05] = np.nan
+    h = geometry.fill_nodata(height)
+    zx = cv2.Sobel(h, cv2.CV_64F, 1, 0, ksize=5)
+    zy = cv2.Sobel(h, cv2.CV_64F, 0, 1, ksize=5)
+    n = np.stack([-zx, -zy, np.ones_like(h)], axis=-1)
+    n /= np.linalg.norm(n, axis=-1, keepdims=True)
+    expected = ((n + 1.0) / 2.0 * (1.0 if normalize else 255.0)).astype(np.float32)
+    monkeypatch.setattr(geometry, 'NORMAL_ROWS', block)
+    np.testing.assert_array_equal(geometry.surface_normals(height), expected)
 
 
 def box_edges(height, top, left, bottom, right):

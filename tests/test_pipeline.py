@@ -281,3 +281,64 @@ def test_sample_smaller_than_the_crop(tiles):
     config.cropSize = 128
     with pytest.raises(datasets.DatasetError, match=r"smaller than cropSize=128"):
         pipeline.train_dataset('mtl', BATCH, epoch=0)
+
+
+@pytest.mark.parametrize('mixed', [False, True])
+def test_cache_built_tile_by_tile_holds_each_sample_as_decoded_alone(tiles, monkeypatch,
+                                                                    mixed):
+    """The cache's fields, unpacked, are load_sample + geometry of each file
+    on its own; packing in row blocks (4 rows here) changes nothing, and
+    neither does a field stored 8-bit in some tiles and float32 in another
+    (mixed: tile 0's image kept as float32), crops included."""
+    samples = tiles()
+    refs = _references(samples)
+    expected_batches = _collect(pipeline.train_dataset('mtl', BATCH, epoch=1))
+    monkeypatch.setattr(pipeline, 'PACK_ROWS', 4)
+    if mixed:
+        pack = pipeline._pack
+
+        def keep_tile_0_image(array):       # tile 0: blue = 0 (FILE_STEP * 0)
+            if array.shape[-1] == 3 and not array[..., 2].any():
+                return array, False
+            return pack(array)
+        monkeypatch.setattr(pipeline, '_pack', keep_tile_0_image)
+    pipeline._cache.clear()
+    cache = pipeline._cached(samples)
+    assert cache.size == 3 and cache.nbytes == sum(
+        stored.nbytes for fields in cache.samples for stored, _ in fields.values())
+    assert (cache.alike['image'] is None) == mixed
+    for fields in cache.samples:
+        blue = float(fields['image'][0][0, 0, 2]) * (1 if fields['image'][1] else 255)
+        tile = round(blue) // FILE_STEP
+        ref = refs[tile]
+        stored_as = {name: (stored.dtype, packed) for name, (stored, packed) in fields.items()}
+        assert stored_as == {'image': (np.float32, False) if mixed and tile == 0 else
+                             (np.uint8, True), 'height': (np.float32, False),
+                             'mask': (np.uint8, True), 'sem': (np.uint8, True),
+                             'norm': (np.float32, False), 'edge': (np.uint8, True)}
+        for name, dtype, _ in pipeline._field_specs():
+            got = pipeline._unpack(*fields[name], dtype)
+            expected = ref[name] if ref[name].ndim == 3 else ref[name][..., None]
+            assert got.dtype == expected.dtype, name
+            np.testing.assert_array_equal(got, expected, err_msg=name)
+    for a, b in zip(expected_batches, _collect(pipeline.train_dataset('mtl', BATCH, epoch=1))):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_pack_keeps_a_field_whole_when_any_row_block_is_not_8_bit(monkeypatch):
+    monkeypatch.setattr(pipeline, 'PACK_ROWS', 4)
+    codes = np.arange(10 * 7 * 3).reshape(10, 7, 3) % 256
+    eight_bit = (codes / np.float32(255)).astype(np.float32)
+    stored, packed = pipeline._pack(eight_bit)
+    assert packed and stored.dtype == np.uint8
+    np.testing.assert_array_equal(stored, codes)
+    off = eight_bit.copy()
+    off[9, 6, 2] = 0.3                      # not k / 255, in the last block
+    stored, packed = pipeline._pack(off)
+    assert not packed and stored is off
+    labels = np.array([[0, 255], [7, 3]], np.int32)[..., None]
+    stored, packed = pipeline._pack(labels)
+    assert packed and stored.dtype == np.uint8
+    np.testing.assert_array_equal(stored, labels)
+    assert pipeline._pack(labels + 1)[1] is False     # 256 does not fit

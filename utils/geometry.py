@@ -18,10 +18,10 @@ def fill_nodata(height):
 
     All-NaN input gives zeros (nothing to copy from).
     """
-    height = np.asarray(height, dtype=np.float64)
+    height = np.array(height, dtype=np.float64)     # a copy, the caller's stays as it is
     invalid = ~np.isfinite(height)
     if not invalid.any():
-        return height.copy()
+        return height
     if invalid.all():
         return np.zeros_like(height)
     # The distance transform labels every pixel with the nearest zero
@@ -33,23 +33,36 @@ def fill_nodata(height):
     return value_of_label[labels]
 
 
+NORMAL_ROWS = 256    # rows of normals computed at a time (float64 temporaries)
+
+
 def surface_normals(height):
     """Unit normals of the height map, HxWx3 float32 stored as (n + 1) / 2.
 
     n = (-zx, -zy, 1) / |.| with zx, zy the raw OpenCV Sobel (ksize=5)
     derivatives along columns and rows, as published (not divided by the
     kernel's gain of 128). Values in [0, 1], or [0, 255] when
-    config.normalize_flag is False.
+    config.normalize_flag is False. Computed in blocks of rows, each with the
+    two rows on either side the kernel reaches, so a full-size tile needs
+    little more memory than its result.
     """
     h = fill_nodata(height)
-    zx = cv2.Sobel(h, cv2.CV_64F, 1, 0, ksize=5)
-    zy = cv2.Sobel(h, cv2.CV_64F, 0, 1, ksize=5)
-    n = np.stack([-zx, -zy, np.ones_like(h)], axis=-1)
-    n /= np.linalg.norm(n, axis=-1, keepdims=True)
-    stored = (n + 1.0) / 2.0
-    if not config.normalize_flag:
-        stored *= 255.0
-    return stored.astype(np.float32)
+    rows = h.shape[0]
+    stored = np.empty(h.shape + (3,), np.float32)
+    for top in range(0, rows, NORMAL_ROWS):
+        bottom = min(top + NORMAL_ROWS, rows)
+        lo, hi = max(top - 2, 0), min(bottom + 2, rows)
+        block = h[lo:hi]
+        inner = slice(top - lo, bottom - lo)
+        zx = cv2.Sobel(block, cv2.CV_64F, 1, 0, ksize=5)[inner]
+        zy = cv2.Sobel(block, cv2.CV_64F, 0, 1, ksize=5)[inner]
+        n = np.stack([-zx, -zy, np.ones_like(zx)], axis=-1)
+        n /= np.linalg.norm(n, axis=-1, keepdims=True)
+        n = (n + 1.0) / 2.0
+        if not config.normalize_flag:
+            n *= 255.0
+        stored[top:bottom] = n
+    return stored
 
 
 def edge_map(height):

@@ -24,7 +24,9 @@ Large-tile datasets (Vaihingen, DFC2018): the training tiles are decoded
 once per process with their normals and edge maps and kept in memory,
 whatever *_preload says (a random crop read from disk would decode a whole
 tile per sample). Each sample takes a random tile and a random crop; an epoch
-is *_training_samples samples, floored to whole global batches.
+is *_training_samples samples, floored to whole global batches. Tiles are
+decoded one after the other and each field packed as it is made, so building
+the cache takes little more memory than the cache (bench/cache_memory.py).
 
 Patch datasets: one pass over the files per epoch, in an order shuffled with
 (config.seed, epoch); a file larger than the crop gives a random crop. The
@@ -89,15 +91,21 @@ def steps_per_epoch(stage, global_batch):
 
 # ----------------------------------------------------------------- decoding
 
-def make_fields(loaded):
-    """Every field of one loaded sample at full size: name -> [H, W, ch] array."""
+def iter_fields(loaded):
+    """Every field of one loaded sample at full size, one after the other:
+    (name, [H, W, ch] array). A caller that packs or drops each before asking
+    for the next never holds all of a full-size tile's float32 fields at once."""
     loaded = loaded._replace(image=np.asarray(loaded.image, np.float32),
                              height=np.asarray(loaded.height, np.float32))
-    fields = {'image': loaded.image,
-              'mask': np.isfinite(loaded.height).astype(np.float32)[..., None]}
+    yield 'image', loaded.image
+    yield 'mask', np.isfinite(loaded.height).astype(np.float32)[..., None]
     for head in heads.from_config():
-        fields[head.name] = np.asarray(head.target(loaded), head.dtype)
-    return fields
+        yield head.name, np.asarray(head.target(loaded), head.dtype)
+
+
+def make_fields(loaded):
+    """Every field of one loaded sample at full size: name -> [H, W, ch] array."""
+    return dict(iter_fields(loaded))
 
 
 def drop_index_channel(fields):
@@ -108,26 +116,38 @@ def drop_index_channel(fields):
     return fields
 
 
-def _decode(sample):
-    """Every field of one sample at full size, checked: name -> [H, W, ch] array."""
+def _fields(sample):
+    """iter_fields of one sample, each field checked as it comes."""
     loaded = datasets.load_sample(sample)
-    datasets.check_crop_fits(sample.image, np.shape(loaded.image), config.cropSize)
-    try:
-        fields = make_fields(loaded)
-    except datasets.DatasetError as err:   # a target the sample lacks: name its file
-        raise datasets.DatasetError(f"{sample.image}: {err}") from None
-    image = fields['image']
-    for name, _, channels in _field_specs():
-        array = fields[name]
-        if array.shape != image.shape[:2] + (channels,):
+    shape = np.shape(loaded.image)[:2]
+    datasets.check_crop_fits(sample.image, shape, config.cropSize)
+    channels = {name: count for name, _, count in _field_specs()}
+    fields = iter_fields(loaded)
+    del loaded
+    while True:
+        try:
+            name, array = next(fields)
+        except StopIteration:
+            return
+        except datasets.DatasetError as err:   # a target the sample lacks: name its file
+            raise datasets.DatasetError(f"{sample.image}: {err}") from None
+        if array.shape != shape + (channels[name],):
             raise datasets.DatasetError(
                 f"{sample.image}: {name} of {sample.name} has shape {array.shape}, expected "
-                f"{image.shape[:2] + (channels,)}: fix the files of this sample")
+                f"{shape + (channels[name],)}: fix the files of this sample")
         if not np.isfinite(array).all():
             raise datasets.DatasetError(
                 f"{sample.image}: {name} of {sample.name} holds NaN or infinite values; "
                 f"fix the file (nodata heights are fine, they are masked)")
-    return fields
+        yield name, array
+
+
+def _decode(sample):
+    """Every field of one sample at full size: name -> [H, W, ch] array."""
+    return dict(_fields(sample))
+
+
+PACK_ROWS = 256     # rows packed at a time: the float temporaries of a tile stay small
 
 
 def _pack(array):
@@ -142,71 +162,79 @@ def _pack(array):
         return (array.astype(np.uint8), True) if fits else (array, False)
     if array.min() < 0 or array.max() > 1:
         return array, False
-    packed = np.rint(array * 255).astype(np.uint8)
-    exact = np.array_equal(packed.astype(np.float32) / np.float32(255), array)
-    return (packed, True) if exact else (array, False)
+    packed = np.empty(array.shape, np.uint8)
+    for top in range(0, len(array), PACK_ROWS):
+        rows = array[top:top + PACK_ROWS]
+        packed[top:top + PACK_ROWS] = np.rint(rows * 255)
+        if not np.array_equal(packed[top:top + PACK_ROWS].astype(np.float32) /
+                              np.float32(255), rows):
+            return array, False
+    return packed, True
 
 
 def _unpack(stored, is_packed, dtype):
+    """The values _pack was given, from what it stored (NumPy or TensorFlow)."""
     if not is_packed:
         return stored
-    if dtype == tf.int32:
-        return tf.cast(stored, tf.int32)
-    return tf.cast(stored, tf.float32) / 255.0
+    if isinstance(stored, np.ndarray):
+        return stored.astype(np.int32) if dtype == tf.int32 else \
+            stored.astype(np.float32) / np.float32(255)
+    return tf.cast(stored, tf.int32) if dtype == tf.int32 else \
+        tf.cast(stored, tf.float32) / 255.0
 
 
 def _decode_packed(sample):
-    fields = _decode(sample)
-    return {name: _pack(array) for name, array in fields.items()}
+    return {name: _pack(array) for name, array in _fields(sample)}
 
 
 class _Cache:
-    """Decoded samples in memory: tiles of one shape and storage type share a stack.
+    """Decoded samples in memory, each field as _pack stored it.
 
-    A crop is a strided slice of one stack, picked by a switch over the
-    stacks, so tiles of different sizes cost no padding.
+    A crop is cut in NumPy (tf.numpy_function): the samples never become
+    tensors, because tf.data copies every tensor a dataset captures whenever
+    it rewrites the dataset's graph (its default optimisations, auto-sharding
+    for distribution), which would double the cache.
     """
 
     def __init__(self, packed):
-        specs = _field_specs()
-        groups = {}
-        for index, fields in enumerate(packed):
-            signature = (fields['image'][0].shape[:2],) + tuple(
-                fields[name][1] for name, _, _ in specs)
-            groups.setdefault(signature, []).append(index)
+        self.samples = packed
         self.size = len(packed)
-        self.sizes = tf.constant([packed[i]['image'][0].shape[:2]
-                                  for i in range(self.size)], tf.int32)
-        group_of = np.zeros(self.size, np.int32)
-        index_in_group = np.zeros(self.size, np.int32)
-        self.stacks = []
-        for g, (signature, members) in enumerate(groups.items()):
-            group_of[members] = g
-            index_in_group[members] = np.arange(len(members))
-            stack = {}
-            for name, _, _ in specs:
-                stack[name] = tf.constant(np.stack([packed[i][name][0] for i in members]))
-                for i in members:   # free the numpy copy as soon as TensorFlow holds one
-                    packed[i][name] = (None, packed[i][name][1])
-            self.stacks.append((stack, dict(zip([n for n, _, _ in specs], signature[1:]))))
-        self.group_of = tf.constant(group_of)
-        self.index_in_group = tf.constant(index_in_group)
+        self.sizes = tf.constant([fields['image'][0].shape[:2] for fields in packed],
+                                 tf.int32)
+        self.nbytes = sum(stored.nbytes for fields in packed for stored, _ in fields.values())
+        # A field stored alike in every sample leaves NumPy as stored and is
+        # unpacked by TensorFlow, outside the GIL; other fields NumPy unpacks.
+        self.alike = {}
+        for name, _, _ in _field_specs():
+            kinds = {(fields[name][0].dtype, fields[name][1]) for fields in packed}
+            self.alike[name] = kinds.pop() if len(kinds) == 1 else None
+
+    def _cut(self, index, y, x):
+        c = config.cropSize
+        fields = self.samples[index]
+        out = []
+        for name, dtype, _ in _field_specs():
+            stored, is_packed = fields[name]
+            window = stored[y:y + c, x:x + c]
+            if self.alike[name] is None:
+                window = _unpack(window, is_packed, dtype)
+            out.append(np.ascontiguousarray(window))
+        return out
 
     def crop(self, tile, key):
         """The fields of a random crop of cached sample `tile`."""
         c = config.cropSize
-        size = self.sizes[tile]
+        size = tf.gather(self.sizes, tile)
         y, x = _offsets(key, size[0], size[1])
-        j = self.index_in_group[tile]
         specs = _field_specs()
-
-        def branch(stack, packed):
-            return lambda: {name: _unpack(stack[name][j, y:y + c, x:x + c], packed[name], dtype)
-                            for name, dtype, _ in specs}
-        fields = tf.switch_case(self.group_of[tile],
-                                [branch(stack, packed) for stack, packed in self.stacks])
-        return {name: tf.ensure_shape(fields[name], [c, c, channels])
-                for name, _, channels in specs}
+        kinds = [self.alike[name] for name, _, _ in specs]
+        arrays = tf.numpy_function(
+            self._cut, [tile, y, x],
+            [dtype if kind is None else tf.as_dtype(kind[0])
+             for (_, dtype, _), kind in zip(specs, kinds)], stateful=False)
+        return {name: tf.ensure_shape(array if kind is None else
+                                      _unpack(array, kind[1], dtype), [c, c, channels])
+                for (name, dtype, channels), array, kind in zip(specs, arrays, kinds)}
 
 
 def _cache_key(samples):
@@ -217,9 +245,13 @@ def _cache_key(samples):
 
 
 def _decode_all(samples, first=None):
-    """Decode and pack every sample in threads; `first`: samples[0], already done."""
+    """Decode and pack every sample; `first`: samples[0], already done.
+
+    Tiles are decoded one after the other, so what decoding needs beyond the
+    cache is one tile's working memory; many small patches go in threads.
+    """
     todo = samples if first is None else samples[1:]
-    workers = max(1, min(len(todo), os.cpu_count() or 1))
+    workers = 1 if datasets.is_tile_dataset() else max(1, min(len(todo), os.cpu_count() or 1))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         done = list(pool.map(_decode_packed, todo))
     return done if first is None else [first] + done
@@ -230,12 +262,12 @@ def _cached(samples, fits=None):
     key = _cache_key(samples)
     if _cache.get('key') == key:
         return _cache['value']
+    _cache.clear()      # one decoded training set at a time: free the old one first
     first = None
     if fits is not None:
         first = _decode_packed(samples[0])
         if not fits(first):
             return None
-    _cache.clear()      # one decoded training set at a time
     value = _Cache(_decode_all(samples, first))
     _cache.update(key=key, value=value)
     return value

@@ -7,6 +7,7 @@ apply the same update as one replica with B. Everything needed to continue
 metric, early-stopping counter) is checkpointed, so a killed run resumes
 where it stopped and sees exactly the batches it would have seen.
 """
+import glob
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ import tensorflow as tf
 
 import config
 from utils import checkpoints, datasets, distribute, heads, pipeline, plots, progress
-from utils.errors import SettingError, TrainingDiverged
+from utils.errors import CheckpointError, SettingError, TrainingDiverged
 
 LOWER_IS_BETTER = ('rmse', 'mae', 'mse')
 TERM_ORDER = heads.TERMS + ('loss',)   # as the step reports them
@@ -229,21 +230,52 @@ class Trainer:
 
     def _restore_or_start(self):
         state = os.path.join(self.dir, 'train_state')
-        if os.path.isdir(state) and tf.train.latest_checkpoint(state) and not config.resume:
+        if _saved_states(state) and not config.resume:
             aside = f"{self.dir}.old-{time.strftime('%Y%m%d-%H%M%S')}"
             if self.chief:
                 shutil.move(self.dir, aside)
                 print(f"resume = False: the previous run was moved to {aside}")
         self.log = _logger(self.dir, self.chief)
+        restored = self._restore_newest_readable(state) if config.resume else None
         self.manager = self._manager()
-        latest = tf.train.latest_checkpoint(state) if config.resume else None
-        if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        if restored:
             history = os.path.join(self.dir, 'history.json')
             if os.path.exists(history):
                 with open(history) as f:
                     self.history = json.load(f)
-            self.log.info(f"resuming from {latest} at step {int(self.step.numpy())}")
+            self.log.info(f"resuming from {restored} at step {int(self.step.numpy())}")
+
+    def _restore_newest_readable(self, state):
+        """Restore the newest saved state that reads back whole; None if there is none.
+
+        A damaged one (a truncated copy, a full disk) is named in a warning and
+        the one before it restored over every variable, so nothing half-read
+        from the damaged one survives.
+        """
+        saved = _saved_states(state)
+        damaged = []
+        for prefix in reversed(saved):
+            problem = _damage(prefix)
+            if problem is None:
+                try:
+                    self.checkpoint.restore(prefix).assert_existing_objects_matched()
+                except _READ_ERRORS as err:
+                    problem = (f"{os.path.basename(prefix)}.*", _first_line(err))
+            if problem is not None:
+                damaged.append(problem)
+                self.log.warning(f"warning: {problem[0]} in {state} is damaged "
+                                 f"({problem[1]}); trying the checkpoint before it")
+                continue
+            if self.chief and (damaged or tf.train.get_checkpoint_state(state) is None):
+                _track_only(state, saved, list(saved)[:list(saved).index(prefix) + 1])
+            return prefix
+        if damaged:
+            files = ', '.join(name for name, _ in damaged)
+            raise CheckpointError(
+                f"no readable checkpoint in {state}: {files} damaged ({damaged[-1][1]}); "
+                f"put intact copies there, or set resume = False to start again "
+                f"(the run folder is moved aside)")
+        return None
 
     # ------------------------------------------------------------ the loop
     def _describe(self, steps):
@@ -385,6 +417,61 @@ class Trainer:
 
     def _done(self):
         return config.max_steps > 0 and int(self.step.numpy()) >= config.max_steps
+
+
+# What reading a damaged checkpoint raises: TensorFlow's errors (a bad index,
+# a checksum, a missing file), IndexError (a data file shorter than its index).
+_READ_ERRORS = (tf.errors.OpError, IndexError)
+
+
+def _first_line(err):
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _saved_states(state):
+    """{checkpoint prefix: time saved or None}, oldest first: the manager's own
+    list, or every ckpt-N.index in `state` when that list is lost."""
+    listed = tf.train.get_checkpoint_state(state) if os.path.isdir(state) else None
+    if listed and listed.all_model_checkpoint_paths:
+        paths = list(listed.all_model_checkpoint_paths)
+        return dict(zip(paths, list(listed.all_model_checkpoint_timestamps) or
+                        [None] * len(paths)))
+    found = [p[:-len('.index')] for p in glob.glob(os.path.join(state, 'ckpt-*.index'))]
+    found = sorted((p for p in found if p.rsplit('-', 1)[1].isdigit()),
+                   key=lambda p: int(p.rsplit('-', 1)[1]))
+    return {p: os.path.getmtime(p + '.index') for p in found}
+
+
+def _damage(prefix):
+    """None if every tensor of checkpoint `prefix` reads back (each is checked
+    against its checksum), else (the damaged file, the reader's complaint)."""
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+    except _READ_ERRORS as err:
+        return os.path.basename(prefix) + '.index', _first_line(err)
+    try:
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except _READ_ERRORS as err:
+        data = sorted(os.path.basename(p) for p in glob.glob(prefix + '.data-*'))
+        return ', '.join(data) or os.path.basename(prefix) + '.data-*', _first_line(err)
+    return None
+
+
+def _track_only(state, saved, kept):
+    """Make the CheckpointManager of `state` track `kept` (oldest first) and
+    nothing newer: damaged files stay on disk but never count among the two
+    checkpoints it keeps."""
+    times = [saved[p] for p in kept]
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel('ERROR')     # the call's deprecation notice would only confuse
+    try:
+        tf.compat.v1.train.update_checkpoint_state(
+            state, os.path.basename(kept[-1]), [os.path.basename(p) for p in kept],
+            all_model_checkpoint_timestamps=None if None in times else times)
+    finally:
+        logger.setLevel(level)
 
 
 def _interrupt(signum, frame):
