@@ -31,7 +31,7 @@ OFFLINE = 'http://127.0.0.1:9'
 
 VAIHINGEN_W = (1e-4, 1e-1, 1e-5, 1e-3)
 DFC2019_W = (1e-2, 1e-1, 1e-5, 100)
-# The published settings (dsmnet.md), written out rather than read from config.py.
+# The published settings (the paper and README, Datasets), written out rather than read from config.py.
 PUBLISHED = {
     'Vaihingen': dict(batch=4, codes=files.VAIHINGEN_COLOURS, w=VAIHINGEN_W),
     'Vaihingen_crp256': dict(batch=10, codes=files.VAIHINGEN_COLOURS, w=VAIHINGEN_W),

@@ -1,5 +1,5 @@
 """The two networks: outputs of every head combination, and parameter counts
-checked against counts computed by hand from the layer list in dsmnet.md."""
+checked against counts computed by hand from the layer list of the paper (Elhousni et al., IEEE Access 2021) and the README."""
 import itertools
 
 import keras

@@ -224,7 +224,7 @@ def _find_named(root, split, stems, folders):
 
 def _find_vaihingen(root, split):
     stems = [(f'top_mosaic_09cm_area{n}',
-              # The ISPRS nDSM package adds '_normalized' to the dsmnet.md name.
+              # The ISPRS nDSM package adds '_normalized' to the name in README's Datasets table.
               dict(image=f'top_mosaic_09cm_area{n}',
                    height=(f'dsm_09cm_matching_area{n}', f'dsm_09cm_matching_area{n}_normalized'),
                    labels=f'top_mosaic_09cm_area{n}'))

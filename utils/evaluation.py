@@ -1,7 +1,7 @@
 """Evaluation of the MTL (and the DAE) on a whole split, image by image.
 
 The one procedure behind test_dsm.py and the training loops' per-epoch
-validation, so both measure the same thing (dsmnet.md, Testing): tiled
+validation, so both measure the same thing (README, Testing): tiled
 prediction, height metrics per image averaged over images, segmentation
 metrics from one confusion matrix over the split, and a trivial baseline
 (every pixel = the training split's mean height) on the same images.

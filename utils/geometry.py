@@ -1,7 +1,7 @@
 """Geometric targets made from a height map: surface normals and edges.
 
-Both follow the published recipe (dsmnet.md, "Targets made from the height
-map"). Nodata (NaN) heights are first replaced by the value of the nearest
+Both follow the published recipe (Elhousni et al., IEEE Access 2021, and
+its research code). Nodata (NaN) heights are first replaced by the value of the nearest
 valid pixel: unlike filling with 0 or the mean, this creates no artificial
 step at the border of a hole, so the normals and edges next to nodata stay
 those of the surrounding surface. The training mask keeps the filled pixels

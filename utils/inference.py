@@ -1,4 +1,4 @@
-"""Tiled inference over images larger than the network's crop (dsmnet.md, Testing).
+"""Tiled inference over images larger than the network's crop (README, Testing).
 
 A sliding window of `crop` px with step `stride` (last window snapped to the
 border) covers the image. Windows run through the networks in fixed-size

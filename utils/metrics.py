@@ -1,4 +1,4 @@
-"""Test metrics (dsmnet.md, Testing): height errors per image, segmentation
+"""Test metrics (README, Testing): height errors per image, segmentation
 scores from one confusion matrix over a whole split.
 
 Height metrics are computed per image and averaged over images by the caller
@@ -54,7 +54,7 @@ def is_binary(label_codes):
 
 
 def mask_binary_heights(pred_height, gt_height, pred_idx, gt_idx, label_codes):
-    """Binary datasets: heights count only on class 1 (dsmnet.md).
+    """Binary datasets: heights count only on class 1 (as published; README, Testing).
 
     The predicted height is zeroed outside the predicted class-1 mask and the
     ground truth outside the true class-1 mask; NaN ground truth stays NaN so
