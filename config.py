@@ -99,6 +99,8 @@ corrCheckPointPath = None   # None: <checkpoint_root>/<dataset>/dae/best.weights
 # ----------------------------------------------------------------- testing
 correction = False          # refine the MTL height with the DAE
 test_stride = None          # sliding-window step; None: cropSize // 6
+valid_stride = None         # the same for validation during training, which only
+                            # picks the best weights; None: cropSize // 2
 test_batch_size = 8         # windows per inference call (global)
 test_plot_images = 3        # PNG figures for the first N test images
 

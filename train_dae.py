@@ -20,10 +20,8 @@ def main():
         mtl.trainable = False
         dae = dae_net.build_from_config()
 
-    def validate():
-        return evaluation.evaluate(mtl, dae, split='valid', verbose=0)
-
-    trainer = training.Trainer('dae', dae, *losses.dae_step(mtl, dae), validate,
+    trainer = training.Trainer('dae', dae, *losses.dae_step(mtl, dae),
+                               lambda: evaluation.validate(mtl, dae),
                                config.corrCheckPointPath)
     trainer.fit()
     return trainer

@@ -17,10 +17,8 @@ def main():
     with strategy.scope():
         model = mtl_net.build_from_config()
 
-    def validate():
-        return evaluation.evaluate(model, split='valid', verbose=0)
-
-    trainer = training.Trainer('mtl', model, *losses.mtl_step(model), validate,
+    trainer = training.Trainer('mtl', model, *losses.mtl_step(model),
+                               lambda: evaluation.validate(model),
                                config.predCheckPointPath)
     trainer.fit()
     return trainer

@@ -58,6 +58,7 @@ def fake_split(tmp_path, monkeypatch):
     }
     splits = {'test': [Sample('a', geo_image, '', ''), Sample('b', 'b.png', '', '')],
               'train': [Sample('t', 't.png', '', '')]}
+    splits['valid'] = splits['test']
     fake = types.SimpleNamespace(find_split=lambda split: list(splits[split]),
                                  load_sample=lambda sample: data[sample.name])
     monkeypatch.setattr(evaluation, 'datasets', fake)
@@ -99,6 +100,25 @@ def test_metrics_by_hand(fake_split):
     assert [p['name'] for p in r['per_image']] == ['a', 'b']
     assert r['per_image'][1]['rmse'] == pytest.approx(1.0)
     assert r['images'] == 2 and r['split'] == 'test'
+
+
+def test_validation_has_its_own_stride(fake_split, monkeypatch):
+    strides = []
+    real = evaluation.inference.predict_tile
+
+    def recording(fn, image, crop, stride):
+        strides.append(stride)
+        return real(fn, image, crop, stride)
+    monkeypatch.setattr(evaluation.inference, 'predict_tile', recording)
+    config.valid_stride = 32
+    during_training = evaluation.validate(ConstantMTL())
+    published = evaluation.evaluate(ConstantMTL(), split='valid', verbose=0)
+    assert strides == [32, 32, 16, 16]      # two images each
+    # A constant network scores the same on any window layout.
+    assert during_training['rmse'] == pytest.approx(published['rmse'], rel=1e-6)
+    config.valid_stride = 0
+    with pytest.raises(evaluation.SettingError, match='valid_stride = 0: use a positive'):
+        evaluation.validate(ConstantMTL())
 
 
 def test_correction_reports_both_heights(fake_split):

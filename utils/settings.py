@@ -26,7 +26,7 @@ _FROM_DATASET = ('cropSize', 'batch_size', 'label_codes', 'w1', 'w2', 'w3', 'w4'
                  'dae_numEpochs', 'mtl_training_samples', 'dae_training_samples',
                  'roof_height_threshold', 'bn_momentum', 'dropout_rate')
 # Settings whose None is derived from other settings.
-_DERIVED = ('mtl_batchSize', 'dae_batchSize', 'test_stride',
+_DERIVED = ('mtl_batchSize', 'dae_batchSize', 'test_stride', 'valid_stride',
             'predCheckPointPath', 'corrCheckPointPath')
 _declared = {}
 
@@ -56,6 +56,7 @@ def resolve(config):
         'mtl_batchSize': config.batch_size,
         'dae_batchSize': config.batch_size,
         'test_stride': max(1, config.cropSize // 6),
+        'valid_stride': max(1, config.cropSize // 2),
         'predCheckPointPath': os.path.join(config.checkpoint_root, config.dataset_name,
                                            'mtl', 'best.weights.h5'),
         'corrCheckPointPath': os.path.join(config.checkpoint_root, config.dataset_name,
