@@ -133,7 +133,7 @@ DATASETS = {
                       bn_momentum=0.9,   # a short run: inference statistics must catch up
                       dropout_rate=0.1,  # 0.5 starves its 8- and 16-channel decoder layers
                       # minutes on a 2-core CPU; validation tiles coarser (valid_stride)
-                      mtl_numEpochs=9, dae_numEpochs=2),
+                      mtl_numEpochs=12, dae_numEpochs=2),
 }
 # What an entry does not name, and a dataset_name matching no entry.
 PUBLISHED = dict(layout='split_folders', cropSize=256, batch_size=2,
