@@ -117,6 +117,9 @@ corrCheckPointPath: str = None      # None: <checkpoint_root>/<dataset>/dae/best
 correction: bool = False            # refine the MTL height with the DAE
 test_stride: whole(at_least=1, at_most='cropSize') = None   # sliding-window step;
                             # None: cropSize // 6
+valid_stride: whole(at_least=1, at_most='cropSize') = None  # the same for validation
+                            # during training, which only picks the best weights;
+                            # None: cropSize // 2
 test_batch_size: whole(at_least=1) = 8  # windows per inference call (global)
 test_plot_images: whole(at_least=0) = 3 # PNG figures for the first N test images
 
@@ -148,7 +151,8 @@ DATASETS = {
                       roof_height_threshold=2,   # its heights are metres, 0-27
                       bn_momentum=0.9,   # a short run: inference statistics must catch up
                       dropout_rate=0.1,  # 0.5 starves its 8- and 16-channel decoder layers
-                      mtl_numEpochs=14, dae_numEpochs=3),
+                      # minutes on a 2-core CPU; validation tiles coarser (valid_stride)
+                      mtl_numEpochs=12, dae_numEpochs=2),
 }
 # What an entry does not name, and a dataset_name matching no entry.
 PUBLISHED = dict(layout='split_folders', cropSize=256, batch_size=2,
@@ -183,6 +187,7 @@ DERIVED = {
     'mtl_batchSize': lambda: batch_size,
     'dae_batchSize': lambda: batch_size,
     'test_stride': lambda: max(1, cropSize // 6),
+    'valid_stride': lambda: max(1, cropSize // 2),
     'predCheckPointPath': lambda: os.path.join(checkpoint_root, dataset_name, 'mtl',
                                                'best.weights.h5'),
     'corrCheckPointPath': lambda: os.path.join(checkpoint_root, dataset_name, 'dae',

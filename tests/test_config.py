@@ -21,7 +21,7 @@ def test_published_defaults_per_dataset():
     assert (config.cropSize, config.batch_size, config.label_codes) == (512, 2, [0, 1])
     settings.apply(['dataset_name=MyCity'])                # no entry: crop 256, batch 2
     assert (config.cropSize, config.batch_size) == (256, 2)
-    assert config.test_stride == 256 // 6
+    assert config.test_stride == 256 // 6 and config.valid_stride == 256 // 2
     assert config.mtl_lr == 2e-4 and config.early_stop_patience == 10
 
 
@@ -33,6 +33,7 @@ def test_set_parses_to_the_type_of_the_default():
     assert config.multi_gpu_enabled is True
     assert config.gpu_devices == '0,1' and config.backbone_weights is None
     assert config.test_stride == 128 // 6       # derived settings follow
+    assert config.valid_stride == 128 // 2
     settings.apply(['dataset_name=Vaihingen'])  # an explicit crop survives a dataset change
     assert config.cropSize == 128 and config.batch_size == 4
 

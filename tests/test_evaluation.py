@@ -58,6 +58,7 @@ def fake_split(tmp_path, monkeypatch):
     }
     splits = {'test': [Sample('a', geo_image, '', ''), Sample('b', 'b.png', '', '')],
               'train': [Sample('t', 't.png', '', '')]}
+    splits['valid'] = splits['test']
     fake = types.SimpleNamespace(find_split=lambda split: list(splits[split]),
                                  load_sample=lambda sample: data[sample.name])
     monkeypatch.setattr(evaluation, 'datasets', fake)
@@ -99,6 +100,25 @@ def test_metrics_by_hand(fake_split):
     assert [p['name'] for p in r['per_image']] == ['a', 'b']
     assert r['per_image'][1]['rmse'] == pytest.approx(1.0)
     assert r['images'] == 2 and r['split'] == 'test'
+
+
+def test_validation_has_its_own_stride(fake_split, monkeypatch):
+    strides = []
+    real = evaluation.inference.predict_tile
+
+    def recording(fn, image, crop, stride):
+        strides.append(stride)
+        return real(fn, image, crop, stride)
+    monkeypatch.setattr(evaluation.inference, 'predict_tile', recording)
+    config.valid_stride = 32
+    during_training = evaluation.validate(ConstantMTL())
+    published = evaluation.evaluate(ConstantMTL(), split='valid', verbose=0)
+    assert strides == [32, 32, 16, 16]      # two images each
+    # A constant network scores the same on any window layout.
+    assert during_training['rmse'] == pytest.approx(published['rmse'], rel=1e-6)
+    config.valid_stride = 0
+    with pytest.raises(evaluation.SettingError, match='valid_stride = 0: use a positive'):
+        evaluation.validate(ConstantMTL())
 
 
 def test_correction_reports_both_heights(fake_split):
@@ -159,25 +179,14 @@ def test_rgb_label_codes_written_as_colours(fake_split, tmp_path):
 
 
 # ---------------------------------------------------------------- test_dsm.py, end to end
-TINY = ['mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625', 'cropSize=64',
-        'test_stride=32', 'test_plot_images=1']
+@pytest.fixture
+def synthetic_weights(tiny_trained, tmp_path):
+    """The tiny trained MTL and DAE (conftest.py), tested into a fresh output folder."""
+    sets = tiny_trained.sets + [f'output_root={tmp_path / "output"}', 'test_plot_images=1']
+    return tmp_path, [a for s in sets for a in ('--set', s)]
 
 
-@pytest.fixture(scope='module')
-def synthetic_weights(tmp_path_factory):
-    """The built-in synthetic dataset and untrained tiny MTL/DAE weights files."""
-    from nets import dae, mtl
-    from utils import checkpoints, settings, synthetic
-    base = tmp_path_factory.mktemp('eval')
-    synthetic.ensure_synthetic(str(base / 'synthetic'))
-    sets = TINY + [f'shortcut_path={base}', f'output_root={base / "output"}',
-                   f'checkpoint_root={base / "ckpt"}']
-    settings.apply(['dataset_name=synthetic', 'backbone_weights=None'] + sets)
-    checkpoints.save_weights(mtl.build_from_config(), config.predCheckPointPath, 'mtl')
-    checkpoints.save_weights(dae.build_from_config(), config.corrCheckPointPath, 'dae')
-    return base, [a for s in sets for a in ('--set', s)]
-
-
+@pytest.mark.xdist_group('tiny_trained')
 def test_dsm_script_writes_every_metric(synthetic_weights, capsys):
     import json
     import test_dsm
@@ -196,7 +205,7 @@ def test_dsm_script_writes_every_metric(synthetic_weights, capsys):
     assert record['baseline']['rmse'] == overall['baseline_rmse']
     assert [p['name'] for p in record['per_image']] == ['test_0000', 'test_0001']
     assert record['checkpoints']['dae'].endswith('best.weights.h5')
-    assert record['settings']['cropSize'] == 64 and record['split'] == 'test'
+    assert record['settings']['cropSize'] == 32 and record['split'] == 'test'
     # per-image values average to the overall ones
     assert overall['rmse'] == pytest.approx(np.mean([p['rmse'] for p in record['per_image']]))
     last = out.out.strip().splitlines()[-1]
@@ -209,6 +218,7 @@ def test_dsm_script_writes_every_metric(synthetic_weights, capsys):
                                        'test_0001_sem.tif']
 
 
+@pytest.mark.xdist_group('tiny_trained')
 def test_dsm_script_weight_errors_are_clear(synthetic_weights, tmp_path, capsys):
     import test_dsm
     _, sets = synthetic_weights
@@ -221,6 +231,7 @@ def test_dsm_script_weight_errors_are_clear(synthetic_weights, tmp_path, capsys)
     assert err.startswith('error: ') and 'mtl_decoder_scale=0.0625' in err
 
 
+@pytest.mark.xdist_group('tiny_trained')
 def test_dsm_script_exits_1_without_traceback(synthetic_weights, tmp_path):
     from tests.conftest import run_python
     _, sets = synthetic_weights

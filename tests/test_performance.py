@@ -11,6 +11,8 @@ import pytest
 
 from conftest import ROOT, run_python
 
+pytestmark = pytest.mark.slow   # TensorFlow processes training a DenseNet121 MTL
+
 PERF_RUN = os.path.join(ROOT, 'tests', 'perf_run.py')
 TWO_REPLICAS = ['batch_size=4', 'multi_gpu_enabled=True', 'cpu_replicas=2']
 norm = np.linalg.norm
@@ -53,16 +55,26 @@ def test_bfloat16_tracks_float32(one_replica_mtl):
     # The float32 run's loss falls by over 10% in these 4 steps, so a bf16 run
     # that did not learn, or learnt from wrong gradients, would leave the band.
     assert f32['losses'][-1, 0] < 0.9 * f32['losses'][0, 0]
-    # bfloat16 keeps 8 significant bits: each product is rounded by up to
-    # 2^-9 = 0.2%. The loss terms average thousands of pixels, so rounding
-    # mostly cancels (measured: at most 0.16% over these steps); 2% allows
-    # for drift over the 4 steps and is still well below the 10% the
-    # training moves the loss.
+    # bfloat16 keeps 8 significant bits: every stored activation is rounded by
+    # up to u = 2^-8 = 0.39%. The loss terms are float32 means over 8192 pixels,
+    # where independent roundings average out, so 2% (5u) holds with margin
+    # (measured: 2e-6, 1 and 2 threads) yet is 5x below what training moves.
     assert np.isfinite(bf16['losses']).all()
     np.testing.assert_allclose(bf16['losses'], f32['losses'], rtol=2e-2)
+    # The updates are compared along the float32 update: u16 . u32 / |u32|^2,
+    # with the linear Adam of perf_run their first-order effect on the loss.
+    # Not |u16 - u32|: a bias gradient summed over 8192 pixels that nearly
+    # cancel (the 2-channel last decoder stage) keeps only an absolute error
+    # of about u * sum|terms|, far above its value, and how much of the sum
+    # runs in bf16 depends on the kernels the CPU gets (|u16 - u32| / |u32|:
+    # 0.07 here on 1 and 2 threads, 0.48 in a run elsewhere). Such errors are
+    # uncorrelated with u32 and cancel in the projection, where those
+    # variables weigh 1.5%; the well-conditioned bulk carries about
+    # sqrt(130 layers) * u = 4.5% (measured: 0.991). A bf16 implementation
+    # error moves it far: 0 (updates lost), 2^k (unscaled loss), < 0 (sign).
     update32 = flat(f32) - flat(f32, 'init_')
     update16 = flat(bf16) - flat(bf16, 'init_')
-    assert norm(update16 - update32) < 0.2 * norm(update32)   # same direction, bf16-rounded
+    assert 0.85 < update16 @ update32 / (update32 @ update32) < 1.15
 
 
 def test_float16_scales_the_loss_and_skips_overflowing_steps(one_replica_mtl):

@@ -3,9 +3,12 @@ import glob
 import os
 import sys
 
+import pytest
+
 from conftest import ROOT, TINY
 
 
+@pytest.mark.slow
 def test_run_train_test_writes_every_artifact(tmp_path, synthetic_root):
     import subprocess
     sets = [f'--set={s}' for s in TINY + [

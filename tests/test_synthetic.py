@@ -24,12 +24,9 @@ def digest(root):
 
 
 @pytest.fixture(scope='module')
-def full_root(tmp_path_factory):
-    """The dataset at its real size, generated once through find_split."""
-    base = tmp_path_factory.mktemp('datasets')
-    settings.apply(['dataset_name=synthetic', f'shortcut_path={base}'])
-    datasets.find_split('valid')
-    return os.path.join(str(base), 'synthetic')
+def full_root(synthetic_root):
+    """The dataset at its real size, generated through find_split (conftest.py)."""
+    return os.path.join(synthetic_root, 'synthetic')
 
 
 def use(root):

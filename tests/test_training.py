@@ -24,6 +24,7 @@ def weights(run, prefix='w_'):
                                    key=lambda k: int(k[len(prefix):]))]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('stage', ['mtl', 'dae'])
 def test_two_replicas_apply_the_same_updates_as_one(tmp_path, stage):
     one, two = replica_run(tmp_path, stage, 1), replica_run(tmp_path, stage, 2)
@@ -61,6 +62,7 @@ def checkpoint_values(path):
             if k != '_CHECKPOINTABLE_OBJECT_GRAPH'}
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_where_it_stopped(tmp_path, synthetic_root):
     """kill -9 after the first checkpoint, start again: same steps, same weights
     as an uninterrupted run (two epochs, so Adam also survives an epoch end)."""
@@ -135,6 +137,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, synthetic_root, 
     assert config.max_steps == 0
 
 
+@pytest.mark.slow
 def test_two_workers_train_like_one_process(tmp_path, synthetic_root):
     """MultiWorkerMirroredStrategy over two local processes: both see 2
     replicas, end with the same weights as one process on the same global
@@ -182,6 +185,7 @@ def test_two_workers_train_like_one_process(tmp_path, synthetic_root):
     assert not os.path.exists(tmp_path / 'ckpt1')
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path, synthetic_root):
     import signal
     import subprocess
@@ -223,3 +227,18 @@ def test_resume_false_moves_the_old_run_aside(tmp_path, synthetic_root, capsys):
     assert len(aside) == 1
     assert os.path.exists(os.path.join(aside[0], 'train_state', 'ckpt-1.index'))
     assert os.path.exists(tmp_path / 'synthetic' / 'mtl' / 'train_state' / 'ckpt-2.index')
+
+
+@pytest.mark.xdist_group('tiny_trained')
+def test_dae_trains_on_the_frozen_mtl(tiny_trained):
+    """train_dae.main() after train_mtl.main() (conftest.py): both stop at
+    max_steps, validate once and keep their best weights; the MTL inside
+    the DAE stage is the one the MTL stage saved, unchanged."""
+    assert tiny_trained.mtl_step == tiny_trained.dae_step == 2
+    assert os.path.isfile(tiny_trained.mtl_weights) and os.path.isfile(tiny_trained.dae_weights)
+    (mtl,), (dae,) = tiny_trained.mtl_history, tiny_trained.dae_history
+    assert np.isfinite([mtl['val_rmse'], dae['val_rmse'], dae['train_loss']]).all()
+    # Same weights, same windows: the DAE stage's validation of the MTL alone
+    # repeats the MTL stage's, up to float32 rounding (frozen, BN in inference).
+    assert dae['val_mtl_rmse'] == pytest.approx(mtl['val_rmse'], rel=1e-5)
+    assert dae['val_baseline_rmse'] == mtl['val_baseline_rmse']

@@ -5,6 +5,8 @@ validation, so both measure the same thing (README, Testing): tiled
 prediction, height metrics per image averaged over images, segmentation
 metrics from one confusion matrix over the split, and a trivial baseline
 (every pixel = the training split's mean height) on the same images.
+Validation uses fewer windows per image (valid_stride) than the published
+test (test_stride): it only ranks the epochs.
 """
 import os
 
@@ -76,8 +78,10 @@ def _mean(values):
     return float(np.mean(values)) if values else None
 
 
-def evaluate(mtl, dae=None, split='valid', out_dir=None, max_images=None, verbose=1):
-    """Metrics of the networks on `split` (a dict, see module docstring).
+def evaluate(mtl, dae=None, split='valid', out_dir=None, max_images=None, verbose=1,
+             stride=None):
+    """Metrics of the networks on `split` (a dict, see module docstring), with
+    windows every `stride` px (None: config.test_stride, as published).
 
     Keys: mse, mae, rmse, delta1..3 (refined height when `dae` is given),
     mtl_* the same for the MTL's own height (with `dae`), baseline_rmse and
@@ -110,7 +114,7 @@ def evaluate(mtl, dae=None, split='valid', out_dir=None, max_images=None, verbos
     for index, sample in enumerate(samples):
         data = datasets.load_sample(sample)
         out = inference.predict_tile(predict_fn, data.image, config.cropSize,
-                                     config.test_stride)
+                                     stride or config.test_stride)
         gt = np.asarray(data.height, np.float32)
         pred_idx = np.argmax(out['sem'], -1) if 'sem' in out else None
         labeled = pred_idx is not None and data.labels is not None
@@ -151,3 +155,10 @@ def evaluate(mtl, dae=None, split='valid', out_dir=None, max_images=None, verbos
                   baseline_height=baseline, images=len(per_image), split=split,
                   per_image=per_image)
     return result
+
+
+def validate(mtl, dae=None):
+    """The training loops' per-epoch validation: evaluate() on the valid split
+    with config.valid_stride, coarser than the published test stride, since
+    it only ranks epochs to keep the best weights."""
+    return evaluate(mtl, dae, split='valid', verbose=0, stride=config.valid_stride)

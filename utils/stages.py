@@ -59,6 +59,6 @@ def make_trainer(stage, mtl=None, steps_only=False):
         return training.Trainer(stage, model, *step, None, None)
 
     def validate():
-        return evaluation.evaluate(mtl, dae, split='valid', verbose=0)
+        return evaluation.validate(mtl, dae)
     best = getattr(config, checkpoints.SETTING_OF_PATH[stage])
     return training.Trainer(stage, model, *step, validate, best)
