@@ -6,8 +6,9 @@ import pytest
 from conftest import run_python
 
 
-@pytest.mark.parametrize('sets,replicas', [([], 1),
-                                           (['multi_gpu_enabled=True', 'cpu_replicas=2'], 2)])
+@pytest.mark.parametrize('sets,replicas', [
+    ([], 1),
+    pytest.param(['multi_gpu_enabled=True', 'cpu_replicas=2'], 2, marks=pytest.mark.slow)])
 def test_quick_check_reports_the_replicas_and_the_split(sets, replicas):
     result = run_python(['test_multi_gpu.py', '--json', '--quick', '--set', 'batch_size=3',
                          *[a for s in sets for a in ('--set', s)]])

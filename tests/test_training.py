@@ -212,6 +212,7 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, synthetic_root):
     assert step >= 7 and f'checkpoint saved: {saved} (step {step})' in out
 
 
+@pytest.mark.slow
 def test_resume_false_moves_the_old_run_aside(tmp_path, synthetic_root, capsys):
     import glob
     import train_mtl
