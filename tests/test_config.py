@@ -155,6 +155,7 @@ BAD = [
     ('early_stop_patience', 0), ('early_stop_delta', -0.1), ('eval_metric', 'accuracy'),
     ('checkpoint_every', 0), ('max_steps', -1),
     ('test_stride', 0), ('test_stride', 97),     # the synthetic crop is 96
+    ('valid_stride', 0), ('valid_stride', 97),
     ('test_batch_size', 0), ('test_plot_images', -1),
 ]
 # Values on the edge of a rule, which must pass.
@@ -185,7 +186,7 @@ def test_a_value_that_breaks_its_rule_is_named(name, value):
 
 @pytest.mark.parametrize('name,value', GOOD)
 def test_a_value_on_the_edge_of_its_rule_passes(name, value):
-    setattr(config, name, value)
+    settings.override(name, value)      # as --set would: derived settings follow
     settings.check()
 
 

@@ -294,6 +294,8 @@ def test_error_ends_the_script_with_one_line_and_exit_1(tmp_path):
 
 def test_trained_settings_come_from_the_json(weights, tmp_path):
     """Only --set dataset_name-like options: cropSize and widths from the .json."""
+    # The user's settings, whichever test built the weights first.
+    settings.apply(['cropSize=96', 'mtl_decoder_scale=0.25', 'dae_width_scale=0.25'])
     checkpoints.adopt_settings(weights['mtl'], 'mtl')
     checkpoints.adopt_settings(weights['dae'], 'dae', keep={'dae_width_scale'})
     assert config.cropSize == 32 and config.mtl_decoder_scale == 0.0625
