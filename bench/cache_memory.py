@@ -17,14 +17,14 @@ peak over the resident size before the build, their ratio, and the same
 rise once the first batch has been read, and the build's time.
 """
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
+
+import machine
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MB = 2 ** 20
@@ -68,20 +68,6 @@ def measure(code, workdir, tiles, sets):
                 seconds=seconds)
 
 
-def machine():
-    model = 'unknown'
-    if os.path.exists('/proc/cpuinfo'):
-        with open('/proc/cpuinfo') as f:
-            model = next((line.split(':', 1)[1].strip() for line in f
-                          if line.startswith('model name')), model)
-    with open('/proc/meminfo') as f:
-        total = int(f.readline().split()[1]) * 1024
-    load = ' '.join(f'{x:.2f}' for x in os.getloadavg())
-    return (f"nproc {os.cpu_count()}, CPU {model}, {total / 2 ** 30:.0f} GiB RAM, "
-            f"Python {platform.python_version()}, load average {load}, "
-            f"{datetime.datetime.now():%Y-%m-%d %H:%M}")
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--tiles', type=int, default=13, choices=range(1, 14))
@@ -102,7 +88,7 @@ def main():
     from input_pipeline import write_tile
     rows, cols = map(int, args.size.split('x'))
     rng = np.random.default_rng(0)
-    print(machine())
+    print(machine.describe())
     print(f"command: python bench/cache_memory.py {' '.join(sys.argv[1:])}")
     with tempfile.TemporaryDirectory(prefix='dsmnet_bench_') as workdir:
         root = os.path.join(workdir, 'Vaihingen')

@@ -10,7 +10,6 @@ height maps, and last `ratio: <batched / one-at-a-time>` (windows per second).
 Untrained networks with random weights: speed does not depend on the weights.
 """
 import os
-import platform
 import sys
 import time
 
@@ -19,6 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 import config  # noqa: E402
+import machine  # noqa: E402
 from utils import settings  # noqa: E402
 
 
@@ -83,10 +83,8 @@ def main():
         predict_fn, img, args.crop, stride)['height'])
     single, t_single = timed(lambda img: one_window_per_call(mtl, dae, img, args.crop, stride))
 
-    cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
-                if line.startswith('model name')), platform.processor())
-    print(f"machine: {cpu}, {os.cpu_count()} cores, TF {tf.__version__}, "
-          f"Keras {keras.__version__}, replicas {strategy.num_replicas_in_sync}")
+    print(f"machine: {machine.describe()}, Keras {keras.__version__}, "
+          f"replicas {strategy.num_replicas_in_sync}")
     print(f"tile {args.tile}x{args.tile}, crop {args.crop}, stride {stride}, {windows} windows, "
           f"MTL decoder_scale {args.decoder_scale}"
           + ('' if dae is None else f" + DAE width_scale {args.dae_scale}")

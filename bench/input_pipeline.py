@@ -20,9 +20,7 @@ The machine may be shared, so the two loaders alternate for --rounds
 rounds and each reports its median rate. Prints samples per second of both
 and last `ratio: <ours / reference>`.
 """
-import datetime
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,6 +33,7 @@ import numpy as np  # noqa: E402
 import tifffile  # noqa: E402
 
 import config  # noqa: E402
+import machine  # noqa: E402
 from utils import settings  # noqa: E402
 
 TILE_SHAPES = [(2000, 2500), (2100, 2400), (1950, 2550), (2050, 2480)]
@@ -106,17 +105,6 @@ def rate(batches, batch_size):
     return count / (time.perf_counter() - start)
 
 
-def machine():
-    model = 'unknown'
-    if os.path.exists('/proc/cpuinfo'):
-        with open('/proc/cpuinfo') as f:
-            model = next((line.split(':', 1)[1].strip() for line in f
-                          if line.startswith('model name')), model)
-    import tensorflow as tf
-    return (f"nproc {os.cpu_count()}, CPU {model}, Python {platform.python_version()}, "
-            f"TensorFlow {tf.__version__}, {datetime.datetime.now():%Y-%m-%d %H:%M}")
-
-
 def main():
     p = settings.parser(__doc__.split('\n\n')[0])
     p.add_argument('--tiles', type=int, default=4, choices=range(1, len(AREAS) + 1))
@@ -137,7 +125,7 @@ def run(args, workdir):
     from utils import datasets, pipeline
     datasets.VAIHINGEN_AREAS['train'] = AREAS[:args.tiles]
     batch = config.mtl_global_batch_size
-    print(machine())
+    print(machine.describe())
     print(f"command: python bench/input_pipeline.py {' '.join(sys.argv[1:])}")
 
     start = time.perf_counter()

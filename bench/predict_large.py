@@ -18,7 +18,6 @@ correction, ...) come from config.py and --set. Last line:
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 
 import config  # noqa: E402
+import machine  # noqa: E402
 from utils import settings  # noqa: E402
 
 GEO = [(33550, 'd', 3, (0.5, 0.5, 0.0), True),
@@ -134,7 +134,6 @@ def main():
     if args.variant:
         return variant(args.variant, args.folder, args.image)
 
-    import tensorflow as tf
     temp = None if args.keep else tempfile.TemporaryDirectory()
     folder = args.keep or temp.name
     os.makedirs(folder, exist_ok=True)
@@ -157,10 +156,7 @@ def main():
     from utils import inference
     windows = len(inference.window_starts(args.size, config.cropSize, config.test_stride)) \
         * len(inference.window_starts(rows, config.cropSize, config.test_stride))
-    cpu = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo')
-                if line.startswith('model name')), platform.processor())
-    print(f"machine: {cpu}, {os.cpu_count()} cores, TF {tf.__version__}, "
-          f"load {os.getloadavg()[0]:.1f}")
+    print(f"machine: {machine.describe()}")
     print(f"crop {config.cropSize}, stride {config.test_stride}, {windows} windows, "
           f"{config.test_batch_size} per call, MTL decoder_scale {config.mtl_decoder_scale}"
           + (f" + DAE width_scale {config.dae_width_scale}" if config.correction else '')
