@@ -44,17 +44,22 @@ TINY = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
         'plot_train_error=False']
 
 
-@pytest.fixture(scope='session')
-def synthetic_root(tmp_path_factory):
-    """The synthetic dataset, generated once per test run: pytest-xdist's
-    workers share it (under the run's common temporary folder, one at a time)."""
-    import fcntl
-    from utils import datasets
+def _shared(tmp_path_factory, name):
+    """A folder all pytest-xdist workers of this run share, and a lock on it:
+    the first worker to take the lock makes the content, the others find it."""
     base = tmp_path_factory.getbasetemp()
     if os.environ.get('PYTEST_XDIST_WORKER'):
         base = base.parent
-    root = base / 'shared_datasets'
-    with open(base / 'shared_datasets.lock', 'w') as lock:
+    return base / name, open(base / f'{name}.lock', 'w')
+
+
+@pytest.fixture(scope='session')
+def synthetic_root(tmp_path_factory):
+    """The synthetic dataset, generated once per test run."""
+    import fcntl
+    from utils import datasets
+    root, lock = _shared(tmp_path_factory, 'shared_datasets')
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         saved, config.shortcut_path = config.shortcut_path, str(root)
         try:
@@ -67,22 +72,32 @@ def synthetic_root(tmp_path_factory):
 @pytest.fixture(scope='session')
 def tiny_trained(tmp_path_factory, synthetic_root):
     """A tiny MTL, then a DAE on it, each trained 2 steps by train_mtl.main()
-    and train_dae.main() in this process. Tests using it carry
-    @pytest.mark.xdist_group('tiny_trained'), so one worker trains them."""
+    and train_dae.main(), once per test run: the worker that comes first
+    trains them and writes trained.json; the others read it (pytest-xdist
+    groups cannot be relied on to keep the tests on one worker)."""
+    import fcntl
+    import json
     import types
-    import train_dae
-    import train_mtl
-    ckpt = tmp_path_factory.mktemp('tiny_trained')
-    sets = TINY + [f'shortcut_path={synthetic_root}', f'checkpoint_root={ckpt}',
-                   f'output_root={ckpt / "output"}', 'batch_size=4', 'max_steps=2']
-    settings.apply(sets)
-    try:
-        mtl = train_mtl.main()
-        dae = train_dae.main()
-        trained = types.SimpleNamespace(
-            sets=sets, checkpoint_root=ckpt, mtl_weights=config.predCheckPointPath,
-            dae_weights=config.corrCheckPointPath, mtl_step=int(mtl.step.numpy()),
-            dae_step=int(dae.step.numpy()), mtl_history=mtl.history, dae_history=dae.history)
-    finally:
-        restore_config()
-    return trained
+    ckpt, lock = _shared(tmp_path_factory, 'tiny_trained')
+    summary = ckpt / 'trained.json'
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not summary.exists():
+            import train_dae
+            import train_mtl
+            sets = TINY + [f'shortcut_path={synthetic_root}', f'checkpoint_root={ckpt}',
+                           f'output_root={ckpt / "output"}', 'batch_size=4', 'max_steps=2']
+            settings.apply(sets)
+            try:
+                mtl = train_mtl.main()
+                dae = train_dae.main()
+                trained = dict(
+                    sets=sets, checkpoint_root=str(ckpt),
+                    mtl_weights=config.predCheckPointPath,
+                    dae_weights=config.corrCheckPointPath,
+                    mtl_step=int(mtl.step.numpy()), dae_step=int(dae.step.numpy()),
+                    mtl_history=mtl.history, dae_history=dae.history)
+            finally:
+                restore_config()
+            summary.write_text(json.dumps(trained))
+    return types.SimpleNamespace(**json.loads(summary.read_text()))

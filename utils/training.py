@@ -119,7 +119,7 @@ class Trainer:
             step=self.step, epoch=self.epoch, epoch_start=self.epoch_start,
             best=self.best, bad_epochs=self.bad_epochs)
         self.history = []
-        self._step_fn = None
+        self._step_fns = {}   # one step, or a loop of n (built on first use)
 
     # ------------------------------------------------------------ one step
     def _gradients(self, batch):
@@ -152,9 +152,13 @@ class Trainer:
         self.optimizer.apply_gradients(zip(grads, self.model.trainable_variables))
         return report, tf.shape(batch['image'])[0]
 
-    def _build_step(self):
-        """tf.function(iterator, n): n distributed steps in a graph loop, so
-        small steps do not wait on Python between launches."""
+    def _build_step(self, loop):
+        """tf.function(iterator, n): n distributed steps, in a graph loop if
+        `loop` (small steps then do not wait on Python between launches).
+        Without it the function holds one step: a call of one step (the
+        default) then has no loop to trace and optimise, and its first call,
+        which dominates a short run, takes about three quarters of the time
+        (bench/RESULTS.md, test suite)."""
         strategy = self.strategy
         if config.jit_compile and strategy.num_replicas_in_sync > 1 and \
                 _has_synchronized_bn(self.model):
@@ -183,6 +187,10 @@ class Trainer:
             self.step.assign_add(1)
             return terms, tf.stack(strategy.experimental_local_results(count))
 
+        def single(it, n):
+            terms, counts = one_step(it)
+            return {k: terms[TERM_ORDER.index(k)] for k in names}, counts
+
         def steps(it, n):
             totals = tf.zeros([len(TERM_ORDER)])
             counts = tf.zeros([local], tf.int32)
@@ -192,7 +200,7 @@ class Trainer:
                 counts += count
             means = totals / tf.cast(n, tf.float32)
             return {k: means[TERM_ORDER.index(k)] for k in names}, counts
-        return tf.function(steps)
+        return tf.function(steps if loop else single)
 
     def train_step(self, iterator, steps=None):
         """`steps` distributed steps in one call (default config.steps_per_execution):
@@ -201,9 +209,10 @@ class Trainer:
         steps = config.steps_per_execution if steps is None else steps
         if int(steps) != steps or steps < 1:
             raise ValueError(f"steps_per_execution = {steps}: use a whole number >= 1")
-        if self._step_fn is None:
-            self._step_fn = self._build_step()
-        report, counts = self._step_fn(iterator, tf.constant(int(steps), tf.int64))
+        loop = steps > 1
+        if loop not in self._step_fns:
+            self._step_fns[loop] = self._build_step(loop)
+        report, counts = self._step_fns[loop](iterator, tf.constant(int(steps), tf.int64))
         return {k: float(v) for k, v in report.items()}, [int(c) for c in counts.numpy()]
 
     # ------------------------------------------------------------ saving
