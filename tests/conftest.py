@@ -1,4 +1,5 @@
 """Shared fixtures: every test starts from config.py's own values."""
+import contextlib
 import copy
 import os
 import subprocess
@@ -36,6 +37,24 @@ def run_python(args, timeout=600, env=None, cwd=ROOT):
     full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **(env or {}))
     return subprocess.run([sys.executable] + list(args), cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@contextlib.contextmanager
+def small_encoder():
+    """Inside the block the MTL is built on a stand-in for DenseNet121 with
+    the same output (1024 channels at 1/32 of the input, a BatchNormalization
+    inside) from two layers: for tests of what sits around the encoder
+    (heads, decoder, tiled inference), where building and running DenseNet's
+    120 layers only costs time. DenseNet121 itself is counted in test_nets.py."""
+    from unittest import mock
+    import keras
+    from nets import mtl
+
+    def stand_in(weights, freeze):
+        return keras.Sequential([keras.layers.Conv2D(1024, 32, strides=32),
+                                 keras.layers.BatchNormalization()])
+    with mock.patch.object(mtl, '_encoder', stand_in):
+        yield
 
 
 # Tiny settings on the built-in synthetic dataset: 32 px crops, 1/16 widths.

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import config
-from tests.conftest import run_python
+from tests.conftest import run_python, small_encoder
 from utils import inference
 
 
@@ -81,7 +81,8 @@ def _tiny_models(seed=3, classes=3):
     import keras
     from nets import dae, mtl
     keras.utils.set_random_seed(seed)
-    m = mtl.build_mtl(classes, decoder_scale=0.0625, backbone_weights=None, dropout=0.0)
+    with small_encoder():
+        m = mtl.build_mtl(classes, decoder_scale=0.0625, backbone_weights=None, dropout=0.0)
     d = dae.build_dae(dae.input_channels(classes), 0.0625, dropout=0.0)
     return m, d
 

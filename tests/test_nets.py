@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import small_encoder
 from nets import dae, mtl
 
 # Keras Applications lists DenseNet121 at 8,062,504 parameters with its
@@ -63,23 +64,14 @@ def test_dae_parameter_count():
     assert dae.build_dae(channels).count_params() == expected
 
 
-def small_encoder(weights, freeze):
-    """Stands in for DenseNet121 where the heads are under test: the same
-    output (1024 channels at 1/32 of the input, a BatchNormalization inside)
-    from a few layers, so each network builds and runs in a fraction of a
-    second. The DenseNet itself is counted in the tests above."""
-    return keras.Sequential([keras.layers.Conv2D(1024, 32, strides=32),
-                             keras.layers.BatchNormalization()])
-
-
 @pytest.mark.parametrize('sem,norm,edge', list(itertools.product([False, True], repeat=3)))
-def test_every_head_combination(sem, norm, edge, monkeypatch):
-    monkeypatch.setattr(mtl, '_encoder', small_encoder)
+def test_every_head_combination(sem, norm, edge):
     rng = np.random.default_rng(0)
     for head_mode, sar in itertools.product(('dsm', 'full'), (False, True)):
         channels = 4 if sar else 3
-        model = mtl.build_mtl(4, in_channels=channels, sem=sem, norm=norm, edge=edge,
-                              head_mode=head_mode, decoder_scale=0.0625)
+        with small_encoder():
+            model = mtl.build_mtl(4, in_channels=channels, sem=sem, norm=norm, edge=edge,
+                                  head_mode=head_mode, decoder_scale=0.0625)
         out = model(rng.uniform(0, 1, (2, 32, 32, channels)).astype('float32'))
         expected = {'height': 1} | ({'sem': 4} if sem else {}) | \
             ({'norm': 3} if norm else {}) | ({'edge': 1} if edge else {})
