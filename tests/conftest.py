@@ -104,8 +104,11 @@ def tiny_trained(tmp_path_factory, synthetic_root):
         if not summary.exists():
             import train_dae
             import train_mtl
+            # Frozen encoder: a third of the graph to build; the tests using
+            # these weights check the DAE stage and test_dsm.py.
             sets = TINY + [f'shortcut_path={synthetic_root}', f'checkpoint_root={ckpt}',
-                           f'output_root={ckpt / "output"}', 'batch_size=4', 'max_steps=2']
+                           f'output_root={ckpt / "output"}', 'batch_size=4', 'max_steps=2',
+                           'mtl_bb_freeze=True']
             settings.apply(sets)
             try:
                 mtl = train_mtl.main()

@@ -6,9 +6,10 @@ import pytest
 from conftest import run_python
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sets,replicas', [
     ([], 1),
-    pytest.param(['multi_gpu_enabled=True', 'cpu_replicas=2'], 2, marks=pytest.mark.slow)])
+    (['multi_gpu_enabled=True', 'cpu_replicas=2'], 2)])
 def test_quick_check_reports_the_replicas_and_the_split(sets, replicas):
     result = run_python(['test_multi_gpu.py', '--json', '--quick', '--set', 'batch_size=3',
                          *[a for s in sets for a in ('--set', s)]])
