@@ -5,15 +5,18 @@ import pytest
 import tensorflow as tf
 
 import config
-from conftest import TINY
+from conftest import TINY, small_encoder
 from utils import benchmark, checkpoints, settings, stages
 from utils.errors import CheckpointError
 
 
 @pytest.fixture
 def tiny(tmp_path):
+    # Which network each stage builds, loads and trains is under test, not
+    # DenseNet121: the MTL is built on conftest's stand-in encoder.
     settings.apply(TINY + [f'checkpoint_root={tmp_path}'])
-    yield
+    with small_encoder():
+        yield
     keras.backend.clear_session()
 
 
