@@ -29,3 +29,41 @@ def test_malformed_gpu_devices_fail_with_the_setting_named(value):
     result = run_python(['test_multi_gpu.py', '--set', f'gpu_devices={value}'])
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: gpu_devices = '{value}': use ")
+
+
+BENCHMARK = r'''
+import json, sys
+from utils import settings
+settings.apply(sys.argv[1:])
+from utils import benchmark
+report = benchmark.scaling(windows=1, seconds=0.5, stage_names=('dae',))
+benchmark.print_scaling(report)
+print(json.dumps(report))
+'''
+
+
+@pytest.mark.slow
+def test_benchmark_measures_one_and_two_replicas(synthetic_root):
+    """What test_multi_gpu.py --benchmark runs (utils/benchmark.scaling), for
+    the DAE stage: both replica counts timed, rates and efficiency as defined."""
+    result = run_python(['-c', BENCHMARK, f'shortcut_path={synthetic_root}',
+                         'multi_gpu_enabled=True', 'cpu_replicas=2', 'cropSize=64',
+                         'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625', 'batch_size=4'])
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed, last = result.stdout.rsplit('\n', 2)[0], result.stdout.strip().splitlines()[-1]
+    report = json.loads(last)
+    assert report['replicas'] == 2 and list(report['stages']) == ['dae']
+    entry = report['stages']['dae']
+    seconds, rate = entry['step_seconds'], entry['samples_per_second']
+    assert set(seconds) == set(rate) == {'1', '2'}
+    for n in ('1', '2'):
+        assert seconds[n] > 0 and entry['trace_seconds'][n] > 0
+        assert rate[n] == pytest.approx(4 * int(n) / seconds[n], rel=1e-12)
+        assert len(entry['peak_bytes_per_replica'][n]) == int(n)
+    assert entry['scaling_efficiency'] == pytest.approx(rate['2'] / (2 * rate['1']), rel=1e-12)
+    fed = entry['input_samples_per_second']
+    assert fed > 0
+    expected = ('is the bottleneck' if fed < rate['2'] else 'little margin'
+                if fed < 1.5 * rate['2'] else 'is not the bottleneck')
+    assert expected in entry['verdict']
+    assert 'scaling efficiency' in printed and 'DAE  per-replica batch 4' in printed

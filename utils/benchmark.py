@@ -135,7 +135,7 @@ class _Timed(StepTimer):
         return super().window(self.calls)
 
 
-def scaling(windows=5, seconds=2.0, stages=('mtl', 'dae')):
+def scaling(windows=5, seconds=2.0, stage_names=('mtl', 'dae')):
     """Training throughput on 1 replica and on every configured replica, the
     scaling efficiency, peak memory and the input pipeline's own rate."""
     strategy = config.strategy
@@ -147,7 +147,7 @@ def scaling(windows=5, seconds=2.0, stages=('mtl', 'dae')):
               'steps_per_execution': int(config.steps_per_execution),
               'sync_batchnorm': bool(config.sync_batchnorm), 'windows': windows,
               'tensorflow': tf.__version__, 'stages': {}}
-    for stage in stages:
+    for stage in stage_names:
         per_replica = getattr(config, f'{stage}_batchSize')
         timers = {replicas: _Timed(stages.make_trainer(stage, steps_only=True), devices,
                                    seconds)}
