@@ -237,6 +237,33 @@ def test_resume_false_moves_the_old_run_aside(tmp_path, synthetic_root, capsys):
     assert os.path.exists(tmp_path / 'synthetic' / 'mtl' / 'train_state' / 'ckpt-2.index')
 
 
+def test_max_steps_inside_an_epoch_is_resumed_within_that_epoch(tmp_path, synthetic_root):
+    """Stopped by max_steps after 3 of an epoch's 74 steps, then resumed to
+    step 5: the epoch goes on with its 4th and 5th batches, so the weights are
+    those of one run to step 5, and its record replaces the partial one."""
+    import keras
+    import config
+    import train_mtl
+    from utils import settings
+    common = TINY + [f'shortcut_path={synthetic_root}', 'batch_size=4', 'deterministic=True']
+    with small_encoder():           # resuming is under test, not DenseNet121
+        settings.apply(common + [f'checkpoint_root={tmp_path / "a"}', 'max_steps=5'])
+        keras.utils.set_random_seed(config.seed)     # the same initial weights in both runs
+        straight = train_mtl.main()
+        settings.apply([f'checkpoint_root={tmp_path / "b"}', 'max_steps=3'])
+        keras.utils.set_random_seed(config.seed)
+        stopped = train_mtl.main()
+        assert int(stopped.epoch.numpy()) == 0 and len(stopped.history) == 1
+        settings.apply(['max_steps=5'])
+        resumed = train_mtl.main()
+    assert int(resumed.step.numpy()) == 5
+    assert int(resumed.epoch.numpy()) == int(resumed.epoch_start.numpy()) == 0
+    assert [h['epoch'] for h in resumed.history] == [1]
+    assert resumed.history[0]['val_rmse'] != stopped.history[0]['val_rmse']
+    for a, b in zip(straight.model.weights, resumed.model.weights):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
+
+
 @pytest.mark.xdist_group('tiny_trained')
 def test_dae_trains_on_the_frozen_mtl(tiny_trained):
     """train_dae.main() after train_mtl.main() (conftest.py): both stop at

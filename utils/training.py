@@ -323,7 +323,10 @@ class Trainer:
             return value < best - config.early_stop_delta
         return value > best + config.early_stop_delta
 
-    def _end_epoch(self, epoch, train_means):
+    def _end_epoch(self, epoch, train_means, finished=True):
+        """Validate, keep the best weights, log; True to stop early. An
+        unfinished epoch (max_steps) does not count towards early stopping,
+        and its record is replaced once the epoch is resumed and ends."""
         record = {'epoch': epoch + 1, 'lr': float(self.optimizer.learning_rate.numpy()),
                   **{f'train_{k}': v for k, v in train_means.items()}}
         metrics = self.validate_fn() if config.train_valid_flag else None
@@ -343,11 +346,14 @@ class Trainer:
                                              extra={'epoch': epoch + 1, 'metrics': record})
                     self.log.info(f"best {config.eval_metric} so far: {value:.4f}, "
                                   f"weights saved: {self.best_path}")
-            else:
+            elif finished:
                 self.bad_epochs.assign_add(1)
                 stop = config.early_stop_flag and \
                     int(self.bad_epochs.numpy()) >= config.early_stop_patience
-        self.history.append(record)
+        if self.history and self.history[-1]['epoch'] == epoch + 1:
+            self.history[-1] = record      # the same epoch, resumed after max_steps
+        else:
+            self.history.append(record)
         self.log.info('epoch %d: %s', epoch + 1, ', '.join(
             f"{k} {v:.4g}" for k, v in record.items() if k != 'epoch'))
         if self.chief:
@@ -405,9 +411,15 @@ class Trainer:
                     crossed = step // config.checkpoint_every > (step - k) // config.checkpoint_every
                     if crossed and done < steps and not self._done():  # else the epoch end saves
                         self.save()
-                stop = self._end_epoch(epoch, {k: v / max(n, 1) for k, v in sums.items()})
-                self.epoch.assign(epoch + 1)
-                self.epoch_start.assign(self.step)
+                # max_steps can stop a run inside an epoch: it is validated (a
+                # short run keeps its best weights) but stays unfinished, so a
+                # resumed run goes on with its remaining batches.
+                finished = done >= steps
+                stop = self._end_epoch(epoch, {k: v / max(n, 1) for k, v in sums.items()},
+                                       finished)
+                if finished:
+                    self.epoch.assign(epoch + 1)
+                    self.epoch_start.assign(self.step)
                 self.save()
                 if stop:
                     self.log.info(f"early stopping: no {config.eval_metric} improvement "
