@@ -114,8 +114,7 @@ def tiny_trained(tmp_path_factory, synthetic_root):
                 mtl = train_mtl.main()
                 dae = train_dae.main()
                 trained = dict(
-                    sets=sets, checkpoint_root=str(ckpt),
-                    mtl_weights=config.predCheckPointPath,
+                    sets=sets, mtl_weights=config.predCheckPointPath,
                     dae_weights=config.corrCheckPointPath,
                     mtl_step=int(mtl.step.numpy()), dae_step=int(dae.step.numpy()),
                     mtl_history=mtl.history, dae_history=dae.history)
