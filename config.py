@@ -42,6 +42,12 @@ cropSize: whole(at_least=32, multiple_of=32) = None     # None: from the dataset
 batch_size: whole(at_least=1) = None    # per replica; None: from the dataset
 label_codes: class_codes = None     # None: from the dataset
 sar_mode: bool = False              # DFC2023: stack the SAR channel as a 4th input
+image_scale: radiometric_scale = 'auto'     # image values -> [0, 1]: 'auto' divides
+                            # integers by their declared bit depth's maximum (uint8:
+                            # 255, uint16: 65535 unless the file declares e.g. 12
+                            # bits) and min-max scales floats outside [0, 1];
+                            # 'minmax' per image; a number N divides by N (e.g. 4095
+                            # for 12-bit imagery stored in uint16 without saying so)
 normalize_flag: bool = True         # normals stored in [0, 1] (False: [0, 255])
 augment: bool = False               # random flips and 90-degree rotations
 train_valid_flag: bool = True       # False: merge the valid split into train
@@ -223,7 +229,8 @@ def resolve():
 class Rule:
     """What a setting may be: `allowed`, in the words an error shows;
     `test(value)`, true for a value that works; `kind`, how `--set` reads
-    its text (bool, int, float, str, or 'literal' for a Python value)."""
+    its text (bool, int, float, str, 'literal' for a Python value, or
+    'number_or_word': a number if the text is one, else the text)."""
 
     def __init__(self, allowed, test, kind):
         self.allowed, self.test, self.kind = allowed, test, kind
@@ -307,6 +314,10 @@ gpu_ids = Rule('distinct GPU ids (whole numbers >= 0) separated by commas, e.g. 
                _gpu_ids, str)
 class_codes = Rule('a list of distinct class codes: whole numbers, or (r, g, b) colours '
                    'of 0..255', _class_codes, 'literal')
+radiometric_scale = Rule(
+    "'auto' (the file's declared bit depth), 'minmax' (per image) or a number > 0 "
+    "(the value that becomes 1, e.g. 4095 for 12-bit imagery)",
+    lambda v: v in ('auto', 'minmax') or (_is(v, (int, float)) and v > 0), 'number_or_word')
 encoder_weights = Rule("'auto', 'imagenet', None (random initial weights) or the path of "
                        "an .h5 file", lambda v: v in (None, 'auto', 'imagenet') or
                        (isinstance(v, str) and v.endswith('.h5')), str)

@@ -36,6 +36,10 @@ from utils.errors import SettingError
 
 OUTPUTS = ('height', 'sem', 'norm')
 PREVIEW_SIDE = 1000     # px, the longer side of the preview
+# An input band is unlike the training images' when its mean is this many
+# training spreads away, or its spread this many times larger or smaller.
+FAR_SPREADS = 2.0
+SPREAD_RATIO = 3.0
 
 
 def parse(argv=None):
@@ -70,14 +74,37 @@ def output_paths(out_dir, name, outputs):
     return paths
 
 
-def predict_image(predict_fn, path, paths, bands, progress=None):
+def check_statistics(image, trained):
+    """Warn when the image's band statistics are far from the training
+    images' (`trained`: the weights' imagery record): a band order or scale
+    unlike training's gives heights without meaning."""
+    if 'band_mean' not in trained or (stats := image.statistics()) is None:
+        return
+    mean, spread = stats
+    far = [i for i, (m, s, tm, ts) in enumerate(zip(mean, spread, trained['band_mean'],
+                                                    trained['band_spread']))
+           if abs(m - tm) > FAR_SPREADS * ts or not 1 / SPREAD_RATIO < s / max(ts, 1e-9)
+           < SPREAD_RATIO]
+    if far:
+        shown = ', '.join(f"band {image.bands[i] + 1}: mean {mean[i]:.3f} spread "
+                          f"{spread[i]:.3f} (training {trained['band_mean'][i]:.3f} / "
+                          f"{trained['band_spread'][i]:.3f})" for i in far)
+        from utils import raster
+        raster.warn(f"{image.path}: scaled values unlike the training images' ({shown}); "
+                    f"check --bands (now {','.join(str(b + 1) for b in image.bands)}) and "
+                    f"image_scale (now {image.scale!r}, span {image.span[1]:g})")
+
+
+def predict_image(predict_fn, path, paths, bands, progress=None, trained=None):
     """Predict one image band by band and write `paths` (output -> file; see
     output_paths) under temporary names, renamed once all are complete.
+    `trained`: the weights' imagery record, to compare the image with.
     Returns the image's pixel count."""
     from utils import datasets, evaluation, inference, plots, raster
     tmp = {key: p + '.tmp' for key, p in paths.items()}
     codes = config.label_codes
-    with raster.Image(path, bands, datasets.image_channels()) as image:
+    with raster.Image(path, bands, datasets.image_channels(), config.image_scale) as image:
+        check_statistics(image, trained or {})
         h, w = image.height, image.width
         geo = raster.geo_tags(path, raster.GEOREFERENCING)
         sem_nodata = raster.label_nodata(codes)
@@ -143,9 +170,8 @@ def main(argv=None):
     args = parse(argv)
     # Imported after --set so the strategy and networks see the overrides.
     from utils import checkpoints, datasets, distribute, inference, progress, raster, stages
+    from utils.errors import DatasetError, UserError
 
-    bands = raster.parse_bands(args.bands or ','.join(
-        str(i + 1) for i in range(datasets.image_channels())))
     files = raster.find_images(args.inputs)
     names = {}
     for path in files:
@@ -162,15 +188,34 @@ def main(argv=None):
                           else 'default')
     mtl_path = args.mtl_weights or config.predCheckPointPath
     dae_path = (args.dae_weights or config.corrCheckPointPath) if args.correction else None
-    checkpoints.adopt_settings(mtl_path, 'mtl', args.explicit)
+    trained = checkpoints.adopt_settings(mtl_path, 'mtl', args.explicit)
     if dae_path:
         checkpoints.adopt_settings(dae_path, 'dae', args.explicit)
     for key, flag in (('sem', 'sem_flag'), ('norm', 'norm_flag')):
         if key in args.outputs and not getattr(config, flag):
             raise SettingError(f"--outputs {','.join(args.outputs)}: these weights have "
                                f"no {key} head ({flag}=False); leave {key} out")
-    for path in files:      # bad inputs stop the run before the networks are built
-        raster.Image(path, bands, datasets.image_channels()).close()
+    # the band order the weights were trained on, unless --bands says otherwise
+    bands = raster.parse_bands(args.bands or ','.join(map(str, trained.get(
+        'bands', range(1, datasets.image_channels() + 1)))))
+    # Every input is opened before the networks are built; those that cannot
+    # be predicted are listed together and skipped, the others predicted.
+    problems = []
+    for path in files:
+        try:
+            raster.Image(path, bands, datasets.image_channels(), config.image_scale).close()
+        except UserError as err:
+            problems.append((path, ' '.join(str(err).splitlines())))
+    if problems:
+        print(f"{len(problems)} of {len(files)} input(s) cannot be predicted and are "
+              f"skipped:", file=sys.stderr)
+        for path, reason in problems:
+            print(f"  {reason}", file=sys.stderr)
+        files = [f for f in files if f not in dict(problems)]
+    failed = DatasetError(f"{len(problems)} input(s) skipped: " +
+                          '; '.join(reason for _, reason in problems)) if problems else None
+    if not files:
+        raise failed
 
     out_dir = args.out or os.path.join(config.output_root, 'predict')
     os.makedirs(out_dir, exist_ok=True)
@@ -199,12 +244,15 @@ def main(argv=None):
             rate = windows / max(time.perf_counter() - t0, 1e-9)
             bar.update(windows, {'windows/s': rate, 'ETA s': (total - windows) / rate})
 
-        megapixels += predict_image(predict_fn, path, paths, bands, progress=report) / 1e6
+        megapixels += predict_image(predict_fn, path, paths, bands, progress=report,
+                                    trained=trained) / 1e6
         done += 1
     elapsed = time.perf_counter() - start
     print(f"done: {done} image(s) predicted ({megapixels:.1f} megapixels, {elapsed:.1f} s, "
           f"{megapixels / max(elapsed, 1e-9):.2f} megapixels/s), {skipped} skipped; "
           f"outputs ({', '.join(args.outputs)}, preview) in {out_dir}")
+    if failed:
+        raise failed
 
 
 if __name__ == '__main__':

@@ -141,6 +141,7 @@ BAD = [
     ('cropSize', 100), ('cropSize', 0), ('cropSize', 320.0), ('batch_size', 0),
     ('label_codes', [1, 1]), ('label_codes', []), ('label_codes', [(255, 0, 0), 3]),
     ('label_codes', [(256, 0, 0)]), ('label_codes', [(255, 0)]),
+    ('image_scale', 0), ('image_scale', -4095), ('image_scale', 'bits'),
     ('roof_height_threshold', -1), ('canny_lt', -1), ('canny_ht', 12.5),
     ('backbone_weights', 'resnet'), ('backbone_weights', 'weights.npz'),
     ('mtl_decoder_scale', 0), ('dae_width_scale', -0.5), ('mtl_head_mode', 'foo'),
@@ -161,6 +162,7 @@ BAD = [
 GOOD = [
     ('gpu_devices', ' 1, 0'), ('gpu_devices', 3), ('cpu_replicas', 0), ('seed', 0),
     ('cropSize', 32), ('label_codes', [(0, 0, 0)]), ('label_codes', [0, 1]),
+    ('image_scale', 'minmax'), ('image_scale', 4095), ('image_scale', 0.5),
     ('backbone_weights', None), ('backbone_weights', 'imagenet'),
     ('backbone_weights', '/data/densenet.weights.h5'), ('dropout_rate', 0.0),
     ('bn_momentum', 1), ('w2', 0), ('mtl_beta_1', 0), ('max_steps', 0),
@@ -250,7 +252,10 @@ def test_parse_args_exits_1_for_a_rule_and_2_for_a_malformed_set(capsys):
 
 def test_set_reads_text_as_the_kind_its_rule_takes():
     settings.apply(['label_codes=[(0, 0, 0), [255, 255, 255]]', 'canny_lt=20', 'w1=3',
-                    'mtl_head_mode=full', 'gpu_devices=1'])
+                    'mtl_head_mode=full', 'gpu_devices=1', 'image_scale=4095'])
+    assert config.image_scale == 4095
+    settings.apply(['image_scale=minmax'])
+    assert config.image_scale == 'minmax'
     assert config.label_codes == [(0, 0, 0), (255, 255, 255)]
     assert config.canny_lt == 20 and isinstance(config.canny_lt, int)
     assert config.w1 == 3.0 and isinstance(config.w1, float)

@@ -18,7 +18,7 @@ import config
 import predict
 from tests.conftest import ROOT, run_python
 from utils import checkpoints, datasets, distribute, evaluation, inference, raster, settings
-from utils.errors import CheckpointError, DatasetError, SettingError
+from utils.errors import CheckpointError, DatasetError, SettingError, UserError
 
 # Tiny networks (1/16 widths) on 32 px windows; test_stride 10 overlaps them.
 TINY = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
@@ -263,8 +263,8 @@ def test_bad_inputs_are_one_line_errors_naming_file_and_fix(weights, tmp_path):
     empty.mkdir()
     cli = _cli(weights)
     _one_line_error(DatasetError, f'Cannot read {bad}', [str(bad), *cli])
-    _one_line_error(SettingError, f'{grey} has 1 band.*--bands', [str(grey), *cli])
-    _one_line_error(SettingError, f'{good} has 3 bands.*--bands 5,1,2',
+    _one_line_error(UserError, f'{grey} has 1 band.*--bands', [str(grey), *cli])
+    _one_line_error(UserError, f'{good} has 3 bands.*--bands 5,1,2',
                     [str(good), '--bands', '5,1,2', *cli])
     _one_line_error(DatasetError, f'{empty}: no image file', [str(empty), *cli])
     _one_line_error(DatasetError, 'no such file', [str(tmp_path / 'nothere.tif'), *cli])

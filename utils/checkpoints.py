@@ -20,9 +20,22 @@ ARCHITECTURE = {
 SETTING_OF_PATH = {'mtl': 'predCheckPointPath', 'dae': 'corrCheckPointPath'}
 
 
+# Settings recorded beside the weights that predict.py takes unless the user
+# sets them: the window size and how image values were scaled.
+ADOPTED = ('cropSize', 'image_scale')
+
+
 def _settings(kind):
-    return {k: getattr(config, k) for k in ARCHITECTURE[kind]} | {
-        'dataset_name': config.dataset_name, 'cropSize': config.cropSize}
+    return {k: getattr(config, k) for k in ARCHITECTURE[kind] + ADOPTED} | {
+        'dataset_name': config.dataset_name}
+
+
+def _imagery():
+    """How the training images were fed: band order (1-based, as --bands)
+    and, when the training split was checked, their band statistics."""
+    from utils import datasets
+    channels = datasets.image_channels()
+    return {'bands': list(range(1, channels + 1)), **datasets.training_images}
 
 
 def _jsonable(value):
@@ -35,25 +48,28 @@ def save_weights(model, path, kind, extra=None):
     tmp = path[:-len('.weights.h5')] + '.tmp.weights.h5'
     model.save_weights(tmp)
     with open(path + '.json.tmp', 'w') as f:
-        json.dump({'kind': kind, 'settings': _settings(kind), **(extra or {})}, f,
-                  indent=2, default=float)
+        json.dump({'kind': kind, 'settings': _settings(kind), 'imagery': _imagery(),
+                   **(extra or {})}, f, indent=2, default=float)
     os.replace(tmp, path)
     os.replace(path + '.json.tmp', path + '.json')
 
 
 def adopt_settings(path, kind, keep=()):
-    """Take the architecture settings and cropSize saved beside the weights
-    file `path` into config, except the names in `keep` (set by the user, so
-    load_weights reports a mismatch instead). No .json: nothing changes."""
+    """Take the architecture settings, cropSize and image_scale saved beside
+    the weights file `path` into config, except the names in `keep` (set by
+    the user, so load_weights reports a mismatch instead). Returns the
+    file's 'imagery' record ({} without one). No .json: nothing changes."""
     from utils import settings
     meta_path = path + '.json'
     if not os.path.exists(meta_path):
-        return
+        return {}
     with open(meta_path) as f:
-        trained = json.load(f).get('settings', {})
-    for key in ARCHITECTURE[kind] + ('cropSize',):
+        meta = json.load(f)
+    trained = meta.get('settings', {})
+    for key in ARCHITECTURE[kind] + ADOPTED:
         if key in trained and key not in keep:
             settings.override(key, trained[key])
+    return meta.get('imagery', {})
 
 
 def load_weights(model, path, kind):

@@ -19,32 +19,35 @@ names the height partner of top_mosaic_09cm_area<X> is dsm_09cm_matching_area<X>
 (Vaihingen also accepts the ISPRS nDSM name dsm_09cm_matching_area<N>_normalized).
 
 Loading conventions:
-  image   float32 HxWx3 (HxWx4 with SAR) in [0, 1]: uint8 / 255, uint16 / 65535;
-          float data already within [0, 1] kept, any other type min-max scaled per
-          image. Channels after the third (alpha, NIR) are dropped. A multi-band
-          SAR file is averaged into one channel, then scaled the same way.
+  image   float32 HxWx3 (HxWx4 with SAR) in [0, 1], read by utils/raster.Image:
+          scaled by config.image_scale (default: uint8 / 255, uint16 / 65535 or
+          the declared bit depth, floats within [0, 1] kept, other types min-max
+          scaled per image); a palette expanded through its colour map. Channels
+          after the third (alpha, NIR) are dropped. Pixels the file marks invalid
+          (GDAL mask, alpha 0, nodata) get NaN heights. A multi-band SAR file is
+          averaged into one channel, then scaled like a float image.
   height  float32 HxW metres (Vaihingen: the 8-bit nDSM value as stored). Nodata
-          becomes NaN: non-finite values, the TIFF's GDAL_NODATA value, and values
-          below -1000 (e.g. -9999, -32768, -3.4e38). DFC2018 instead applies its
-          published outlier rule to DSM and DEM (see correct_dfc2018).
+          becomes NaN: non-finite values, the TIFF's GDAL_NODATA value, its GDAL
+          mask, and values below -1000 (e.g. -9999, -32768, -3.4e38). DFC2018
+          instead applies its published outlier rule to DSM and DEM (see
+          correct_dfc2018).
   labels  int32 HxW indices into config.label_codes (RGB colour triplets for
           Vaihingen, integer codes elsewhere).
-TIFFs are read with tifffile; compressed ones tifffile cannot decode without
-the optional imagecodecs package (e.g. LZW) are read with OpenCV instead.
+TIFFs are read with tifffile (imagecodecs for the compressions), PNG and JPEG
+with OpenCV.
 """
 import dataclasses
 import os
 from typing import NamedTuple
 
-import cv2
 import numpy as np
-import tifffile
 
 import config
+from utils import raster
 from utils.errors import DatasetError
 
 SPLITS = ('train', 'valid', 'test')
-IMAGE_EXTENSIONS = ('.tif', '.tiff', '.png', '.jpg', '.jpeg')
+IMAGE_EXTENSIONS = raster.IMAGE_EXTENSIONS
 NODATA_BELOW = -1000.0      # heights below this are nodata (DFC2018: outliers)
 DFC2018_OUTLIER = 1000.0
 
@@ -330,32 +333,7 @@ def find_split(split):
 
 def read_raw(path):
     """(array channels-last, GDAL nodata value or None) of an image file."""
-    if not os.path.isfile(path):
-        raise DatasetError(f"File not found: {path}. Fix: restore the file or remove its "
-                           f"partners so the sample is not listed.")
-    nodata, array, error = None, None, None
-    if path.lower().endswith(('.tif', '.tiff')):
-        try:
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                tag = page.tags.get('GDAL_NODATA')
-                if tag is not None:
-                    nodata = float(str(tag.value).strip('\x00 '))
-                array = page.asarray()
-                if array.ndim == 3 and page.axes.startswith('S'):   # planar channels
-                    array = np.moveaxis(array, 0, -1)
-        except Exception as err:    # OpenCV may still read it (e.g. LZW without imagecodecs)
-            array, error = None, err
-    if array is None:
-        array = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        if array is not None and array.ndim == 3 and array.shape[2] in (3, 4):
-            array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB if array.shape[2] == 3
-                                 else cv2.COLOR_BGRA2RGBA)
-    if array is None:
-        reason = f" ({error})" if error else ''
-        raise DatasetError(f"Cannot read {path}{reason}. Fix: replace the file with a valid "
-                           f"TIFF/PNG/JPEG (compressed TIFFs may need `pip install imagecodecs`).")
-    return array, nodata
+    return raster.read_raw(path)
 
 
 def _single_channel(array, path, what):
@@ -370,43 +348,37 @@ def _single_channel(array, path, what):
     return array
 
 
-def value_range(array):
-    """(low, high) of the finite values of an image band stack; None when its
-    type has a fixed scale (uint8, uint16) or it has no finite value."""
-    if array.dtype in (np.uint8, np.uint16):
-        return None
-    values = np.asarray(array, np.float64)
-    finite = values[np.isfinite(values)]
-    return (float(finite.min()), float(finite.max())) if finite.size else None
-
-
-def to_unit(array, bounds=None):
-    """Scale an image band stack to float32 [0, 1] (see the module docstring).
-    Types without a fixed scale are min-max scaled over `bounds` (low, high)
-    (default: this array's own range; a whole image read in parts passes
-    the range of the whole image)."""
+def to_unit(array):
+    """An in-memory band stack scaled to float32 [0, 1] as image files are
+    with image_scale = 'minmax' for floats outside [0, 1] (SAR: averaged bands)."""
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if array.dtype == np.uint16:
         return array.astype(np.float32) / 65535.0
     values = array.astype(np.float64)
     finite = np.isfinite(values)
-    bounds = bounds or value_range(array)
-    if bounds is None:
+    if not finite.any():
         return np.zeros(values.shape, np.float32)
-    low, high = bounds
+    low, high = values[finite].min(), values[finite].max()
     if not (np.issubdtype(array.dtype, np.floating) and low >= 0 and high <= 1):
         values = (values - low) / (high - low) if high > low else values - low
     return np.where(finite, values, 0).astype(np.float32)
 
 
+def load_image(path):
+    """(float32 HxWx3 in [0, 1] scaled by config.image_scale, bool HxW valid):
+    the first three bands (a palette expanded), and where the file's mask,
+    alpha, nodata value and finite values say the pixels are valid."""
+    with raster.Image(path, [0, 1, 2], 3, config.image_scale) as image:
+        if image.count < 3:
+            raise DatasetError(f"{path}: expected a colour image with 3 channels, got "
+                               f"{image.count}. Fix: export it as RGB.")
+        return image.read()
+
+
 def read_image(path):
-    """float32 HxWx3 in [0, 1]."""
-    array, _ = read_raw(path)
-    if array.ndim != 3 or array.shape[2] < 3:
-        raise DatasetError(f"{path}: expected a colour image with 3 channels, got shape "
-                           f"{array.shape}. Fix: export it as RGB.")
-    return to_unit(array[..., :3])
+    """float32 HxWx3 in [0, 1] (invalid pixels 0)."""
+    return load_image(path)[0]
 
 
 def read_sar(path):
@@ -418,7 +390,8 @@ def read_sar(path):
 
 
 def read_height(path, nodata_to_nan=True):
-    """float32 HxW heights; nodata -> NaN unless `nodata_to_nan` is False."""
+    """float32 HxW heights; nodata -> NaN unless `nodata_to_nan` is False
+    (NaN where the file's GDAL mask is 0 either way)."""
     array, nodata = read_raw(path)
     height = _single_channel(array, path, 'height map').astype(np.float32)
     if nodata_to_nan:
@@ -426,6 +399,9 @@ def read_height(path, nodata_to_nan=True):
         if nodata is not None:
             bad |= height == np.float32(nodata)
         height[bad] = np.nan
+    mask = raster.read_mask(path)
+    if mask is not None:
+        height[~mask] = np.nan
     return height
 
 
@@ -482,8 +458,10 @@ def read_labels(path):
 
 
 def load_sample(sample):
-    """Decode one sample: Loaded(image, height, labels)."""
-    image = read_image(sample.image)
+    """Decode one sample: Loaded(image, height, labels). Pixels the image
+    marks invalid (mask, alpha, nodata) get NaN heights, so every loss and
+    metric leaves them out."""
+    image, valid = load_image(sample.image)
     sizes = {sample.image: image.shape[:2]}
     if sample.sar:
         sar = read_sar(sample.sar)
@@ -503,6 +481,8 @@ def load_sample(sample):
         labels = read_labels(sample.labels)
         sizes[sample.labels] = labels.shape
     _check_sizes(sizes)
+    if not valid.all():
+        height = np.where(valid, height, np.float32(np.nan))
     return Loaded(image, height, labels)
 
 
@@ -513,11 +493,20 @@ def _check_sizes(sizes):
                            f"Fix: resample them to the same grid.")
 
 
+# Per-band mean and spread of the training images' valid pixels in [0, 1]
+# units, set by check_training_splits and recorded beside the best weights.
+training_images = {}
+
+
 def check_training_splits():
     """check_split on every split training reads: train, and valid unless it
-    is merged into train (train_valid_flag = False)."""
+    is merged into train (train_valid_flag = False). Keeps the training
+    images' band statistics in `training_images`."""
     for split in ('train', 'valid') if config.train_valid_flag else ('train',):
-        check_split(find_split(split))
+        statistics = check_split(find_split(split))
+        if split == 'train':
+            training_images.clear()
+            training_images.update(statistics)
 
 
 def check_split(samples, verbose=0):
@@ -525,6 +514,7 @@ def check_split(samples, verbose=0):
 
     Besides what load_sample checks (readable files, sizes, label values):
     every image at least config.cropSize on both sides, and not all heights nodata.
+    Returns the per-band 'band_mean' and 'band_spread' of the images' valid pixels.
     """
     if not samples:
         raise _layout_error("The split has no samples.")
@@ -533,12 +523,20 @@ def check_split(samples, verbose=0):
         import keras
         progress = keras.utils.Progbar(len(samples), unit_name='file')
     crop = config.cropSize
+    count, total, squares = 0, 0.0, 0.0
     for i, sample in enumerate(samples):
         loaded = load_sample(sample)
         check_crop_fits(sample.image, loaded.height.shape, crop)
-        if not np.isfinite(loaded.height).any():
+        valid = np.isfinite(loaded.height)
+        if not valid.any():
             files = sample.height + (f" and {sample.dem}" if sample.dem else '')
             raise DatasetError(f"{files}: every height is nodata (NaN, GDAL nodata or "
                                f"< {NODATA_BELOW:g}). Fix: replace the file or remove the sample.")
+        values = loaded.image[valid].astype(np.float64)
+        count, total, squares = count + len(values), total + values.sum(0), \
+            squares + np.square(values).sum(0)
         if progress:
             progress.update(i + 1)
+    mean = total / count
+    return {'band_mean': mean.tolist(),
+            'band_spread': np.sqrt(np.maximum(squares / count - mean ** 2, 0)).tolist()}

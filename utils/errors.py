@@ -32,3 +32,9 @@ class BackboneWeightsError(UserError, RuntimeError):
 
 class TrainingDiverged(UserError, RuntimeError):
     """A loss became NaN or Inf; the message names the term and the step."""
+
+
+class ImageryWarning(UserWarning):
+    """An input read one way where another was possible (an undeclared bit
+    depth, an impossible nodata value, statistics unlike the training
+    images'): the message names the file and the setting that decides it."""

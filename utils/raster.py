@@ -1,39 +1,65 @@
 """Rasters read and written in bands of rows, with their georeferencing.
 
-predict.py covers images of any size without holding them: `Image` reads a
-TIFF strip by strip or tile by tile (tifffile decodes each segment;
-imagecodecs supplies LZW, JPEG and the other codecs), and `TiledWriter`
-writes finished rows as tiled, zlib-compressed GeoTIFF tiles. PNG and JPEG
-files have no row access and are read whole.
+`Image` reads an image file the way GDAL presents it: a TIFF strip by strip
+or tile by tile (tifffile decodes each segment; imagecodecs supplies LZW,
+JPEG and the other codecs), a palette image through its colour map, and
+where its pixels are valid. PNG and JPEG files have no row access and are
+read whole. `TiledWriter` writes finished rows as tiled, zlib-compressed
+GeoTIFF tiles.
 
-An input pixel is nodata when every band equals the TIFF's GDAL_NODATA
-value, when a band is not finite, or when its alpha band is 0.
+A pixel is invalid where the GDAL mask is 0 (the TIFF's internal mask page,
+or a `<file>.msk` sidecar), where alpha is 0, where every chosen band equals
+the GDAL_NODATA value, or where a band is not finite. A nodata value the
+data type cannot hold is ignored with a warning, as GDAL does.
+
+Values map to [0, 1] by the `image_scale` setting (config.py): 'auto'
+divides integers by the largest value of their declared bit depth
+(BitsPerSample, else MaxSampleValue, else the type's), keeps floats within
+[0, 1] and min-max scales other floats over the image's valid pixels;
+'minmax' min-max scales every type; a number N divides by N (values above
+N become 1). An undeclared uint16 image whose values all fit in 12 bits
+gets a warning naming the file, its range and the setting.
 """
 import math
 import os
 import queue
 import threading
+import warnings
 
+import cv2
 import numpy as np
 import tifffile
 
-from utils import datasets
-from utils.errors import DatasetError, SettingError
+from utils.errors import DatasetError, ImageryWarning, SettingError
 
+IMAGE_EXTENSIONS = ('.tif', '.tiff', '.png', '.jpg', '.jpeg')
 # GeoTIFF tags: ModelPixelScale, ModelTiepoint, ModelTransformation,
 # GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams (the georeferencing:
 # CRS and geotransform or tie points), GDAL_METADATA, GDAL_NODATA.
 GEOREFERENCING = (33550, 33922, 34264, 34735, 34736, 34737)
 GEO_TAGS = GEOREFERENCING + (42112, 42113)
 NODATA_TAG = 42113
+MAX_SAMPLE_VALUE_TAG = 281
 HEIGHT_NODATA = -9999.0     # below datasets.NODATA_BELOW, so read back as nodata
 TILE = 256
 BIGTIFF_ABOVE = 2 ** 32 - 2 ** 27   # bytes of pixels; leaves room for tags and offsets
+UNDECLARED_BITS = (11, 12)  # common sensor depths stored in uint16 without a declaration
+
+# OpenCV reports libtiff / libpng trouble on stderr itself; our error names the file.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+def is_tiff(path):
+    return str(path).lower().endswith(('.tif', '.tiff'))
+
+
+def warn(message):
+    warnings.warn(message, ImageryWarning, stacklevel=2)
 
 
 def geo_tags(path, codes=GEO_TAGS):
     """The GeoTIFF tags of an image file as tifffile extratags ([] if none / not a TIFF)."""
-    if not str(path).lower().endswith(('.tif', '.tiff')):
+    if not is_tiff(path):
         return []
     with tifffile.TiffFile(path) as tif:
         tags = tif.pages[0].tags
@@ -48,10 +74,10 @@ def find_images(inputs):
     for item in inputs:
         if os.path.isdir(item):
             found = sorted(os.path.join(item, f) for f in os.listdir(item)
-                           if f.lower().endswith(datasets.IMAGE_EXTENSIONS))
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
             if not found:
                 raise DatasetError(f"{item}: no image file in this folder (looked for "
-                                   f"{' '.join(datasets.IMAGE_EXTENSIONS)}). Fix: name a "
+                                   f"{' '.join(IMAGE_EXTENSIONS)}). Fix: name a "
                                    f"folder holding images, or the image files themselves.")
             files += found
         elif os.path.isfile(item):
@@ -73,12 +99,67 @@ def parse_bands(text):
     return bands
 
 
-class _Segments:
-    """Row access to the first page of a TIFF through its strips or tiles."""
+def nodata_value(text, dtype, path):
+    """The GDAL_NODATA text as a value of `dtype`, or None (with a warning,
+    as GDAL does) when the type cannot hold it: -1 on uint8 must not mark
+    every 255."""
+    try:
+        value = float(str(text).strip('\x00 '))
+    except ValueError:
+        warn(f"{path}: GDAL_NODATA {text!r} is not a number; ignored")
+        return None
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        fits = math.isfinite(value) and value == int(value) and info.min <= value <= info.max
+    else:
+        fits = not math.isfinite(value) or abs(value) <= np.finfo(dtype).max
+    if not fits:
+        warn(f"{path}: GDAL_NODATA {value:g} cannot be a {dtype} value; ignored "
+             f"(no pixel is nodata by value)")
+        return None
+    return value
 
-    def __init__(self, tif):
-        page = self.page = tif.pages[0]
-        self.tif = tif
+
+def read_raw(path):
+    """(array channels-last, GDAL nodata value or None) of a whole image file;
+    a palette stays indices (label files are palette images of class codes)."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"File not found: {path}. Fix: restore the file or remove its "
+                           f"partners so the sample is not listed.")
+    if is_tiff(path):
+        try:
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                array = page.asarray()
+                if array.ndim == 3 and page.axes.startswith('S'):   # planar channels
+                    array = np.moveaxis(array, 0, -1)
+                tag = page.tags.get('GDAL_NODATA')
+                nodata = None if tag is None else nodata_value(tag.value, array.dtype, path)
+                return array, nodata
+        except Exception as err:
+            raise _unreadable(path, err) from None
+    array = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise _unreadable(path, None)
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB if array.shape[2] == 3
+                             else cv2.COLOR_BGRA2RGBA)
+    return array, None
+
+
+def _unreadable(path, err):
+    reason = f" ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})" \
+        if err is not None else ''
+    return DatasetError(f"Cannot read {path}{reason}. Fix: replace the file with a valid "
+                        f"TIFF/PNG/JPEG.")
+
+
+class _Segments:
+    """Row access to one page of a TIFF through its strips or tiles."""
+
+    def __init__(self, tif, page):
+        self.page, self.tif = page, tif
         self.seg_h = page.tilelength if page.is_tiled else min(page.rowsperstrip,
                                                                  page.imagelength)
         self.seg_w = page.tilewidth if page.is_tiled else page.imagewidth
@@ -111,38 +192,86 @@ class _Segments:
         return out
 
 
-class Image:
-    """An input image in bands of rows: the chosen bands scaled to [0, 1]
-    exactly as the training images are (datasets.to_unit over the whole
-    image), and where its pixels are valid."""
+def _mask_of(tif, page, path):
+    """(mask page, its TiffFile if a sidecar's, else None) of `page`, or
+    (None, None): the GDAL mask GDAL_TIFF_INTERNAL_MASK writes (a page flagged
+    NewSubfileType 4 with the image's size), else a `<path>.msk` sidecar."""
+    size = (page.imagelength, page.imagewidth)
+    for other in tif.pages[1:]:
+        if other.subfiletype & 4 and (other.imagelength, other.imagewidth) == size:
+            return other, None
+    if not os.path.isfile(path + '.msk'):
+        return None, None
+    sidecar = tifffile.TiffFile(path + '.msk')
+    mask = sidecar.pages[0]
+    if (mask.imagelength, mask.imagewidth) != size:
+        sidecar.close()
+        raise DatasetError(f"{path}.msk is {mask.imagewidth}x{mask.imagelength}, its image "
+                           f"{size[1]}x{size[0]}. Fix: remove or rebuild the mask.")
+    return mask, sidecar
 
-    def __init__(self, path, bands, channels):
-        self.path = path
-        self._tif, self._segments, self._whole = None, None, None
-        self.nodata, self.alpha = None, None
-        if path.lower().endswith(('.tif', '.tiff')):
+
+def read_mask(path):
+    """bool HxW, False where the GDAL mask of a TIFF (internal or .msk) is 0;
+    None when the file has none."""
+    if not is_tiff(path):
+        return None
+    try:
+        with tifffile.TiffFile(path) as tif:
+            mask, sidecar = _mask_of(tif, tif.pages[0], path)
+            if mask is None:
+                return None
             try:
-                self._tif = tifffile.TiffFile(path)
-                page = self._tif.pages[0]
-                tag = page.tags.get('GDAL_NODATA')
-                if tag is not None:
-                    self.nodata = float(str(tag.value).strip('\x00 '))
-                extra = tuple(page.extrasamples or ())
-                alpha = [i for i, e in enumerate(extra) if int(e) in (1, 2)]
-                if alpha:
-                    self.alpha = page.samplesperpixel - len(extra) + alpha[0]
-                self._segments = _Segments(self._tif)
-            except Exception:   # not a TIFF tifffile can decode: read it whole below
-                self.close()
-                self.nodata = self.alpha = None
-        if self._segments is None:
-            array, self.nodata = datasets.read_raw(path)
-            self._whole = array[..., None] if array.ndim == 2 else array
-            if path.lower().endswith('.png') and self._whole.shape[2] in (2, 4):
-                self.alpha = self._whole.shape[2] - 1
-        h, w, count = (self._segments.shape if self._segments
-                       else self._whole.shape)
-        self.height, self.width = h, w
+                return np.asarray(mask.asarray()).reshape(mask.imagelength,
+                                                          mask.imagewidth) != 0
+            finally:
+                if sidecar is not None:
+                    sidecar.close()
+    except DatasetError:
+        raise
+    except Exception as err:
+        raise _unreadable(path, err) from None
+
+
+def _stats_of(values):
+    """[n, bands] -> (count, sum, sum of squares) per band, in float64."""
+    values = values.astype(np.float64)
+    return len(values), values.sum(0), np.square(values).sum(0)
+
+
+class Image:
+    """An image file in bands of rows: the chosen bands scaled to [0, 1] by
+    `scale` (the image_scale setting), and where its pixels are valid.
+
+    bands: 0-based band indices in the order the network takes them;
+    channels: how many it takes (an error names --bands when they differ).
+    """
+
+    def __init__(self, path, bands, channels, scale='auto'):
+        self.path = path
+        self._tif, self._segments, self._mask, self._mask_tif, self._whole = \
+            None, None, None, None, None
+        self.nodata, self.alpha, self.lut, self.declared = None, None, None, None
+        if not os.path.isfile(path):
+            raise DatasetError(f"{path}: no such file. Fix: check the path.")
+        try:
+            if is_tiff(path):
+                self._open_tiff(path)
+            else:
+                array, _ = read_raw(path)
+                self._whole = array[..., None] if array.ndim == 2 else array
+                if path.lower().endswith('.png') and self._whole.shape[2] in (2, 4):
+                    self.alpha = self._whole.shape[2] - 1
+        except DatasetError:
+            self.close()
+            raise
+        except Exception as err:
+            self.close()
+            raise _unreadable(path, err) from None
+        h, w, count = (self._segments.shape if self._segments else self._whole.shape)
+        if self.lut is not None:
+            count = 3
+        self.height, self.width, self.count = h, w, count
         if len(bands) != channels or max(bands) >= count:
             self.close()
             have = 'band' if count == 1 else 'bands'
@@ -153,68 +282,182 @@ class Image:
                 f"in the order of the training images (e.g. --bands "
                 f"{','.join(str(min(i, count - 1) + 1) for i in range(channels))}).")
         self.bands = list(bands)
-        self._bounds = None
+        self.scale = scale
+        self._span, self._survey = None, None
+
+    def _open_tiff(self, path):
+        tif = self._tif = tifffile.TiffFile(path)
+        page = tif.pages[0]
+        self._segments = _Segments(tif, page)
+        tag = page.tags.get('GDAL_NODATA')
+        if tag is not None:
+            self.nodata = nodata_value(tag.value, page.dtype, path)
+        extra = tuple(page.extrasamples or ())
+        alpha = [i for i, e in enumerate(extra) if int(e) in (1, 2)]
+        if alpha:
+            self.alpha = page.samplesperpixel - len(extra) + alpha[0]
+        if page.photometric == 3 and page.colormap is not None:
+            self.lut = self._palette(page.colormap)
+        if page.dtype.kind in 'ui':
+            bits = page.bitspersample
+            if bits < page.dtype.itemsize * 8:
+                self.declared = 2 ** bits - 1
+            elif MAX_SAMPLE_VALUE_TAG in page.tags:
+                value = np.max(page.tags[MAX_SAMPLE_VALUE_TAG].value)
+                if 0 < value < np.iinfo(page.dtype).max:
+                    self.declared = int(value)
+        mask, self._mask_tif = _mask_of(tif, page, path)
+        if mask is not None:
+            self._mask = _Segments(self._mask_tif or tif, mask)
+
+    @staticmethod
+    def _palette(colormap):
+        """[entries, 3] colours of a TIFF ColorMap (0..65535): uint8 when every
+        entry is an 8-bit colour scaled by 257, as GDAL writes them."""
+        colours = np.asarray(colormap).T
+        if np.all(colours % 257 == 0):
+            return (colours // 257).astype(np.uint8)
+        return colours.astype(np.uint16)
 
     @property
-    def bounds(self):
-        """The value range to_unit scales by: None for uint8 / uint16, else
-        that of the whole image (a first pass over it, on first use)."""
-        dtype = self._segments.dtype if self._segments else self._whole.dtype
-        if self._bounds is None and dtype not in (np.uint8, np.uint16):
-            self._bounds = self._range() or (0.0, 0.0)
-        return self._bounds
+    def dtype(self):
+        if self.lut is not None:
+            return self.lut.dtype
+        return self._segments.dtype if self._segments else self._whole.dtype
+
+    # ------------------------------------------------------------ raw values
 
     def _raw(self, r0, r1):
-        if self._segments:
-            return self._segments.read(r0, r1)
-        return self._whole[r0:r1]
-
-    def _valid(self, raw):
-        picked = raw[..., self.bands]
+        """(bands [n, W, count] with a palette expanded, valid [n, W])."""
+        raw = self._segments.read(r0, r1) if self._segments else self._whole[r0:r1]
         valid = np.ones(raw.shape[:2], bool)
+        if self._mask is not None:
+            valid &= self._mask.read(r0, r1)[..., 0] != 0
+        if self.alpha is not None:
+            valid &= raw[..., self.alpha] != 0
+        if self.lut is not None:     # nodata of a palette image is an index
+            if self.nodata is not None:
+                valid &= raw[..., 0] != self.nodata
+            return self.lut[raw[..., 0]][..., self.bands], valid
+        picked = raw[..., self.bands]
         if np.issubdtype(raw.dtype, np.floating):
             valid &= np.isfinite(picked).all(-1)
         if self.nodata is not None:
             valid &= ~(picked == np.asarray(self.nodata).astype(raw.dtype)).all(-1)
-        if self.alpha is not None:
-            valid &= raw[..., self.alpha] != 0
-        return valid
+        return picked, valid
 
     def _bands_of_rows(self, rows=TILE):
         for r0 in range(0, self.height, rows):
             yield r0, self._raw(r0, min(r0 + rows, self.height))
 
-    def _range(self):
-        """(low, high) of the valid values of the chosen bands, over the whole image."""
-        low, high = math.inf, -math.inf
-        for _, raw in self._bands_of_rows():
-            values = raw[..., self.bands][self._valid(raw)]
-            if values.size:
-                low, high = min(low, float(values.min())), max(high, float(values.max()))
-        return (low, high) if low <= high else None
+    def survey(self):
+        """One pass over the image: (low, high, count, sum, sum of squares)
+        per chosen band of its valid raw values (low/high None if none is valid)."""
+        if self._survey is None:
+            bands = len(self.bands)
+            low, high = np.full(bands, np.inf), np.full(bands, -np.inf)
+            count, total, squares = 0, np.zeros(bands), np.zeros(bands)
+            for _, (picked, valid) in self._bands_of_rows():
+                values = picked[valid]
+                if len(values):
+                    low = np.minimum(low, values.min(0))
+                    high = np.maximum(high, values.max(0))
+                    n, s, q = _stats_of(values)
+                    count, total, squares = count + n, total + s, squares + q
+            self._survey = (low, high, count, total, squares)
+        return self._survey
+
+    # ------------------------------------------------------------ scale
+
+    @property
+    def span(self):
+        """(offset, span): unit = (value - offset) / span, clipped to [0, 1]."""
+        if self._span is None:
+            self._span = self._choose_span()
+        return self._span
+
+    def _choose_span(self):
+        scale, dtype = self.scale, self.dtype
+        if not isinstance(scale, str):
+            return 0.0, float(scale)
+        if scale == 'auto' and self.declared:
+            return 0.0, float(self.declared)
+        if scale == 'auto' and dtype in (np.uint8, np.uint16):
+            if dtype == np.uint16:
+                self._warn_undeclared()
+            return 0.0, float(np.iinfo(dtype).max)
+        if scale == 'auto' or scale == 'minmax':
+            low, high = self.survey()[:2]
+            if not np.isfinite(low).all():
+                return 0.0, 1.0
+            low, high = float(low.min()), float(high.max())
+            if scale == 'auto' and dtype.kind == 'f' and low >= 0 and high <= 1:
+                return 0.0, 1.0
+            return low, (high - low) or 1.0
+        raise SettingError(f"image_scale = {scale!r}: use 'auto', 'minmax' or a number > 0")
+
+    def _warn_undeclared(self):
+        low, high = self.survey()[:2]
+        if not np.isfinite(high).all():
+            return
+        top = int(high.max())
+        bits = next((b for b in UNDECLARED_BITS if top < 2 ** b), None)
+        if bits:
+            warn(f"{self.path}: uint16 values {int(low.min())}..{top} declare no bit "
+                 f"depth, scaled by 65535 (image_scale = 'auto'); if this is {bits}-bit "
+                 f"imagery set image_scale = {2 ** bits - 1}")
+
+    def to_unit(self, picked):
+        offset, span = self.span
+        if offset == 0 and span == 1 and picked.dtype.kind == 'f':
+            return np.asarray(picked, np.float32)   # floats already in [0, 1]
+        if offset == 0 and picked.dtype.kind in 'ui':
+            # the division the training images have always had: float32 / span
+            unit = picked.astype(np.float32)
+            unit /= np.float32(span)
+            return np.minimum(unit, 1, out=unit)
+        values = (picked.astype(np.float64) - offset) / span
+        return np.clip(np.where(np.isfinite(values), values, 0), 0, 1).astype(np.float32)
+
+    def statistics(self):
+        """(mean, spread) per chosen band of the valid pixels in [0, 1] units,
+        or None when no pixel is valid."""
+        _, _, count, total, squares = self.survey()
+        if not count:
+            return None
+        offset, span = self.span
+        mean = total / count
+        spread = np.sqrt(np.maximum(squares / count - mean ** 2, 0))
+        return (mean - offset) / span, spread / span
+
+    # ------------------------------------------------------------ reading
 
     def rows(self, r0, r1):
         """(float32 [r1 - r0, W, channels] in [0, 1], bool [r1 - r0, W] valid);
-        nodata pixels are given to the network as 0."""
-        raw = self._raw(r0, r1)
-        valid = self._valid(raw)
-        image = datasets.to_unit(raw[..., self.bands], self.bounds)
+        invalid pixels are given to the network as 0."""
+        picked, valid = self._raw(r0, r1)
+        image = self.to_unit(picked)
         image[~valid] = 0
         return image, valid
+
+    def read(self):
+        """rows() over the whole image."""
+        return self.rows(0, self.height)
 
     def preview(self, step):
         """The image at every `step`-th row and column, float32 [0, 1]."""
         parts = []
-        for _, raw in self._bands_of_rows(step * max(1, TILE // step)):
-            image = datasets.to_unit(raw[::step, ::step][..., self.bands], self.bounds)
-            image[~self._valid(raw[::step, ::step])] = 0
+        for _, (picked, valid) in self._bands_of_rows(step * max(1, TILE // step)):
+            image = self.to_unit(picked[::step, ::step])
+            image[~valid[::step, ::step]] = 0
             parts.append(image)
         return np.concatenate(parts)
 
     def close(self):
-        if self._tif is not None:
-            self._tif.close()
-            self._tif = None
+        for tif in (self._tif, self._mask_tif):
+            if tif is not None:
+                tif.close()
+        self._tif = self._mask_tif = None
 
     def __enter__(self):
         return self

@@ -12,13 +12,25 @@ import ast
 import difflib
 import os
 import sys
+import warnings
 
 import config
-from utils.errors import SettingError, UserError
+from utils.errors import ImageryWarning, SettingError, UserError
 
 # TensorFlow's C++ start-up chatter buries our output; TF_CPP_MIN_LOG_LEVEL=0
 # in the environment brings it back.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+_formatwarning = warnings.formatwarning
+
+
+def _format_warning(message, category, *args, **kwargs):
+    """Our warnings about the user's files read as one line, like our errors."""
+    if issubclass(category, ImageryWarning):
+        return f"warning: {' '.join(str(message).splitlines())}\n"
+    return _formatwarning(message, category, *args, **kwargs)
+
+
+warnings.formatwarning = _format_warning
 
 _checked = False    # every rule held at the last check, and nothing changed since
 
@@ -74,6 +86,13 @@ def parse_value(name, text):
             return kind(text)
         except ValueError:
             raise SettingError(f"--set {name}={text}: expected {rule(name).allowed}") from None
+    if kind == 'number_or_word':
+        for number in (int, float):
+            try:
+                return number(text)
+            except ValueError:
+                pass
+        return text.strip()
     if kind == 'literal':
         try:
             return ast.literal_eval(text)

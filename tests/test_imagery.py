@@ -1,0 +1,230 @@
+"""Image files as GDAL writes them (through rasterio), read by utils/raster.py
+and utils/datasets.py: masks, bit depths, palettes, impossible nodata
+values, damaged files. The reference is what GDAL itself reads from the same
+file, or the same pixels written as plain 8-bit RGB."""
+import warnings
+
+import numpy as np
+import pytest
+import rasterio
+import tifffile
+from rasterio.transform import from_origin
+
+import config
+from utils import datasets, raster, settings
+from utils.errors import DatasetError, ImageryWarning
+
+H, W = 70, 90
+PROFILE = dict(driver='GTiff', height=H, width=W, crs='EPSG:32632',
+               transform=from_origin(500000, 5000000, 0.5, 0.5))
+
+
+def _levels(seed=0, bands=3):
+    """[bands, H, W] uint8 of the 16 levels k * 17: k / 15 is the same float32
+    whether divided as k * 17 / 255 or k * 273 / 4095 (both correctly rounded)."""
+    return (np.random.default_rng(seed).integers(0, 16, (bands, H, W)) * 17).astype(np.uint8)
+
+
+def _write(path, bands, **profile):
+    with rasterio.open(path, 'w', **dict(PROFILE, count=len(bands), dtype=bands.dtype,
+                                         **profile)) as out:
+        out.write(bands)
+    return str(path)
+
+
+def _read(path, bands=(0, 1, 2), scale='auto'):
+    with raster.Image(str(path), list(bands), len(bands), scale) as image:
+        return image.read()
+
+
+def _collar():
+    """A no-data collar on the left and a hole, as masks of orthophotos have."""
+    mask = np.full((H, W), 255, np.uint8)
+    mask[:, :13] = 0
+    mask[30:40, 50:61] = 0
+    return mask
+
+
+def _gdal(path):
+    with rasterio.open(path) as source:
+        return source.read().transpose(1, 2, 0), source.dataset_mask() != 0
+
+
+def test_internal_mask_of_a_jpeg_cog_is_where_gdal_says(tmp_path):
+    """A COG with JPEG (YCbCr 4:2:0) tiles and GDAL's internal mask: the valid
+    pixels are exactly GDAL's, and the luma agrees with GDAL's decoding up to
+    rounding (GDAL upsamples the chroma differently, see README)."""
+    rng = np.random.default_rng(1)
+    smooth = np.kron(rng.integers(40, 200, (3, H // 5 + 1, W // 5 + 1)),
+                     np.ones((5, 5)))[:, :H, :W].astype(np.uint8)
+    path = str(tmp_path / 'ortho_cog.tif')
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(path, 'w', **dict(PROFILE, driver='COG', count=3, dtype='uint8',
+                                             compress='JPEG')) as out:
+            out.write(smooth)
+            out.write_mask(_collar())
+    with tifffile.TiffFile(path) as tif:
+        assert tif.pages[1].subfiletype == 4     # really an internal mask
+    image, valid = _read(path)
+    reference, gdal_valid = _gdal(path)
+    np.testing.assert_array_equal(valid, gdal_valid)
+    assert (~valid).sum() == (_collar() == 0).sum()
+    assert (image[~valid] == 0).all()
+
+    def luma(rgb):
+        return rgb.astype(np.float64) @ [0.299, 0.587, 0.114]
+    # Y is stored at full resolution and the YCbCr -> RGB conversion keeps it,
+    # so the decoders agree on it up to rounding R, G and B (0.5 each, and
+    # 0.299 + 0.587 + 0.114 = 1), except where either clipped a channel.
+    ours = np.rint(image * 255)
+    clipped = ((ours % 255 == 0) | (reference % 255 == 0)).any(-1)
+    compared = valid & ~clipped
+    assert compared.mean() > 0.5
+    assert np.abs(luma(ours) - luma(reference))[compared].max() <= 1.0 + 1e-9
+
+
+def test_msk_sidecar_marks_invalid_pixels_and_heights(tmp_path):
+    levels = _levels()
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=False):
+        with rasterio.open(tmp_path / 'rgb.tif', 'w',
+                           **dict(PROFILE, count=3, dtype='uint8')) as out:
+            out.write(levels)
+            out.write_mask(_collar())
+        with rasterio.open(tmp_path / 'dsm.tif', 'w',
+                           **dict(PROFILE, count=1, dtype='float32')) as out:
+            out.write(np.full((1, H, W), 7.5, np.float32))
+            out.write_mask(_collar())
+    with tifffile.TiffFile(tmp_path / 'rgb.tif') as tif:
+        assert (tmp_path / 'rgb.tif.msk').exists() and len(tif.pages) == 1
+    image, valid = _read(tmp_path / 'rgb.tif')
+    np.testing.assert_array_equal(valid, _collar() != 0)
+    np.testing.assert_array_equal(image[valid],
+                                  levels.transpose(1, 2, 0)[valid] / np.float32(255))
+    height = datasets.read_height(str(tmp_path / 'dsm.tif'))
+    np.testing.assert_array_equal(np.isnan(height), _collar() == 0)
+
+
+def test_training_sample_leaves_out_masked_image_pixels(tmp_path):
+    """A masked orthophoto in a training split: its invalid pixels get NaN
+    heights, so the loss mask and every metric leave them out."""
+    root = tmp_path / 'MyCity' / 'train'
+    for folder in ('rgb', 'dsm'):
+        (root / folder).mkdir(parents=True)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(root / 'rgb' / 'a.tif', 'w', compress='JPEG',
+                           **dict(PROFILE, count=3, dtype='uint8')) as out:
+            out.write(_levels())
+            out.write_mask(_collar())
+    _write(root / 'dsm' / 'a.tif', np.full((1, H, W), 3.0, np.float32))
+    settings.apply(['dataset_name=MyCity', f'shortcut_path={tmp_path}', 'sem_flag=False'])
+    loaded = datasets.load_sample(datasets.find_split('train')[0])
+    np.testing.assert_array_equal(np.isnan(loaded.height), _collar() == 0)
+    assert (loaded.image[_collar() == 0] == 0).all()
+
+
+def test_declared_12_bit_bands_scale_like_8_bit(tmp_path):
+    """Band-interleaved RGBI with NBITS=12 (BitsPerSample 12): the values /
+    4095, bit for bit the same as the 8-bit file of the same levels / 255."""
+    levels = _levels(bands=4)
+    eight = _write(tmp_path / 'rgb8.tif', levels[:3])
+    twelve = _write(tmp_path / 'rgbi12.tif', (levels.astype(np.uint16) // 17 * 273),
+                    nbits=12, interleave='band')
+    with tifffile.TiffFile(twelve) as tif:
+        assert tif.pages[0].bitspersample == 12
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')      # declared: nothing to warn about
+        image12, _ = _read(twelve)
+    image8, _ = _read(eight)
+    np.testing.assert_array_equal(image12, image8)
+    nir, _ = _read(twelve, bands=(3, 0, 1))
+    np.testing.assert_array_equal(nir[..., 0], levels[3] / np.float32(255))
+
+
+@pytest.mark.parametrize('bits', [11, 12])
+def test_undeclared_11_and_12_bit_values_warn_with_the_setting(tmp_path, bits):
+    levels = _levels()
+    top = 2 ** bits - 1
+    values = (levels.astype(np.uint32) * top // 255).astype(np.uint16)
+    path = _write(tmp_path / 'u16.tif', values)
+    with pytest.warns(ImageryWarning) as caught:
+        image, _ = _read(path)
+    [message] = [str(w.message) for w in caught if w.category is ImageryWarning]
+    assert path in message and f'{values.min()}..{values.max()}' in message
+    assert f'image_scale = {top}' in message
+    np.testing.assert_array_equal(image, values.transpose(1, 2, 0) / np.float32(65535))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')      # the setting decides: no warning
+        fixed, _ = _read(path, scale=top)
+    np.testing.assert_array_equal(fixed, values.transpose(1, 2, 0) / np.float32(top))
+
+
+def test_full_range_uint16_does_not_warn(tmp_path):
+    values = np.random.default_rng(0).integers(0, 65536, (3, H, W)).astype(np.uint16)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        image, _ = _read(_write(tmp_path / 'u16.tif', values))
+    np.testing.assert_array_equal(image, values.transpose(1, 2, 0) / np.float32(65535))
+
+
+def test_palette_image_is_expanded_through_its_colour_map(tmp_path):
+    colours = {0: (255, 0, 0, 255), 1: (0, 200, 0, 255), 2: (0, 0, 255, 255),
+               3: (250, 250, 250, 255)}
+    indices = np.random.default_rng(2).integers(0, 4, (1, H, W)).astype(np.uint8)
+    path = str(tmp_path / 'palette.tif')
+    with rasterio.open(path, 'w', photometric='PALETTE',
+                       **dict(PROFILE, count=1, dtype='uint8')) as out:
+        out.write(indices)
+        out.write_colormap(1, colours)
+    with rasterio.open(path) as source:    # GDAL's colour table, as it reads it
+        table = np.array([source.colormap(1)[i][:3] for i in range(4)], np.uint8)
+    image, valid = _read(path)
+    assert valid.all()
+    np.testing.assert_array_equal(image, table[indices[0]] / np.float32(255))
+    # a label file is a palette image of class codes: its indices stay indices
+    np.testing.assert_array_equal(datasets.read_raw(path)[0], indices[0])
+
+
+def test_nodata_the_type_cannot_hold_is_ignored_with_a_warning(tmp_path):
+    """uint8 with GDAL_NODATA -1 (GDAL ignores it): a white roof stays valid."""
+    levels = _levels()
+    levels[:, 10:20, 10:20] = 255
+    path = _write(tmp_path / 'white.tif', levels, nodata=255)
+    with tifffile.TiffFile(path, mode='r+') as tif:
+        tif.pages[0].tags['GDAL_NODATA'].overwrite('-1')
+    with pytest.warns(ImageryWarning, match=f'{path}: GDAL_NODATA -1 cannot be a uint8'):
+        image, valid = _read(path)
+    assert valid.all()
+    np.testing.assert_array_equal(image[10:20, 10:20], 1.0)
+    with pytest.warns(ImageryWarning):
+        assert datasets.read_raw(path)[1] is None
+
+
+def test_representable_nodata_still_marks_pixels(tmp_path):
+    levels = _levels()
+    levels[:, 5, :] = 0
+    image, valid = _read(_write(tmp_path / 'nd.tif', levels, nodata=0))
+    np.testing.assert_array_equal(valid, ~(levels == 0).all(0))
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'not a tiff'])
+def test_damaged_file_is_one_error_naming_it(tmp_path, damage):
+    path = _write(tmp_path / 'good.tif', _levels())
+    data = open(path, 'rb').read()
+    bad = tmp_path / 'bad.tif'
+    bad.write_bytes(data[:len(data) // 3] if damage == 'truncated' else b'II*\x00 broken')
+    with pytest.raises(DatasetError, match=f'Cannot read {bad}') as err:
+        _read(bad)
+    assert '\n' not in str(err.value)
+
+
+def test_setting_image_scale_reaches_the_training_images(tmp_path):
+    values = (_levels().astype(np.uint16) // 17 * 273)
+    path = _write(tmp_path / 'u16.tif', values)
+    settings.apply(['image_scale=4095'])
+    assert config.image_scale == 4095
+    np.testing.assert_array_equal(datasets.read_image(path),
+                                  values.transpose(1, 2, 0) / np.float32(4095))
+    settings.apply(['image_scale=minmax'])
+    low, high = values.min(), values.max()
+    np.testing.assert_allclose(datasets.read_image(path),
+                               (values.transpose(1, 2, 0) - low) / (high - low), atol=1e-7)
