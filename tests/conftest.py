@@ -23,6 +23,8 @@ def restore_config():
         setattr(config, key, copy.deepcopy(value))
     config.declared.update(copy.deepcopy(_ORIGINAL_DECLARED))
     config.resolve()
+    if 'utils.datasets' in sys.modules:     # the last checked training images' statistics
+        sys.modules['utils.datasets'].training_images.clear()
 
 
 @pytest.fixture(autouse=True)

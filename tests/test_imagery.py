@@ -228,3 +228,37 @@ def test_setting_image_scale_reaches_the_training_images(tmp_path):
     low, high = values.min(), values.max()
     np.testing.assert_allclose(datasets.read_image(path),
                                (values.transpose(1, 2, 0) - low) / (high - low), atol=1e-7)
+
+
+def test_best_weights_record_how_training_images_were_fed(tmp_path):
+    """check_training_splits measures the training images' bands; the
+    weights' .json records them with the scale and the band order."""
+    import json
+    import keras
+    from utils import checkpoints
+    root = tmp_path / 'MyCity'
+    rng = np.random.default_rng(3)
+    images = {}
+    for split in ('train', 'valid'):
+        for folder in ('rgb', 'dsm'):
+            (root / split / folder).mkdir(parents=True)
+        images[split] = rng.integers(0, 256, (3, H, W)).astype(np.uint8)
+        _write(root / split / 'rgb' / 'a.tif', images[split])
+        heights = np.full((1, H, W), 2.0, np.float32)
+        heights[0, :10] = np.nan        # left out of the statistics, like the losses
+        _write(root / split / 'dsm' / 'a.tif', heights)
+    settings.apply(['dataset_name=MyCity', f'shortcut_path={tmp_path}', 'sem_flag=False',
+                    'cropSize=32', 'image_scale=minmax'])
+    datasets.check_training_splits()
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    path = str(tmp_path / 'm.weights.h5')
+    checkpoints.save_weights(model, path, 'mtl')
+    with open(path + '.json') as f:
+        meta = json.load(f)
+    assert meta['settings']['image_scale'] == 'minmax'
+    valid = images['train'][:, 10:].reshape(3, -1).astype(np.float64)
+    low, high = images['train'].min(), images['train'].max()
+    unit = (valid - low) / (high - low)
+    assert meta['imagery']['bands'] == [1, 2, 3]
+    np.testing.assert_allclose(meta['imagery']['band_mean'], unit.mean(1), atol=1e-6)
+    np.testing.assert_allclose(meta['imagery']['band_spread'], unit.std(1), atol=1e-6)

@@ -3,11 +3,13 @@ tiled prediction of utils/inference.py, georeferencing and nodata kept,
 2 replicas against 1, interrupted batches, and the user's mistakes."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ import config
 import predict
 from tests.conftest import ROOT, run_python
 from utils import checkpoints, datasets, distribute, evaluation, inference, raster, settings
-from utils.errors import CheckpointError, DatasetError, SettingError, UserError
+from utils.errors import CheckpointError, DatasetError, ImageryWarning, SettingError, UserError
 
 # Tiny networks (1/16 widths) on 32 px windows; test_stride 10 overlaps them.
 TINY = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
@@ -309,3 +311,162 @@ def test_each_worker_takes_its_share(monkeypatch):
     assert distribute.worker_share() == (2, 3)
     monkeypatch.delenv('TF_CONFIG')
     assert distribute.worker_share() == (0, 1)
+
+
+# ----------------------------------------------------------------- users' rasters
+def _gdal_image(path, bands, **profile):
+    """A GeoTIFF written by GDAL (rasterio) from [bands, H, W]."""
+    import rasterio
+    from rasterio.transform import from_origin
+    with rasterio.open(path, 'w', driver='GTiff', height=bands.shape[1], width=bands.shape[2],
+                       count=len(bands), dtype=bands.dtype, crs='EPSG:32632',
+                       transform=from_origin(500000, 5000000, 0.5, 0.5), **profile) as out:
+        out.write(bands)
+    return str(path)
+
+
+def _levels(shape, seed=0):
+    """Smooth uint8 [bands, H, W] of the levels 17 k (k / 15 in float32 alike
+    from 17 k / 255 and from 273 k / 4095)."""
+    image = np.moveaxis(_image(shape[1:] + (shape[0],), seed=seed), -1, 0)
+    return (np.rint(image / 17.0) * 17).astype(np.uint8)
+
+
+def _weights_with(weights, tmp_path, imagery=None, **trained_settings):
+    """Copies of the tiny weights whose .json records other imagery / settings."""
+    paths = {}
+    for kind in ('mtl', 'dae'):
+        paths[kind] = str(tmp_path / f'{kind}.weights.h5')
+        shutil.copy(weights[kind], paths[kind])
+        with open(weights[kind] + '.json') as f:
+            meta = json.load(f)
+        meta['settings'].update(trained_settings)
+        if imagery is not None:
+            meta['imagery'] = imagery
+        with open(paths[kind] + '.json', 'w') as f:
+            json.dump(meta, f)
+    return paths
+
+
+def _heights(out, name):
+    import rasterio
+    with rasterio.open(out / f'{name}_height.tif') as source:     # as GIS tools read it
+        return source.read(1), source.nodata
+
+
+def test_declared_12_bit_rgbi_predicts_the_heights_of_8_bit_rgb(predict_fn, tmp_path):
+    settings.apply(TINY)
+    levels = _levels((4, 40, 56))
+    eight = _gdal_image(tmp_path / 'rgb8.tif', levels[:3])
+    twelve = _gdal_image(tmp_path / 'rgbi12.tif', levels.astype(np.uint16) // 17 * 273,
+                         nbits=12, interleave='band')
+    for path, name in ((eight, 'rgb8'), (twelve, 'rgbi12')):
+        predict.predict_image(predict_fn, path, predict.output_paths(
+            str(tmp_path), name, ('height', 'sem')), [0, 1, 2])
+    # the same network input, bit for bit, so the same heights
+    np.testing.assert_array_equal(_heights(tmp_path, 'rgbi12')[0],
+                                  _heights(tmp_path, 'rgb8')[0])
+
+
+def test_masked_collar_is_nodata_in_every_output(predict_fn, tmp_path):
+    import rasterio
+    settings.apply(TINY)
+    path = str(tmp_path / 'ortho.tif')
+    mask = np.full((40, 56), 255, np.uint8)
+    mask[:, :9] = 0
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(path, 'w', driver='GTiff', height=40, width=56, count=3,
+                           dtype='uint8', compress='JPEG', photometric='YCBCR',
+                           tiled=True, blockxsize=16, blockysize=16) as out:
+            out.write(_levels((3, 40, 56)))
+            out.write_mask(mask)
+    predict.predict_image(predict_fn, path, predict.output_paths(
+        str(tmp_path), 'ortho', ('height', 'sem', 'norm')), [0, 1, 2])
+    height, nodata = _heights(tmp_path, 'ortho')
+    assert nodata == raster.HEIGHT_NODATA
+    np.testing.assert_array_equal(height == nodata, mask == 0)
+    sem = tifffile.imread(tmp_path / 'ortho_sem.tif')
+    np.testing.assert_array_equal(sem == raster.label_nodata(config.label_codes), mask == 0)
+    normals = tifffile.imread(tmp_path / 'ortho_norm.tif')
+    np.testing.assert_array_equal((normals == raster.HEIGHT_NODATA).all(-1), mask == 0)
+
+
+def test_recorded_bands_and_scale_are_used_unless_given(weights, tmp_path, recwarn):
+    """Weights trained on 12-bit imagery stored in uint16 (image_scale 4095)
+    in band order 3,1,2: predict.py takes both from the .json."""
+    levels = _levels((3, 40, 56), seed=1)
+    path = _gdal_image(tmp_path / 'u16.tif', levels.astype(np.uint16) // 17 * 273)
+    reordered = _gdal_image(tmp_path / 'rgb8.tif', levels[[2, 0, 1]])
+    paths = _weights_with(weights, tmp_path, imagery={'bands': [3, 1, 2]}, image_scale=4095)
+    predict.main([path, '--out', str(tmp_path / 'a'), '--mtl-weights', paths['mtl'],
+                  '--dae-weights', paths['dae'], *_cli(weights)[4:]])
+    assert not [w for w in recwarn if w.category is ImageryWarning]
+    predict.main([reordered, '--out', str(tmp_path / 'b'), '--bands', '1,2,3', *_cli(weights)])
+    np.testing.assert_array_equal(_heights(tmp_path / 'a', 'u16')[0],
+                                  _heights(tmp_path / 'b', 'rgb8')[0])
+
+
+def test_input_unlike_the_training_images_warns(predict_fn, tmp_path):
+    settings.apply(TINY)
+    dark = _gdal_image(tmp_path / 'dark.tif',
+                       _levels((3, 40, 56)).astype(np.uint16) // 17 * 273)
+    trained = {'bands': [1, 2, 3], 'band_mean': [0.45, 0.4, 0.38],
+               'band_spread': [0.2, 0.2, 0.2]}
+    with pytest.warns(ImageryWarning) as caught:    # 12 bits / 65535: all values < 0.07
+        predict.predict_image(predict_fn, dark, predict.output_paths(
+            str(tmp_path), 'dark', ('height',)), [0, 1, 2], trained=trained)
+    messages = [str(w.message) for w in caught if w.category is ImageryWarning]
+    assert any(m.startswith(f"{dark}: uint16 values") and 'image_scale = 4095' in m
+               for m in messages), messages
+    assert any(m.startswith(f"{dark}: scaled values unlike the training images'") and
+               'band 1: mean 0.0' in m and "image_scale (now 'auto', span 65535)" in m
+               for m in messages), messages
+    settings.apply(['image_scale=4095'])        # the right scale: no warning at all
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', ImageryWarning)
+        predict.predict_image(predict_fn, dark, predict.output_paths(
+            str(tmp_path), 'dark', ('height',)), [0, 1, 2], trained=trained)
+
+
+def test_a_batch_predicts_past_unreadable_inputs_and_lists_them(weights, tmp_path, capsys):
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    good = _gdal_image(folder / 'a.tif', _levels((3, 40, 56)))
+    _gdal_image(folder / 'c.tif', _levels((3, 40, 56), seed=2))
+    data = open(good, 'rb').read()
+    (folder / 'b.tif').write_bytes(data[:len(data) // 2])      # truncated
+    (folder / 'd.jpg').write_bytes(b'\xff\xd8\xff\xe0 not a jpeg')
+    with pytest.raises(DatasetError) as err:
+        predict.main([str(folder), '--out', str(tmp_path / 'out'), *_cli(weights)])
+    message = str(err.value)
+    assert message.startswith('2 input(s) skipped: ') and '\n' not in message
+    assert f"Cannot read {folder / 'b.tif'}" in message
+    assert f"Cannot read {folder / 'd.jpg'}" in message
+    assert sorted(os.listdir(tmp_path / 'out')) == sorted(
+        f'{n}_{k}' for n in 'ac' for k in ('height.tif', 'sem.tif', 'preview.png'))
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == '2 of 4 input(s) cannot be predicted and are skipped:'
+
+
+@pytest.mark.slow
+def test_unreadable_inputs_print_our_lines_only(weights, tmp_path):
+    """As a subprocess: stderr holds our list and error, no library's lines."""
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    _gdal_image(folder / 'a.tif', _levels((3, 40, 56)))
+    (folder / 'b.jpg').write_bytes(open(_gdal_image(tmp_path / 'x.tif', _levels(
+        (3, 40, 56))), 'rb').read()[:300])
+    import cv2
+    cv2.imwrite(str(tmp_path / 'ok.jpg'), _image((40, 56, 3)))
+    (folder / 'c.jpg').write_bytes(open(tmp_path / 'ok.jpg', 'rb').read()[:400])
+    proc = run_python(['predict.py', str(folder), '--out', str(tmp_path / 'out'),
+                       *_cli(weights)])
+    assert proc.returncode == 1
+    # TensorFlow's own start-up lines (absl logging, before our code runs) aside
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not
+             re.match(r'WARNING: All log messages before absl|[IWE]\d{4} ', line)]
+    assert lines[0] == '2 of 3 input(s) cannot be predicted and are skipped:'
+    assert [line.split(' (')[0] for line in lines[1:3]] == [
+        f"  Cannot read {folder / 'b.jpg'}", f"  Cannot read {folder / 'c.jpg'}"]
+    assert lines[3].startswith('error: 2 input(s) skipped: ') and len(lines) == 4, lines
+    assert (tmp_path / 'out' / 'a_height.tif').exists()

@@ -20,9 +20,11 @@ divides integers by the largest value of their declared bit depth
 N become 1). An undeclared uint16 image whose values all fit in 12 bits
 gets a warning naming the file, its range and the setting.
 """
+import contextlib
 import math
 import os
 import queue
+import sys
 import threading
 import warnings
 
@@ -45,8 +47,21 @@ TILE = 256
 BIGTIFF_ABOVE = 2 ** 32 - 2 ** 27   # bytes of pixels; leaves room for tags and offsets
 UNDECLARED_BITS = (11, 12)  # common sensor depths stored in uint16 without a declaration
 
-# OpenCV reports libtiff / libpng trouble on stderr itself; our error names the file.
-cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence what C libraries print on stderr (libjpeg's 'Premature end of
+    JPEG file' through OpenCV): our error names the file instead."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def is_tiff(path):
@@ -139,9 +154,10 @@ def read_raw(path):
                 return array, nodata
         except Exception as err:
             raise _unreadable(path, err) from None
-    array = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    with _quiet_stderr():
+        array = cv2.imread(path, cv2.IMREAD_UNCHANGED)
     if array is None:
-        raise _unreadable(path, None)
+        raise _unreadable(path, 'OpenCV cannot decode it')
     if array.ndim == 3 and array.shape[2] in (3, 4):
         array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB if array.shape[2] == 3
                              else cv2.COLOR_BGRA2RGBA)
@@ -149,8 +165,11 @@ def read_raw(path):
 
 
 def _unreadable(path, err):
-    reason = f" ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})" \
-        if err is not None else ''
+    """The error for a file no decoder could read; `err`: the decoder's
+    exception, or the reason in words."""
+    if isinstance(err, Exception):
+        err = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+    reason = f" ({err})"
     return DatasetError(f"Cannot read {path}{reason}. Fix: replace the file with a valid "
                         f"TIFF/PNG/JPEG.")
 
