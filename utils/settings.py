@@ -75,6 +75,8 @@ def parse_value(name, text):
         except ValueError:
             raise SettingError(f"--set {name}={text}: expected {rule(name).allowed}") from None
     if kind == 'literal':
+        if text.strip().isidentifier():     # a word ('auto'): text, for the rule to judge
+            return text.strip()
         try:
             return ast.literal_eval(text)
         except (ValueError, SyntaxError):
