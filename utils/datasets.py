@@ -28,7 +28,9 @@ Loading conventions:
           below -1000 (e.g. -9999, -32768, -3.4e38). DFC2018 instead applies its
           published outlier rule to DSM and DEM (see correct_dfc2018).
   labels  int32 HxW indices into config.label_codes (RGB colour triplets for
-          Vaihingen, integer codes elsewhere).
+          Vaihingen, integer codes elsewhere); pixels holding config.unlabelled_code
+          (DFC2018's 0, the eroded Vaihingen reference's black) get the index
+          len(label_codes), which the semantic loss and metrics leave out.
 TIFFs are read with tifffile; compressed ones tifffile cannot decode without
 the optional imagecodecs package (e.g. LZW) are read with OpenCV instead.
 """
@@ -447,10 +449,23 @@ def correct_dfc2018(raster):
     return fixed.astype(np.float32)
 
 
+def unlabelled_index():
+    """The class index of config.unlabelled_code's pixels: len(label_codes).
+
+    No class has it, and tf.one_hot makes an all-zero row of it, so these pixels
+    add nothing to the cross-entropy (as in the published code, where a value
+    matching no code gets an all-zero row); the confusion matrix skips it. It
+    is non-negative, so the targets still pack into uint8 (utils/pipeline.py).
+    """
+    return len(config.label_codes)
+
+
 def read_labels(path):
-    """int32 HxW indices into config.label_codes; other values raise."""
+    """int32 HxW indices into config.label_codes, unlabelled_index() where the
+    file holds config.unlabelled_code; other values raise."""
     array, _ = read_raw(path)
     codes = config.label_codes
+    unlabelled = config.unlabelled_code
     if isinstance(codes[0], tuple):     # colour triplets (Vaihingen)
         if array.ndim != 3 or array.shape[2] < 3:
             raise DatasetError(f"{path}: label_codes are RGB colours but the label image has "
@@ -459,6 +474,9 @@ def read_labels(path):
         rgb = array[..., :3].astype(np.int64)
         values = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
         code_values = np.array([(r << 16) | (g << 8) | b for r, g, b in codes], np.int64)
+        if unlabelled is not None:
+            r, g, b = unlabelled
+            unlabelled = (r << 16) | (g << 8) | b
     else:
         values = _single_channel(array, path, 'label image')
         if not np.array_equal(values, np.round(values)):
@@ -469,6 +487,9 @@ def read_labels(path):
     order = np.argsort(code_values)
     position = np.clip(np.searchsorted(code_values[order], values), 0, len(codes) - 1)
     known = code_values[order][position] == values
+    is_unlabelled = values == unlabelled if unlabelled is not None else None
+    if is_unlabelled is not None:
+        known |= is_unlabelled
     if not known.all():
         unknown = np.unique(values[~known])
         if isinstance(codes[0], tuple):
@@ -477,8 +498,13 @@ def read_labels(path):
             shown = unknown[:10].tolist()
         raise DatasetError(f"{path}: label values {shown} are not in label_codes "
                            f"{list(codes)} ({int((~known).sum())} pixels). Fix: correct the "
-                           f"labels or set label_codes for this dataset.")
-    return order[position].astype(np.int32)
+                           f"labels, set label_codes for this dataset, or set "
+                           f"unlabelled_code (now {config.unlabelled_code!r}) to the value "
+                           f"of unlabelled pixels.")
+    indices = order[position].astype(np.int32)
+    if is_unlabelled is not None:
+        indices[is_unlabelled] = unlabelled_index()
+    return indices
 
 
 def load_sample(sample):
@@ -513,11 +539,28 @@ def _check_sizes(sizes):
                            f"Fix: resample them to the same grid.")
 
 
+class LabelCount(NamedTuple):
+    pixels: int         # label pixels of a split
+    unlabelled: int     # of them, those holding config.unlabelled_code
+
+
 def check_training_splits():
     """check_split on every split training reads: train, and valid unless it
-    is merged into train (train_valid_flag = False)."""
-    for split in ('train', 'valid') if config.train_valid_flag else ('train',):
-        check_split(find_split(split))
+    is merged into train (train_valid_flag = False). Returns the LabelCount
+    of the split training learns from."""
+    counts = {split: check_split(find_split(split))
+              for split in (('train', 'valid') if config.train_valid_flag else ('train',))}
+    return counts['train']
+
+
+def describe_unlabelled(count):
+    """For the training log: the share of the training label pixels left out
+    of the semantic loss; None without semantics or an unlabelled value."""
+    if not config.sem_flag or config.unlabelled_code is None or not count.pixels:
+        return None
+    return (f"{count.unlabelled / count.pixels:.2%} of the training label pixels "
+            f"({count.unlabelled:,} of {count.pixels:,}) are unlabelled_code "
+            f"{config.unlabelled_code!r}, left out of the semantic loss")
 
 
 def check_split(samples, verbose=0):
@@ -525,6 +568,7 @@ def check_split(samples, verbose=0):
 
     Besides what load_sample checks (readable files, sizes, label values):
     every image at least config.cropSize on both sides, and not all heights nodata.
+    Returns the LabelCount of the split.
     """
     if not samples:
         raise _layout_error("The split has no samples.")
@@ -533,12 +577,17 @@ def check_split(samples, verbose=0):
         import keras
         progress = keras.utils.Progbar(len(samples), unit_name='file')
     crop = config.cropSize
+    pixels = unlabelled = 0
     for i, sample in enumerate(samples):
         loaded = load_sample(sample)
         check_crop_fits(sample.image, loaded.height.shape, crop)
+        if loaded.labels is not None:
+            pixels += loaded.labels.size
+            unlabelled += int(np.count_nonzero(loaded.labels == unlabelled_index()))
         if not np.isfinite(loaded.height).any():
             files = sample.height + (f" and {sample.dem}" if sample.dem else '')
             raise DatasetError(f"{files}: every height is nodata (NaN, GDAL nodata or "
                                f"< {NODATA_BELOW:g}). Fix: replace the file or remove the sample.")
         if progress:
             progress.update(i + 1)
+    return LabelCount(pixels, unlabelled)
