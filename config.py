@@ -41,6 +41,10 @@ shortcut_path: str = './datasets/'  # root holding datasets/<dataset_name>/
 cropSize: whole(at_least=32, multiple_of=32) = None     # None: from the dataset
 batch_size: whole(at_least=1) = None    # per replica; None: from the dataset
 label_codes: class_codes = None     # None: from the dataset
+unlabelled_code: label_value = 'auto'   # the label value of unlabelled pixels, left out
+                            # of the semantic loss and metrics: None (every value must
+                            # be a class), or a value like label_codes that is none of
+                            # them; 'auto': from the dataset (DFC2018 0, Vaihingen black)
 sar_mode: bool = False              # DFC2023: stack the SAR channel as a 4th input
 image_scale: radiometric_scale = 'auto'     # image values -> [0, 1]: 'auto' divides
                             # integers by their declared bit depth's maximum (uint8:
@@ -135,13 +139,18 @@ test_plot_images: whole(at_least=0) = 3 # PNG figures for the first N test image
 VAIHINGEN_CODES = [(255, 255, 255), (0, 0, 255), (0, 255, 255),
                    (0, 255, 0), (255, 255, 0), (255, 0, 0)]
 DATASETS = {
+    # unlabelled_code: the boundary band of the "eroded" ISPRS reference is black.
     'Vaihingen': dict(layout='vaihingen', cropSize=320, batch_size=4,
-                      label_codes=VAIHINGEN_CODES, w1=1e-4, w2=1e-1, w3=1e-5, w4=1e-3),
+                      label_codes=VAIHINGEN_CODES, unlabelled_code=(0, 0, 0),
+                      w1=1e-4, w2=1e-1, w3=1e-5, w4=1e-3),
     'Vaihingen_crp256': dict(layout='split_folders', cropSize=256, batch_size=10,
-                             label_codes=VAIHINGEN_CODES,
+                             label_codes=VAIHINGEN_CODES, unlabelled_code=(0, 0, 0),
                              w1=1e-4, w2=1e-1, w3=1e-5, w4=1e-3),
+    # unlabelled_code: the DFC2018 ground truth marks unclassified pixels 0.
     'DFC2018': dict(layout='dfc2018', cropSize=320, batch_size=4,
-                    label_codes=list(range(1, 21)), w1=100, w2=1, w3=10, w4=100),
+                    label_codes=list(range(1, 21)), unlabelled_code=0,
+                    w1=100, w2=1, w3=10, w4=100),
+    # DFC2019's code 65 means unlabelled, but the published code trains it as a class.
     'DFC2019_crp256': dict(layout='dfc2019', cropSize=256, batch_size=10,
                            label_codes=[2, 5, 6, 9, 17, 65],
                            w1=1e-2, w2=1e-1, w3=1e-5, w4=100),
@@ -162,7 +171,7 @@ DATASETS = {
 }
 # What an entry does not name, and a dataset_name matching no entry.
 PUBLISHED = dict(layout='split_folders', cropSize=256, batch_size=2,
-                 label_codes=[0, 1], w1=1.0, w2=1.0, w3=1.0, w4=1.0,
+                 label_codes=[0, 1], unlabelled_code=None, w1=1.0, w2=1.0, w3=1.0, w4=1.0,
                  backbone_weights='imagenet', mtl_decoder_scale=1.0, dae_width_scale=1.0,
                  roof_height_threshold=50, bn_momentum=0.99, dropout_rate=0.5,
                  mtl_numEpochs=20, dae_numEpochs=20,
@@ -173,21 +182,23 @@ def dataset_settings(name):
     """The published entry for a dataset name (longest matching prefix)."""
     matches = [k for k in DATASETS if name.startswith(k)]
     entry = dict(PUBLISHED, **(DATASETS[max(matches, key=len)] if matches else {}))
-    if name.endswith('_bin'):
-        entry['label_codes'] = [0, 1]
+    if name.endswith('_bin'):   # 0/1 masks: the full labels' unlabelled value is not in them
+        entry.update(label_codes=[0, 1], unlabelled_code=None)
     return entry
 
 
 # ----------------------------------------------------------------- resolution
 # The settings that take the dataset's published value, and the value that
-# asks for it: None, except for backbone_weights, whose None is a value of
-# its own (random initial weights) and which asks with 'auto'.
+# asks for it: None, except for backbone_weights and unlabelled_code, whose
+# None is a value of their own (random initial weights; no unlabelled value)
+# and which ask with 'auto'.
 FROM_DATASET = dict.fromkeys(
     ('cropSize', 'batch_size', 'label_codes', 'w1', 'w2', 'w3', 'w4', 'mtl_decoder_scale',
      'dae_width_scale', 'mtl_numEpochs', 'dae_numEpochs', 'mtl_training_samples',
      'dae_training_samples', 'roof_height_threshold', 'bn_momentum', 'dropout_rate'),
     None)
 FROM_DATASET['backbone_weights'] = 'auto'
+FROM_DATASET['unlabelled_code'] = 'auto'    # None: no unlabelled value, on any dataset
 # The settings whose None is worked out from other settings, and how.
 DERIVED = {
     'mtl_batchSize': lambda: batch_size,
@@ -215,6 +226,8 @@ def resolve():
     if isinstance(label_codes, (list, tuple)):   # colours may be written as lists
         module['label_codes'] = [tuple(c) if isinstance(c, (list, tuple)) else c
                                 for c in label_codes]
+    if isinstance(unlabelled_code, list):
+        module['unlabelled_code'] = tuple(unlabelled_code)
     for key, derive in DERIVED.items():
         try:
             module[key] = derive() if declared[key] is None else declared[key]
@@ -286,13 +299,23 @@ def _gpu_ids(value):
         len({int(p) for p in parts}) == len(parts)
 
 
+def _colour(c):
+    return isinstance(c, tuple) and len(c) == 3 and all(_is(x, int) and 0 <= x <= 255
+                                                        for x in c)
+
+
 def _class_codes(codes):
-    def colour(c):
-        return isinstance(c, tuple) and len(c) == 3 and all(_is(x, int) and 0 <= x <= 255
-                                                            for x in c)
     return isinstance(codes, (list, tuple)) and len(codes) > 0 and \
         len(set(codes)) == len(codes) and \
-        (all(_is(c, int) for c in codes) or all(colour(c) for c in codes))
+        (all(_is(c, int) for c in codes) or all(_colour(c) for c in codes))
+
+
+def _label_value(value):
+    """None, or a value of the kind of label_codes that no class has."""
+    if value is None:
+        return True
+    colours = all(_colour(c) for c in label_codes)
+    return (_colour(value) if colours else _is(value, int)) and value not in label_codes
 
 
 def _tf_config(text):
@@ -318,6 +341,9 @@ radiometric_scale = Rule(
     "'auto' (the file's declared bit depth), 'minmax' (per image) or a number > 0 "
     "(the value that becomes 1, e.g. 4095 for 12-bit imagery)",
     lambda v: v in ('auto', 'minmax') or (_is(v, (int, float)) and v > 0), 'number_or_word')
+label_value = Rule("None, or a label value that is none of label_codes and of their kind "
+                    "(a whole number, or an (r, g, b) colour of 0..255); 'auto': the "
+                    "dataset's", _label_value, 'literal')
 encoder_weights = Rule("'auto', 'imagenet', None (random initial weights) or the path of "
                        "an .h5 file", lambda v: v in (None, 'auto', 'imagenet') or
                        (isinstance(v, str) and v.endswith('.h5')), str)

@@ -16,8 +16,11 @@ def main():
     # stops the script before TensorFlow loads.
     from utils import datasets, stages
 
-    datasets.check_training_splits()   # bad data fails before any step
+    labels = datasets.check_training_splits()   # bad data fails before any step
     trainer = stages.make_trainer('mtl')
+    unlabelled = datasets.describe_unlabelled(labels)
+    if unlabelled:
+        trainer.notes.append(('unlabelled', unlabelled))
     trainer.fit()
     return trainer
 

@@ -1,13 +1,15 @@
 """Tiny datasets in the real folder layouts and file formats of every published dataset.
 
 A scene is (image uint8 HxWx3, height float32 HxW metres with NaN for nodata,
-classes int HxW indices into the dataset's label codes); each writer stores it
-the way the real dataset does:
+classes int HxW indices into the dataset's label codes, UNLABELLED for an
+unlabelled pixel); each writer stores it the way the real dataset does:
 
-  Vaihingen         IRRG .tif, 8-bit nDSM .jpg, colour-coded label .tif
+  Vaihingen         IRRG .tif, 8-bit nDSM .jpg, colour-coded label .tif written by
+                    GDAL, unlabelled pixels black (the "eroded" reference)
   Vaihingen_crp256  the same formats in train/ valid/ test/ rgb/ ndsm/ sem/
   DFC2018           RGB .tif, float32 DSM and DEM GeoTIFFs (georeferenced, with a
-                    GDAL_NODATA value), label .tif with codes 1..20
+                    GDAL_NODATA value), label GeoTIFF written by GDAL with codes
+                    1..20, 0 for unclassified pixels
   DFC2019           <base>_RGB_<n>.tif, float32 <base>_AGL_<n>.tif (NaN heights),
                     uint8 <base>_CLS_<n>.tif with the LAS codes
   DFC2023           rgb/ sar/ dsm/ sem/ .tif, one SAR band
@@ -20,7 +22,9 @@ import os
 
 import cv2
 import numpy as np
+import rasterio
 import tifffile
+from rasterio.transform import Affine
 
 SIZE = 32
 VAIHINGEN_AREAS = {'train': (1, 3, 5, 7, 11, 13, 15, 17, 21, 23, 26, 30, 34),
@@ -36,6 +40,9 @@ DFC2018_TILES = {
              'UH_NAD83_274440_3289689', 'UH_NAD83_274440_3290290', 'UH_NAD83_275036_3289689',
              'UH_NAD83_275036_3290290')}
 DFC2018_CODES = list(range(1, 21))
+DFC2018_UNCLASSIFIED = 0
+VAIHINGEN_BOUNDARY = (0, 0, 0)      # the eroded reference's boundary band
+UNLABELLED = -1                     # a scene's class index for an unlabelled pixel
 DFC2018_NODATA = -3.4028234663852886e38     # float32 lowest, as GDAL writes it
 DFC2018_GSD = 0.5
 DFC2019_CODES = [2, 5, 6, 9, 17, 65]
@@ -57,8 +64,35 @@ def rgb(value=100, size=SIZE):
     return np.full((size, size, 3), value, np.uint8)
 
 
+def coded(indices, codes, unlabelled):
+    """Class indices as the dataset's codes (integers or colours), UNLABELLED as
+    `unlabelled`."""
+    indices = np.asarray(indices)
+    table = np.array(list(codes) + [unlabelled], np.uint8)
+    return table[np.where(indices == UNLABELLED, len(codes), indices)]
+
+
 def colour_labels(indices):
-    return np.array(VAIHINGEN_COLOURS, np.uint8)[indices]
+    return coded(indices, VAIHINGEN_COLOURS, VAIHINGEN_BOUNDARY)
+
+
+def grid(west, north, pixel):
+    """The geotransform of a north-up raster with square pixels."""
+    return Affine(pixel, 0.0, west, 0.0, -pixel, north)
+
+
+def gdal_tif(path, array, crs=None, transform=None, **options):
+    """A TIFF written by GDAL (rasterio), as the benchmarks' label files are:
+    HxW one band, HxWx3 three bands (GDAL makes 3-band 8-bit files RGB,
+    pixel-interleaved unless options say interleave='band')."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    bands = array[None] if array.ndim == 2 else np.moveaxis(array, -1, 0)
+    # 9 cm pixels (Vaihingen) when no grid is given: GDAL warns about files without one.
+    transform = transform or grid(0.0, 0.0, 0.09)
+    with rasterio.open(path, 'w', driver='GTiff', height=bands.shape[1],
+                       width=bands.shape[2], count=len(bands), dtype=bands.dtype, crs=crs,
+                       transform=transform, **options) as raster:
+        raster.write(bands)
 
 
 # ------------------------------------------------------------------ scenes
@@ -72,10 +106,12 @@ def flat_scene(value, size=SIZE, height=None, label=None):
             np.full((size, size), label, np.int64))
 
 
-def block_scene(seed, shape, classes, nodata=0.0, max_height=20.0):
+def block_scene(seed, shape, classes, nodata=0.0, max_height=20.0, unlabelled=False):
     """Ground of class 0 with a few flat-roofed blocks of the other classes; the
     image is brighter where it is higher, so there is something to learn. A
-    share `nodata` of the pixels (one rectangle) has NaN heights."""
+    share `nodata` of the pixels (one rectangle) has NaN heights. With
+    `unlabelled`, each block's one-pixel outline is UNLABELLED (like the
+    boundary band of an eroded reference)."""
     rng = np.random.default_rng(seed)
     rows, cols = shape
     height = np.zeros(shape, np.float32)
@@ -85,6 +121,9 @@ def block_scene(seed, shape, classes, nodata=0.0, max_height=20.0):
         y, x = rng.integers(0, rows - h), rng.integers(0, cols - w)
         height[y:y + h, x:x + w] = rng.uniform(3, max_height)
         labels[y:y + h, x:x + w] = rng.integers(1, classes)
+        if unlabelled:
+            labels[y:y + h, x:x + w][[0, -1], :] = UNLABELLED
+            labels[y:y + h, x:x + w][:, [0, -1]] = UNLABELLED
     grey = 60 + 180 * height / max_height + rng.normal(0, 5, shape)
     image = np.clip(np.stack([grey, grey * 0.8, 255 - grey], -1), 0, 255).astype(np.uint8)
     if nodata:
@@ -101,7 +140,7 @@ def write_vaihingen(root, area, scene, normalized=False):
     suffix = '_normalized' if normalized else ''
     jpg(f'{root}/NDSM/dsm_09cm_matching_area{area}{suffix}.jpg',
         np.clip(np.rint(np.nan_to_num(height)), 0, 255).astype(np.uint8))
-    tif(f'{root}/SEM/top_mosaic_09cm_area{area}.tif', colour_labels(labels), photometric='rgb')
+    gdal_tif(f'{root}/SEM/top_mosaic_09cm_area{area}.tif', colour_labels(labels))
 
 
 def make_vaihingen(root, scene=flat_scene, skip=(), normalized=()):
@@ -124,8 +163,7 @@ def make_vaihingen_crp256(root, counts, scene):
             tif(f'{root}/{split}/rgb/top_mosaic_09cm_{name}.tif', image, photometric='rgb')
             jpg(f'{root}/{split}/ndsm/dsm_09cm_matching_{name}.jpg',
                 np.clip(np.rint(np.nan_to_num(height)), 0, 255).astype(np.uint8))
-            tif(f'{root}/{split}/sem/top_mosaic_09cm_{name}.tif', colour_labels(labels),
-                photometric='rgb')
+            gdal_tif(f'{root}/{split}/sem/top_mosaic_09cm_{name}.tif', colour_labels(labels))
             i += 1
 
 
@@ -160,7 +198,9 @@ def write_dfc2018(root, tile, scene, ground=10.0, nodata_pixels=()):
     tif(f'{root}/RGB/{tile}.tif', image, photometric='rgb', extratags=tags)
     tif(f'{root}/DSM/{tile}.tif', dsm, extratags=geotiff_tags(tile, DFC2018_NODATA))
     tif(f'{root}/DEM/{tile}.tif', dem, extratags=geotiff_tags(tile, DFC2018_NODATA))
-    tif(f'{root}/SEM/{tile}.tif', np.array(DFC2018_CODES, np.uint8)[labels], extratags=tags)
+    easting, northing = (float(v) for v in tile.split('_')[-2:])
+    gdal_tif(f'{root}/SEM/{tile}.tif', coded(labels, DFC2018_CODES, DFC2018_UNCLASSIFIED),
+             crs='EPSG:26915', transform=grid(easting, northing, DFC2018_GSD))
 
 
 def make_dfc2018(root, scene, splits=DFC2018_TILES):

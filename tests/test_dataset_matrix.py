@@ -15,6 +15,11 @@ datasets is their files, heads and settings, not how the encoder trains (the
 pipeline, resume and replica tests train it). They run offline, with an
 empty Keras cache and no reachable network, so a setting that asks for the
 ImageNet weights fails the run instead of downloading them.
+
+DFC2018 and Vaihingen carry unlabelled pixels in their label files (GDAL
+GeoTIFFs with 0 for unclassified; black boundary bands, as in the eroded
+ISPRS reference), which must train, be counted in the training log and be
+left out of the confusion matrix.
 """
 import json
 import os
@@ -23,6 +28,7 @@ import time
 
 import numpy as np
 import pytest
+import rasterio
 import tifffile
 
 import dataset_files as files
@@ -49,6 +55,10 @@ PUBLISHED = {
     'DFC2019_crp256_bin': dict(batch=10, codes=files.BINARY_CODES, w=DFC2019_W),
     'DFC2023': dict(batch=2, codes=files.BINARY_CODES, w=(1e-3, 1.0, 1e-5, 1e-3)),
 }
+# The label value of unlabelled pixels (DFC2018's unclassified 0, the eroded
+# Vaihingen reference's black boundary); DFC2019 trains its 65 as a class.
+UNLABELLED = {'Vaihingen': files.VAIHINGEN_BOUNDARY, 'Vaihingen_crp256': files.VAIHINGEN_BOUNDARY,
+              'DFC2018': files.DFC2018_UNCLASSIFIED}
 COMMON = dict(mtl_numEpochs=20, dae_numEpochs=20, mtl_training_samples=10000,
               dae_training_samples=10000, dropout_rate=0.5, bn_momentum=0.99,
               roof_height_threshold=50, test_stride=CROP // 6, sem_flag=True,
@@ -64,17 +74,19 @@ def _patches(batch):
 
 def make_vaihingen(root):
     # Area 28 (valid) and 2 (test) carry the ISPRS '_normalized' nDSM name.
-    files.make_vaihingen(root, lambda area: files.block_scene(area, TILE, 6),
+    files.make_vaihingen(root, lambda area: files.block_scene(area, TILE, 6, unlabelled=True),
                          normalized=(28, 2))
 
 
 def make_vaihingen_crp256(root):
     files.make_vaihingen_crp256(root, _patches(10),
-                                lambda i: files.block_scene(i, (CROP, CROP), 6))
+                                lambda i: files.block_scene(i, (CROP, CROP), 6,
+                                                            unlabelled=True))
 
 
 def make_dfc2018(root):
-    files.make_dfc2018(root, lambda i: files.block_scene(i, TILE, 20, nodata=0.1))
+    files.make_dfc2018(root, lambda i: files.block_scene(i, TILE, 20, nodata=0.1,
+                                                         unlabelled=True))
 
 
 def _dfc2019(batch, codes):
@@ -126,6 +138,44 @@ def _run(cwd, keras_home, script, *args):
     return result.stdout
 
 
+def _label_file(root, name, split, sample):
+    """The label file of a sample of the datasets with unlabelled pixels."""
+    if name in ('Vaihingen', 'DFC2018'):
+        return root / 'SEM' / f'{sample}.tif'
+    return root / split / 'sem' / f'{sample}.tif'
+
+
+def _unlabelled_mask(path, value):
+    """Pixels of a label file holding `value`, read back with GDAL."""
+    with rasterio.open(path) as raster:
+        bands = raster.read()
+    return np.all(bands == np.reshape(value, (-1, 1, 1)), axis=0)
+
+
+def _training_label_files(root, name):
+    if name == 'Vaihingen':
+        return [_label_file(root, name, 'train', f'top_mosaic_09cm_area{a}')
+                for a in files.VAIHINGEN_AREAS['train']]
+    if name == 'DFC2018':
+        return [_label_file(root, name, 'train', t) for t in files.DFC2018_TILES['train']]
+    return sorted((root / 'train' / 'sem').glob('*.tif'))
+
+
+def _check_unlabelled(log, root, name, record):
+    """The log's share of unlabelled training pixels, and a confusion matrix
+    counting only the labelled pixels of the test image, both against the files."""
+    value = UNLABELLED[name]
+    masks = [_unlabelled_mask(p, value) for p in _training_label_files(root, name)]
+    pixels, unlabelled = sum(m.size for m in masks), sum(int(m.sum()) for m in masks)
+    assert 0 < unlabelled < pixels
+    assert (f"{unlabelled / pixels:.2%} of the training label pixels ({unlabelled:,} of "
+            f"{pixels:,}) are unlabelled_code {value!r}") in log
+    image = record['per_image'][0]['name']
+    test = _unlabelled_mask(_label_file(root, name, 'test', image), value)
+    assert test.any()
+    assert np.sum(record['overall']['confusion_matrix']) == test.size - test.sum()
+
+
 def _check_settings(used, name, extra):
     published = PUBLISHED[max((k for k in PUBLISHED if name.startswith(k)), key=len)]
     assert used['dataset_name'] == name
@@ -142,6 +192,8 @@ def _check_settings(used, name, extra):
             used['max_steps']) == (CROP, WIDTH, WIDTH, STEPS)
     assert used['backbone_weights'] is None and used['mtl_bb_freeze'] is True
     assert used['sar_mode'] is ('sar_mode=True' in extra)
+    value = UNLABELLED.get(name)
+    assert used['unlabelled_code'] == (list(value) if isinstance(value, tuple) else value)
 
 
 def _check_test_outputs(folder, root, name, codes, correction):
@@ -166,7 +218,7 @@ def _check_test_outputs(folder, root, name, codes, correction):
             tiepoint = tif.pages[0].tags[33922].value
         easting, northing = (float(v) for v in image.split('_')[-2:])
         assert tuple(tiepoint[3:5]) == (easting, northing)
-    return record['settings']
+    return record
 
 
 @pytest.mark.slow
@@ -193,9 +245,13 @@ def test_dataset_story(case, tmp_path):
             saved = json.load(f)['settings']
         assert (saved['dataset_name'], saved['cropSize'], saved[width]) == (name, CROP, WIDTH)
         assert saved['sar_mode'] is ('sar_mode=True' in extra)
-    used = _check_test_outputs(tmp_path / 'output' / name / 'mtl_dae', root, name, codes,
-                               correction=True)
-    _check_settings(used, name, extra)
+    record = _check_test_outputs(tmp_path / 'output' / name / 'mtl_dae', root, name, codes,
+                                 correction=True)
+    _check_settings(record['settings'], name, extra)
+    if name in UNLABELLED:
+        _check_unlabelled(log, root, name, record)
+    else:
+        assert 'unlabelled' not in log
     # Offline and nothing fetched: the empty Keras cache holds no model file.
     assert not (keras_home / 'models').exists() or not os.listdir(keras_home / 'models')
     print(f"{case_id}: {time.perf_counter() - start:.0f} s", file=sys.stderr)

@@ -10,7 +10,7 @@ import config
 from utils import datasets, settings
 from utils.datasets import DatasetError, Sample
 
-from dataset_files import (SIZE, VAIHINGEN_AREAS, colour_labels, make_dfc2019,
+from dataset_files import (SIZE, VAIHINGEN_AREAS, colour_labels, gdal_tif, make_dfc2019,
                            make_split_folders, make_vaihingen, rgb, tif)
 
 
@@ -72,6 +72,33 @@ def test_unknown_label_colour_is_named(tmp_path):
         datasets.read_labels(path)
 
 
+@pytest.mark.parametrize('interleave', ['pixel', 'band'])
+def test_eroded_vaihingen_boundary_is_unlabelled(tmp_path, interleave):
+    use(tmp_path, 'Vaihingen')
+    assert config.unlabelled_code == (0, 0, 0)
+    # white, black, blue / red, black, yellow: ISPRS indices 0, 1 (blue), 5 (red),
+    # 4 (yellow); black is the boundary band, index 6 (after the six classes).
+    image = np.array([[[255, 255, 255], [0, 0, 0], [0, 0, 255]],
+                      [[255, 0, 0], [0, 0, 0], [255, 255, 0]]], np.uint8)
+    path = f'{tmp_path}/eroded.tif'
+    gdal_tif(path, image, interleave=interleave)
+    np.testing.assert_array_equal(datasets.read_labels(path), [[0, 6, 1], [5, 6, 4]])
+    # Another colour beside the black is still an error naming the file and that colour only.
+    image[0, 0] = (12, 34, 56)
+    gdal_tif(path, image, interleave=interleave)
+    with pytest.raises(DatasetError, match=r'eroded\.tif: label values \[\(12, 34, 56\)\] '
+                                           r'are not in label_codes .* \(1 pixels\)'):
+        datasets.read_labels(path)
+
+
+def test_black_is_an_unknown_colour_without_an_unlabelled_code(tmp_path):
+    use(tmp_path, 'Vaihingen', 'unlabelled_code=None')
+    path = f'{tmp_path}/eroded.tif'
+    gdal_tif(path, np.zeros((2, 2, 3), np.uint8))
+    with pytest.raises(DatasetError, match=r'eroded\.tif: label values \[\(0, 0, 0\)\]'):
+        datasets.read_labels(path)
+
+
 def test_vaihingen_missing_partner_is_named(tmp_path):
     root = use(tmp_path, 'Vaihingen')
     make_vaihingen(root)
@@ -112,6 +139,27 @@ def test_dfc2018_outlier_rule_by_hand():
     fixed = datasets.correct_dfc2018(dem)
     assert fixed[0, 0] == 1 and np.isnan(fixed[0, 1]) and fixed[1, 0] == 1 and fixed[1, 1] == 2
     assert np.isnan(datasets.correct_dfc2018(np.full((2, 2), 5000.0))).all()
+
+
+def test_dfc2018_unclassified_pixels_are_unlabelled(tmp_path):
+    use(tmp_path, 'DFC2018')
+    assert config.unlabelled_code == 0
+    path = f'{tmp_path}/UH_NAD83_272056_3289689.tif'
+    labels = np.array([[0, 1, 20], [5, 0, 2]], np.uint8)
+    gdal_tif(path, labels, crs='EPSG:26915')
+    # Codes 1..20 are indices 0..19; unclassified 0 is index 20, which no class has.
+    np.testing.assert_array_equal(datasets.read_labels(path), [[20, 0, 19], [4, 20, 1]])
+    assert datasets.unlabelled_index() == 20
+    labels[0, 0] = 21
+    gdal_tif(path, labels, crs='EPSG:26915')
+    with pytest.raises(DatasetError, match=r'3289689\.tif: label values \[21\] are not in '
+                                           r'label_codes \[1, 2, .* \(1 pixels\)\. Fix: '):
+        datasets.read_labels(path)
+    settings.apply(['unlabelled_code=None'])
+    labels[0, 0] = 3
+    gdal_tif(path, labels, crs='EPSG:26915')
+    with pytest.raises(DatasetError, match=r'3289689\.tif: label values \[0\] .*\(1 pixels\)'):
+        datasets.read_labels(path)
 
 
 def test_dfc2018_height_is_dsm_minus_dem(tmp_path):
@@ -289,6 +337,20 @@ def test_labels_outside_codes_are_named(tmp_path):
     samples = one_sample(tmp_path, labels=np.full((SIZE, SIZE), 7, np.uint8))
     with pytest.raises(DatasetError, match=r'sem/s\.tif: label values \[7\]'):
         datasets.check_split(samples)
+
+
+def test_check_split_counts_the_unlabelled_pixels(tmp_path):
+    labels = np.zeros((SIZE, SIZE), np.uint8)
+    labels[3, :10] = 255
+    samples = one_sample(tmp_path, labels=labels)
+    settings.apply(['unlabelled_code=255'])
+    count = datasets.check_split(samples)
+    assert (count.pixels, count.unlabelled) == (SIZE * SIZE, 10)
+    assert datasets.describe_unlabelled(count) == (
+        "0.98% of the training label pixels (10 of 1,024) are unlabelled_code 255, "
+        "left out of the semantic loss")
+    config.sem_flag = False     # nothing to leave out of
+    assert datasets.describe_unlabelled(count) is None
 
 
 def test_all_nan_heights_are_named(tmp_path):

@@ -116,10 +116,14 @@ def test_training_sample_leaves_out_masked_image_pixels(tmp_path):
             out.write(_levels())
             out.write_mask(_collar())
     _write(root / 'dsm' / 'a.tif', np.full((1, H, W), 3.0, np.float32))
-    settings.apply(['dataset_name=MyCity', f'shortcut_path={tmp_path}', 'sem_flag=False'])
+    (root / 'sem').mkdir()
+    _write(root / 'sem' / 'a.tif', np.ones((1, H, W), np.uint8))
+    settings.apply(['dataset_name=MyCity', f'shortcut_path={tmp_path}'])
     loaded = datasets.load_sample(datasets.find_split('train')[0])
     np.testing.assert_array_equal(np.isnan(loaded.height), _collar() == 0)
     assert (loaded.image[_collar() == 0] == 0).all()
+    # class 1 where valid, the unlabelled index (no class: no loss) elsewhere
+    np.testing.assert_array_equal(loaded.labels, np.where(_collar() == 0, 2, 1))
 
 
 def test_declared_12_bit_bands_scale_like_8_bit(tmp_path):

@@ -82,6 +82,15 @@ def test_binary_masking():
     assert not metrics.is_binary([0, 1, 2]) and not metrics.is_binary([(0, 0, 0), (1, 1, 1)])
 
 
+def test_binary_masking_leaves_unlabelled_pixels_out():
+    # The last pixel is unlabelled (index 2 = len(codes)): whether it is class 1 is unknown.
+    p, g = metrics.mask_binary_heights(np.array([5.0, 6.0, 7.0]), np.array([4.0, 6.0, 9.0]),
+                                       np.array([1, 0, 1]), np.array([1, 0, 2]), [0, 1])
+    np.testing.assert_array_equal(p, [5.0, 0.0, 7.0])
+    np.testing.assert_array_equal(g, [4.0, 0.0, np.nan])
+    assert metrics.height_metrics(p, g)['mse'] == pytest.approx((1 + 0) / 2)
+
+
 def test_confusion_matrix_known_case():
     # rows truth, cols prediction, 3 classes; class 2 absent from both.
     # truth 0: 3 px -> predicted 0,0,1 ; truth 1: 2 px -> predicted 1,0
@@ -120,3 +129,17 @@ def test_confusion_valid_mask_and_out_of_range_labels_ignored():
     cm.update(np.array([[0, 1], [1, 1]]), np.array([[0, -1], [1, 0]]),
               valid=np.array([[True, True], [True, False]]))
     np.testing.assert_array_equal(cm.matrix, [[1, 0], [0, 1]])
+
+
+def test_confusion_skips_unlabelled_ground_truth():
+    # 3 classes; ground-truth index 3 (= len(label_codes)) is unlabelled.
+    gt = np.array([[0, 3, 1], [3, 2, 2], [1, 3, 0]])
+    pred = np.array([[0, 2, 1], [0, 2, 1], [0, 1, 0]])
+    cm = metrics.ConfusionMatrix(3)
+    cm.update(pred, gt)
+    # Labelled pixels (truth -> prediction): 0->0, 1->1, 2->2, 2->1, 1->0, 0->0.
+    np.testing.assert_array_equal(cm.matrix, [[2, 0, 0], [1, 1, 0], [0, 1, 1]])
+    r = cm.results()
+    assert r['oa'] == pytest.approx(4 / 6)
+    # IoU = TP / (TP + FN + FP): class 0 2/(2+0+1), class 1 1/(1+1+1), class 2 1/(1+1+0).
+    assert r['iou'] == pytest.approx([2 / 3, 1 / 3, 1 / 2])

@@ -32,7 +32,9 @@ Loading conventions:
           instead applies its published outlier rule to DSM and DEM (see
           correct_dfc2018).
   labels  int32 HxW indices into config.label_codes (RGB colour triplets for
-          Vaihingen, integer codes elsewhere).
+          Vaihingen, integer codes elsewhere); pixels holding config.unlabelled_code
+          (DFC2018's 0, the eroded Vaihingen reference's black) get the index
+          len(label_codes), which the semantic loss and metrics leave out.
 TIFFs are read with tifffile (imagecodecs for the compressions), PNG and JPEG
 with OpenCV.
 """
@@ -423,10 +425,23 @@ def correct_dfc2018(raster):
     return fixed.astype(np.float32)
 
 
+def unlabelled_index():
+    """The class index of config.unlabelled_code's pixels: len(label_codes).
+
+    No class has it, and tf.one_hot makes an all-zero row of it, so these pixels
+    add nothing to the cross-entropy (as in the published code, where a value
+    matching no code gets an all-zero row); the confusion matrix skips it. It
+    is non-negative, so the targets still pack into uint8 (utils/pipeline.py).
+    """
+    return len(config.label_codes)
+
+
 def read_labels(path):
-    """int32 HxW indices into config.label_codes; other values raise."""
+    """int32 HxW indices into config.label_codes, unlabelled_index() where the
+    file holds config.unlabelled_code; other values raise."""
     array, _ = read_raw(path)
     codes = config.label_codes
+    unlabelled = config.unlabelled_code
     if isinstance(codes[0], tuple):     # colour triplets (Vaihingen)
         if array.ndim != 3 or array.shape[2] < 3:
             raise DatasetError(f"{path}: label_codes are RGB colours but the label image has "
@@ -435,6 +450,9 @@ def read_labels(path):
         rgb = array[..., :3].astype(np.int64)
         values = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
         code_values = np.array([(r << 16) | (g << 8) | b for r, g, b in codes], np.int64)
+        if unlabelled is not None:
+            r, g, b = unlabelled
+            unlabelled = (r << 16) | (g << 8) | b
     else:
         values = _single_channel(array, path, 'label image')
         if not np.array_equal(values, np.round(values)):
@@ -445,6 +463,9 @@ def read_labels(path):
     order = np.argsort(code_values)
     position = np.clip(np.searchsorted(code_values[order], values), 0, len(codes) - 1)
     known = code_values[order][position] == values
+    is_unlabelled = values == unlabelled if unlabelled is not None else None
+    if is_unlabelled is not None:
+        known |= is_unlabelled
     if not known.all():
         unknown = np.unique(values[~known])
         if isinstance(codes[0], tuple):
@@ -453,14 +474,19 @@ def read_labels(path):
             shown = unknown[:10].tolist()
         raise DatasetError(f"{path}: label values {shown} are not in label_codes "
                            f"{list(codes)} ({int((~known).sum())} pixels). Fix: correct the "
-                           f"labels or set label_codes for this dataset.")
-    return order[position].astype(np.int32)
+                           f"labels, set label_codes for this dataset, or set "
+                           f"unlabelled_code (now {config.unlabelled_code!r}) to the value "
+                           f"of unlabelled pixels.")
+    indices = order[position].astype(np.int32)
+    if is_unlabelled is not None:
+        indices[is_unlabelled] = unlabelled_index()
+    return indices
 
 
 def load_sample(sample):
     """Decode one sample: Loaded(image, height, labels). Pixels the image
-    marks invalid (mask, alpha, nodata) get NaN heights, so every loss and
-    metric leaves them out."""
+    marks invalid (mask, alpha, nodata) get NaN heights and the unlabelled
+    class index, so every loss and metric leaves them out."""
     image, valid = load_image(sample.image)
     sizes = {sample.image: image.shape[:2]}
     if sample.sar:
@@ -483,6 +509,8 @@ def load_sample(sample):
     _check_sizes(sizes)
     if not valid.all():
         height = np.where(valid, height, np.float32(np.nan))
+        if labels is not None:
+            labels = np.where(valid, labels, np.int32(unlabelled_index()))
     return Loaded(image, height, labels)
 
 
@@ -493,20 +521,39 @@ def _check_sizes(sizes):
                            f"Fix: resample them to the same grid.")
 
 
-# Per-band mean and spread of the training images' valid pixels in [0, 1]
-# units, set by check_training_splits and recorded beside the best weights.
+class SplitSummary(NamedTuple):
+    pixels: int         # label pixels of a split
+    unlabelled: int     # of them, those holding config.unlabelled_code
+    band_mean: list     # per image band, over the valid pixels, in [0, 1] units
+    band_spread: list
+
+
+# The training images' band_mean and band_spread, set by check_training_splits
+# and recorded beside the best weights.
 training_images = {}
 
 
 def check_training_splits():
     """check_split on every split training reads: train, and valid unless it
-    is merged into train (train_valid_flag = False). Keeps the training
-    images' band statistics in `training_images`."""
-    for split in ('train', 'valid') if config.train_valid_flag else ('train',):
-        statistics = check_split(find_split(split))
-        if split == 'train':
-            training_images.clear()
-            training_images.update(statistics)
+    is merged into train (train_valid_flag = False). Returns the SplitSummary
+    of the split training learns from and keeps its band statistics in
+    `training_images`."""
+    summaries = {split: check_split(find_split(split))
+                 for split in (('train', 'valid') if config.train_valid_flag else ('train',))}
+    training_images.clear()
+    training_images.update(band_mean=summaries['train'].band_mean,
+                           band_spread=summaries['train'].band_spread)
+    return summaries['train']
+
+
+def describe_unlabelled(count):
+    """For the training log: the share of the training label pixels left out
+    of the semantic loss; None without semantics or an unlabelled value."""
+    if not config.sem_flag or config.unlabelled_code is None or not count.pixels:
+        return None
+    return (f"{count.unlabelled / count.pixels:.2%} of the training label pixels "
+            f"({count.unlabelled:,} of {count.pixels:,}) are unlabelled_code "
+            f"{config.unlabelled_code!r}, left out of the semantic loss")
 
 
 def check_split(samples, verbose=0):
@@ -514,7 +561,7 @@ def check_split(samples, verbose=0):
 
     Besides what load_sample checks (readable files, sizes, label values):
     every image at least config.cropSize on both sides, and not all heights nodata.
-    Returns the per-band 'band_mean' and 'band_spread' of the images' valid pixels.
+    Returns its SplitSummary.
     """
     if not samples:
         raise _layout_error("The split has no samples.")
@@ -523,10 +570,14 @@ def check_split(samples, verbose=0):
         import keras
         progress = keras.utils.Progbar(len(samples), unit_name='file')
     crop = config.cropSize
-    count, total, squares = 0, 0.0, 0.0
+    pixels = unlabelled = count = 0
+    total = squares = 0.0
     for i, sample in enumerate(samples):
         loaded = load_sample(sample)
         check_crop_fits(sample.image, loaded.height.shape, crop)
+        if loaded.labels is not None:
+            pixels += loaded.labels.size
+            unlabelled += int(np.count_nonzero(loaded.labels == unlabelled_index()))
         valid = np.isfinite(loaded.height)
         if not valid.any():
             files = sample.height + (f" and {sample.dem}" if sample.dem else '')
@@ -538,5 +589,5 @@ def check_split(samples, verbose=0):
         if progress:
             progress.update(i + 1)
     mean = total / count
-    return {'band_mean': mean.tolist(),
-            'band_spread': np.sqrt(np.maximum(squares / count - mean ** 2, 0)).tolist()}
+    return SplitSummary(pixels, unlabelled, mean.tolist(),
+                        np.sqrt(np.maximum(squares / count - mean ** 2, 0)).tolist())

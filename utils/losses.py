@@ -29,7 +29,12 @@ def regression(y_true, y_pred, mask):
 
 
 def cross_entropy(labels, probs):
-    """Mean categorical cross-entropy per example; labels are class indices."""
+    """Mean categorical cross-entropy per example; labels are class indices.
+
+    An unlabelled pixel (index = classes, utils.datasets.unlabelled_index) has
+    an all-zero one-hot row, so it adds nothing to the loss or its gradient,
+    as in the published code; the mean still runs over every pixel of the
+    crop, as published, so crops without unlabelled pixels are unchanged."""
     one_hot = tf.one_hot(labels, tf.shape(probs)[-1], dtype=tf.float32)
     probs = tf.clip_by_value(tf.cast(probs, tf.float32), 1e-7, 1.0)
     per_pixel = -tf.reduce_sum(one_hot * tf.math.log(probs), -1)

@@ -58,11 +58,15 @@ def mask_binary_heights(pred_height, gt_height, pred_idx, gt_idx, label_codes):
 
     The predicted height is zeroed outside the predicted class-1 mask and the
     ground truth outside the true class-1 mask; NaN ground truth stays NaN so
-    it is still excluded. `pred_idx`/`gt_idx` are indices into label_codes."""
+    it is still excluded. `pred_idx`/`gt_idx` are indices into label_codes;
+    an unlabelled pixel (gt_idx len(label_codes)) has no known mask, so its
+    ground truth becomes NaN (excluded) rather than 0."""
     one = list(label_codes).index(1)
+    gt_idx = np.asarray(gt_idx)
     pred = np.where(np.asarray(pred_idx) == one, pred_height, 0.0).astype(np.float32)
     gt = np.asarray(gt_height, np.float32)
-    gt = np.where(np.isnan(gt) | (np.asarray(gt_idx) == one), gt, 0.0).astype(np.float32)
+    gt = np.where(np.isnan(gt) | (gt_idx == one), gt, 0.0).astype(np.float32)
+    gt[gt_idx >= len(label_codes)] = np.nan
     return pred, gt
 
 
@@ -86,6 +90,9 @@ class ConfusionMatrix:
         self.matrix = np.zeros((self.num_classes, self.num_classes), np.int64)
 
     def update(self, pred_idx, gt_idx, valid=None):
+        """Count the pixels whose ground truth is a class: unlabelled ones
+        (index num_classes, utils.datasets.unlabelled_index) and those False
+        in `valid` are skipped."""
         pred = np.asarray(pred_idx).ravel()
         gt = np.asarray(gt_idx).ravel()
         if pred.shape != gt.shape:

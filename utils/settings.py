@@ -94,6 +94,8 @@ def parse_value(name, text):
                 pass
         return text.strip()
     if kind == 'literal':
+        if text.strip().isidentifier():     # a word ('auto'): text, for the rule to judge
+            return text.strip()
         try:
             return ast.literal_eval(text)
         except (ValueError, SyntaxError):

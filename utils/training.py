@@ -119,6 +119,7 @@ class Trainer:
             step=self.step, epoch=self.epoch, epoch_start=self.epoch_start,
             best=self.best, bad_epochs=self.bad_epochs)
         self.history = []
+        self.notes = []       # (name, text) lines the run's description adds
         self._step_fns = {}   # one step, or a loop of n (built on first use)
 
     # ------------------------------------------------------------ one step
@@ -303,7 +304,7 @@ class Trainer:
             f"best weights    {self.best_path} (by validation {config.eval_metric})",
             f"logs            {os.path.join(self.dir, 'train.log')}, TensorBoard: "
             f"{os.path.join(self.dir, 'tensorboard')}",
-        ]
+        ] + [f"{name:<16}{text}" for name, text in self.notes]
         self.log.info('\n'.join(lines))
 
     def _check_finite(self, report, step):

@@ -1,0 +1,53 @@
+"""utils/losses.py's semantic loss against the cross-entropy written out by hand."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from utils import losses
+
+
+@pytest.mark.parametrize('jit', [False, True], ids=['eager', 'xla'])
+def test_unlabelled_pixels_add_nothing_to_the_loss_or_its_gradient(jit):
+    """Also XLA-compiled, as the training step is with jit_compile."""
+    classes = 3
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(classes), size=(2, 3, 4)).astype(np.float32)
+    labels = rng.integers(0, classes, (2, 3, 4)).astype(np.int32)
+    unlabelled = np.zeros(labels.shape, bool)
+    unlabelled[0, 1, :3] = unlabelled[1, 2, 3] = True
+    labels[unlabelled] = classes            # utils.datasets.unlabelled_index()
+    variable = tf.Variable(probs)
+
+    def loss_and_gradient():
+        with tf.GradientTape() as tape:
+            loss = losses.cross_entropy(tf.constant(labels), variable)
+            total = tf.reduce_sum(loss)
+        return loss, tape.gradient(total, variable)
+    if jit:
+        loss_and_gradient = tf.function(loss_and_gradient, jit_compile=True)
+    loss, grad = loss_and_gradient()
+    grad = grad.numpy()
+
+    # By hand: L_b = -1/(H W) sum over labelled pixels of log p[true class];
+    # dL_b/dp[c] = -1/(H W p[c]) for the true class of a labelled pixel, else 0.
+    pixels = 3 * 4
+    expected_loss = np.zeros(2)
+    expected_grad = np.zeros_like(probs)
+    for b, y, x in np.ndindex(labels.shape):
+        if not unlabelled[b, y, x]:
+            c = labels[b, y, x]
+            expected_loss[b] -= np.log(probs[b, y, x, c]) / pixels
+            expected_grad[b, y, x, c] = -1 / (pixels * probs[b, y, x, c])
+    np.testing.assert_allclose(loss.numpy(), expected_loss, rtol=1e-5)
+    assert (grad[unlabelled] == 0).all()
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-5)
+
+
+def test_a_crop_without_unlabelled_pixels_keeps_the_published_loss():
+    # Two pixels, three classes: -(log 0.5 + log 0.25) / 2.
+    probs = np.array([[[[0.5, 0.3, 0.2], [0.25, 0.25, 0.5]]]], np.float32)
+    loss = losses.cross_entropy(tf.constant([[[0, 1]]]), tf.constant(probs))
+    np.testing.assert_allclose(loss.numpy(), [-(np.log(0.5) + np.log(0.25)) / 2], rtol=1e-6)
+    # The same crop with its second pixel unlabelled: the mean still over both pixels.
+    loss = losses.cross_entropy(tf.constant([[[0, 3]]]), tf.constant(probs))
+    np.testing.assert_allclose(loss.numpy(), [-np.log(0.5) / 2], rtol=1e-6)
