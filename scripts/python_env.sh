@@ -15,4 +15,3 @@ else
     fi
     PY=.venv/bin/python
 fi
-export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}

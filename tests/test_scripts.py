@@ -72,3 +72,26 @@ def test_run_main_convention(capsys):
     with pytest.raises(SystemExit) as end:      # a script's own exit code passes through
         settings.run_main(fails, SystemExit, 3)
     assert end.value.code == 3
+
+
+@pytest.mark.parametrize('level', [None, '0', '1', '3'])
+def test_tensorflow_start_up_lines_follow_tf_cpp_min_log_level(tmp_path, level):
+    """Unset (2, warnings and info hidden) or 1 or 3, the user sees our one
+    line and nothing of TensorFlow's C++ start-up, not even 'failed call to
+    cuInit' on this machine without a GPU; 0 shows everything."""
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+    if level is not None:
+        env['TF_CPP_MIN_LOG_LEVEL'] = level
+    result = subprocess.run([sys.executable, 'predict.py', str(tmp_path)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[-1].startswith(f'error: {tmp_path}: no image file')
+    if level == '0':    # TensorFlow's info lines, as TensorFlow prints them
+        assert any(line.startswith('I0000 ') for line in lines), lines
+    else:
+        assert len(lines) == 1, lines

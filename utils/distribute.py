@@ -100,6 +100,7 @@ def get_strategy():
     global _strategy
     if _strategy is None:
         settings.check_once()   # e.g. `from config import *` parses no command line
+        settings.start_tensorflow()
         import tensorflow as tf
         _configure_runtime(tf)
         _strategy = _build(tf)

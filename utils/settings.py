@@ -9,17 +9,25 @@ change config's attributes in memory; config.py itself is never written.
 """
 import argparse
 import ast
+import contextlib
 import difflib
 import os
+import re
 import sys
+import tempfile
 import warnings
 
 import config
 from utils.errors import ImageryWarning, SettingError, UserError
 
-# TensorFlow's C++ start-up chatter buries our output; TF_CPP_MIN_LOG_LEVEL=0
-# in the environment brings it back.
+# TensorFlow's C++ start-up chatter buries our output. Its log level applies
+# only once absl logging is set up, after the lines of the import itself and
+# of the device search: start_tensorflow() holds those to the level too, and
+# hides 'failed call to cuInit' (every machine without a GPU says it) unless
+# TF_CPP_MIN_LOG_LEVEL=0 asks for everything.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+_ABSL_BANNER = 'WARNING: All log messages before absl::InitializeLog() is called'
+_NO_GPU = re.compile(r'E\d{4} .*failed call to cuInit')
 _formatwarning = warnings.formatwarning
 
 
@@ -157,6 +165,48 @@ def parse_args(p, argv=None):
     return args
 
 
+def _start_up_line(line):
+    """Whether TensorFlow's log level hides this line of its C++ start-up."""
+    try:
+        level = int(os.environ.get('TF_CPP_MIN_LOG_LEVEL', 0))
+    except ValueError:
+        level = 0
+    if line.startswith(_ABSL_BANNER) or _NO_GPU.match(line):
+        return level >= 1
+    severity = re.match(r'([IWEF])\d{4} ', line)
+    return severity is not None and 'IWEF'.index(severity.group(1)) < level
+
+
+@contextlib.contextmanager
+def _start_up_lines_hidden():
+    """Run the block with the process's stderr (fd 2) caught, then pass on
+    every caught line TensorFlow's log level does not hide."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode(errors='replace').splitlines(True):
+                if not _start_up_line(line):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+def start_tensorflow():
+    """Import TensorFlow and let it find its devices, without the start-up
+    lines its log level hides (see above); once per process."""
+    if 'tensorflow' in sys.modules:
+        return
+    with _start_up_lines_hidden():
+        import tensorflow as tf
+        tf.config.list_physical_devices()
+
+
 def run_main(main, *args):
     """Run a user script's main(*args) and return the script's exit code: 0;
     1 after one `error: <message>` line on stderr for the user's mistakes
@@ -164,6 +214,7 @@ def run_main(main, *args):
     Ctrl-C. Anything else is a bug and keeps its traceback. Every script
     ends with sys.exit(settings.run_main(...)), after parse_args."""
     try:
+        start_tensorflow()
         main(*args)
     except UserError as err:
         print('error: ' + ' '.join(str(err).splitlines()), file=sys.stderr)
