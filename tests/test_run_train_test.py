@@ -1,10 +1,14 @@
 """The whole pipeline script, end to end, with tiny settings and a few steps."""
 import glob
+import json
 import os
 import sys
 
+import numpy as np
 import pytest
+import tifffile
 
+import config
 from conftest import ROOT, TINY
 
 
@@ -33,11 +37,30 @@ def test_run_train_test_writes_every_artifact(tmp_path, synthetic_root):
             assert (run / stage / name).is_file(), (stage, name)
         assert glob.glob(str(run / stage / 'train_state' / 'ckpt-3*'))
         assert glob.glob(str(run / stage / 'tensorboard' / 'events.out.tfevents.*'))
-    for test_run in ('mtl', 'mtl_dae'):
+    for stage in ('mtl', 'dae'):    # what the files hold, not only that they exist
+        with open(run / stage / 'best.weights.h5.json') as f:
+            meta = json.load(f)
+        assert meta['kind'] == stage and meta['settings']['cropSize'] == 32
+        assert meta['settings']['dataset_name'] == 'synthetic'
+        with open(run / stage / 'history.json') as f:
+            history = json.load(f)
+        assert [record['epoch'] for record in history] == [1]   # max_steps=3 ends in epoch 1
+        assert np.isfinite(history[0]['val_rmse'])
+    codes = set(config.dataset_settings('synthetic')['label_codes'])
+    for test_run, label in (('mtl', 'MTL RMSE'), ('mtl_dae', 'MTL+DAE RMSE')):
         folder = tmp_path / 'out' / 'synthetic' / test_run
-        assert (folder / 'metrics.json').is_file()
-        assert len(glob.glob(str(folder / '*_height.tif'))) == 10    # every test image
-        assert len(glob.glob(str(folder / '*_sem.tif'))) == 10
+        with open(folder / 'metrics.json') as f:
+            metrics = json.load(f)
+        printed = next(line for line in summary.splitlines() if line.startswith(label + ' '))
+        assert float(printed.split()[-1]) == round(metrics['overall']['rmse'], 4)
+        assert metrics['overall']['images'] == 10 == len(metrics['per_image'])
+        heights = sorted(glob.glob(str(folder / '*_height.tif')))
+        assert len(heights) == 10 and len(glob.glob(str(folder / '*_sem.tif'))) == 10
+        for path in heights:        # every test image, at its size, every pixel predicted
+            height = tifffile.imread(path)
+            assert height.shape == (192, 192) and np.isfinite(height).all()
+            sem = tifffile.imread(path.replace('_height.tif', '_sem.tif'))
+            assert sem.shape == (192, 192) and set(np.unique(sem)) <= codes
         assert len(glob.glob(str(folder / '*.png'))) == 2
 
 
