@@ -11,7 +11,7 @@ import tensorflow as tf
 import tifffile
 
 import config
-from utils import evaluation
+from utils import datasets, evaluation, settings
 
 Sample = namedtuple('Sample', 'name image height labels')
 Loaded = namedtuple('Loaded', 'image height labels')
@@ -198,6 +198,21 @@ def test_dsm_script_writes_every_metric(synthetic_weights, capsys):
     for key in ('mse', 'mae', 'rmse', 'delta1', 'delta2', 'delta3', 'mtl_rmse', 'mtl_mae',
                 'miou', 'oa', 'fwiou', 'mean_f1', 'baseline_rmse', 'baseline_mae'):
         assert isinstance(overall[key], float), key
+    # A second computation from the written maps and the ground-truth files.
+    settings.apply(sets[1::2])         # the run's --set values
+    samples = {s.name: s for s in datasets.find_split('test')}
+    hits = pixels = 0
+    for entry in record['per_image']:
+        sample = samples[entry['name']]
+        predicted = tifffile.imread(run / f"{entry['name']}_height.tif")
+        truth = datasets.read_height(sample.height)
+        error = (predicted.astype(np.float64) - truth)[np.isfinite(truth)]
+        assert entry['rmse'] == pytest.approx(np.sqrt(np.mean(error ** 2)), rel=1e-6)
+        assert entry['mae'] == pytest.approx(np.mean(np.abs(error)), rel=1e-6)
+        classes = tifffile.imread(run / f"{entry['name']}_sem.tif")   # codes 0..5 = indices
+        labels = datasets.read_labels(sample.labels)
+        hits, pixels = hits + np.sum(classes == labels), pixels + labels.size
+    assert overall['oa'] == pytest.approx(hits / pixels, rel=1e-9)
     for key in ('iou', 'precision', 'recall', 'f1'):
         assert len(overall[key]) == 6, key
     assert record['baseline']['rmse'] == overall['baseline_rmse']
