@@ -260,6 +260,10 @@ def test_max_steps_inside_an_epoch_is_resumed_within_that_epoch(tmp_path, synthe
     assert int(resumed.epoch.numpy()) == int(resumed.epoch_start.numpy()) == 0
     assert [h['epoch'] for h in resumed.history] == [1]
     assert resumed.history[0]['val_rmse'] != stopped.history[0]['val_rmse']
+    # ... and is the record of the straight run to step 5 (weights equal to float32
+    # rounding, so is the validation that ranks them)
+    assert resumed.history[0]['val_rmse'] == pytest.approx(straight.history[0]['val_rmse'],
+                                                           rel=1e-5)
     for a, b in zip(straight.model.weights, resumed.model.weights):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
 
