@@ -17,7 +17,6 @@ sliding windows, and reports over all valid pixels: the input differences
 lossless original, and the RMS difference between the two decodings'
 heights. Last line: `height RMS difference / RMSE: <ratio>`.
 """
-import argparse
 import os
 import sys
 import tempfile

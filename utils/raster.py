@@ -48,7 +48,6 @@ BIGTIFF_ABOVE = 2 ** 32 - 2 ** 27   # bytes of pixels; leaves room for tags and 
 UNDECLARED_BITS = (11, 12)  # common sensor depths stored in uint16 without a declaration
 
 
-
 @contextlib.contextmanager
 def _quiet_stderr():
     """Silence what C libraries print on stderr (libjpeg's 'Premature end of
@@ -169,8 +168,7 @@ def _unreadable(path, err):
     exception, or the reason in words."""
     if isinstance(err, Exception):
         err = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
-    reason = f" ({err})"
-    return DatasetError(f"Cannot read {path}{reason}. Fix: replace the file with a valid "
+    return DatasetError(f"Cannot read {path} ({err}). Fix: replace the file with a valid "
                         f"TIFF/PNG/JPEG.")
 
 
