@@ -178,8 +178,28 @@ PUBLISHED = dict(layout='split_folders', cropSize=256, batch_size=2,
                  mtl_training_samples=10000, dae_training_samples=10000)
 
 
+def prepared_settings(name):
+    """The settings prepare_dataset.py recorded in <shortcut_path>/<name>/dataset.json
+    (those PUBLISHED names), or None when the dataset has no such file."""
+    path = os.path.join(shortcut_path, name, 'dataset.json') \
+        if isinstance(shortcut_path, str) and name else None
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        try:
+            recorded = json.load(f).get('settings', {})
+        except ValueError as err:
+            raise ValueError(f"{path} is damaged ({err}): run prepare_dataset.py again")
+    return {k: v for k, v in recorded.items() if k in PUBLISHED}
+
+
 def dataset_settings(name):
-    """The published entry for a dataset name (longest matching prefix)."""
+    """The settings of a dataset name: those its dataset.json records (a
+    dataset prepare_dataset.py made), else the published entry (longest
+    matching prefix)."""
+    prepared = prepared_settings(name)
+    if prepared is not None:
+        return dict(PUBLISHED, **prepared)
     matches = [k for k in DATASETS if name.startswith(k)]
     entry = dict(PUBLISHED, **(DATASETS[max(matches, key=len)] if matches else {}))
     if name.endswith('_bin'):   # 0/1 masks: the full labels' unlabelled value is not in them
