@@ -95,6 +95,10 @@ mtl_training_samples: whole(at_least=1) = None  # samples per epoch on large-til
 mtl_preload: bool = True            # patch datasets: decode once, keep in memory
                             # (tiles always are)
 mtl_bb_freeze: bool = False         # freeze the DenseNet encoder
+mtl_init_weights: weights_file = None   # fine-tuning: start from this best-weights file
+                            # (train_mtl.py's); the settings that shape the network must
+                            # be those in its .json, except label_codes: another class
+                            # list re-initialises the semantic head
 
 # ----------------------------------------------------------------- DAE training
 dae_lr: number(above=0) = 2e-4
@@ -104,6 +108,9 @@ dae_batchSize: whole(at_least=1) = None     # per replica; None: batch_size
 dae_numEpochs: whole(at_least=1) = None     # None: from the dataset
 dae_training_samples: whole(at_least=1) = None
 dae_preload: bool = True
+dae_init_weights: weights_file = None   # the same for the DAE (train_dae.py's file);
+                            # another class list re-initialises the input channels of
+                            # the semantic probabilities
 preload_max_gb: number(at_least=0) = 4.0    # patch datasets: cache decoded patches in
                             # memory (with *_preload) only up to this size; tiles are
                             # always cached
@@ -367,6 +374,9 @@ label_value = Rule("None, or a label value that is none of label_codes and of th
 encoder_weights = Rule("'auto', 'imagenet', None (random initial weights) or the path of "
                        "an .h5 file", lambda v: v in (None, 'auto', 'imagenet') or
                        (isinstance(v, str) and v.endswith('.h5')), str)
+weights_file = Rule("None, or the path of a .weights.h5 file (the best weights a training "
+                    "wrote)", lambda v: v is None or (isinstance(v, str) and
+                                                     v.endswith('.weights.h5')), str)
 validation_metric = Rule(
     f"{_either(HEIGHT_METRICS)}, or with sem_flag = True {_either(SEGMENTATION_METRICS)}",
     lambda v: v in HEIGHT_METRICS or (sem_flag and v in SEGMENTATION_METRICS), str)
