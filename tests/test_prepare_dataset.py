@@ -343,3 +343,20 @@ def test_the_prepared_dataset_trains_tests_and_predicts(tmp_path):
     with rasterio.open(paths['ortho']) as src, \
             rasterio.open(tmp_path / 'predicted' / 'ortho_height.tif') as out:
         assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_split_blocks_never_touch_and_no_split_is_empty(seed):
+    """On a 3 x 3 grid of one-tile blocks most draws leave a split empty once
+    the touching tiles go; the split keeps drawing until none is."""
+    from utils import regions
+    kept = [(r, c) for r in range(3) for c in range(3)]
+    split, dropped = regions.split_tiles(kept, 1, (0.8, 0.1, 0.1), seed)
+    assert set(split.values()) == {'train', 'valid', 'test'}
+    assert sorted(list(split) + dropped) == kept
+    for (r, c), s in split.items():
+        for (r2, c2), s2 in split.items():
+            if s != s2:
+                assert max(abs(r - r2), abs(c - c2)) > 1
+    with pytest.raises(Exception, match='at least 3'):
+        regions.split_tiles([(0, 0), (0, 1)], 1, (0.8, 0.1, 0.1), seed)

@@ -251,39 +251,57 @@ def tile_windows(grid, tile):
             for r in range(grid.height // tile) for c in range(grid.width // tile)}
 
 
-def split_tiles(kept, block, fractions, seed):
+def split_tiles(kept, block, fractions, seed, draws=64):
     """({(row, col): split} of the tiles kept, [tiles dropped as a buffer]).
 
     Blocks of block x block tiles holding kept tiles are drawn in a seeded
     random order: the first share of them test, the next valid, the rest
     train (at least one block each). Then every tile with a tile of an
     earlier split among its 8 neighbours is dropped, test before valid
-    before train, so tiles of different splits never touch."""
+    before train, so tiles of different splits never touch. Of `draws`
+    orders the one keeping the most tiles with none of the splits empty wins."""
     blocks = sorted({(r // block, c // block) for r, c in kept})
     if len(blocks) < 3:
         raise DatasetError(f"the kept tiles fall in {len(blocks)} block(s) of {block} x "
                            f"{block} tiles; three splits need at least 3. Fix: a smaller "
                            f"--block or --tile, or a larger area.")
-    order = np.random.default_rng(seed).permutation(len(blocks))
-    n_test = max(1, round(fractions[2] * len(blocks)))
-    n_valid = max(1, round(fractions[1] * len(blocks)))
+    n_test = max(1, round(fractions[2] / sum(fractions) * len(blocks)))
+    n_valid = max(1, round(fractions[1] / sum(fractions) * len(blocks)))
     if n_test + n_valid >= len(blocks):
         n_test, n_valid = 1, 1
-    of_block = {}
-    for rank, index in enumerate(order):
-        of_block[blocks[index]] = 'test' if rank < n_test else \
-            'valid' if rank < n_test + n_valid else 'train'
-    split = {t: of_block[(t[0] // block, t[1] // block)] for t in kept}
+    rng = np.random.default_rng(seed)
+    best = None
+    for _ in range(draws):
+        order = rng.permutation(len(blocks))
+        rank = {blocks[index]: r for r, index in enumerate(order)}
+        split = {t: 'test' if rank[(t[0] // block, t[1] // block)] < n_test else
+                 'valid' if rank[(t[0] // block, t[1] // block)] < n_test + n_valid else
+                 'train' for t in kept}
+        dropped = _buffer(split)
+        score = (set(split.values()) == set(SPLITS), len(split))
+        if best is None or score > best[0]:
+            best = score, split, dropped
+    if not best[0][0]:
+        raise DatasetError(f"every way of drawing {len(blocks)} blocks of {block} x {block} "
+                           f"tiles left a split without tiles once the tiles touching "
+                           f"another split were dropped. Fix: a smaller --block or --tile, "
+                           f"or a larger area.")
+    return best[1], best[2]
+
+
+def _buffer(split):
+    """Drop (from `split`, in place) and return the tiles touching a tile of
+    a later split in SPLITS, even at a corner: test first, then valid."""
     dropped = []
-    for lower in ('valid', 'train'):      # test first, then valid
-        higher = {s for s in SPLITS if SPLITS.index(s) > SPLITS.index(lower)}
-        for (r, c), s in sorted(split.items()):
-            if s == lower and any(split.get((r + dr, c + dc)) in higher
-                                  for dr in (-1, 0, 1) for dc in (-1, 0, 1)):
-                dropped.append((r, c))
-        for t in dropped:
-            split.pop(t, None)
-    return split, dropped
+    for lower in ('valid', 'train'):
+        higher = SPLITS[SPLITS.index(lower) + 1:]
+        found = [(r, c) for (r, c), s in sorted(split.items())
+                 if s == lower and any(split.get((r + dr, c + dc)) in higher
+                                       for dr in (-1, 0, 1) for dc in (-1, 0, 1))]
+        for t in found:
+            del split[t]
+        dropped += found
+    return dropped
 
 
 def band_scale(src, band):
