@@ -30,6 +30,7 @@ import numpy as np
 import config
 from utils import settings
 from utils.errors import DatasetError
+from utils.raster import HEIGHT_NODATA   # read back as nodata by utils/datasets.py
 
 STAGING = '.tiles'      # tiles wait here until the split is known
 
@@ -177,6 +178,8 @@ def cut_tiles(layers, root, args):
     bar = _bar(len(windows), 'tiles', 'tiles')
     profile = dict(driver='GTiff', crs=grid.crs, width=args.tile, height=args.tile,
                    tiled=True, blockxsize=256, blockysize=256, compress='deflate')
+    image_profile = dict(count=len(args.band_list), dtype=layers['images'].dtype,
+                         **_nbits(layers))
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
         for done, ((row, col), window) in enumerate(sorted(windows.items()), 1):
             image, image_valid = layers['images'].read(window)
@@ -196,12 +199,11 @@ def cut_tiles(layers, root, args):
                 continue
             name = f'r{row:04d}_c{col:04d}'
             place = dict(profile, transform=grid.window_transform(window))
-            _write(root, 'image', name, image, dict(place, count=image.shape[0],
-                                                    dtype=image.dtype, **_nbits(layers)),
+            _write(root, 'image', name, image, dict(place, **image_profile),
                    mask=None if image_valid.all() else image_valid)
-            height = np.where(height_valid, height, regions.HEIGHT_NODATA).astype(np.float32)
+            height = np.where(height_valid, height, HEIGHT_NODATA).astype(np.float32)
             _write(root, 'height', name, height[None], dict(place, count=1, dtype='float32',
-                                                            nodata=regions.HEIGHT_NODATA,
+                                                            nodata=HEIGHT_NODATA,
                                                             predictor=3))
             if labels:
                 classes, classes_valid = labels.read(window, fill)

@@ -360,3 +360,30 @@ def test_split_blocks_never_touch_and_no_split_is_empty(seed):
                 assert max(abs(r - r2), abs(c - c2)) > 1
     with pytest.raises(Exception, match='at least 3'):
         regions.split_tiles([(0, 0), (0, 1)], 1, (0.8, 0.1, 0.1), seed)
+
+
+def test_preparing_loads_no_tensorflow_and_training_no_rasterio(tmp_path):
+    """rasterio is prepare_dataset.py's alone; TensorFlow is not its at all."""
+    paths = write_region(str(tmp_path / 'sources'))
+    argv = ['prepare_dataset.py', 'region', '--images', paths['ortho'], '--ndsm', paths['dsm'],
+            '--tile', str(TILE), '--set', f"shortcut_path={tmp_path / 'datasets'}"]
+    code = ("import runpy, sys\n"
+            f"sys.argv = {argv!r}\n"
+            "try:\n"
+            "    runpy.run_path('prepare_dataset.py', run_name='__main__')\n"
+            "except SystemExit as end:\n"
+            "    print(end.code, 'tensorflow' in sys.modules, 'keras' in sys.modules)\n")
+    result = run_python(['-c', code], timeout=300)
+    assert result.stdout.split()[-3:] == ['0', 'False', 'False'], result.stderr[-2000:]
+    code = ("import sys, train_mtl, train_dae, test_dsm, predict\n"
+            "from utils import stages, evaluation, inference, pipeline, training\n"
+            "print('rasterio' in sys.modules)\n")
+    result = run_python(['-c', code], timeout=300)
+    assert result.stdout.split()[-1] == 'False', result.stderr[-2000:]
+
+
+def test_a_setting_that_breaks_its_rule_exits_1():
+    result = run_python(['prepare_dataset.py', 'region', '--images', 'o.tif', '--ndsm', 'n.tif',
+                         '--set', 'seed=-1'], timeout=120)
+    assert result.returncode == 1 and result.stderr == \
+        'error: seed = -1: use a whole number >= 0\n'

@@ -34,13 +34,12 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
+from utils.datasets import SPLIT_FOLDER_NAMES, SPLITS
 from utils.errors import DatasetError
 
 RASTER_EXTENSIONS = ('.tif', '.tiff', '.vrt', '.jp2', '.img', '.asc', '.png', '.jpg', '.jpeg')
-ROLES = ('image', 'dsm', 'dtm', 'ndsm', 'labels')
-SPLITS = ('train', 'valid', 'test')
-FOLDERS = dict(image='rgb', height='dsm', labels='sem')     # utils/datasets' split_folders
-HEIGHT_NODATA = -9999.0     # below utils.datasets.NODATA_BELOW: read back as nodata
+# The split_folders names utils/datasets.py expects of a dataset name matching no entry.
+FOLDERS = {k: v for k, v in SPLIT_FOLDER_NAMES['DFC2023'].items() if k != 'sar'}
 # Cap on GDAL's block cache: its default (5% of the RAM) would grow with the area read.
 GDAL_CACHE_MB = 64
 
@@ -233,7 +232,9 @@ class Layer:
 def clip_negative(height, valid, negative):
     """(height, valid) with values in [-negative, 0) made 0 (the DSM and the
     DTM interpolate the same ground differently) and lower ones made nodata
-    (a DTM above the surface is an error of one of them)."""
+    (a DTM above the surface is an error of one of them). A value GDAL
+    averaged from an undeclared NaN is nodata too."""
+    valid = valid & np.isfinite(height)
     below = valid & (height < 0)
     height[below & (height >= -negative)] = 0
     return height, valid & ~(below & (height < -negative))
