@@ -387,3 +387,30 @@ def test_a_setting_that_breaks_its_rule_exits_1():
                          '--set', 'seed=-1'], timeout=120)
     assert result.returncode == 1 and result.stderr == \
         'error: seed = -1: use a whole number >= 0\n'
+
+
+def test_a_folder_of_orthophoto_tiles_is_one_mosaic(tmp_path):
+    """The orthophoto cut into two files in a folder gives the tiles the whole file gives."""
+    paths = write_region(str(tmp_path / 'sources'))
+    folder = tmp_path / 'ortho_tiles'
+    folder.mkdir()
+    with rasterio.open(paths['ortho']) as src:
+        for name, cols in (('a.tif', (0, 200)), ('b.tif', (200, src.width))):
+            window = rasterio.windows.Window(cols[0], 0, cols[1] - cols[0], src.height)
+            profile = dict(src.profile, width=window.width,
+                           transform=src.window_transform(window))
+            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+                with rasterio.open(folder / name, 'w', **profile) as out:
+                    out.write(src.read(window=window))
+                    out.write_mask(src.dataset_mask(window=window))
+    whole, _, _ = prepare(tmp_path / 'whole', paths)
+    mosaic, record, _ = prepare(tmp_path / 'mosaic', dict(paths, ortho=str(folder)))
+    assert [os.path.basename(p) for p in record['sources']['images']] == ['a.tif', 'b.tif']
+    for split in ('train', 'valid', 'test'):
+        names = sorted(os.listdir(whole / split / 'rgb'))
+        assert names == sorted(os.listdir(mosaic / split / 'rgb'))
+        for name in names:
+            with rasterio.open(whole / split / 'rgb' / name) as a, \
+                    rasterio.open(mosaic / split / 'rgb' / name) as b:
+                np.testing.assert_array_equal(a.read(), b.read())
+                np.testing.assert_array_equal(a.dataset_mask(), b.dataset_mask())
