@@ -95,6 +95,10 @@ mtl_training_samples: whole(at_least=1) = None  # samples per epoch on large-til
 mtl_preload: bool = True            # patch datasets: decode once, keep in memory
                             # (tiles always are)
 mtl_bb_freeze: bool = False         # freeze the DenseNet encoder
+mtl_init_weights: weights_file = None   # fine-tuning: start from this best-weights file
+                            # (train_mtl.py's); the settings that shape the network must
+                            # be those in its .json, except label_codes: another class
+                            # list re-initialises the semantic head
 
 # ----------------------------------------------------------------- DAE training
 dae_lr: number(above=0) = 2e-4
@@ -104,6 +108,9 @@ dae_batchSize: whole(at_least=1) = None     # per replica; None: batch_size
 dae_numEpochs: whole(at_least=1) = None     # None: from the dataset
 dae_training_samples: whole(at_least=1) = None
 dae_preload: bool = True
+dae_init_weights: weights_file = None   # the same for the DAE (train_dae.py's file);
+                            # another class list re-initialises the input channels of
+                            # the semantic probabilities
 preload_max_gb: number(at_least=0) = 4.0    # patch datasets: cache decoded patches in
                             # memory (with *_preload) only up to this size; tiles are
                             # always cached
@@ -178,8 +185,28 @@ PUBLISHED = dict(layout='split_folders', cropSize=256, batch_size=2,
                  mtl_training_samples=10000, dae_training_samples=10000)
 
 
+def prepared_settings(name):
+    """The settings prepare_dataset.py recorded in <shortcut_path>/<name>/dataset.json
+    (those PUBLISHED names), or None when the dataset has no such file."""
+    path = os.path.join(shortcut_path, name, 'dataset.json') \
+        if isinstance(shortcut_path, str) and name else None
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        try:
+            recorded = json.load(f).get('settings', {})
+        except ValueError as err:
+            raise ValueError(f"{path} is damaged ({err}): run prepare_dataset.py again")
+    return {k: v for k, v in recorded.items() if k in PUBLISHED}
+
+
 def dataset_settings(name):
-    """The published entry for a dataset name (longest matching prefix)."""
+    """The settings of a dataset name: those its dataset.json records (a
+    dataset prepare_dataset.py made), else the published entry (longest
+    matching prefix)."""
+    prepared = prepared_settings(name)
+    if prepared is not None:
+        return dict(PUBLISHED, **prepared)
     matches = [k for k in DATASETS if name.startswith(k)]
     entry = dict(PUBLISHED, **(DATASETS[max(matches, key=len)] if matches else {}))
     if name.endswith('_bin'):   # 0/1 masks: the full labels' unlabelled value is not in them
@@ -347,6 +374,9 @@ label_value = Rule("None, or a label value that is none of label_codes and of th
 encoder_weights = Rule("'auto', 'imagenet', None (random initial weights) or the path of "
                        "an .h5 file", lambda v: v in (None, 'auto', 'imagenet') or
                        (isinstance(v, str) and v.endswith('.h5')), str)
+weights_file = Rule("None, or the path of a .weights.h5 file (the best weights a training "
+                    "wrote)", lambda v: v is None or (isinstance(v, str) and
+                                                     v.endswith('.weights.h5')), str)
 validation_metric = Rule(
     f"{_either(HEIGHT_METRICS)}, or with sem_flag = True {_either(SEGMENTATION_METRICS)}",
     lambda v: v in HEIGHT_METRICS or (sem_flag and v in SEGMENTATION_METRICS), str)

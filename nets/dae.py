@@ -8,6 +8,7 @@ import config
 from utils import datasets, heads
 
 ENCODER_WIDTHS = (64, 128, 256, 512)
+FIRST_CONV = 'enc1_conv1'   # the one layer that reads the input's channels
 BRIDGE_WIDTH = 1024
 
 
@@ -17,11 +18,17 @@ def _double_conv(x, width, name):
     return x
 
 
+def input_parts(num_classes, image_channels=3, **switches):
+    """(name, channels) of each part of the DAE input, in order: the MTL
+    outputs of the heads switched on (utils/heads.py; `switches` as for
+    nets.mtl.build_mtl), then the image."""
+    return [(h.name, h.out_channels(num_classes)) for h in heads.select(**switches)] + \
+        [('image', image_channels)]
+
+
 def input_channels(num_classes, image_channels=3, **switches):
-    """Channels of the MTL outputs of the heads switched on (utils/heads.py;
-    `switches` as for nets.mtl.build_mtl), then the image."""
-    return sum(h.out_channels(num_classes) for h in heads.select(**switches)) \
-        + image_channels
+    """Channels of the DAE input (input_parts)."""
+    return sum(c for _, c in input_parts(num_classes, image_channels, **switches))
 
 
 def build_dae(in_channels, width_scale=1.0, dropout=0.5):
@@ -46,9 +53,10 @@ def build_dae(in_channels, width_scale=1.0, dropout=0.5):
     return keras.Model(inputs, noise, name='dsmnet_dae')
 
 
-def build_from_config():
-    """The DAE with the settings in config.py."""
-    channels = input_channels(len(config.label_codes), datasets.image_channels(),
+def build_from_config(num_classes=None):
+    """The DAE with the settings in config.py (num_classes: another class
+    count than label_codes', a weights file's)."""
+    channels = input_channels(num_classes or len(config.label_codes), datasets.image_channels(),
                               **heads.switches())
     return build_dae(channels, config.dae_width_scale, config.dropout_rate)
 

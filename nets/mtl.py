@@ -100,12 +100,13 @@ def build_mtl(num_classes, in_channels=3, head_mode='dsm', decoder_scale=1.0,
     return keras.Model(inputs, outputs, name='dsmnet_mtl')
 
 
-def build_from_config(pretrained=True):
+def build_from_config(pretrained=True, num_classes=None):
     """The MTL with the settings in config.py. pretrained=False skips the
     encoder's backbone_weights, for a network whose checkpoint is loaded next
-    (it replaces every weight, so no ImageNet download is needed)."""
+    (it replaces every weight, so no ImageNet download is needed).
+    num_classes: another class count than label_codes' (a weights file's)."""
     return build_mtl(
-        num_classes=len(config.label_codes),
+        num_classes=num_classes or len(config.label_codes),
         in_channels=datasets.image_channels(),
         head_mode=config.mtl_head_mode, decoder_scale=config.mtl_decoder_scale,
         backbone_weights=config.backbone_weights if pretrained else None,

@@ -160,6 +160,7 @@ BAD = [
     ('test_stride', 0), ('test_stride', 97),     # the synthetic crop is 96
     ('valid_stride', 0), ('valid_stride', 97),
     ('test_batch_size', 0), ('test_plot_images', -1),
+    ('mtl_init_weights', 'best.h5'), ('dae_init_weights', 'checkpoints/dae'),
 ]
 # Values on the edge of a rule, which must pass.
 GOOD = [
@@ -172,6 +173,7 @@ GOOD = [
     ('bn_momentum', 1), ('w2', 0), ('mtl_beta_1', 0), ('max_steps', 0),
     ('test_stride', 96), ('test_plot_images', 0), ('eval_metric', 'delta1'),
     ('mixed_precision', 'mixed_float16'), ('roof_height_threshold', 2.5),
+    ('mtl_init_weights', 'runs/mtl/best.weights.h5'), ('dae_init_weights', None),
 ]
 
 

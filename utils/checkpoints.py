@@ -18,6 +18,7 @@ ARCHITECTURE = {
     'dae': heads.FLAGS + ('dae_width_scale', 'sar_mode', 'label_codes'),
 }
 SETTING_OF_PATH = {'mtl': 'predCheckPointPath', 'dae': 'corrCheckPointPath'}
+SETTING_OF_INIT = {'mtl': 'mtl_init_weights', 'dae': 'dae_init_weights'}
 
 
 # Settings recorded beside the weights that predict.py takes unless the user
@@ -99,3 +100,88 @@ def load_weights(model, path, kind):
             f"{path} ({setting}) does not fit the configured {kind.upper()} "
             f"({reason[:160]}). Fix: use the weights trained with these settings, or "
             f"their settings (the .json written beside the weights).") from err
+
+
+def _trained_settings(path):
+    """The settings in the .json beside a weights file ({} without one)."""
+    if not os.path.exists(path + '.json'):
+        return {}
+    with open(path + '.json') as f:
+        return json.load(f).get('settings', {})
+
+
+def init_weights(model, kind):
+    """Start `model` from the file config.<kind>_init_weights names
+    (fine-tuning); returns what it did, for the training log, or None when
+    the setting is None.
+
+    The settings that shape the network must be the file's, except
+    label_codes: with another class list the layers that depend on it start
+    as built (the MTL's semantic output; the DAE's first convolution where it
+    reads the semantic probabilities) and everything else is loaded."""
+    setting = SETTING_OF_INIT[kind]
+    path = getattr(config, setting)
+    if path is None:
+        return None
+    if not os.path.exists(path):
+        raise CheckpointError(f"{setting} = {path!r}: no such file. Fix: point it at a "
+                              f"best.weights.h5 written by train_{kind}.py, or set it to None.")
+    trained = _trained_settings(path)
+    current = _jsonable(_settings(kind))
+    for key in ARCHITECTURE[kind]:
+        if key != 'label_codes' and key in trained and trained[key] != current[key]:
+            raise CheckpointError(
+                f"{setting} = {path!r} was trained with {key}={trained[key]!r} but config "
+                f"has {key}={current[key]!r}. Fix: --set {key}={trained[key]!r} to start "
+                f"from it, or another {setting}.")
+    codes = trained.get('label_codes', current['label_codes'])
+    if codes == current['label_codes'] or not config.sem_flag:
+        _load(model, path, setting, kind)
+        return f"{path} (every layer)"
+    from nets import dae as dae_net, mtl as mtl_net
+    donor = mtl_net.build_from_config(pretrained=False, num_classes=len(codes)) \
+        if kind == 'mtl' else dae_net.build_from_config(num_classes=len(codes))
+    _load(donor, path, setting, kind)
+    fresh = _transfer(donor, model, len(codes))
+    return (f"{path}; label_codes differ from its {codes}: {', '.join(fresh)} "
+            f"re-initialised, every other layer loaded")
+
+
+def _load(model, path, setting, kind):
+    try:
+        model.load_weights(path)
+    except Exception as err:   # a file of the other network, or truncated
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"{setting} = {path!r} does not fit the configured "
+                              f"{kind.upper()} ({reason[:160]}). Fix: a weights file "
+                              f"train_{kind}.py wrote.") from err
+
+
+def _transfer(donor, model, donor_classes):
+    """Copy every layer of `donor` whose weights have the shapes of `model`'s;
+    the DAE's first convolution channel by channel except the semantic
+    probabilities'. Returns what stays as built, in words."""
+    from nets import dae as dae_net
+    from utils import datasets
+    fresh = []
+    # Layer by layer in build order: the same code built both, and Keras
+    # numbers unnamed layers (an encoder's) per process, not per model.
+    for layer, twin in zip(model.layers, donor.layers, strict=True):
+        source = twin.get_weights()
+        target = layer.get_weights()
+        if [w.shape for w in source] == [w.shape for w in target]:
+            layer.set_weights(source)
+        elif layer.name == dae_net.FIRST_CONV:
+            kernel, bias = target
+            parts = [dae_net.input_parts(n, datasets.image_channels(), **heads.switches())
+                     for n in (donor_classes, len(config.label_codes))]
+            start = [0, 0]
+            for (name, old), (_, new) in zip(*parts):
+                if name != 'sem':
+                    kernel[:, :, start[1]:start[1] + new] = source[0][:, :, start[0]:start[0] + old]
+                start = [start[0] + old, start[1] + new]
+            layer.set_weights([kernel, source[1]])
+            fresh.append(f"{layer.name} (the semantic input channels)")
+        else:
+            fresh.append(layer.name)
+    return fresh

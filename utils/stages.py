@@ -2,7 +2,9 @@
 
 Stage 'mtl' trains the multi-task network. Stage 'dae' trains the denoising
 autoencoder on the outputs of the trained MTL, loaded and frozen; it runs in
-inference mode inside the same replica step as the DAE. train_mtl.py,
+inference mode inside the same replica step as the DAE. Either starts from
+a trained weights file when mtl_init_weights / dae_init_weights names one
+(fine-tuning, utils/checkpoints.init_weights). train_mtl.py,
 train_dae.py, test_multi_gpu.py and the benchmarks all take their trainer
 from here, so they train the same thing.
 """
@@ -43,7 +45,9 @@ def make_trainer(stage, mtl=None, steps_only=False):
         raise ValueError(f"stage = {stage!r}: use 'mtl' or 'dae'")
     if stage == 'mtl':
         with config.strategy.scope():
-            model = mtl = mtl_net.build_from_config()
+            # Weights to start from replace the encoder's too: no ImageNet download.
+            model = mtl = mtl_net.build_from_config(pretrained=config.mtl_init_weights is None)
+            start = checkpoints.init_weights(mtl, 'mtl')
         dae, step = None, losses.mtl_step(mtl)
     else:
         if mtl is None and steps_only:
@@ -54,11 +58,15 @@ def make_trainer(stage, mtl=None, steps_only=False):
         mtl.trainable = False
         with config.strategy.scope():
             model = dae = dae_net.build_from_config()
+            start = checkpoints.init_weights(dae, 'dae')
         step = losses.dae_step(mtl, dae)
     if steps_only:
-        return training.Trainer(stage, model, *step, None, None)
-
-    def validate():
-        return evaluation.validate(mtl, dae)
-    best = getattr(config, checkpoints.SETTING_OF_PATH[stage])
-    return training.Trainer(stage, model, *step, validate, best)
+        trainer = training.Trainer(stage, model, *step, None, None)
+    else:
+        def validate():
+            return evaluation.validate(mtl, dae)
+        best = getattr(config, checkpoints.SETTING_OF_PATH[stage])
+        trainer = training.Trainer(stage, model, *step, validate, best)
+    if start:
+        trainer.notes.append(('starts from', start))
+    return trainer
