@@ -350,4 +350,4 @@ def summary(root, record, seconds):
 
 
 if __name__ == '__main__':
-    sys.exit(settings.run_main(main, parse()))
+    sys.exit(settings.run_main(main, parse(), tensorflow=False))

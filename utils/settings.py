@@ -207,14 +207,16 @@ def start_tensorflow():
         tf.config.list_physical_devices()
 
 
-def run_main(main, *args):
+def run_main(main, *args, tensorflow=True):
     """Run a user script's main(*args) and return the script's exit code: 0;
     1 after one `error: <message>` line on stderr for the user's mistakes
     (utils.errors.UserError: a setting, a file, a checkpoint); 130 after
     Ctrl-C. Anything else is a bug and keeps its traceback. Every script
-    ends with sys.exit(settings.run_main(...)), after parse_args."""
+    ends with sys.exit(settings.run_main(...)), after parse_args; TensorFlow
+    is started first (start_tensorflow) unless `tensorflow` is False."""
     try:
-        start_tensorflow()
+        if tensorflow:
+            start_tensorflow()
         main(*args)
     except UserError as err:
         print('error: ' + ' '.join(str(err).splitlines()), file=sys.stderr)
