@@ -390,6 +390,7 @@ def test_masked_collar_is_nodata_in_every_output(predict_fn, tmp_path):
     np.testing.assert_array_equal((normals == raster.HEIGHT_NODATA).all(-1), mask == 0)
 
 
+@pytest.mark.slow
 def test_recorded_bands_and_scale_are_used_unless_given(weights, tmp_path, recwarn):
     """Weights trained on 12-bit imagery stored in uint16 (image_scale 4095)
     in band order 3,1,2: predict.py takes both from the .json."""

@@ -74,11 +74,30 @@ def test_run_main_convention(capsys):
     assert end.value.code == 3
 
 
-@pytest.mark.parametrize('level', [None, '0', '1', '3'])
+START_UP = [
+    'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR',
+    'I0000 00:00:1795966544.919266    6790 port.cc:153] oneDNN custom operations are on.',
+    'W0000 00:00:1795966544.919805    6790 some.cc:31] a warning',
+    'E0000 00:00:1795966851.925502    6790 cuda_platform.cc:52] failed call to cuInit: '
+    'INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)',
+    'E0000 00:00:1795966851.925502    6790 other.cc:52] another error',
+    'error: ours, never hidden',
+]
+
+
+@pytest.mark.parametrize('level,shown', [
+    ('0', START_UP), ('1', START_UP[2:3] + START_UP[4:]), ('2', START_UP[4:]),
+    ('3', START_UP[5:]), ('bad', START_UP)])
+def test_start_up_lines_are_hidden_by_tensorflow_s_own_levels(monkeypatch, level, shown):
+    monkeypatch.setenv('TF_CPP_MIN_LOG_LEVEL', level)
+    assert [line for line in START_UP if not settings._start_up_line(line)] == shown
+
+
+@pytest.mark.parametrize('level', [None, '0'])
 def test_tensorflow_start_up_lines_follow_tf_cpp_min_log_level(tmp_path, level):
-    """Unset (2, warnings and info hidden) or 1 or 3, the user sees our one
-    line and nothing of TensorFlow's C++ start-up, not even 'failed call to
-    cuInit' on this machine without a GPU; 0 shows everything."""
+    """Unset (2 here), the user sees our one line and nothing of TensorFlow's
+    C++ start-up, not even 'failed call to cuInit' on this machine without a
+    GPU; 0 shows everything."""
     import os
     import subprocess
     import sys
