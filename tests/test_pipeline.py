@@ -304,10 +304,11 @@ def test_cache_built_tile_by_tile_holds_each_sample_as_decoded_alone(tiles, monk
         monkeypatch.setattr(pipeline, '_pack', keep_tile_0_image)
     pipeline._cache.clear()
     cache = pipeline._cached(samples)
+    samples = [cache.stored(i) for i in range(cache.size)]
     assert cache.size == 3 and cache.nbytes == sum(
-        stored.nbytes for fields in cache.samples for stored, _ in fields.values())
-    assert (cache.alike['image'] is None) == mixed
-    for fields in cache.samples:
+        stored.nbytes for fields in samples for stored, _ in fields.values())
+    assert (len(cache.fields['image'].parts) > 1) == mixed
+    for fields in samples:
         blue = float(fields['image'][0][0, 0, 2]) * (1 if fields['image'][1] else 255)
         tile = round(blue) // FILE_STEP
         ref = refs[tile]
@@ -317,7 +318,7 @@ def test_cache_built_tile_by_tile_holds_each_sample_as_decoded_alone(tiles, monk
                              'mask': (np.uint8, True), 'sem': (np.uint8, True),
                              'norm': (np.float32, False), 'edge': (np.uint8, True)}
         for name, dtype, _ in pipeline._field_specs():
-            got = pipeline._unpack(*fields[name], dtype)
+            got = pipeline._unpack(tf.constant(fields[name][0]), fields[name][1], dtype).numpy()
             expected = ref[name] if ref[name].ndim == 3 else ref[name][..., None]
             assert got.dtype == expected.dtype, name
             np.testing.assert_array_equal(got, expected, err_msg=name)
@@ -342,3 +343,29 @@ def test_pack_keeps_a_field_whole_when_any_row_block_is_not_8_bit(monkeypatch):
     assert packed and stored.dtype == np.uint8
     np.testing.assert_array_equal(stored, labels)
     assert pipeline._pack(labels + 1)[1] is False     # 256 does not fit
+
+
+def test_cache_split_into_parts_gives_the_same_batches(tiles, monkeypatch):
+    """Samples of one field spread over several variables (parts): the same
+    stored values and the same batches as with one variable per field."""
+    samples = tiles()
+    config.augment = True
+    whole = _collect(pipeline.train_dataset('mtl', BATCH, epoch=2))
+    stored = [pipeline._cache['value'].stored(i) for i in range(3)]
+    # image parts: 70 rows of 90 x 3 round up to 96 rows; 96 x 64 x 3 is aligned
+    monkeypatch.setattr(pipeline, 'PART_ELEMENTS', 96 * 90 * 3)
+    pipeline._cache.clear()
+    cache = pipeline._cached(samples)
+    assert len(cache.fields['image'].parts) == 3
+    assert len(cache.fields['sem'].parts) == 1
+    for i in range(3):
+        for name, (array, packed) in cache.stored(i).items():
+            np.testing.assert_array_equal(array, stored[i][name][0], err_msg=name)
+            assert packed == stored[i][name][1]
+    for a, b in zip(whole, _collect(pipeline.train_dataset('mtl', BATCH, epoch=2))):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    monkeypatch.setattr(pipeline, 'PART_ELEMENTS', 96 * 90 * 3 - 1)
+    pipeline._cache.clear()
+    with pytest.raises(datasets.DatasetError, match='image of a 70x90 sample'):
+        pipeline._cached(samples)
