@@ -37,10 +37,13 @@ last partial batch is dropped (drop_remainder=True) so that every step holds
 the full global batch its loss is averaged over. With *_preload and at most
 config.preload_max_gb of decoded data the patches are decoded once and cached
 like tiles; otherwise every epoch reads and decodes them in parallel, in
-Python (tf.numpy_function).
+Python (tf.numpy_function), and an exit hook destroys live iterators before
+the interpreter finalises, which would otherwise hang on a call in flight.
 """
+import atexit
 import concurrent.futures
 import functools
+import gc
 import math
 import os
 
@@ -434,8 +437,35 @@ def _augment(fields, key):
 
 # ----------------------------------------------------------------- datasets
 
+def _release_iterators():
+    """Destroy every live tf.data iterator while threads can still run Python.
+
+    Registered at exit once a pipeline runs Python per sample (_loader). An
+    iterator still referenced when the interpreter finalises is destroyed
+    with the module holding it; by then a tf.data thread that enters or
+    re-enters Python for a numpy_function call never returns, and the
+    destructor, which waits for every call in flight, waits forever. Here,
+    at exit but before finalisation, those calls still finish. There is no
+    public way to close an iterator: dropping its resource handle is what
+    deleting the last reference to it does.
+    """
+    from tensorflow.python.data.ops import iterator_ops, multi_device_iterator_ops
+    for obj in gc.get_objects():
+        if isinstance(obj, iterator_ops.OwnedIterator):
+            obj._iterator_resource = None
+        elif isinstance(obj, multi_device_iterator_ops.OwnedMultiDeviceIterator):
+            obj._multi_device_iterator_resource = None
+            obj._device_iterators = []
+
+
+_exit_hook = []     # [True] once _release_iterators is registered
+
+
 def _loader(samples):
     """Per-sample fields read from disk (uncached patch datasets)."""
+    if not _exit_hook:
+        atexit.register(_release_iterators)
+        _exit_hook.append(True)
     specs = _field_specs()
 
     def load(index):
