@@ -42,6 +42,7 @@ the interpreter finalises, which would otherwise hang on a call in flight.
 """
 import atexit
 import concurrent.futures
+import ctypes
 import functools
 import gc
 import math
@@ -224,6 +225,17 @@ def _write(variable, start, values):
     variable.assign(updated)
 
 
+def _trim_heap():
+    """Give freed memory back to the system. glibc keeps freed blocks below
+    its (self-raising) mmap threshold in the heap, and the arrays of a
+    field copied into its variables would still count as resident while the
+    next field is copied."""
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc: nothing to do
+        pass
+
+
 def _round_up(count, step):
     return -(-count // step) * step
 
@@ -278,6 +290,7 @@ class _Field:
             stored, _ = fields.pop(name)
             _write(self.variables[part], tf.constant(start, tf.int64), stored.ravel())
             del stored
+        _trim_heap()
         self.part_of = tf.constant(self.part, tf.int32)
         self.start_of = tf.constant(self.start, tf.int64)
         self.quantum_of = tf.constant(quantum, tf.int64)
