@@ -18,8 +18,11 @@ turns, --rounds times: each times --batches batches after --warmup on all
 the machine's cores, then with every thread of the process pinned to one
 core (sched_setaffinity), a fresh iterator each time. Reported per code:
 the cache's bytes, the build time, the peak resident size over the size
-before the build (through the whole run), and the median rates; last the
-rate of each code over the first one's.
+before the build (through the whole run), the median rates, the rate of
+each code over the first one's, and the CPU time the process spent per
+sample and per second of the timed batches (on a shared machine the CPU a
+loader needs per sample, and how many cores it kept busy, say more than
+its rate).
 
 Reference, per batch (--reference-batches per round, 0: none): the way the
 research code loads, in this process: pick a tile at random, decode its
@@ -29,6 +32,7 @@ three files (datasets.load_sample), compute the normals of the whole tile
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -107,6 +111,12 @@ def pin(cpus):
             pass
 
 
+def cpu_seconds():
+    """User + system CPU time of this process so far (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def cache_bytes(cache):
     nbytes = getattr(cache, 'nbytes', None)
     if nbytes is None:      # code that captured the cache as stacked tensors
@@ -144,13 +154,14 @@ def child(code, workdir, tiles, sets):
         iterator = iter(pipeline.train_dataset('mtl', batch, epoch=epoch))
         for _ in range(command['warmup']):
             next(iterator)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         for _ in range(command['batches']):
             next(iterator)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
         del iterator        # no background prefetching while the others run
         pin(every)
-        print(json.dumps(dict(rate=command['batches'] * batch / seconds,
+        samples = command['batches'] * batch
+        print(json.dumps(dict(rate=samples / seconds, cpu=cpu / samples, cores=cpu / seconds,
                               peak=memory()['VmHWM'] - before)), flush=True)
 
 
@@ -189,6 +200,8 @@ class Child:
             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
         self.built = self.answer()
         self.rates = {'all': [], 'one': []}
+        self.cpu = {'all': [], 'one': []}     # CPU seconds per sample
+        self.cores = {'all': [], 'one': []}   # CPU seconds per second
         self.peak = self.built['build_peak']
 
     def answer(self):
@@ -203,6 +216,8 @@ class Child:
         self.proc.stdin.flush()
         reply = self.answer()
         self.rates[cores].append(reply['rate'])
+        self.cpu[cores].append(reply['cpu'])
+        self.cores[cores].append(reply['cores'])
         self.peak = max(self.peak, reply['peak'])
         return reply['rate']
 
@@ -283,7 +298,11 @@ def main():
               f"{' / '.join(f'{x:.0f}' for x in each.rates['all'])}), one core "
               f"{one_core:.0f} ({' / '.join(f'{x:.0f}' for x in each.rates['one'])}); "
               f"all / one {all_cores / one_core:.2f}; all cores / code 0: "
-              f"{all_cores / first:.2f}")
+              f"{all_cores / first:.2f}; CPU per sample "
+              f"{statistics.median(each.cpu['all']) * 1e3:.2f} ms on all cores, "
+              f"{statistics.median(each.cpu['one']) * 1e3:.2f} ms on one; cores busy "
+              f"{statistics.median(each.cores['all']):.2f} on all, "
+              f"{statistics.median(each.cores['one']):.2f} on one")
     if reference:
         rate = statistics.median(reference)
         print(f"reference (decode + normals per batch, Python crops): {rate:.2f} samples/s; "
