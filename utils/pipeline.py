@@ -206,7 +206,7 @@ def _adopt_empty(variable, length):
     variable.assign(tf.raw_ops.Empty(shape=tf.reshape(length, [1]), dtype=variable.dtype))
 
 
-@tf.function
+@tf.function(reduce_retracing=True)     # one trace for samples of any size
 def _write(variable, start, values):
     """variable[start:start + size(values)] = values, in place.
 
