@@ -243,7 +243,7 @@ def _round_up(count, step):
 class _Field:
     """One field of every cached sample, in flat 1-D tf.Variables.
 
-    Samples the same storage kind (dtype, packed: what _pack chose) share a
+    Samples of the same storage kind (dtype, packed: what _pack chose) share a
     variable (a part; a new part when one would pass PART_ELEMENTS), one
     after the other, each starting on an ALIGN-element boundary. Sample i's
     rows are w * channels elements long: a band of rows that starts on a
