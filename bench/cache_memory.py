@@ -14,7 +14,10 @@ that code, starts TensorFlow, reads its resident size, resets its peak
 training does (pipeline.train_dataset('mtl', ...) with the dataset's own
 settings). Reported per run: the bytes the cache holds, the rise of the
 peak over the resident size before the build, their ratio, and the same
-rise once the first batch has been read, and the build's time.
+rise once the first batch has been read through
+strategy.experimental_distribute_dataset (with `--set multi_gpu_enabled=True
+--set cpu_replicas=2`: auto-sharded and split over two replicas), and the
+build's time.
 """
 import argparse
 import json
@@ -46,7 +49,8 @@ def measure(code, workdir, tiles, sets):
     settings.apply(['dataset_name=Vaihingen', f'shortcut_path={workdir}'] + sets)
     datasets.VAIHINGEN_AREAS['train'] = datasets.VAIHINGEN_AREAS['train'][:tiles]
     datasets.find_split('train')
-    tf.constant(0)                      # the runtime starts before the baseline
+    strategy = config.strategy          # the runtime and devices start before the baseline
+    tf.constant(0)
     try:
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')                # peak := current resident size
@@ -62,7 +66,7 @@ def measure(code, workdir, tiles, sets):
     if cache_bytes is None:     # code before the cache kept NumPy arrays: stacked tensors
         cache_bytes = sum(t.shape.num_elements() * t.dtype.size
                           for stack, _ in cache.stacks for t in stack.values())
-    next(iter(dataset))
+    next(iter(strategy.experimental_distribute_dataset(dataset)))
     return dict(cache=cache_bytes, peak=built['VmHWM'] - before,
                 after=built['VmRSS'] - before, batch_peak=memory()['VmHWM'] - before,
                 seconds=seconds)

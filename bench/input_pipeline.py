@@ -1,56 +1,60 @@
-"""Training input speed: utils/pipeline.py against a loader that works the
-way the research code does, on the same Vaihingen-like tiles, in one run.
+"""Training input speed and memory of utils/pipeline.py on a full-size
+Vaihingen-like training set, for this checkout and older ones, in one run.
 
-    python bench/input_pipeline.py [--tiles 4] [--rounds 3] [--batches 200]
-        [--reference-batches 6] [--set NAME=VALUE ...]
+    python bench/input_pipeline.py [--code DIR ...] [--tiles 13] [--size 2000x2500]
+        [--jitter 60] [--rounds 3] [--batches 200] [--warmup 20]
+        [--reference-batches 2] [--set NAME=VALUE ...]
 
-Writes full-size tiles (about 2000 x 2500 px) in the Vaihingen layout (RGB
-tif, NDSM jpg, SEM colour tif) to a temporary folder and trains on them as
-the 'train' split (the benchmark replaces the published list of 13 training
-areas by the tiles it wrote). MTL settings: 320 px crops with the image,
-height, mask, labels and normals, the published global batch of 4.
+Writes --tiles Vaihingen tiles (RGB tif, NDSM jpg, SEM colour tif, the
+published training areas) of about --size px, each side varied by up to
+--jitter px, to a temporary folder. MTL settings: 320 px crops with the
+image, height, mask, labels and normals, the published global batch of 4.
 
-Reference, per batch: pick a tile at random, decode its three files from
-disk (datasets.load_sample), compute the normals of the whole tile
-(geometry.surface_normals), crop batch_size samples in a Python loop; one
-thread. Ours: tf.data with the tiles cached once (the one-time decode is
-timed and reported on its own, not in the rate).
+For each --code folder (default: this checkout; give older checkouts to
+compare, e.g. `git archive 1de1d65 | tar -x -C /tmp/old`) a Python process
+imports that code, starts TensorFlow, resets its peak resident size and
+builds the training cache (pipeline.train_dataset). Then the processes take
+turns, --rounds times: each times --batches batches after --warmup on all
+the machine's cores, then with every thread of the process pinned to one
+core (sched_setaffinity), a fresh iterator each time. Reported per code:
+the cache's bytes, the build time, the peak resident size over the size
+before the build (through the whole run), the median rates, the rate of
+each code over the first one's, and the CPU time the process spent per
+sample and per second of the timed batches (on a shared machine the CPU a
+loader needs per sample, and how many cores it kept busy, say more than
+its rate).
 
-The machine may be shared, so the two loaders alternate for --rounds
-rounds and each reports its median rate. Prints samples per second of both
-and last `ratio: <ours / reference>`.
+Reference, per batch (--reference-batches per round, 0: none): the way the
+research code loads, in this process: pick a tile at random, decode its
+three files (datasets.load_sample), compute the normals of the whole tile
+(geometry.surface_normals), crop the batch in a Python loop; one thread.
 """
+import argparse
+import json
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import cv2
+import numpy as np
+import tifffile
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import tifffile  # noqa: E402
+import machine
 
-import config  # noqa: E402
-import machine  # noqa: E402
-from utils import settings  # noqa: E402
-
-TILE_SHAPES = [(2000, 2500), (2100, 2400), (1950, 2550), (2050, 2480)]
-AREAS = (1, 3, 5, 7)
-
-
-def write_tiles(root, count, seed=0):
-    """Vaihingen-like tiles: terrain and buildings in the NDSM, classes and colours to match."""
-    rng = np.random.default_rng(seed)
-    for folder in ('RGB', 'NDSM', 'SEM'):
-        os.makedirs(os.path.join(root, folder))
-    for area, (rows, cols) in zip(AREAS[:count], TILE_SHAPES):
-        write_tile(root, area, rows, cols, rng)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MB = 2 ** 20
+SETTINGS = ['dataset_name=Vaihingen', 'cropSize=320', 'sem_flag=True', 'norm_flag=True',
+            'edge_flag=False', 'augment=False', 'mtl_training_samples=1000000']
 
 
 def write_tile(root, area, rows, cols, rng):
-    """One Vaihingen-like area (the folders exist)."""
+    """One Vaihingen-like area (the folders exist): terrain and buildings in
+    the NDSM, classes and colours to match."""
+    import config
     codes = np.array(config.VAIHINGEN_CODES, np.uint8)
     small = rng.random((rows // 50, cols // 50)).astype(np.float32)
     terrain = cv2.resize(small, (cols, rows), interpolation=cv2.INTER_CUBIC) * 10
@@ -77,86 +81,232 @@ def write_tile(root, area, rows, cols, rng):
     tifffile.imwrite(os.path.join(root, 'SEM', name + '.tif'), colours)
 
 
-def reference_batches(samples, batch, count, rng):
-    """The research loader: per batch one tile decoded, its normals, a crop loop."""
+def write_tiles(root, areas, rows, cols, jitter, seed=0):
+    """Tiles of the given areas, each side rows / cols +- jitter; their shapes."""
+    rng = np.random.default_rng(seed)
+    for folder in ('RGB', 'NDSM', 'SEM'):
+        os.makedirs(os.path.join(root, folder))
+    shapes = [(rows + int(rng.integers(-jitter, jitter + 1)),
+               cols + int(rng.integers(-jitter, jitter + 1))) for _ in areas]
+    for area, shape in zip(areas, shapes):
+        write_tile(root, area, *shape, rng)
+    return shapes
+
+
+# ------------------------------------------------------------ child process
+
+def memory():
+    """{'VmRSS': bytes, 'VmHWM': bytes} of this process."""
+    with open('/proc/self/status') as f:
+        fields = dict(line.split(':', 1) for line in f)
+    return {k: int(fields[k].split()[0]) * 1024 for k in ('VmRSS', 'VmHWM')}
+
+
+def pin(cpus):
+    """Every thread of this process onto `cpus` (new threads inherit it)."""
+    for tid in os.listdir('/proc/self/task'):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:         # the thread ended meanwhile
+            pass
+
+
+def cpu_seconds():
+    """User + system CPU time of this process so far (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cache_bytes(cache):
+    nbytes = getattr(cache, 'nbytes', None)
+    if nbytes is None:      # code that captured the cache as stacked tensors
+        nbytes = sum(t.shape.num_elements() * t.dtype.size
+                     for stack, _ in cache.stacks for t in stack.values())
+    return nbytes
+
+
+def child(code, workdir, tiles, sets):
+    """Build the cache with the code in `code`, then time batches on command."""
+    sys.path.insert(0, code)
+    import tensorflow as tf
+    import config
+    from utils import datasets, pipeline, settings
+    settings.apply([f'shortcut_path={workdir}'] + SETTINGS + sets)
+    datasets.VAIHINGEN_AREAS['train'] = datasets.VAIHINGEN_AREAS['train'][:tiles]
+    datasets.find_split('train')
+    batch = config.mtl_global_batch_size
+    tf.constant(0)                      # the runtime starts before the baseline
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')                    # peak := current resident size
+    before = memory()['VmRSS']
+    start = time.perf_counter()
+    pipeline.train_dataset('mtl', batch, epoch=0)
+    print(json.dumps(dict(cache=cache_bytes(pipeline._cache['value']),
+                          build=time.perf_counter() - start,
+                          build_peak=memory()['VmHWM'] - before)), flush=True)
+    every = os.sched_getaffinity(0)
+    epoch = 0
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command['cores'] == 'one':
+            pin({min(every)})
+        epoch += 1
+        iterator = iter(pipeline.train_dataset('mtl', batch, epoch=epoch))
+        for _ in range(command['warmup']):
+            next(iterator)
+        start, cpu = time.perf_counter(), cpu_seconds()
+        for _ in range(command['batches']):
+            next(iterator)
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+        del iterator        # no background prefetching while the others run
+        pin(every)
+        samples = command['batches'] * batch
+        print(json.dumps(dict(rate=samples / seconds, cpu=cpu / samples, cores=cpu / seconds,
+                              peak=memory()['VmHWM'] - before)), flush=True)
+
+
+# ------------------------------------------------------------ this process
+
+def reference_rate(samples, batch, count, rng):
+    """Samples/s of the research loader: per batch one tile decoded, its
+    normals, a crop loop."""
+    import config
     from utils import datasets, geometry
     crop = config.cropSize
+    start = time.perf_counter()
     for _ in range(count):
         loaded = datasets.load_sample(samples[rng.integers(len(samples))])
         normals = geometry.surface_normals(loaded.height)
         rows, cols = loaded.height.shape
-        images, heights, labels, norms = [], [], [], []
+        fields = {'image': [], 'height': [], 'sem': [], 'norm': []}
         for _ in range(batch):
             y, x = rng.integers(0, rows - crop + 1), rng.integers(0, cols - crop + 1)
             window = (slice(y, y + crop), slice(x, x + crop))
-            images.append(loaded.image[window])
-            heights.append(loaded.height[window][..., None])
-            labels.append(loaded.labels[window])
-            norms.append(normals[window])
-        yield dict(image=np.stack(images), height=np.stack(heights), sem=np.stack(labels),
-                   norm=np.stack(norms))
+            fields['image'].append(loaded.image[window])
+            fields['height'].append(loaded.height[window][..., None])
+            fields['sem'].append(loaded.labels[window])
+            fields['norm'].append(normals[window])
+        {name: np.stack(arrays) for name, arrays in fields.items()}
+    return count * batch / (time.perf_counter() - start)
 
 
-def rate(batches, batch_size):
-    """Samples per second while consuming `batches` (an iterator)."""
-    start, count = time.perf_counter(), 0
-    for _ in batches:
-        count += batch_size
-    return count / (time.perf_counter() - start)
+class Child:
+    def __init__(self, code, workdir, args):
+        self.code = code
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), '--tiles', str(args.tiles),
+             '--child', os.path.abspath(code), workdir] + [f'--set={s}' for s in args.set],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+        self.built = self.answer()
+        self.rates = {'all': [], 'one': []}
+        self.cpu = {'all': [], 'one': []}     # CPU seconds per sample
+        self.cores = {'all': [], 'one': []}   # CPU seconds per second
+        self.peak = self.built['build_peak']
+
+    def answer(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            sys.exit(f"{self.code}: the benchmark process failed (its stderr is above)")
+        return json.loads(line)
+
+    def rate(self, cores, args):
+        self.proc.stdin.write(json.dumps(dict(cores=cores, batches=args.batches,
+                                              warmup=args.warmup)) + '\n')
+        self.proc.stdin.flush()
+        reply = self.answer()
+        self.rates[cores].append(reply['rate'])
+        self.cpu[cores].append(reply['cpu'])
+        self.cores[cores].append(reply['cores'])
+        self.peak = max(self.peak, reply['peak'])
+        return reply['rate']
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
 
 
 def main():
-    p = settings.parser(__doc__.split('\n\n')[0])
-    p.add_argument('--tiles', type=int, default=4, choices=range(1, len(AREAS) + 1))
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--code', action='append', help='repository checkout to measure')
+    p.add_argument('--tiles', type=int, default=13, choices=range(1, 14))
+    p.add_argument('--size', default='2000x2500', help='ROWSxCOLS')
+    p.add_argument('--jitter', type=int, default=60)
     p.add_argument('--rounds', type=int, default=3)
-    p.add_argument('--batches', type=int, default=200, help='our batches timed per round')
-    p.add_argument('--reference-batches', type=int, default=6,
-                   help='reference batches timed per round')
-    p.add_argument('--warmup', type=int, default=20, help='our batches before timing')
-    args = settings.parse_args(p)
-    with tempfile.TemporaryDirectory(prefix='dsmnet_bench_') as workdir:
-        run(args, workdir)
+    p.add_argument('--batches', type=int, default=200, help='batches timed per turn')
+    p.add_argument('--warmup', type=int, default=20, help='batches before timing')
+    p.add_argument('--reference-batches', type=int, default=2,
+                   help='reference batches timed per round (0: no reference)')
+    p.add_argument('--set', action='append', default=[], metavar='NAME=VALUE')
+    p.add_argument('--child', nargs=2, help=argparse.SUPPRESS)   # CODE WORKDIR
+    args = p.parse_args()
+    if args.child:
+        child(*args.child, args.tiles, args.set)
+        return
 
-
-def run(args, workdir):
-    settings.apply(['dataset_name=Vaihingen', f'shortcut_path={workdir}', 'cropSize=320',
-                    'sem_flag=True', 'norm_flag=True', 'edge_flag=False', 'augment=False',
-                    'mtl_training_samples=1000000'] + args.set)
-    from utils import datasets, pipeline
-    datasets.VAIHINGEN_AREAS['train'] = AREAS[:args.tiles]
-    batch = config.mtl_global_batch_size
+    sys.path.insert(0, ROOT)
+    import config
+    from utils import datasets, settings
+    rows, cols = map(int, args.size.split('x'))
     print(machine.describe())
     print(f"command: python bench/input_pipeline.py {' '.join(sys.argv[1:])}")
-
-    start = time.perf_counter()
-    write_tiles(os.path.join(workdir, 'Vaihingen'), args.tiles)
-    samples = datasets.find_split('train')
-    print(f"{len(samples)} tiles {', '.join('x'.join(map(str, s)) for s in TILE_SHAPES[:args.tiles])}"
-          f" written in {time.perf_counter() - start:.1f} s; crop {config.cropSize}, "
-          f"global batch {batch}")
-
-    start = time.perf_counter()
-    pipeline.train_dataset('mtl', batch, epoch=0)
-    print(f"ours, one-time decode + normals + cache of the tiles: "
-          f"{time.perf_counter() - start:.1f} s (not in the rate)")
-
-    rng = np.random.default_rng(config.seed)
-    ours, reference = [], []
-    for r in range(args.rounds):
-        reference.append(rate(reference_batches(samples, batch, args.reference_batches, rng),
-                              batch))
-        iterator = iter(pipeline.train_dataset('mtl', batch, epoch=r + 1))
-        for _ in range(args.warmup):
-            next(iterator)
-        ours.append(rate((next(iterator) for _ in range(args.batches)), batch))
-        del iterator    # no background prefetching while the reference runs
-        print(f"round {r + 1}: ours {ours[-1]:.1f} samples/s, "
-              f"reference {reference[-1]:.2f} samples/s")
-    ours_rate, reference_rate = statistics.median(ours), statistics.median(reference)
-    print(f"ours (tf.data, cached tiles): {ours_rate:.1f} samples/s (median of {args.rounds})")
-    print(f"reference (decode + normals per batch, Python crops): "
-          f"{reference_rate:.2f} samples/s (median of {args.rounds})")
-    print(f"ratio: {ours_rate / reference_rate:.1f}")
+    with tempfile.TemporaryDirectory(prefix='dsmnet_bench_') as workdir:
+        areas = datasets.VAIHINGEN_AREAS['train'][:args.tiles]
+        start = time.perf_counter()
+        shapes = write_tiles(os.path.join(workdir, 'Vaihingen'), areas, rows, cols,
+                             args.jitter)
+        pixels = sum(r * c for r, c in shapes)
+        print(f"{len(areas)} tiles, {pixels / 1e6:.1f} Mpx, written in "
+              f"{time.perf_counter() - start:.0f} s; cores: "
+              f"{len(os.sched_getaffinity(0))}")
+        settings.apply([f'shortcut_path={workdir}'] + SETTINGS + args.set)
+        datasets.VAIHINGEN_AREAS['train'] = areas
+        samples = datasets.find_split('train')
+        batch = config.mtl_global_batch_size
+        print(f"crop {config.cropSize}, global batch {batch}")
+        children = []
+        for code in args.code or [ROOT]:    # one build at a time: no contention
+            children.append(Child(code, workdir, args))
+            built = children[-1].built
+            print(f"{code}: cache {built['cache'] / MB:.0f} MiB, built in "
+                  f"{built['build']:.0f} s, build peak +{built['build_peak'] / MB:.0f} MiB",
+                  flush=True)
+        rng = np.random.default_rng(0)
+        reference = []
+        try:
+            for r in range(args.rounds):
+                line = []
+                for c, each in enumerate(children):
+                    for cores in ('all', 'one'):
+                        line.append(f"{c}/{cores} {each.rate(cores, args):.0f}")
+                if args.reference_batches:
+                    reference.append(reference_rate(samples, batch, args.reference_batches,
+                                                    rng))
+                    line.append(f"reference {reference[-1]:.2f}")
+                print(f"round {r + 1}, samples/s: {', '.join(line)}", flush=True)
+        finally:
+            for each in children:
+                each.close()
+    first = None
+    for c, each in enumerate(children):
+        all_cores, one_core = (statistics.median(each.rates[k]) for k in ('all', 'one'))
+        first = first or all_cores
+        print(f"{c} = {each.code}: cache {each.built['cache'] / MB:.0f} MiB; peak resident "
+              f"+{each.peak / MB:.0f} MiB over the size before the build "
+              f"({each.peak / each.built['cache']:.2f}x the cache); all cores "
+              f"{all_cores:.0f} samples/s (rounds "
+              f"{' / '.join(f'{x:.0f}' for x in each.rates['all'])}), one core "
+              f"{one_core:.0f} ({' / '.join(f'{x:.0f}' for x in each.rates['one'])}); "
+              f"all / one {all_cores / one_core:.2f}; all cores / code 0: "
+              f"{all_cores / first:.2f}; CPU per sample "
+              f"{statistics.median(each.cpu['all']) * 1e3:.2f} ms on all cores, "
+              f"{statistics.median(each.cpu['one']) * 1e3:.2f} ms on one; cores busy "
+              f"{statistics.median(each.cores['all']):.2f} on all, "
+              f"{statistics.median(each.cores['one']):.2f} on one")
+    if reference:
+        rate = statistics.median(reference)
+        print(f"reference (decode + normals per batch, Python crops): {rate:.2f} samples/s; "
+              f"ratio code 0 all cores / reference: {first / rate:.0f}")
 
 
 if __name__ == '__main__':

@@ -5,12 +5,17 @@ blue = which file), so each delivered crop can be traced back to its file and
 compared, field by field, with load_sample + geometry applied to that whole
 file and indexed with numpy: an independent second path to every value.
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
 import tifffile
 
 import config
+from conftest import ROOT
 from utils import datasets, distribute, geometry, pipeline, settings
 
 CROP = 32
@@ -304,10 +309,11 @@ def test_cache_built_tile_by_tile_holds_each_sample_as_decoded_alone(tiles, monk
         monkeypatch.setattr(pipeline, '_pack', keep_tile_0_image)
     pipeline._cache.clear()
     cache = pipeline._cached(samples)
+    samples = [cache.stored(i) for i in range(cache.size)]
     assert cache.size == 3 and cache.nbytes == sum(
-        stored.nbytes for fields in cache.samples for stored, _ in fields.values())
-    assert (cache.alike['image'] is None) == mixed
-    for fields in cache.samples:
+        stored.nbytes for fields in samples for stored, _ in fields.values())
+    assert (len(cache.fields['image'].parts) > 1) == mixed
+    for fields in samples:
         blue = float(fields['image'][0][0, 0, 2]) * (1 if fields['image'][1] else 255)
         tile = round(blue) // FILE_STEP
         ref = refs[tile]
@@ -317,7 +323,7 @@ def test_cache_built_tile_by_tile_holds_each_sample_as_decoded_alone(tiles, monk
                              'mask': (np.uint8, True), 'sem': (np.uint8, True),
                              'norm': (np.float32, False), 'edge': (np.uint8, True)}
         for name, dtype, _ in pipeline._field_specs():
-            got = pipeline._unpack(*fields[name], dtype)
+            got = pipeline._unpack(tf.constant(fields[name][0]), fields[name][1], dtype).numpy()
             expected = ref[name] if ref[name].ndim == 3 else ref[name][..., None]
             assert got.dtype == expected.dtype, name
             np.testing.assert_array_equal(got, expected, err_msg=name)
@@ -342,3 +348,78 @@ def test_pack_keeps_a_field_whole_when_any_row_block_is_not_8_bit(monkeypatch):
     assert packed and stored.dtype == np.uint8
     np.testing.assert_array_equal(stored, labels)
     assert pipeline._pack(labels + 1)[1] is False     # 256 does not fit
+
+
+EXIT_RUN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'exit_run.py')
+
+
+def _tiny_patches(root, count):
+    """`count` patches of one crop each: a long epoch of quick decodes."""
+    rng = np.random.default_rng(3)
+    for folder in ('rgb', 'dsm', 'sem'):
+        (root / folder).mkdir(parents=True)
+    for t in range(count):
+        image, dsm = _scene(CROP, CROP, t % 12, rng, True)
+        tifffile.imwrite(root / 'rgb' / f'p{t}.tif', image)
+        tifffile.imwrite(root / 'dsm' / f'p{t}.tif', dsm)
+        tifffile.imwrite(root / 'sem' / f'p{t}.tif', rng.integers(0, 2, (CROP, CROP)).astype(np.uint8))
+
+
+@pytest.mark.parametrize('replicas', [1, 2])
+@pytest.mark.parametrize('source', ['cached tiles', 'patches read from disk'])
+def test_a_script_ending_with_a_live_iterator_exits(tiles, tmp_path, source, replicas):
+    """Python must not hang at exit while the pipeline of a live iterator is
+    producing. Reading patches from disk runs Python per sample, and whether
+    a call is in flight when the interpreter finalises is a race (without
+    the exit hook about half the runs hung): two runs at once."""
+    if source == 'cached tiles':
+        tiles()
+        sets, runs = ['dataset_name=DFC2018', 'mtl_training_samples=100000'], 1
+    else:
+        _tiny_patches(tmp_path / 'DFC2023_test' / 'train', 200)
+        sets, runs = ['dataset_name=DFC2023_test', 'mtl_preload=False'], 2
+    sets += [f'shortcut_path={tmp_path}', f'cropSize={CROP}', 'mtl_batchSize=1']
+    if replicas == 2:
+        sets += ['multi_gpu_enabled=True', 'cpu_replicas=2']
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+    procs = [subprocess.Popen([sys.executable, EXIT_RUN] + sets, cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(runs)]
+    hung = 0
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            hung += 1
+            continue
+        assert proc.returncode == 0, err
+        assert f"took a batch on {replicas} replica(s)" in out
+    assert not hung, f"{hung} of {runs} runs took their batch but did not exit within 120 s"
+
+
+def test_cache_split_into_parts_gives_the_same_batches(tiles, monkeypatch):
+    """Samples of one field spread over several variables (parts): the same
+    stored values and the same batches as with one variable per field."""
+    samples = tiles()
+    config.augment = True
+    whole = _collect(pipeline.train_dataset('mtl', BATCH, epoch=2))
+    stored = [pipeline._cache['value'].stored(i) for i in range(3)]
+    # image parts: 70 rows of 90 x 3 round up to 96 rows; 96 x 64 x 3 is aligned
+    monkeypatch.setattr(pipeline, 'PART_ELEMENTS', 96 * 90 * 3)
+    pipeline._cache.clear()
+    cache = pipeline._cached(samples)
+    assert len(cache.fields['image'].parts) == 3
+    assert len(cache.fields['sem'].parts) == 1
+    for i in range(3):
+        for name, (array, packed) in cache.stored(i).items():
+            np.testing.assert_array_equal(array, stored[i][name][0], err_msg=name)
+            assert packed == stored[i][name][1]
+    for a, b in zip(whole, _collect(pipeline.train_dataset('mtl', BATCH, epoch=2))):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    monkeypatch.setattr(pipeline, 'PART_ELEMENTS', 96 * 90 * 3 - 1)
+    pipeline._cache.clear()
+    with pytest.raises(datasets.DatasetError, match='image of a 70x90 sample'):
+        pipeline._cached(samples)

@@ -25,17 +25,27 @@ once per process with their normals and edge maps and kept in memory,
 whatever *_preload says (a random crop read from disk would decode a whole
 tile per sample). Each sample takes a random tile and a random crop; an epoch
 is *_training_samples samples, floored to whole global batches. Tiles are
-decoded one after the other and each field packed as it is made, so building
-the cache takes little more memory than the cache (bench/cache_memory.py).
+decoded one after the other and each field packed as it is made, then copied
+into flat tf.Variables, so building the cache takes little more memory than
+the cache (bench/cache_memory.py). Crops are cut from the variables by
+TensorFlow ops: no Python runs per sample, and tf.data's graph rewrites,
+which copy captured tensors, leave variables alone.
 
 Patch datasets: one pass over the files per epoch, in an order shuffled with
 (config.seed, epoch); a file larger than the crop gives a random crop. The
 last partial batch is dropped (drop_remainder=True) so that every step holds
 the full global batch its loss is averaged over. With *_preload and at most
 config.preload_max_gb of decoded data the patches are decoded once and cached
-like tiles; otherwise every epoch reads and decodes them in parallel.
+like tiles; otherwise every epoch reads and decodes them in parallel, in
+Python (tf.numpy_function), and an exit hook destroys live iterators before
+the interpreter finalises, which would otherwise hang on a call in flight.
 """
+import atexit
 import concurrent.futures
+import ctypes
+import functools
+import gc
+import math
 import os
 
 import numpy as np
@@ -173,12 +183,9 @@ def _pack(array):
 
 
 def _unpack(stored, is_packed, dtype):
-    """The values _pack was given, from what it stored (NumPy or TensorFlow)."""
+    """The values _pack was given, from the tensor it stored."""
     if not is_packed:
         return stored
-    if isinstance(stored, np.ndarray):
-        return stored.astype(np.int32) if dtype == tf.int32 else \
-            stored.astype(np.float32) / np.float32(255)
     return tf.cast(stored, tf.int32) if dtype == tf.int32 else \
         tf.cast(stored, tf.float32) / 255.0
 
@@ -187,54 +194,172 @@ def _decode_packed(sample):
     return {name: _pack(array) for name, array in _fields(sample)}
 
 
-class _Cache:
-    """Decoded samples in memory, each field as _pack stored it.
+ALIGN = 64      # elements: 64 bytes or more, TensorFlow's largest buffer alignment
+PART_ELEMENTS = 2 ** 31 - ALIGN     # at most per variable: tf.raw_ops.Empty takes int32 sizes
 
-    A crop is cut in NumPy (tf.numpy_function): the samples never become
-    tensors, because tf.data copies every tensor a dataset captures whenever
-    it rewrites the dataset's graph (its default optimisations, auto-sharding
-    for distribution), which would double the cache.
+
+@tf.function
+def _adopt_empty(variable, length):
+    """Give `variable` `length` uninitialised elements. Assigned inside a
+    function the new buffer has no other owner, so the variable takes it
+    over instead of copying it, and its pages stay unused until written."""
+    variable.assign(tf.raw_ops.Empty(shape=tf.reshape(length, [1]), dtype=variable.dtype))
+
+
+@tf.function(reduce_retracing=True)     # one trace for samples of any size
+def _write(variable, start, values):
+    """variable[start:start + size(values)] = values, in place.
+
+    The variable lets go of its buffer before the update, which then owns it
+    alone and may write into it (TensorStridedSliceUpdate forwards its
+    input); a sliced assign to the variable would also work in place but
+    turns on its copy-on-read mode, and every later read (every crop) would
+    copy the whole variable."""
+    current = variable.value()
+    emptied = variable.assign(tf.zeros([0], variable.dtype), read_value=False)
+    with tf.control_dependencies([emptied]):
+        end = start + tf.size(values, tf.int64)
+        updated = tf.raw_ops.TensorStridedSliceUpdate(
+            input=current, begin=tf.reshape(start, [1]), end=tf.reshape(end, [1]),
+            strides=tf.ones([1], tf.int64), value=values)
+    variable.assign(updated)
+
+
+def _trim_heap():
+    """Give freed memory back to the system. glibc keeps freed blocks below
+    its (self-raising) mmap threshold in the heap, and the arrays of a
+    field copied into its variables would still count as resident while the
+    next field is copied."""
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc: nothing to do
+        pass
+
+
+def _round_up(count, step):
+    return -(-count // step) * step
+
+
+class _Field:
+    """One field of every cached sample, in flat 1-D tf.Variables.
+
+    Samples of the same storage kind (dtype, packed: what _pack chose) share a
+    variable (a part; a new part when one would pass PART_ELEMENTS), one
+    after the other, each starting on an ALIGN-element boundary. Sample i's
+    rows are w * channels elements long: a band of rows that starts on a
+    multiple of quantum[i] rows and spans a multiple of quantum[i] rows then
+    starts and ends on ALIGN boundaries, and TensorFlow's Slice returns such
+    a slice of a 1-D tensor as a view of its buffer instead of a copy. A
+    part's tail has room for its last sample's band rounded up to whole
+    quanta (what the band reads past a sample's end is never used).
+    """
+
+    def __init__(self, name, channels, shapes, packed):
+        self.channels, self.shapes = channels, shapes
+        self.parts = []     # (dtype, is_packed) of each part
+        ends, length = [], []
+        self.part, self.start = [], []      # of each sample
+        quantum = [ALIGN // math.gcd(w * channels, ALIGN) for _, w in shapes]
+        for fields, (h, w), q in zip(packed, shapes, quantum):
+            stored, is_packed = fields[name]
+            kind, size = (stored.dtype, is_packed), _round_up(h, q) * w * channels
+            part = next((p for p, k in enumerate(self.parts)
+                         if k == kind and ends[p] + size <= PART_ELEMENTS), None)
+            if part is None:
+                if size > PART_ELEMENTS:
+                    raise datasets.DatasetError(
+                        f"{name} of a {h}x{w} sample has {size} elements, more than "
+                        f"TensorFlow's {PART_ELEMENTS} per tensor")
+                part = len(self.parts)
+                self.parts.append(kind)
+                ends.append(0)
+                length.append(0)
+            self.part.append(part)
+            self.start.append(ends[part])
+            length[part] = max(length[part], ends[part] + size)
+            ends[part] += _round_up(h * w * channels, ALIGN)
+        self.variables = []
+        for (dtype, _), count in zip(self.parts, length):
+            with tf.device('/CPU:0'):
+                variable = tf.Variable(tf.zeros([0], dtype), shape=tf.TensorShape([None]),
+                                       trainable=False)
+                _adopt_empty(variable, tf.constant(_round_up(count, ALIGN), tf.int32))
+            self.variables.append(variable)
+        for fields, part, start in zip(packed, self.part, self.start):
+            # each sample's array is freed once copied: the cache is never held twice
+            stored, _ = fields.pop(name)
+            _write(self.variables[part], tf.constant(start, tf.int64), stored.ravel())
+            del stored
+        _trim_heap()
+        self.part_of = tf.constant(self.part, tf.int32)
+        self.start_of = tf.constant(self.start, tf.int64)
+        self.quantum_of = tf.constant(quantum, tf.int64)
+
+    def stored(self, index):
+        """Sample `index` as stored: ([H, W, channels] array, is_packed)."""
+        (h, w), start, part = self.shapes[index], self.start[index], self.part[index]
+        array = self.variables[part][start:start + h * w * self.channels].numpy()
+        return array.reshape(h, w, self.channels), self.parts[part][1]
+
+    def crop(self, tile, y, x, size, dtype):
+        """The [c, c, channels] window at (y, x) of sample `tile`, unpacked."""
+        c, channels = config.cropSize, self.channels
+        y, x = tf.cast(y, tf.int64), tf.cast(x, tf.int64)
+        width = tf.cast(size[1], tf.int64)
+        start, quantum = tf.gather(self.start_of, tile), tf.gather(self.quantum_of, tile)
+        top = y // quantum * quantum
+        rows = (y + c - top + quantum - 1) // quantum * quantum
+        row = width * channels
+
+        def cut(variable, is_packed):
+            band = tf.slice(variable.value(), tf.reshape(start + top * row, [1]),
+                            tf.reshape(rows * row, [1]))
+            band = tf.reshape(band, tf.stack([rows, width, channels]))
+            window = tf.slice(band, tf.stack([y - top, x, tf.constant(0, tf.int64)]),
+                              tf.constant([c, c, channels], tf.int64))
+            return _unpack(window, is_packed, dtype)
+        branches = [functools.partial(cut, variable, is_packed)
+                    for variable, (_, is_packed) in zip(self.variables, self.parts)]
+        if len(branches) == 1:
+            return branches[0]()
+        return tf.switch_case(tf.gather(self.part_of, tile), branches)
+
+
+class _Cache:
+    """Decoded samples in memory, each field as _pack stored it (see _Field).
+
+    The samples live in tf.Variables and crops are cut by TensorFlow ops:
+    tf.data captures a variable by its handle, so its graph rewrites (the
+    default optimisations, auto-sharding for distribution) never copy the
+    cache, as they would copy captured tensors; and no crop runs Python, so
+    none waits for the GIL, and a live iterator never keeps the interpreter
+    from exiting.
     """
 
     def __init__(self, packed):
-        self.samples = packed
+        if tf.distribute.has_strategy():
+            raise RuntimeError("build the training dataset outside strategy.scope(): "
+                               "inside it the cache's variables would be mirrored, one copy "
+                               "per replica")
         self.size = len(packed)
-        self.sizes = tf.constant([fields['image'][0].shape[:2] for fields in packed],
-                                 tf.int32)
+        shapes = [fields['image'][0].shape[:2] for fields in packed]
+        self.sizes = tf.constant(shapes, tf.int32)
         self.nbytes = sum(stored.nbytes for fields in packed for stored, _ in fields.values())
-        # A field stored alike in every sample leaves NumPy as stored and is
-        # unpacked by TensorFlow, outside the GIL; other fields NumPy unpacks.
-        self.alike = {}
-        for name, _, _ in _field_specs():
-            kinds = {(fields[name][0].dtype, fields[name][1]) for fields in packed}
-            self.alike[name] = kinds.pop() if len(kinds) == 1 else None
+        self.fields = {name: _Field(name, channels, shapes, packed)
+                       for name, _, channels in _field_specs()}
 
-    def _cut(self, index, y, x):
-        c = config.cropSize
-        fields = self.samples[index]
-        out = []
-        for name, dtype, _ in _field_specs():
-            stored, is_packed = fields[name]
-            window = stored[y:y + c, x:x + c]
-            if self.alike[name] is None:
-                window = _unpack(window, is_packed, dtype)
-            out.append(np.ascontiguousarray(window))
-        return out
+    def stored(self, index):
+        """Every field of sample `index` as stored: name -> (array, is_packed)."""
+        return {name: field.stored(index) for name, field in self.fields.items()}
 
     def crop(self, tile, key):
         """The fields of a random crop of cached sample `tile`."""
         c = config.cropSize
         size = tf.gather(self.sizes, tile)
         y, x = _offsets(key, size[0], size[1])
-        specs = _field_specs()
-        kinds = [self.alike[name] for name, _, _ in specs]
-        arrays = tf.numpy_function(
-            self._cut, [tile, y, x],
-            [dtype if kind is None else tf.as_dtype(kind[0])
-             for (_, dtype, _), kind in zip(specs, kinds)], stateful=False)
-        return {name: tf.ensure_shape(array if kind is None else
-                                      _unpack(array, kind[1], dtype), [c, c, channels])
-                for (name, dtype, channels), array, kind in zip(specs, arrays, kinds)}
+        return {name: tf.ensure_shape(self.fields[name].crop(tile, y, x, size, dtype),
+                                      [c, c, channels])
+                for name, dtype, channels in _field_specs()}
 
 
 def _cache_key(samples):
@@ -325,8 +450,35 @@ def _augment(fields, key):
 
 # ----------------------------------------------------------------- datasets
 
+def _release_iterators():
+    """Destroy every live tf.data iterator while threads can still run Python.
+
+    Registered at exit once a pipeline runs Python per sample (_loader). An
+    iterator still referenced when the interpreter finalises is destroyed
+    with the module holding it; by then a tf.data thread that enters or
+    re-enters Python for a numpy_function call never returns, and the
+    destructor, which waits for every call in flight, waits forever. Here,
+    at exit but before finalisation, those calls still finish. There is no
+    public way to close an iterator: dropping its resource handle is what
+    deleting the last reference to it does.
+    """
+    from tensorflow.python.data.ops import iterator_ops, multi_device_iterator_ops
+    for obj in gc.get_objects():
+        if isinstance(obj, iterator_ops.OwnedIterator):
+            obj._iterator_resource = None
+        elif isinstance(obj, multi_device_iterator_ops.OwnedMultiDeviceIterator):
+            obj._multi_device_iterator_resource = None
+            obj._device_iterators = []
+
+
+_exit_hook = []     # [True] once _release_iterators is registered
+
+
 def _loader(samples):
     """Per-sample fields read from disk (uncached patch datasets)."""
+    if not _exit_hook:
+        atexit.register(_release_iterators)
+        _exit_hook.append(True)
     specs = _field_specs()
 
     def load(index):
