@@ -6,7 +6,7 @@ import tensorflow as tf
 
 import config
 from conftest import TINY, small_encoder
-from utils import benchmark, checkpoints, settings, stages
+from utils import benchmark, checkpoints, datasets, inference, settings, stages
 from utils.errors import CheckpointError
 
 
@@ -51,3 +51,20 @@ def test_the_mtl_stage_keeps_its_best_weights_at_pred_checkpoint_path(tiny):
     assert trainer.best_path == config.predCheckPointPath and trainer.validate_fn is not None
     with pytest.raises(ValueError, match="stage = 'x'"):
         stages.make_trainer('x')
+
+
+def test_the_mtl_stage_validates_its_own_network_on_the_valid_split(tiny, synthetic_root):
+    """validate_fn scores the trainer's network on the valid split at
+    valid_stride: the RMSE of a second computation, window by window."""
+    settings.apply([f'shortcut_path={synthetic_root}'])
+    trainer = stages.make_trainer('mtl')
+    metrics = trainer.validate_fn()
+    predict_fn = inference.make_predict_fn(trainer.model)
+    rmses = []
+    for sample in datasets.find_split('valid'):
+        loaded = datasets.load_sample(sample)
+        height = inference.predict_tile(predict_fn, loaded.image, config.cropSize,
+                                        config.valid_stride)['height']
+        valid = np.isfinite(loaded.height)
+        rmses.append(np.sqrt(np.mean((height[valid] - loaded.height[valid]) ** 2)))
+    assert len(rmses) == 8 and metrics['rmse'] == pytest.approx(np.mean(rmses), rel=1e-6)
