@@ -46,10 +46,11 @@ def peak_rss_mb():
 
 def write_image(path, height, width):
     """A smooth random RGB GeoTIFF, written band by band (never whole in memory)."""
-    from utils import raster
+    from utils import cog
     rng = np.random.RandomState(0)
     coarse = rng.rand(height // 64 + 2, width // 64 + 2, 3)
-    writer = raster.TiledWriter(path, (height, width, 3), np.uint8, GEO, photometric='rgb')
+    writer = cog.CogWriter(path, (height, width, 3), np.uint8, GEO, photometric='rgb',
+                           overview='nearest')
     cols = np.linspace(0, coarse.shape[1] - 1.001, width)
     for r0 in range(0, height, 256):
         rows = np.linspace(0, coarse.shape[0] - 1.001, height)[r0:r0 + 256]
