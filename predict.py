@@ -150,13 +150,17 @@ def predict_image(predict_fn, path, paths, bands, progress=None, trained=None, r
                 height = maps['height']
                 height[~mask] = raster.HEIGHT_NODATA
                 writers['height'].write(height)
-                # the band's rows on the preview grid, copied (a view would keep the band)
+                # the band's rows on the preview grid, copied (a view would keep the
+                # band); bands without one add nothing, so at most PREVIEW_SIDE pieces
                 grid = np.s_[(-r0) % step::step, ::step]
-                preview['height'].append(np.where(mask[grid], height[grid], np.nan))
+                on_grid = len(range((-r0) % step, n, step)) > 0
+                if on_grid:
+                    preview['height'].append(np.where(mask[grid], height[grid], np.nan))
                 if 'sem' in maps:
                     classes = np.argmax(maps['sem'], -1).astype(np.int16)
                     classes[~mask] = -1
-                    preview['classes'].append(classes[grid].copy())
+                    if on_grid:
+                        preview['classes'].append(classes[grid].copy())
                     if 'sem' in writers:
                         values = classes_of['values'][np.maximum(classes, 0)]
                         values[~mask] = classes_of['nodata']

@@ -147,7 +147,10 @@ def test_georeferencing_and_nodata_kept(predict_fn, tmp_path, layout, nodata):
     dict(tile=(16, 16), compression='zlib', predictor=True, planarconfig='separate',
          bigtiff=True, photometric='rgb'),
     dict(rowsperstrip=7, compression='lzw', predictor=True, photometric='rgb'),
-    dict(photometric='rgb'),
+    dict(photometric='rgb'),                                # one uncompressed strip
+    dict(photometric='rgb', planarconfig='separate', byteorder='>'),
+    dict(photometric='rgb', rowsperstrip=11),
+    dict(photometric='rgb', compression='zlib'),            # one compressed strip
 ])
 def test_rows_read_by_segments_equal_the_whole_image(tmp_path, layout):
     image = _image((90, 130, 3))
@@ -194,6 +197,34 @@ def test_memory_does_not_grow_with_the_image_height(tmp_path):
     whole = 4000 * 160 * 4 * (3 + 1 + 1 + 6)    # float32 image, weights, height, sem
     assert peaks[4000] < 1.25 * peaks[1000], peaks
     assert peaks[4000] < whole / 4, (peaks, whole)
+
+
+@pytest.mark.parametrize('layout', ['single strip', 'narrow strip'])
+def test_memory_of_single_strip_and_narrow_images_follows_the_width(tmp_path, layout):
+    """A single uncompressed strip (tifffile's and many tools' default) is
+    read by rows from the file, and an image narrower than the crop is padded
+    band by band: 4x the rows, the same peak."""
+    import tracemalloc
+    settings.apply(['cropSize=32', 'predict_stride=16'])
+
+    def network(windows):
+        return {'height': windows[..., 0] * 2.0, 'sem': np.repeat(windows[..., :1], 6, -1)}
+    network.batch_size = 8
+    width, sizes = (160, (2000, 8000)) if layout == 'single strip' else (20, (10000, 40000))
+    peaks = {}
+    for rows in (sizes[0],) + sizes:    # the first run pays the one-time costs (imports)
+        path = str(tmp_path / f'{rows}.tif')
+        tifffile.imwrite(path, _image((rows, width, 3), np.float32), photometric='rgb')
+        with tifffile.TiffFile(path) as tif:
+            assert len(tif.pages[0].dataoffsets) == 1 and tif.pages[0].compression == 1
+        tracemalloc.start()
+        predict.predict_image(network, path, predict.output_paths(
+            str(tmp_path), str(rows), ('height', 'sem')), [0, 1, 2])
+        peaks[rows] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    image = sizes[1] * max(width, 32) * 3 * 4   # float32, as the windows see it
+    assert peaks[sizes[1]] < 1.25 * peaks[sizes[0]], peaks
+    assert peaks[sizes[1]] < image / 2, (peaks, image)
 
 
 TWO_REPLICAS_ARGS = ['--set', 'multi_gpu_enabled=True', '--set', 'cpu_replicas=2']

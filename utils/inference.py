@@ -45,7 +45,8 @@ def window_weight(crop, kind='gaussian'):
     if kind == 'gaussian':
         return gaussian_window(crop)
     t = (np.arange(crop) + 0.5) / crop
-    profiles = {'hann': lambda: np.sin(np.pi * t) ** 2, 'triangle': lambda: 1 - np.abs(2 * t - 1),
+    profiles = {'hann': lambda: np.sin(np.pi * t) ** 2,
+                'triangle': lambda: 1 - np.abs(2 * t - 1),
                 'flat': lambda: np.ones(crop)}
     if kind not in profiles:
         raise SettingError(f"predict_window = {kind!r}: use one of {', '.join(WINDOWS)}")
@@ -264,22 +265,30 @@ def predict_rows(predict_fn, read_rows, shape, crop, stride, keys=('height', 'se
                            f"use at most cropSize = {crop}")
     h, w = shape
     ph, pw = max(h, crop), max(w, crop)
-    if (ph, pw) != (h, w):      # at most crop rows: held whole
+    if ph != h:         # fewer rows than the crop: held whole
         small = read_rows(0, h)
         padded = np.pad(small, ((0, ph - h), (0, pw - w), (0, 0)), mode='reflect')
 
         def read_rows(r0, r1):
             return padded[r0:r1]
+    elif pw != w:       # narrower than the crop: each band of rows padded on its own
+        source = read_rows  # (reflecting columns never mixes rows: the same as whole)
+
+        def read_rows(r0, r1):
+            return np.pad(source(r0, r1), ((0, 0), (0, pw - w), (0, 0)), mode='reflect')
     weight = window_weight(crop, window).astype(np.float32)
     xs = window_starts(pw, crop, stride)
-    corners = [(y, x) for y in window_starts(ph, crop, stride) for x in xs]
+    ys = window_starts(ph, crop, stride)
+    count = len(ys) * len(xs)   # window i is at (ys[i // len(xs)], xs[i % len(xs)]): no
+                                # list of every window, whose size would follow the image
     chunk = max(int(batch_size or getattr(predict_fn, "batch_size", 8)), 1)
     # A batch reaches from its first window's row to its last window's row + crop.
     held = min(ph, crop + stride * -(-chunk // len(xs)))
     image, total, acc = None, np.zeros((held, pw), np.float32), {}
     top, read = 0, 0    # buffers hold rows [top, top + held); rows < read were read
-    for first in range(0, len(corners), chunk):
-        part = corners[first:first + chunk]
+    for first in range(0, count, chunk):
+        part = [(ys[i // len(xs)], xs[i % len(xs)]) for i in range(first, min(first + chunk,
+                                                                          count))]
         need = part[-1][0] + crop
         if need > read:
             rows = read_rows(read, need)
@@ -302,9 +311,9 @@ def predict_rows(predict_fn, read_rows, shape, crop, stride, keys=('height', 'se
         for y, x in part:
             total[y - top:y - top + crop, x:x + crop] += weight
         if progress:
-            progress(first + len(part), len(corners))
+            progress(first + len(part), count)
         # rows above the next window are final
-        done = corners[first + chunk][0] if first + chunk < len(corners) else ph
+        done = ys[(first + chunk) // len(xs)] if first + chunk < count else ph
         if done > top:
             if top < h:
                 keep, t = min(done, h) - top, total[:min(done, h) - top]

@@ -173,7 +173,11 @@ def _unreadable(path, err):
 
 
 class _Segments:
-    """Row access to one page of a TIFF through its strips or tiles."""
+    """Row access to one page of a TIFF through its strips or tiles, for
+    reads from top to bottom. Uncompressed strips are read by rows straight
+    from the file; other segments are decoded once per row of segments and
+    kept only while later rows still need theirs (a single compressed strip
+    is the whole image: decoded once, kept to the end)."""
 
     def __init__(self, tif, page):
         self.page, self.tif = page, tif
@@ -185,27 +189,70 @@ class _Segments:
         self.planes = page.samplesperpixel if page.planarconfig == 2 else 1
         self.shape = (page.imagelength, page.imagewidth, page.samplesperpixel)
         self.dtype = page.dtype
+        self.raw = (page.compression == 1 and not page.is_tiled and page.fillorder == 1
+                    and page.bitspersample == page.dtype.itemsize * 8
+                    and all(page.databytecounts))     # GDAL's sparse files: no strip
+        self.cache = {}     # row of segments -> its decoded rows [seg_h, W, bands]
+        if self.raw:        # read by rows later: a truncated file must fail now
+            end = max(o + n for o, n in zip(page.dataoffsets, page.databytecounts))
+            if end > tif.filehandle.size:
+                raise ValueError(f"truncated: its strips end at byte {end}, the file at "
+                                 f"{tif.filehandle.size}")
         self.read(0, 1)     # fails now, not midway, when a segment cannot be decoded
+        self.cache.clear()
 
     def read(self, r0, r1):
+        if self.raw:
+            return self._read_raw(r0, r1)
+        out = np.zeros((r1 - r0, self.shape[1], self.shape[2]), self.dtype)
+        first, last = r0 // self.seg_h, (r1 - 1) // self.seg_h
+        for row in range(first, last + 1):
+            if row not in self.cache:
+                self.cache[row] = self._decode_row(row)
+            top = row * self.seg_h
+            part = self.cache[row]
+            lo, hi = max(r0, top), min(r1, top + len(part))
+            out[lo - r0:hi - r0] = part[lo - top:hi - top]
+        for row in [k for k in self.cache if (k + 1) * self.seg_h <= r1]:
+            del self.cache[row]     # rows below r1 are read next, not these
+        return out
+
+    def _decode_row(self, row):
+        """Every segment of one row of segments, decoded: [rows, W, bands]."""
         page, (h, w, bands) = self.page, self.shape
-        out = np.zeros((r1 - r0, w, bands), self.dtype)
+        top = row * self.seg_h
+        out = np.zeros((min(self.seg_h, h - top), w, bands), self.dtype)
         fh = self.tif.filehandle
         for plane in range(self.planes):
-            for row in range(r0 // self.seg_h, (r1 - 1) // self.seg_h + 1):
-                for col in range(self.across):
-                    index = (plane * self.down + row) * self.across + col
-                    fh.seek(page.dataoffsets[index])
-                    data = fh.read(page.databytecounts[index]) or None
-                    seg, (s, _, y, x, c), _ = page.decode(data, index,
-                                                          jpegtables=page.jpegtables)
-                    if seg is None:     # a segment never written: zeros
-                        continue
-                    seg = seg[0]        # (length, width, contiguous samples)
-                    top, bottom = max(y, r0), min(y + seg.shape[0], r1, h)
-                    right = min(x + seg.shape[1], w)
-                    out[top - r0:bottom - r0, x:right, s + c:s + c + seg.shape[2]] = \
-                        seg[top - y:bottom - y, :right - x]
+            for col in range(self.across):
+                index = (plane * self.down + row) * self.across + col
+                fh.seek(page.dataoffsets[index])
+                data = fh.read(page.databytecounts[index]) or None
+                seg, (s, _, y, x, c), _ = page.decode(data, index, jpegtables=page.jpegtables)
+                if seg is None:     # a segment never written: zeros
+                    continue
+                seg = seg[0]        # (length, width, contiguous samples)
+                bottom, right = min(y + seg.shape[0], h), min(x + seg.shape[1], w)
+                out[y - top:bottom - top, x:right, s + c:s + c + seg.shape[2]] = \
+                    seg[:bottom - y, :right - x]
+        return out
+
+    def _read_raw(self, r0, r1):
+        """Rows of uncompressed strips, read from their offsets in the file."""
+        h, w, bands = self.shape
+        per_plane = bands // self.planes
+        stored = self.dtype.newbyteorder(self.tif.byteorder)
+        row_bytes = w * per_plane * stored.itemsize
+        out = np.empty((r1 - r0, w, bands), self.dtype)
+        fh = self.tif.filehandle
+        for plane in range(self.planes):
+            for strip in range(r0 // self.seg_h, (r1 - 1) // self.seg_h + 1):
+                top = strip * self.seg_h
+                lo, hi = max(r0, top), min(r1, top + self.seg_h, h)
+                fh.seek(self.page.dataoffsets[plane * self.down + strip] + (lo - top) * row_bytes)
+                rows = np.frombuffer(fh.read((hi - lo) * row_bytes), stored)
+                out[lo - r0:hi - r0, :, plane * per_plane:(plane + 1) * per_plane] = \
+                    rows.reshape(hi - lo, w, per_plane)
         return out
 
 
@@ -465,7 +512,8 @@ class Image:
         """The image at every `step`-th row and column, float32 [0, 1]."""
         parts = []
         for _, (picked, valid) in self._bands_of_rows(step * max(1, TILE // step)):
-            image = self.to_unit(picked[::step, ::step])
+            # a copy: to_unit may return its input, and a view would keep the band
+            image = self.to_unit(np.ascontiguousarray(picked[::step, ::step]))
             image[~valid[::step, ::step]] = 0
             parts.append(image)
         return np.concatenate(parts)
