@@ -635,7 +635,7 @@ def test_two_workers_claim_images_so_neither_waits(weights, tmp_path):
     finishing first. Worker 1 starts once the large image is claimed."""
     folder, out = tmp_path / 'in', tmp_path / 'out'
     folder.mkdir()
-    tifffile.imwrite(folder / 'a.tif', _image((640, 640, 3)), photometric='rgb')
+    tifffile.imwrite(folder / 'a.tif', _image((440, 440, 3)), photometric='rgb')
     for name in 'bc':
         tifffile.imwrite(folder / f'{name}.tif', _image((40, 40, 3)), photometric='rgb')
     cluster = {'worker': ['localhost:1', 'localhost:2']}
