@@ -134,9 +134,10 @@ test_batch_size: whole(at_least=1) = 8  # windows per inference call (global)
 # predict.py's windows (test_dsm.py keeps the published test_stride, Gaussian,
 # no flips): chosen from bench/predict_quality.py's table (README, Predict).
 predict_stride: whole(at_least=1, at_most='cropSize') = None   # None: cropSize // 3
-predict_window: one_of('gaussian', 'hann', 'triangle', 'flat') = 'gaussian'   # blending
-                            # weight: 'gaussian' as published, or the outer product
-                            # of a sin^2 / triangular / flat profile
+predict_window: one_of('gaussian', 'hann', 'triangle', 'trapezoid', 'flat') = 'trapezoid'
+                            # blending weight: 'gaussian' as published, or the outer
+                            # product of a sin^2 / triangular / trapezoidal / flat
+                            # profile
 predict_flips: whole(at_least=1, at_most=8) = 1     # test-time D4 transforms averaged
                             # per window: 1 none, 2 + left-right mirror, 4 every
                             # flip, 8 flips and transposes (costs that many times)

@@ -166,7 +166,7 @@ def test_test_batch_size_default_from_config():
 
 @pytest.mark.parametrize('kind,profile', [
     ('hann', lambda t: math.sin(math.pi * t) ** 2), ('triangle', lambda t: 1 - abs(2 * t - 1)),
-    ('flat', lambda t: 1.0)])
+    ('trapezoid', lambda t: min(1.0, 2 - 2 * abs(2 * t - 1))), ('flat', lambda t: 1.0)])
 def test_window_weights_by_formula(kind, profile):
     crop = 6
     one = np.array([profile((i + 0.5) / crop) for i in range(crop)])

@@ -18,7 +18,7 @@ from utils import datasets
 from utils.errors import SettingError
 
 GAUSS_SIGMA = 0.2
-WINDOWS = ('gaussian', 'hann', 'triangle', 'flat')
+WINDOWS = ('gaussian', 'hann', 'triangle', 'trapezoid', 'flat')
 # The D4 transforms as (transpose, flip rows, flip columns), applied in that
 # order; with_flips uses the first N: 2 adds the left-right mirror, 4 is the
 # group of flips, 8 all of D4.
@@ -40,6 +40,7 @@ def window_weight(crop, kind='gaussian'):
     """[crop, crop] float64 blending weights, sum 1: 'gaussian' (published),
     or the outer product of a 1-D profile sampled at the pixel centres:
     'hann' (sin^2; windows at half-crop steps sum to a constant), 'triangle',
+    'trapezoid' (1 over the middle half, falling linearly to the edges),
     'flat'. Every weight is above 0, so a pixel one window covers keeps its
     prediction."""
     if kind == 'gaussian':
@@ -47,6 +48,7 @@ def window_weight(crop, kind='gaussian'):
     t = (np.arange(crop) + 0.5) / crop
     profiles = {'hann': lambda: np.sin(np.pi * t) ** 2,
                 'triangle': lambda: 1 - np.abs(2 * t - 1),
+                'trapezoid': lambda: np.minimum(1, 2 * (1 - np.abs(2 * t - 1))),
                 'flat': lambda: np.ones(crop)}
     if kind not in profiles:
         raise SettingError(f"predict_window = {kind!r}: use one of {', '.join(WINDOWS)}")
