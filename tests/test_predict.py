@@ -619,12 +619,14 @@ def test_an_error_mid_image_leaves_nothing_behind(tmp_path):
     failing.batch_size = 8
     out = tmp_path / 'out'
     out.mkdir()
-    descriptors = len(os.listdir('/proc/self/fd'))
+    import threading
+    descriptors, threads = len(os.listdir('/proc/self/fd')), threading.active_count()
     with pytest.raises(RuntimeError, match='device lost'):
         predict.predict_image(failing, path, predict.output_paths(
             str(out), 'a', ('height', 'sem')), [0, 1, 2])
     assert len(calls) == 40 and os.listdir(out) == []
     assert len(os.listdir('/proc/self/fd')) == descriptors      # writers and spools closed
+    assert threading.active_count() == threads                  # compression threads gone
 
 
 @pytest.mark.slow

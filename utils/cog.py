@@ -22,7 +22,7 @@ BigTIFF when its offsets need 64 bits.
 import os
 import struct
 import tempfile
-import zlib
+from concurrent.futures import ThreadPoolExecutor
 from xml.sax.saxutils import escape
 
 import imagecodecs
@@ -111,9 +111,8 @@ class _Level:
         w = self.writer
         full = np.full((TILE, -(-self.shape[1] // TILE) * TILE, w.samples), w.fill, w.dtype)
         full[:len(band), :self.shape[1]] = band.reshape(len(band), self.shape[1], w.samples)
-        for x in range(0, full.shape[1], TILE):
-            tile = np.ascontiguousarray(full[:, x:x + TILE])
-            data = zlib.compress(w.predict(tile, axis=-2).tobytes(), DEFLATE_LEVEL)
+        tiles = [full[:, x:x + TILE] for x in range(0, full.shape[1], TILE)]
+        for data in w.pool.map(w.encode, tiles):
             self.offsets.append(self.spool.tell())
             self.counts.append(len(data))
             self.spool.write(data)
@@ -143,13 +142,20 @@ class CogWriter:
         # the output exists (under its temporary name) from the start
         self.out = open(path, 'wb')
         self.folder = os.path.dirname(os.path.abspath(path))
+        # the tiles of a row compress in parallel (the codecs release the GIL)
+        self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
         self.levels = [_Level(s, self) for s in level_shapes(*self.shape[:2])]
         self.carry = [None] * len(self.levels)   # an unpaired row awaiting its partner
 
-    def predict(self, tile, axis):
+    def encode(self, tile):
+        """One tile's bytes: the predictor along its rows, then deflate
+        (libdeflate's zlib stream, what TIFF's Adobe deflate holds)."""
+        tile = np.ascontiguousarray(tile)
         if self.predictor == 3:
-            return imagecodecs.floatpred_encode(tile, axis=axis)
-        return imagecodecs.delta_encode(tile, axis=axis)
+            tile = imagecodecs.floatpred_encode(tile, axis=-2)
+        else:
+            tile = imagecodecs.delta_encode(tile, axis=-2)
+        return imagecodecs.deflate_encode(tile, level=DEFLATE_LEVEL)
 
     def write(self, rows):
         """The next rows [n, W(, samples)] of the image."""
@@ -233,6 +239,7 @@ class CogWriter:
     def _release(self):
         self.out.close()
         self.out = None
+        self.pool.shutdown()
         for level in self.levels:
             level.spool.close()
 
