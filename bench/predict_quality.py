@@ -26,7 +26,6 @@ no flips) on large images: 36 / windows per crop area. `images better`: on
 how many images the configuration's RMSE (the MTL's with --correction) is
 below the published configuration's, a view of the spread behind a mean.
 """
-import argparse
 import hashlib
 import json
 import os
@@ -170,7 +169,8 @@ def main():
     print(f"\nnetwork: {rate:.1f} windows/s (full batches of {predict_fn.batch_size}; "
           f"{rate_before:.1f} before the grid, {rate_after:.1f} after); grid took "
           f"{time.perf_counter() - start:.0f} s")
-    head = '| stride | window | flips | windows / crop area | speed | windows / image | s / image |'
+    head = ('| stride | window | flips | windows / crop area | speed | windows / image '
+            '| s / image |')
     cols = ['rmse', 'mae'] + (['mtl_rmse', 'mtl_mae'] if dae is not None else []) + ['miou']
     names = {'rmse': 'RMSE' + (' (refined)' if dae else ''), 'mae': 'MAE' + (
         ' (refined)' if dae else ''), 'mtl_rmse': 'RMSE (MTL)', 'mtl_mae': 'MAE (MTL)',
