@@ -138,6 +138,16 @@ valid_stride: whole(at_least=1, at_most='cropSize') = None  # the same for valid
                             # during training, which only picks the best weights;
                             # None: cropSize // 2
 test_batch_size: whole(at_least=1) = 8  # windows per inference call (global)
+# predict.py's windows (test_dsm.py keeps the published test_stride, Gaussian,
+# no flips): chosen from bench/predict_quality.py's table (README, Predict).
+predict_stride: whole(at_least=1, at_most='cropSize') = None   # None: cropSize // 3
+predict_window: one_of('gaussian', 'hann', 'triangle', 'trapezoid', 'flat') = 'trapezoid'
+                            # blending weight: 'gaussian' as published, or the outer
+                            # product of a sin^2 / triangular / trapezoidal / flat
+                            # profile
+predict_flips: whole(at_least=1, at_most=8) = 1     # test-time D4 transforms averaged
+                            # per window: 1 none, 2 + left-right mirror, 4 every
+                            # flip, 8 flips and transposes (costs that many times)
 test_plot_images: whole(at_least=0) = 3 # PNG figures for the first N test images
 
 # Published settings per dataset (DSMNet paper and its code). A dataset_name
@@ -232,6 +242,7 @@ DERIVED = {
     'dae_batchSize': lambda: batch_size,
     'test_stride': lambda: max(1, cropSize // 6),
     'valid_stride': lambda: max(1, cropSize // 2),
+    'predict_stride': lambda: max(1, cropSize // 3),
     'predCheckPointPath': lambda: os.path.join(checkpoint_root, dataset_name, 'mtl',
                                                'best.weights.h5'),
     'corrCheckPointPath': lambda: os.path.join(checkpoint_root, dataset_name, 'dae',

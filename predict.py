@@ -5,26 +5,34 @@
         [--bands 1,2,3] [--overwrite] [--set NAME=VALUE ...]
 
 INPUT: image files (GeoTIFF/TIFF, PNG, JPEG) or folders of them. Each image
-is scaled as the training images were, covered by test_dsm.py's
-Gaussian-blended sliding windows (cropSize, test_stride) in batches of
+is scaled as the training images were, covered by blended sliding windows
+(cropSize, predict_stride, predict_window, predict_flips) in batches of
 test_batch_size split over the replicas, and read and written in bands of
 rows, so memory depends on the image's width, not its size. Per image, in
---out (default <output_root>/predict/):
+--out (default <output_root>/predict/), Cloud Optimized GeoTIFFs:
 
     <name>_height.tif   float32 heights in the training data's units (metres),
                         the input's georeferencing, nodata -9999 where the input
                         has nodata or alpha 0
-    <name>_sem.tif      classes in the dataset's label format
+    <name>_sem.tif      one band of classes with the dataset's colour table
     <name>_norm.tif     surface normals (with --outputs ...,norm)
     <name>_preview.png  image, height and classes, downsampled
 
-Outputs are written under a temporary name and renamed when complete; a
-rerun skips images whose outputs all exist (--overwrite redoes them).
+Outputs are written under a temporary name and renamed when complete, and
+record the weights' checksums and the settings that shaped them; a rerun
+skips images whose outputs exist and match (--overwrite redoes them).
+Several processes (TF_CONFIG workers) sharing --out claim images one at a
+time through <name>.lock files.
 
 Example: python predict.py area1.tif survey_tiles/ --correction --set dataset_name=Vaihingen
 """
+import contextlib
+import hashlib
+import json
 import math
 import os
+import socket
+import subprocess
 import sys
 import time
 
@@ -95,75 +103,215 @@ def check_statistics(image, trained):
                     f"image_scale (now {image.scale!r}, span {image.span[1]:g})")
 
 
-def predict_image(predict_fn, path, paths, bands, progress=None, trained=None):
+def predict_image(predict_fn, path, paths, bands, progress=None, trained=None, record=None):
     """Predict one image band by band and write `paths` (output -> file; see
-    output_paths) under temporary names, renamed once all are complete.
-    `trained`: the weights' imagery record, to compare the image with.
+    output_paths) under temporary names, renamed once all are complete; on
+    any error the temporary files are removed. Windows: config.cropSize,
+    predict_stride, predict_window (predict_fn applies any flips).
+    `trained`: the weights' imagery record, to compare the image with;
+    `record`: {name: value} written into every GeoTIFF (GDAL_METADATA).
     Returns the image's pixel count."""
-    from utils import datasets, evaluation, inference, plots, raster
+    from utils import cog, datasets, inference, plots, raster
     tmp = {key: p + '.tmp' for key, p in paths.items()}
-    codes = config.label_codes
-    with raster.Image(path, bands, datasets.image_channels(), config.image_scale) as image:
-        check_statistics(image, trained or {})
-        h, w = image.height, image.width
-        geo = raster.geo_tags(path, raster.GEOREFERENCING)
-        sem_nodata = raster.label_nodata(codes)
-        sem_rgb = np.asarray(codes).ndim == 2
-        height_tags = geo + [(raster.NODATA_TAG, 's', 0, f'{raster.HEIGHT_NODATA:g}', True)]
-        writers = {'height': raster.TiledWriter(tmp['height'], (h, w), np.float32,
-                                                height_tags)}
-        if 'sem' in paths:
-            sem_dtype = np.uint8 if np.max(codes) < 256 else np.uint16
-            writers['sem'] = raster.TiledWriter(
-                tmp['sem'], (h, w, 3) if sem_rgb else (h, w), sem_dtype,
-                geo + [(raster.NODATA_TAG, 's', 0, str(sem_nodata), True)],
-                photometric='rgb' if sem_rgb else 'minisblack')
-        if 'norm' in paths:
-            writers['norm'] = raster.TiledWriter(tmp['norm'], (h, w, 3), np.float32,
-                                                 height_tags)
-        step = max(1, math.ceil(max(h, w) / PREVIEW_SIDE))
-        preview = {'height': [], 'classes': []}
-        valid = []      # the masks of the rows read and not yet written
+    classes_of = raster.class_map(config.label_codes)
+    writers = {}
+    try:
+        with raster.Image(path, bands, datasets.image_channels(), config.image_scale) as image:
+            check_statistics(image, trained or {})
+            h, w = image.height, image.width
+            geo = raster.geo_tags(path, raster.GEOREFERENCING)
+            common = dict(extratags=geo, metadata=record)
+            writers['height'] = cog.CogWriter(tmp['height'], (h, w), np.float32,
+                                              nodata=raster.HEIGHT_NODATA, **common)
+            if 'sem' in paths:
+                writers['sem'] = cog.CogWriter(
+                    tmp['sem'], (h, w), classes_of['dtype'], nodata=classes_of['nodata'],
+                    overview='nearest', photometric='palette',
+                    colormap=classes_of['colormap'], **common)
+            if 'norm' in paths:
+                writers['norm'] = cog.CogWriter(tmp['norm'], (h, w, 3), np.float32,
+                                                nodata=raster.HEIGHT_NODATA, **common)
+            step = max(1, math.ceil(max(h, w) / PREVIEW_SIDE))
+            preview = {'height': [], 'classes': []}
+            valid = []      # the masks of the rows read and not yet written
 
-        def read_rows(r0, r1):
-            pixels, mask = image.rows(r0, r1)
-            valid.append(mask)
-            return pixels
+            def read_rows(r0, r1):
+                pixels, mask = image.rows(r0, r1)
+                valid.append(mask)
+                return pixels
 
-        for r0, maps in inference.predict_rows(
-                predict_fn, read_rows, (h, w), config.cropSize, config.test_stride,
-                keys=('height', 'sem') + (('norm',) if 'norm' in writers else ()),
-                progress=progress):
-            n = len(maps['height'])
-            held = np.concatenate(valid)
-            mask, valid[:] = held[:n], [held[n:]]
-            height = maps['height']
-            height[~mask] = raster.HEIGHT_NODATA
-            writers['height'].write(height)
-            # the band's rows on the preview grid, copied (a view would keep the band)
-            grid = np.s_[(-r0) % step::step, ::step]
-            preview['height'].append(np.where(mask[grid], height[grid], np.nan))
-            if 'sem' in maps:
-                classes = np.argmax(maps['sem'], -1).astype(np.int16)
-                classes[~mask] = -1
-                preview['classes'].append(classes[grid].copy())
-                if 'sem' in writers:
-                    labels = evaluation.label_image(np.maximum(classes, 0), codes)
-                    labels[~mask] = sem_nodata
-                    writers['sem'].write(labels)
-            if 'norm' in writers:
-                normals = maps['norm']
-                normals[~mask] = raster.HEIGHT_NODATA
-                writers['norm'].write(normals)
+            for r0, maps in inference.predict_rows(
+                    predict_fn, read_rows, (h, w), config.cropSize, config.predict_stride,
+                    keys=('height', 'sem') + (('norm',) if 'norm' in writers else ()),
+                    progress=progress, window=config.predict_window):
+                n = len(maps['height'])
+                held = np.concatenate(valid)
+                mask, valid[:] = held[:n], [held[n:]]
+                height = maps['height']
+                height[~mask] = raster.HEIGHT_NODATA
+                writers['height'].write(height)
+                # the band's rows on the preview grid, copied (a view would keep the
+                # band); bands without one add nothing, so at most PREVIEW_SIDE pieces
+                grid = np.s_[(-r0) % step::step, ::step]
+                on_grid = len(range((-r0) % step, n, step)) > 0
+                if on_grid:
+                    preview['height'].append(np.where(mask[grid], height[grid], np.nan))
+                if 'sem' in maps:
+                    classes = np.argmax(maps['sem'], -1).astype(np.int16)
+                    classes[~mask] = -1
+                    if on_grid:
+                        preview['classes'].append(classes[grid].copy())
+                    if 'sem' in writers:
+                        values = classes_of['values'][np.maximum(classes, 0)]
+                        values[~mask] = classes_of['nodata']
+                        writers['sem'].write(values)
+                if 'norm' in writers:
+                    normals = maps['norm']
+                    normals[~mask] = raster.HEIGHT_NODATA
+                    writers['norm'].write(normals)
+            for writer in writers.values():
+                writer.close()
+            classes = np.concatenate(preview['classes']) if preview['classes'] else None
+            plots.plot_prediction(tmp['preview'], image.preview(step),
+                                  np.concatenate(preview['height']), classes,
+                                  classes_of['colours'],
+                                  title=f"{os.path.basename(path)}: {h} x {w} px")
+        for key, final in paths.items():
+            os.replace(tmp[key], final)
+    except BaseException:
         for writer in writers.values():
-            writer.close()
-        classes = np.concatenate(preview['classes']) if preview['classes'] else None
-        plots.plot_prediction(tmp['preview'], image.preview(step),
-                              np.concatenate(preview['height']), classes, codes,
-                              title=f"{os.path.basename(path)}: {h} x {w} px")
-    for key, final in paths.items():
-        os.replace(tmp[key], final)
+            writer.abort()
+        for name in tmp.values():
+            if os.path.exists(name):
+                os.remove(name)
+        raise
     return h * w
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while chunk := f.read(2 ** 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def project_version():
+    """`git describe` of this checkout, or 'unknown' outside one."""
+    try:
+        proc = subprocess.run(['git', 'describe', '--always', '--dirty', '--tags'],
+                              cwd=os.path.dirname(os.path.abspath(__file__)),
+                              capture_output=True, text=True, timeout=10)
+        return proc.stdout.strip() or 'unknown'
+    except (OSError, subprocess.SubprocessError):
+        return 'unknown'
+
+
+def provenance(mtl_path, dae_path, bands):
+    """What shaped the predictions, recorded in every output (GDAL_METADATA):
+    the weights files' SHA-256, the prediction settings and the project
+    version. Everything but the version must match for a rerun to keep an
+    image's outputs."""
+    shaping = dict(crop=config.cropSize, stride=config.predict_stride,
+                   window=config.predict_window, flips=config.predict_flips,
+                   bands=[b + 1 for b in bands], image_scale=config.image_scale,
+                   correction=dae_path is not None)
+    return {'DSMNET_MTL_SHA256': file_sha256(mtl_path),
+            'DSMNET_DAE_SHA256': file_sha256(dae_path) if dae_path else 'none',
+            'DSMNET_PREDICTION': json.dumps(shaping, sort_keys=True),
+            'DSMNET_VERSION': project_version()}
+
+
+def input_record(path):
+    """The input file as the outputs record it: a changed file is redone."""
+    stat = os.stat(path)
+    return json.dumps({'file': os.path.basename(path), 'bytes': stat.st_size,
+                       'modified_ns': stat.st_mtime_ns}, sort_keys=True)
+
+
+def recorded(path):
+    """The GDAL_METADATA items of a GeoTIFF ({} without any)."""
+    import tifffile
+    from xml.etree import ElementTree
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tag = tif.pages[0].tags.get(42112)
+            if tag is None:
+                return {}
+            return {item.get('name'): item.text or ''
+                    for item in ElementTree.fromstring(tag.value).iter('Item')}
+    except Exception:       # unreadable: not a match, the image is redone
+        return {}
+
+
+def stale_outputs(paths, record):
+    """None when every output exists and records `record` (the version
+    aside), else why the image must be predicted again."""
+    missing = [p for p in paths.values() if not os.path.exists(p)]
+    if missing:
+        return f"{os.path.basename(missing[0])} is missing"
+    for key, path in paths.items():
+        if key == 'preview':
+            continue
+        found = recorded(path)
+        differ = [k for k in record if k != 'DSMNET_VERSION' and found.get(k) != record[k]]
+        if differ:
+            return (f"{os.path.basename(path)} was made with other "
+                    f"{', '.join(k.replace('DSMNET_', '').lower() for k in differ)}")
+    return None
+
+
+class Claim:
+    """An image claimed by this process: `<out>/<name>.lock`, created
+    atomically (O_EXCL), so that of several workers sharing the output
+    folder exactly one predicts each image. A lock whose process is gone
+    (same host, pid not running) is taken over."""
+
+    def __init__(self, out_dir, name):
+        self.path = os.path.join(out_dir, f'{name}.lock')
+        self.owner = f"{socket.gethostname()} {os.getpid()}"
+        self.held = False
+
+    def take(self):
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if not self._abandoned():
+                    return False
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path)
+                continue
+            with os.fdopen(fd, 'w') as f:
+                f.write(self.owner + '\n')
+            self.held = True
+            return True
+        return False
+
+    def holder(self):
+        try:
+            with open(self.path) as f:
+                return f.read().strip()
+        except OSError:
+            return ''
+
+    def _abandoned(self):
+        host, _, pid = self.holder().partition(' ')
+        if host != socket.gethostname() or not pid.isdigit():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def release(self):
+        if self.held:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path)
+            self.held = False
 
 
 def main(argv=None):
@@ -181,9 +329,13 @@ def main(argv=None):
                                f"predict them in separate runs with different --out")
         names[name] = path
     if distribute.strategy_kind() == 'multi_worker':
-        # Every machine predicts its share of the files on its own devices.
-        index, count = distribute.worker_share()
-        files = files[index::count]
+        # Every machine claims images one at a time and predicts them on its
+        # own devices; tasks other than the chief and the workers take none.
+        task = distribute.task_type()
+        if task not in distribute.WORKING_TASKS:
+            print(f"TF_CONFIG task {task!r} takes no part in prediction (only "
+                  f"{' and '.join(distribute.WORKING_TASKS)} tasks do): nothing to do")
+            return
         settings.override('distribution', 'mirrored' if config.multi_gpu_enabled
                           else 'default')
     mtl_path = args.mtl_weights or config.predCheckPointPath
@@ -221,36 +373,56 @@ def main(argv=None):
     os.makedirs(out_dir, exist_ok=True)
     mtl = stages.trained_mtl(mtl_path)
     dae = stages.trained_dae(dae_path) if dae_path else None
-    predict_fn = inference.make_predict_fn(mtl, dae, norm='norm' in args.outputs)
+    predict_fn = inference.with_flips(
+        inference.make_predict_fn(mtl, dae, norm='norm' in args.outputs),
+        config.predict_flips, 1.0 if config.normalize_flag else 255.0)
+    common = provenance(mtl_path, dae_path, bands)
     print(f"{len(files)} image(s), {config.strategy.num_replicas_in_sync} replica(s), "
-          f"crop {config.cropSize}, stride {config.test_stride}, "
+          f"crop {config.cropSize}, stride {config.predict_stride}, window "
+          f"{config.predict_window}, flips {config.predict_flips}, "
           f"{predict_fn.batch_size} windows per call -> {out_dir}")
 
-    start, megapixels, done, skipped = time.perf_counter(), 0.0, 0, 0
+    start, megapixels, done, skipped, elsewhere = time.perf_counter(), 0.0, 0, 0, 0
     for path in files:
         name = os.path.splitext(os.path.basename(path))[0]
         paths = output_paths(out_dir, name, args.outputs)
-        if not args.overwrite and all(os.path.exists(p) for p in paths.values()):
-            print(f"skipped {path}: its outputs exist in {out_dir} (--overwrite redoes it)")
+        record = dict(common, DSMNET_INPUT=input_record(path))
+        why = None if args.overwrite else stale_outputs(paths, record)
+        if not args.overwrite and why is None:
+            print(f"skipped {path}: its outputs in {out_dir} match (--overwrite redoes it)")
             skipped += 1
             continue
-        print(f"{path}")
-        bar, t0 = None, time.perf_counter()
+        claim = Claim(out_dir, name)
+        if not claim.take():
+            print(f"left {path} to {claim.holder() or 'another process'} ({claim.path})")
+            elsewhere += 1
+            continue
+        try:
+            # another worker may have finished it since the first look
+            if not args.overwrite and stale_outputs(paths, record) is None:
+                print(f"skipped {path}: finished meanwhile by another process")
+                skipped += 1
+                continue
+            print(f"{path}" + (f" (redone: {why})" if why and 'missing' not in why else ''))
+            bar, t0 = None, time.perf_counter()
 
-        def report(windows, total):
-            nonlocal bar
-            bar = bar or progress.Progress(total, unit='window',
-                                           stateful=('windows/s', 'ETA s'))
-            rate = windows / max(time.perf_counter() - t0, 1e-9)
-            bar.update(windows, {'windows/s': rate, 'ETA s': (total - windows) / rate})
+            def report(windows, total):
+                nonlocal bar
+                bar = bar or progress.Progress(total, unit='window',
+                                               stateful=('windows/s', 'ETA s'))
+                rate = windows / max(time.perf_counter() - t0, 1e-9)
+                bar.update(windows, {'windows/s': rate, 'ETA s': (total - windows) / rate})
 
-        megapixels += predict_image(predict_fn, path, paths, bands, progress=report,
-                                    trained=trained) / 1e6
-        done += 1
+            megapixels += predict_image(predict_fn, path, paths, bands, progress=report,
+                                        trained=trained, record=record) / 1e6
+            done += 1
+        finally:
+            claim.release()
     elapsed = time.perf_counter() - start
     print(f"done: {done} image(s) predicted ({megapixels:.1f} megapixels, {elapsed:.1f} s, "
-          f"{megapixels / max(elapsed, 1e-9):.2f} megapixels/s), {skipped} skipped; "
-          f"outputs ({', '.join(args.outputs)}, preview) in {out_dir}")
+          f"{megapixels / max(elapsed, 1e-9):.2f} megapixels/s), {skipped} skipped"
+          + (f", {elsewhere} left to other processes" if elsewhere else '')
+          + f"; outputs ({', '.join(args.outputs)}, preview) in {out_dir}")
     if failed:
         raise failed
 

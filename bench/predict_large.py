@@ -1,19 +1,25 @@
-"""Peak memory and speed of predict.py's streamed path against predicting
-the whole image in memory (read whole, predict_tile, write whole), on one
-large tiled GeoTIFF, in one run.
+"""Peak memory and speed of predict.py's streamed path on input layouts of
+the same pixel count, against predicting the whole image in memory (read
+whole, predict_tile, write whole), in one run.
 
     python bench/predict_large.py [--size 8000] [--rows N] [--keep DIR] [--skip-whole]
-        [--set NAME=VALUE ...]
+        [--layouts tiled,single-strip,narrow] [--read-only] [--set NAME=VALUE ...]
 
-The image (smooth random RGB, uint8, georeferenced) and the networks
-(the synthetic dataset's sizes: MTL with a quarter-width decoder and, with
-correction, the DAE; untrained, since speed and memory do not depend on the
-weights) are made first. Each variant then runs in its own process, which
-reports its time and its peak resident memory (VmHWM); a third process only
-builds the networks and runs one batch of windows, so "above model" is what
-the image costs. Settings (cropSize, test_stride, test_batch_size,
-correction, ...) come from config.py and --set. Last line:
-`ratio: <whole-image peak RSS / streamed peak RSS>`.
+Layouts: 'tiled' (a tiled deflate COG, --rows x --size px), 'single-strip'
+(the same pixels as one uncompressed strip, as tifffile.imwrite and many
+tools write by default) and 'narrow' (a tiled file NARROW px wide, narrower
+than the crop, with as many pixels: a flight strip). The images (smooth
+random RGB, uint8, georeferenced) and the networks (the synthetic dataset's
+sizes: MTL with a quarter-width decoder and, with correction, the DAE;
+untrained, since speed and memory do not depend on the weights) are made
+first. Each variant then runs in its own process, which reports its time and
+its peak resident memory (VmHWM); one more process only builds the networks
+and runs one batch of windows, so "above the networks" is what the image
+costs. Settings (cropSize, predict_stride, predict_window, test_batch_size,
+correction, ...) come from config.py and --set; the whole-image variant
+uses the same stride and window. Last lines: each layout's peak above the
+networks over the tiled one's, and `ratio: <whole-image peak RSS / streamed
+peak RSS>`.
 """
 import argparse
 import json
@@ -44,12 +50,23 @@ def peak_rss_mb():
     return int(line.split()[1]) / 1024
 
 
-def write_image(path, height, width):
-    """A smooth random RGB GeoTIFF, written band by band (never whole in memory)."""
-    from utils import raster
+NARROW = 80    # px: the narrow layout's width, below the synthetic crop of 96
+LAYOUTS = ('tiled', 'single-strip', 'narrow')
+
+
+def write_image(path, height, width, layout='tiled'):
+    """A smooth random RGB GeoTIFF, written band by band (never whole in
+    memory): a tiled COG, or one uncompressed strip filled through a memmap."""
+    import tifffile
+    from utils import cog
     rng = np.random.RandomState(0)
     coarse = rng.rand(height // 64 + 2, width // 64 + 2, 3)
-    writer = raster.TiledWriter(path, (height, width, 3), np.uint8, GEO, photometric='rgb')
+    if layout == 'single-strip':
+        target = tifffile.memmap(path, shape=(height, width, 3), dtype=np.uint8,
+                                 photometric='rgb', extratags=GEO)
+    else:
+        target = cog.CogWriter(path, (height, width, 3), np.uint8, GEO, photometric='rgb',
+                               overview='nearest')
     cols = np.linspace(0, coarse.shape[1] - 1.001, width)
     for r0 in range(0, height, 256):
         rows = np.linspace(0, coarse.shape[0] - 1.001, height)[r0:r0 + 256]
@@ -57,8 +74,16 @@ def write_image(path, height, width):
         x0, fx = cols.astype(int), (cols % 1)[None, :, None]
         top = coarse[y0][:, x0] * (1 - fx) + coarse[y0][:, x0 + 1] * fx
         bottom = coarse[y0 + 1][:, x0] * (1 - fx) + coarse[y0 + 1][:, x0 + 1] * fx
-        writer.write(((top * (1 - fy) + bottom * fy) * 250).astype(np.uint8))
-    writer.close()
+        band = ((top * (1 - fy) + bottom * fy) * 250).astype(np.uint8)
+        if layout == 'single-strip':
+            target[r0:r0 + len(band)] = band
+        else:
+            target.write(band)
+    if layout == 'single-strip':
+        target.flush()
+        del target
+    else:
+        target.close()
 
 
 def networks(folder, make=False):
@@ -82,6 +107,15 @@ def networks(folder, make=False):
 
 def variant(name, folder, image_path):
     """One measurement in this process: prints {seconds, peak_mb}."""
+    if name in ('imports', 'read'):     # --read-only: the input side alone
+        from utils import raster
+        start = time.perf_counter()
+        if name == 'read':
+            with raster.Image(image_path, [0, 1, 2], 3) as image:
+                for r0 in range(0, image.height, 256):
+                    image.rows(r0, min(r0 + 256, image.height))
+        print(json.dumps({'seconds': time.perf_counter() - start, 'peak_mb': peak_rss_mb()}))
+        return
     import predict
     import tifffile
     from utils import datasets, evaluation, inference
@@ -89,16 +123,15 @@ def variant(name, folder, image_path):
     predict_fn = inference.make_predict_fn(mtl, dae)
     crop = config.cropSize
     warm = np.zeros((crop, crop, 3), np.float32)
-    inference.predict_tile(predict_fn, warm, crop, config.test_stride)  # trace
+    inference.predict_tile(predict_fn, warm, crop, config.predict_stride)  # trace
     start = time.perf_counter()
-    if name == 'streamed':
-        paths = predict.output_paths(os.path.join(folder, 'streamed'), 'large',
-                                     ('height', 'sem'))
+    if name in LAYOUTS:
+        paths = predict.output_paths(os.path.join(folder, name), 'large', ('height', 'sem'))
         os.makedirs(os.path.dirname(paths['height']), exist_ok=True)
         predict.predict_image(predict_fn, image_path, paths, [0, 1, 2])
     elif name == 'whole':
         out = inference.predict_tile(predict_fn, datasets.read_image(image_path), crop,
-                                     config.test_stride)
+                                     config.predict_stride, window=config.predict_window)
         tags = evaluation.geo_tags(image_path)
         tifffile.imwrite(os.path.join(folder, 'whole_height.tif'), out['height'],
                          extratags=tags, tile=(256, 256), compression='zlib')
@@ -126,6 +159,11 @@ def main():
                                   '(default: a temporary folder, removed)')
     p.add_argument('--skip-whole', action='store_true',
                    help='no whole-image variant (it needs about 48 bytes per pixel)')
+    p.add_argument('--layouts', default='tiled,single-strip,narrow',
+                   help='input layouts predicted streamed (see above)')
+    p.add_argument('--read-only', action='store_true',
+                   help='no networks: each layout only read in bands of 256 rows, as '
+                        'predict.py reads it (peak above a process that imports the same)')
     p.add_argument('--variant', help=argparse.SUPPRESS)
     p.add_argument('--folder', help=argparse.SUPPRESS)
     p.add_argument('--image', help=argparse.SUPPRESS)
@@ -137,43 +175,68 @@ def main():
     temp = None if args.keep else tempfile.TemporaryDirectory()
     folder = args.keep or temp.name
     os.makedirs(folder, exist_ok=True)
-    image_path = os.path.join(folder, 'large.tif')
     rows = args.rows or args.size
-    start = time.perf_counter()
-    write_image(image_path, rows, args.size)
-    print(f"image: {rows} x {args.size} px RGB uint8, tiled deflate, "
-          f"{os.path.getsize(image_path) / 1e6:.0f} MB, made and written in "
-          f"{time.perf_counter() - start:.1f} s")
-    from utils import raster
-    start = time.perf_counter()
-    with raster.Image(image_path, [0, 1, 2], 3) as image:
-        for r0 in range(0, rows, 256):
-            image.rows(r0, min(r0 + 256, rows))
-    print(f"reading it in bands of 256 rows (decode, scale, nodata mask): "
-          f"{time.perf_counter() - start:.1f} s")
+    layouts = args.layouts.split(',')
+    shapes = {'tiled': (rows, args.size), 'single-strip': (rows, args.size),
+              'narrow': (-(-rows * args.size // NARROW), NARROW)}
+    images = {}
+    from utils import inference, raster
+    for layout in layouts + ([] if args.skip_whole or 'tiled' in layouts else ['tiled']):
+        h, w = shapes[layout]
+        images[layout] = os.path.join(folder, f'{layout}.tif')
+        start = time.perf_counter()
+        write_image(images[layout], h, w, layout)
+        made = time.perf_counter() - start
+        start = time.perf_counter()
+        with raster.Image(images[layout], [0, 1, 2], 3) as image:
+            for r0 in range(0, h, 256):
+                image.rows(r0, min(r0 + 256, h))
+        print(f"{layout} image: {h} x {w} px RGB uint8, "
+              f"{os.path.getsize(images[layout]) / 1e6:.0f} MB, made in {made:.1f} s, read "
+              f"in bands of 256 rows (decode, scale, nodata mask) in "
+              f"{time.perf_counter() - start:.1f} s")
+    if args.read_only:
+        print(f"machine: {machine.describe()}")
+        base = measure('imports', folder, images[layouts[0]], sets)
+        for name in layouts:
+            r = measure('read', folder, images[name], sets)
+            print(f"{name:>12}: read in {r['seconds']:.1f} s, peak {r['peak_mb']:.0f} MB "
+                  f"({r['peak_mb'] - base['peak_mb']:.0f} MB above the imports)")
+        if temp:
+            temp.cleanup()
+        return
     networks(folder, make=True)
 
-    from utils import inference
-    windows = len(inference.window_starts(args.size, config.cropSize, config.test_stride)) \
-        * len(inference.window_starts(rows, config.cropSize, config.test_stride))
     print(f"machine: {machine.describe()}")
-    print(f"crop {config.cropSize}, stride {config.test_stride}, {windows} windows, "
-          f"{config.test_batch_size} per call, MTL decoder_scale {config.mtl_decoder_scale}"
+    print(f"crop {config.cropSize}, stride {config.predict_stride}, window "
+          f"{config.predict_window}, {config.test_batch_size} windows per call, MTL "
+          f"decoder_scale {config.mtl_decoder_scale}"
           + (f" + DAE width_scale {config.dae_width_scale}" if config.correction else '')
           + f", replicas: {config.strategy.num_replicas_in_sync}")
-    megapixels = rows * args.size / 1e6
-    model = measure('model', folder, image_path, sets)
+    model = measure('model', folder, images[layouts[0]], sets)
     print(f"networks alone: peak {model['peak_mb']:.0f} MB")
     results = {}
-    for name in ('streamed',) + (() if args.skip_whole else ('whole',)):
-        r = results[name] = measure(name, folder, image_path, sets)
-        print(f"{name:>9}: {r['seconds']:.0f} s, {megapixels / r['seconds']:.3f} megapixels/s, "
-              f"peak {r['peak_mb']:.0f} MB ({r['peak_mb'] - model['peak_mb']:.0f} MB above "
-              f"the networks)")
+    for name in layouts + ([] if args.skip_whole else ['whole']):
+        h, w = shapes.get(name, shapes['tiled'])
+        windows = len(inference.window_starts(max(w, config.cropSize), config.cropSize,
+                                              config.predict_stride)) * \
+            len(inference.window_starts(max(h, config.cropSize), config.cropSize,
+                                        config.predict_stride))
+        r = results[name] = measure(name, folder, images.get(name, images.get('tiled')), sets)
+        megapixels = h * w / 1e6
+        print(f"{name:>12}: {h} x {w} px, {windows} windows, {r['seconds']:.0f} s, "
+              f"{megapixels / r['seconds']:.3f} megapixels/s, peak {r['peak_mb']:.0f} MB "
+              f"({r['peak_mb'] - model['peak_mb']:.0f} MB above the networks)")
     if temp:
         temp.cleanup()
+    if 'tiled' in results:
+        above = {k: v['peak_mb'] - model['peak_mb'] for k, v in results.items()}
+        for name in layouts:
+            if name != 'tiled':
+                print(f"{name} / tiled, peak above the networks: "
+                      f"{above[name] / max(above['tiled'], 1):.2f}")
     if 'whole' in results:
-        print(f"ratio: {results['whole']['peak_mb'] / results['streamed']['peak_mb']:.2f}")
+        print(f"ratio: {results['whole']['peak_mb'] / results['tiled']['peak_mb']:.2f}")
     else:
         print("ratio: n/a (--skip-whole)")
 

@@ -21,6 +21,7 @@ def test_published_defaults_per_dataset():
     settings.apply(['dataset_name=MyCity'])                # no entry: crop 256, batch 2
     assert (config.cropSize, config.batch_size) == (256, 2)
     assert config.test_stride == 256 // 6 and config.valid_stride == 256 // 2
+    assert config.predict_stride == 256 // 3
     assert config.mtl_lr == 2e-4 and config.early_stop_patience == 10
 
 
@@ -161,6 +162,8 @@ BAD = [
     ('valid_stride', 0), ('valid_stride', 97),
     ('test_batch_size', 0), ('test_plot_images', -1),
     ('mtl_init_weights', 'best.h5'), ('dae_init_weights', 'checkpoints/dae'),
+    ('predict_stride', 0), ('predict_stride', 97), ('predict_window', 'cosine'),
+    ('predict_flips', 0), ('predict_flips', 9), ('predict_flips', 2.0),
 ]
 # Values on the edge of a rule, which must pass.
 GOOD = [
@@ -174,6 +177,8 @@ GOOD = [
     ('test_stride', 96), ('test_plot_images', 0), ('eval_metric', 'delta1'),
     ('mixed_precision', 'mixed_float16'), ('roof_height_threshold', 2.5),
     ('mtl_init_weights', 'runs/mtl/best.weights.h5'), ('dae_init_weights', None),
+    ('predict_stride', 96), ('predict_stride', 1), ('predict_window', 'flat'),
+    ('predict_flips', 1), ('predict_flips', 8),
 ]
 
 

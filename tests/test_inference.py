@@ -162,3 +162,74 @@ def test_test_batch_size_default_from_config():
     assert fn.batch_size == 5
     out = fn(np.zeros((7, 32, 32, 3), np.float32))
     assert out['height'].shape == (7, 32, 32) and out['sem'].shape == (7, 32, 32, 1)
+
+
+@pytest.mark.parametrize('kind,profile', [
+    ('hann', lambda t: math.sin(math.pi * t) ** 2), ('triangle', lambda t: 1 - abs(2 * t - 1)),
+    ('trapezoid', lambda t: min(1.0, 2 - 2 * abs(2 * t - 1))), ('flat', lambda t: 1.0)])
+def test_window_weights_by_formula(kind, profile):
+    crop = 6
+    one = np.array([profile((i + 0.5) / crop) for i in range(crop)])
+    np.testing.assert_allclose(inference.window_weight(crop, kind),
+                               np.outer(one, one) / np.outer(one, one).sum(), rtol=1e-12)
+    assert (inference.window_weight(crop, kind) > 0).all()
+
+
+def test_hann_windows_half_a_crop_apart_sum_to_a_constant():
+    """sin^2(pi t) + sin^2(pi (t + 1/2)) = 1: inside the image every pixel
+    has the same total weight, so no window's edge shows through."""
+    crop = 32
+    total = np.zeros(96)
+    one = inference.window_weight(crop, 'hann')[crop // 2]
+    for start in range(0, 96 - crop + 1, crop // 2):
+        total[start:start + crop] += one
+    inner = total[crop // 2:-crop // 2]
+    np.testing.assert_allclose(inner, inner[0], rtol=1e-9)
+
+
+def _equivariant_network(windows):
+    """Per-pixel height and classes from channel 0, normals from its central
+    differences (np.gradient): flipping or transposing the input does the same
+    to every output, the normals' components included."""
+    f = windows[..., 0].astype(np.float64) * 10
+    zy, zx = np.gradient(f, axis=(1, 2))
+    n = np.stack([-zx, -zy, np.ones_like(zx)], -1)
+    n /= np.linalg.norm(n, axis=-1, keepdims=True)
+    logits = np.stack([f, -f, np.sin(f)], -1)
+    sem = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    return {'height': f.astype(np.float32), 'norm': ((n + 1) / 2).astype(np.float32),
+            'sem': sem.astype(np.float32)}
+
+
+_equivariant_network.batch_size = 8
+
+
+@pytest.mark.parametrize('flips', [2, 4, 8])
+def test_flips_of_an_equivariant_network_change_nothing(flips):
+    image = np.random.default_rng(0).random((80, 72, 3)).astype(np.float32)
+    plain = inference.predict_tile(_equivariant_network, image, 32, 16)
+    flipped = inference.predict_tile(inference.with_flips(_equivariant_network, flips),
+                                     image, 32, 16)
+    for key in ('height', 'norm', 'sem'):
+        np.testing.assert_allclose(flipped[key], plain[key], rtol=1e-5, atol=1e-6)
+
+
+def test_flips_average_the_transformed_predictions():
+    """A network that answers each pixel's column in its window: the mirror
+    answers 31 - column, turned back; their mean is 15.5 everywhere. With the
+    transposes the row takes the column's place: still 15.5."""
+    def columns(windows):
+        n, h, w = windows.shape[:3]
+        return {'height': np.broadcast_to(np.arange(w, dtype=np.float32), (n, h, w)).copy()}
+    columns.batch_size = 8
+    window = np.zeros((3, 32, 32, 3), np.float32)
+    np.testing.assert_array_equal(inference.with_flips(columns, 2)(window)['height'], 15.5)
+    only_transpose = inference.D4[4]
+    assert only_transpose == (True, False, False)
+    got = inference.with_flips(columns, 5)(window)['height']
+    # identity, mirror, flip rows (column kept), both (mirror), transpose (row)
+    rows = np.arange(32, dtype=np.float32)[:, None]
+    cols = np.arange(32, dtype=np.float32)[None, :]
+    np.testing.assert_allclose(got[0], (cols + (31 - cols) + cols + (31 - cols) + rows) / 5,
+                               rtol=1e-6)
+    assert inference.with_flips(columns, 4).batch_size == 2

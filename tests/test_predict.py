@@ -23,7 +23,8 @@ from utils.errors import CheckpointError, DatasetError, ImageryWarning, SettingE
 
 # Tiny networks (1/16 widths) on 32 px windows; test_stride 10 overlaps them.
 TINY = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
-        'backbone_weights=None', 'dropout_rate=0', 'test_stride=10', 'test_batch_size=3']
+        'backbone_weights=None', 'dropout_rate=0', 'test_stride=10', 'predict_stride=10',
+        'test_batch_size=3']
 GEO = [(33550, 'd', 3, (0.5, 0.5, 0.0), True),
        (33922, 'd', 6, (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0), True),
        (34735, 'H', 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32632), True),
@@ -64,7 +65,7 @@ def _image(shape, dtype=np.uint8, seed=0):
 
 def _cli(weights, *extra):
     return ['--mtl-weights', weights['mtl'], '--dae-weights', weights['dae'],
-            '--correction', '--set', 'test_stride=10', '--set', 'test_batch_size=4',
+            '--correction', '--set', 'predict_stride=10', '--set', 'test_batch_size=4',
             *extra]
 
 
@@ -84,7 +85,7 @@ def test_streamed_equals_in_memory(predict_fn, tmp_path, shape, dtype, layout):
     image = datasets.read_image(path)    # the in-memory path: whole image, predict_tile
     h, w = shape[:2]
     padded = np.pad(image, ((0, max(32 - h, 0)), (0, max(32 - w, 0)), (0, 0)), mode='reflect')
-    ref = inference.predict_tile(fn, padded, 32, 10)
+    ref = inference.predict_tile(fn, padded, 32, 10, window=config.predict_window)
     np.testing.assert_array_equal(tifffile.imread(paths['height']), ref['height'][:h, :w])
     np.testing.assert_array_equal(tifffile.imread(paths['norm']), ref['norm'][:h, :w])
     np.testing.assert_array_equal(tifffile.imread(paths['sem']), evaluation.label_image(
@@ -145,7 +146,10 @@ def test_georeferencing_and_nodata_kept(predict_fn, tmp_path, layout, nodata):
     dict(tile=(16, 16), compression='zlib', predictor=True, planarconfig='separate',
          bigtiff=True, photometric='rgb'),
     dict(rowsperstrip=7, compression='lzw', predictor=True, photometric='rgb'),
-    dict(photometric='rgb'),
+    dict(photometric='rgb'),                                # one uncompressed strip
+    dict(photometric='rgb', planarconfig='separate', byteorder='>'),
+    dict(photometric='rgb', rowsperstrip=11),
+    dict(photometric='rgb', compression='zlib'),            # one compressed strip
 ])
 def test_rows_read_by_segments_equal_the_whole_image(tmp_path, layout):
     image = _image((90, 130, 3))
@@ -161,8 +165,9 @@ def test_rows_read_by_segments_equal_the_whole_image(tmp_path, layout):
 
 
 def test_writer_rows_in_any_bands_give_the_array(tmp_path):
+    from utils import cog
     data = np.random.RandomState(0).rand(600, 300).astype(np.float32)
-    writer = raster.TiledWriter(str(tmp_path / 'w.tif'), data.shape, np.float32)
+    writer = cog.CogWriter(str(tmp_path / 'w.tif'), data.shape, np.float32)
     for r0, r1 in ((0, 1), (1, 300), (300, 301), (301, 600)):
         writer.write(data[r0:r1])
     writer.close()
@@ -173,7 +178,7 @@ def test_memory_does_not_grow_with_the_image_height(tmp_path):
     """The streamed path holds a strip of rows: a 4x taller image of the same
     width peaks at the same traced memory, far below the whole image's maps."""
     import tracemalloc
-    settings.apply(['cropSize=32', 'test_stride=16'])
+    settings.apply(['cropSize=32', 'predict_stride=16'])
 
     def network(windows):       # a stand-in: no TensorFlow, same output shapes
         return {'height': windows[..., 0] * 2.0, 'sem': np.repeat(windows[..., :1], 6, -1)}
@@ -191,6 +196,34 @@ def test_memory_does_not_grow_with_the_image_height(tmp_path):
     whole = 4000 * 160 * 4 * (3 + 1 + 1 + 6)    # float32 image, weights, height, sem
     assert peaks[4000] < 1.25 * peaks[1000], peaks
     assert peaks[4000] < whole / 4, (peaks, whole)
+
+
+@pytest.mark.parametrize('layout', ['single strip', 'narrow strip'])
+def test_memory_of_single_strip_and_narrow_images_follows_the_width(tmp_path, layout):
+    """A single uncompressed strip (tifffile's and many tools' default) is
+    read by rows from the file, and an image narrower than the crop is padded
+    band by band: 4x the rows, the same peak."""
+    import tracemalloc
+    settings.apply(['cropSize=32', 'predict_stride=16'])
+
+    def network(windows):
+        return {'height': windows[..., 0] * 2.0, 'sem': np.repeat(windows[..., :1], 6, -1)}
+    network.batch_size = 8
+    width, sizes = (160, (2000, 8000)) if layout == 'single strip' else (20, (10000, 40000))
+    peaks = {}
+    for rows in (sizes[0],) + sizes:    # the first run pays the one-time costs (imports)
+        path = str(tmp_path / f'{rows}.tif')
+        tifffile.imwrite(path, _image((rows, width, 3), np.float32), photometric='rgb')
+        with tifffile.TiffFile(path) as tif:
+            assert len(tif.pages[0].dataoffsets) == 1 and tif.pages[0].compression == 1
+        tracemalloc.start()
+        predict.predict_image(network, path, predict.output_paths(
+            str(tmp_path), str(rows), ('height', 'sem')), [0, 1, 2])
+        peaks[rows] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    image = sizes[1] * max(width, 32) * 3 * 4   # float32, as the windows see it
+    assert peaks[sizes[1]] < 1.25 * peaks[sizes[0]], peaks
+    assert peaks[sizes[1]] < image / 2, (peaks, image)
 
 
 TWO_REPLICAS_ARGS = ['--set', 'multi_gpu_enabled=True', '--set', 'cpu_replicas=2']
@@ -231,7 +264,7 @@ def test_killed_batch_leaves_no_partial_output_and_rerun_completes(weights, tmp_
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)       # image a is done, b has just begun
     proc.wait()
-    finals = sorted(p for p in os.listdir(out) if not p.endswith('.tmp'))
+    finals = sorted(p for p in os.listdir(out) if not p.endswith(('.tmp', '.lock')))
     assert finals == ['a_height.tif', 'a_preview.png', 'a_sem.tif']
     assert tifffile.imread(out / 'a_height.tif').shape == (200, 200)
     before = os.stat(out / 'a_height.tif').st_mtime_ns
@@ -303,13 +336,18 @@ def test_trained_settings_come_from_the_json(weights, tmp_path):
     assert config.dae_width_scale == 0.25      # kept: the user set it
 
 
-def test_each_worker_takes_its_share(monkeypatch):
+def test_only_chief_and_worker_tasks_predict(weights, tmp_path, monkeypatch, capsys):
+    image = tmp_path / 'a.tif'
+    tifffile.imwrite(image, _image((40, 40, 3)), photometric='rgb')
     monkeypatch.setenv('TF_CONFIG', json.dumps(
-        {'cluster': {'chief': ['a:1'], 'worker': ['b:1', 'c:1']},
-         'task': {'type': 'worker', 'index': 1}}))
-    assert distribute.worker_share() == (2, 3)
+        {'cluster': {'chief': ['a:1'], 'worker': ['b:1'], 'evaluator': ['c:1']},
+         'task': {'type': 'evaluator', 'index': 0}}))
+    assert distribute.task_type() == 'evaluator'
+    predict.main([str(image), '--out', str(tmp_path / 'out'), *_cli(weights)])
+    assert 'takes no part' in capsys.readouterr().out
+    assert not (tmp_path / 'out').exists()      # nothing written, the chief's files least
     monkeypatch.delenv('TF_CONFIG')
-    assert distribute.worker_share() == (0, 1)
+    assert distribute.task_type() is None
 
 
 # ----------------------------------------------------------------- users' rasters
@@ -468,3 +506,166 @@ def test_unreadable_inputs_print_our_lines_only(weights, tmp_path):
         f"  Cannot read {folder / 'b.jpg'}", f"  Cannot read {folder / 'c.jpg'}"]
     assert lines[3].startswith('error: 2 input(s) skipped: ') and len(lines) == 4, lines
     assert (tmp_path / 'out' / 'a_height.tif').exists()
+
+
+# ----------------------------------------------------------------- outputs for GIS tools
+VAIHINGEN = "label_codes=[(255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), " \
+            "(255, 255, 0), (255, 0, 0)]"
+
+
+def _pixelwise(windows):
+    """A stand-in network answering each pixel from that pixel alone: every
+    window agrees, so blending returns these values (up to rounding) and the
+    expected maps are known without any window arithmetic."""
+    level = windows[..., 0]
+    classes = np.minimum((level * 6).astype(int), 5)
+    return {'height': level * 20 + 1, 'sem': np.eye(6, dtype=np.float32)[classes]}
+
+
+_pixelwise.batch_size = 8
+
+
+def test_outputs_are_cogs_gis_tools_read(tmp_path):
+    import rasterio
+    from tests.test_cog import _layout_is_cloud_optimized
+    settings.apply(['cropSize=32', 'predict_stride=32', 'predict_window=triangle', VAIHINGEN])
+    image = _levels((3, 600, 700))
+    image[:, 200:260, 300:420] = 0
+    path = _gdal_image(tmp_path / 'ortho.tif', image, nodata=0)
+    out = tmp_path / 'out'
+    out.mkdir()
+    paths = predict.output_paths(str(out), 'ortho', ('height', 'sem'))
+    predict.predict_image(_pixelwise, path, paths, [0, 1, 2], record={'DSMNET_NOTE': 'x'})
+
+    hole = (image == 0).all(0)
+    unit = image[0] / np.float32(255)
+    with rasterio.open(path) as source:
+        crs, transform = source.crs, source.transform
+    for key in ('height', 'sem'):
+        _layout_is_cloud_optimized(paths[key], 1)      # 600 x 700: one overview
+        with rasterio.open(paths[key]) as result:
+            assert result.crs == crs and result.transform == transform
+            assert result.tags()['DSMNET_NOTE'] == 'x'
+            values, nodata = result.read(1), result.nodata
+            if key == 'sem':
+                table = result.colormap(1)
+                assert result.count == 1
+                assert [table[i][:3] for i in range(6)] == [
+                    (255, 255, 255), (0, 0, 255), (0, 255, 255), (0, 255, 0), (255, 255, 0),
+                    (255, 0, 0)]
+                assert nodata == 255
+                expected = np.minimum((unit * 6).astype(int), 5)
+                np.testing.assert_array_equal(values[~hole], expected[~hole])
+            else:
+                assert nodata == raster.HEIGHT_NODATA
+                np.testing.assert_allclose(values[~hole], unit[~hole] * 20 + 1, rtol=1e-5)
+            assert (values[hole] == nodata).all() and (values[~hole] != nodata).all()
+
+
+def _run(argv, capsys):
+    predict.main(argv)
+    return capsys.readouterr().out
+
+
+def test_outputs_record_what_made_them_and_reruns_redo_only_stale_images(
+        weights, tmp_path, capsys):
+    import hashlib
+    import rasterio
+    image = _gdal_image(tmp_path / 'a.tif', _levels((3, 40, 56)))
+    out = tmp_path / 'out'
+    argv = [image, '--out', str(out), *_cli(weights)]
+    assert 'done: 1 image(s) predicted' in _run(argv, capsys)
+    with rasterio.open(out / 'a_height.tif') as result:
+        tags = result.tags()
+    for kind in ('mtl', 'dae'):
+        with open(weights[kind], 'rb') as f:
+            assert tags[f'DSMNET_{kind.upper()}_SHA256'] == hashlib.sha256(f.read()).hexdigest()
+    shaping = json.loads(tags['DSMNET_PREDICTION'])
+    assert shaping == dict(crop=32, stride=10, window=config.predict_window, flips=1,
+                           bands=[1, 2, 3], image_scale='auto', correction=True)
+    assert tags['DSMNET_VERSION']
+
+    # what a rerun compares: the same record keeps the outputs, any change redoes them
+    paths = predict.output_paths(str(out), 'a', ('height', 'sem'))
+    record = {k: v for k, v in tags.items() if k.startswith('DSMNET_')}
+    assert predict.stale_outputs(paths, record) is None
+    assert predict.stale_outputs(paths, dict(record, DSMNET_VERSION='other')) is None
+    for key in ('DSMNET_MTL_SHA256', 'DSMNET_DAE_SHA256', 'DSMNET_INPUT'):
+        why = predict.stale_outputs(paths, dict(record, **{key: 'changed'}))
+        assert why == f"a_height.tif was made with other {key[7:].lower()}"
+    assert record['DSMNET_INPUT'] == predict.input_record(image)
+    os.utime(image, ns=(1, 1))
+    assert predict.input_record(image) != record['DSMNET_INPUT']     # a changed input shows
+
+    printed = _run(argv + ['--set', 'predict_stride=16'], capsys)
+    assert 'redone: a_height.tif was made with other prediction' in printed
+    with rasterio.open(out / 'a_height.tif') as result:
+        assert json.loads(result.tags()['DSMNET_PREDICTION'])['stride'] == 16
+
+
+def test_an_error_mid_image_leaves_nothing_behind(tmp_path):
+    settings.apply(['cropSize=32', 'predict_stride=16'])
+    path = str(tmp_path / 'a.tif')
+    tifffile.imwrite(path, _image((300, 700, 3)), photometric='rgb', tile=(64, 64))
+    calls = []
+
+    def failing(windows):
+        calls.append(len(windows))
+        if len(calls) == 40:        # some rows written, the image not finished
+            raise RuntimeError('device lost')
+        return _pixelwise(windows)
+    failing.batch_size = 8
+    out = tmp_path / 'out'
+    out.mkdir()
+    import threading
+    descriptors, threads = len(os.listdir('/proc/self/fd')), threading.active_count()
+    with pytest.raises(RuntimeError, match='device lost'):
+        predict.predict_image(failing, path, predict.output_paths(
+            str(out), 'a', ('height', 'sem')), [0, 1, 2])
+    assert len(calls) == 40 and os.listdir(out) == []
+    assert len(os.listdir('/proc/self/fd')) == descriptors      # writers and spools closed
+    assert threading.active_count() == threads                  # compression threads gone
+
+
+@pytest.mark.slow
+def test_two_workers_claim_images_so_neither_waits(weights, tmp_path):
+    """Three images, the first far larger: dealt by count (every 2nd file),
+    worker 0 would get the large one and the third, and worker 1 would wait.
+    Claimed, worker 0 takes the large one and worker 1 both small ones,
+    finishing first. Worker 1 starts once the large image is claimed."""
+    folder, out = tmp_path / 'in', tmp_path / 'out'
+    folder.mkdir()
+    tifffile.imwrite(folder / 'a.tif', _image((440, 440, 3)), photometric='rgb')
+    for name in 'bc':
+        tifffile.imwrite(folder / f'{name}.tif', _image((40, 40, 3)), photometric='rgb')
+    cluster = {'worker': ['localhost:1', 'localhost:2']}
+    procs, logs = [], []
+    for index in (0, 1):
+        if index:      # worker 0 holds the large image
+            deadline = time.time() + 300
+            while not (out / 'a.lock').exists():
+                assert time.time() < deadline and procs[0].poll() is None
+                time.sleep(0.05)
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', TF_CONFIG=json.dumps(
+            {'cluster': cluster, 'task': {'type': 'worker', 'index': index}}))
+        logs.append(open(tmp_path / f'worker{index}.log', 'w+'))
+        procs.append(subprocess.Popen([sys.executable, 'predict.py', str(folder), '--out',
+                                       str(out), *_cli(weights)], cwd=ROOT, env=env,
+                                      stdout=logs[-1], stderr=subprocess.STDOUT, text=True))
+    finished = {}
+    while len(finished) < 2:
+        for index, proc in enumerate(procs):
+            if index not in finished and proc.poll() is not None:
+                finished[index] = time.time()
+        time.sleep(0.05)
+    printed = []
+    for log, proc in zip(logs, procs):
+        log.seek(0)
+        printed.append(log.read())
+        assert proc.returncode == 0, printed[-1][-2000:]
+    predicted = [{n for n in 'abc' if re.search(rf"^{re.escape(str(folder / n))}\.tif", text,
+                                                re.M)} for text in printed]
+    assert predicted == [{'a'}, {'b', 'c'}], printed
+    assert finished[1] < finished[0]    # the small ones were done while a ran
+    assert sorted(os.listdir(out)) == sorted(f'{n}_{k}' for n in 'abc'
+                                             for k in ('height.tif', 'sem.tif', 'preview.png'))

@@ -107,17 +107,15 @@ def get_strategy():
     return _strategy
 
 
-def worker_share():
-    """(index, count) of this machine among the workers of TF_CONFIG
-    (chief first); (0, 1) without TF_CONFIG."""
+WORKING_TASKS = ('chief', 'worker')
+
+
+def task_type():
+    """This process's task type in TF_CONFIG ('worker' when it names none);
+    None without TF_CONFIG."""
     if not os.environ.get('TF_CONFIG'):
-        return 0, 1
-    spec = json.loads(os.environ['TF_CONFIG'])
-    cluster, task = spec.get('cluster', {}), spec.get('task', {})
-    chiefs = len(cluster.get('chief', []))
-    count = chiefs + len(cluster.get('worker', []))
-    index = task.get('index', 0) + (chiefs if task.get('type') == 'worker' else 0)
-    return index, max(count, 1)
+        return None
+    return json.loads(os.environ['TF_CONFIG']).get('task', {}).get('type', 'worker')
 
 
 def is_chief():

@@ -3,8 +3,11 @@
 A sliding window of `crop` px with step `stride` (last window snapped to the
 border) covers the image. Windows run through the networks in fixed-size
 batches inside one tf.function, split over the strategy's replicas; their
-height and semantic probabilities are blended with a Gaussian weight that
-favours each window's centre.
+height and semantic probabilities are blended with a window weight that
+favours each window's centre (WINDOWS: the published Gaussian, or others
+measured by bench/predict_quality.py). with_flips() adds test-time
+transforms of the dihedral group D4: each window is also predicted flipped
+and transposed, and the maps, turned back, are averaged.
 """
 import numpy as np
 import tensorflow as tf
@@ -15,6 +18,13 @@ from utils import datasets
 from utils.errors import SettingError
 
 GAUSS_SIGMA = 0.2
+WINDOWS = ('gaussian', 'hann', 'triangle', 'trapezoid', 'flat')
+# The D4 transforms as (transpose, flip rows, flip columns), applied in that
+# order; with_flips uses the first N: 2 adds the left-right mirror, 4 is the
+# group of flips, 8 all of D4.
+D4 = ((False, False, False), (False, False, True), (False, True, False),
+      (False, True, True), (True, False, False), (True, False, True),
+      (True, True, False), (True, True, True))
 
 
 def gaussian_window(crop):
@@ -24,6 +34,90 @@ def gaussian_window(crop):
     d = np.sqrt(x * x + y * y)
     w = np.exp(-d ** 2 / (2 * GAUSS_SIGMA ** 2))
     return w / w.sum()
+
+
+def window_weight(crop, kind='gaussian'):
+    """[crop, crop] float64 blending weights, sum 1: 'gaussian' (published),
+    or the outer product of a 1-D profile sampled at the pixel centres:
+    'hann' (sin^2; windows at half-crop steps sum to a constant), 'triangle',
+    'trapezoid' (1 over the middle half, falling linearly to the edges),
+    'flat'. Every weight is above 0, so a pixel one window covers keeps its
+    prediction."""
+    if kind == 'gaussian':
+        return gaussian_window(crop)
+    t = (np.arange(crop) + 0.5) / crop
+    profiles = {'hann': lambda: np.sin(np.pi * t) ** 2,
+                'triangle': lambda: 1 - np.abs(2 * t - 1),
+                'trapezoid': lambda: np.minimum(1, 2 * (1 - np.abs(2 * t - 1))),
+                'flat': lambda: np.ones(crop)}
+    if kind not in profiles:
+        raise SettingError(f"predict_window = {kind!r}: use one of {', '.join(WINDOWS)}")
+    one = profiles[kind]()
+    w = np.outer(one, one)
+    return w / w.sum()
+
+
+def _transform(maps, transform):
+    """maps [n, H, W, ...] as the network sees them under a D4 transform."""
+    transpose, flip_rows, flip_cols = transform
+    if transpose:
+        maps = np.swapaxes(maps, 1, 2)
+    if flip_rows:
+        maps = maps[:, ::-1]
+    if flip_cols:
+        maps = maps[:, :, ::-1]
+    return maps
+
+
+def _undo(maps, transform, key, normal_scale):
+    """Outputs predicted on transformed windows, back in the windows' frame.
+    Normals are vectors: stored as s * (n + 1) / 2, a component negated is
+    s - value; the transform's matrix is orthogonal and symmetric per step,
+    so its inverse acts on (x, y) as: columns flip x, rows flip y, transpose
+    swaps them."""
+    transpose, flip_rows, flip_cols = transform
+    if flip_cols:
+        maps = maps[:, :, ::-1]
+    if flip_rows:
+        maps = maps[:, ::-1]
+    if transpose:
+        maps = np.swapaxes(maps, 1, 2)
+    if key == 'norm':
+        maps = maps.copy()
+        if flip_cols:
+            maps[..., 0] = normal_scale - maps[..., 0]
+        if flip_rows:
+            maps[..., 1] = normal_scale - maps[..., 1]
+        if transpose:
+            maps = maps[..., [1, 0, 2]]
+    return maps
+
+
+def with_flips(predict_fn, flips, normal_scale=1.0):
+    """predict_fn averaged over the first `flips` D4 transforms of each window
+    (1: predict_fn itself). normal_scale: the normals' stored range (1, or
+    255 without normalize_flag). Its batch_size is predict_fn's divided by
+    `flips`, so a batch of windows still fills the network's calls."""
+    if flips == 1:
+        return predict_fn
+    if not 1 <= flips <= len(D4):
+        raise SettingError(f"predict_flips = {flips}: use 1 to {len(D4)}")
+    transforms = D4[:flips]
+
+    def predict(windows):
+        windows = np.asarray(windows, np.float32)
+        n = len(windows)
+        out = predict_fn(np.concatenate([_transform(windows, t) for t in transforms]))
+        result = {}
+        for key, maps in out.items():
+            total = _undo(maps[:n], transforms[0], key, normal_scale).astype(np.float32)
+            for i, t in enumerate(transforms[1:], 1):
+                total += _undo(maps[i * n:(i + 1) * n], t, key, normal_scale)
+            result[key] = total / np.float32(flips)
+        return result
+
+    predict.batch_size = max(1, getattr(predict_fn, 'batch_size', 8) // flips)
+    return predict
 
 
 def window_starts(size, crop, stride):
@@ -106,14 +200,15 @@ def make_predict_fn(mtl, dae=None, strategy=None, batch_size=None, norm=False):
     return predict
 
 
-def predict_tile(predict_fn, image, crop, stride, batch_size=None):
+def predict_tile(predict_fn, image, crop, stride, batch_size=None, window='gaussian'):
     """Blend the windows of one image [H, W, C] into full-size maps.
 
     Returns 'height' and 'height_mtl' [H, W] float32 and 'sem' [H, W, K]
     (blended probabilities) when the networks predict semantics. The image
     must be at least crop x crop (smaller images are an error, not padded,
     so that every pixel is predicted from real context). `batch_size` is how
-    many windows are cut out at a time (memory); None: predict_fn's batch."""
+    many windows are cut out at a time (memory); None: predict_fn's batch.
+    window: the blending weight (window_weight)."""
     image = np.asarray(image, np.float32)
     if image.ndim != 3:
         raise ValueError(f"expected an image [H, W, C], got shape {image.shape}")
@@ -121,7 +216,7 @@ def predict_tile(predict_fn, image, crop, stride, batch_size=None):
     datasets.check_crop_fits('the image', image.shape, crop)
     if crop % 32:
         raise SettingError(f"cropSize = {crop}: the MTL needs a multiple of 32")
-    weight = gaussian_window(crop).astype(np.float32)
+    weight = window_weight(crop, window).astype(np.float32)
     corners = [(y, x) for y in window_starts(h, crop, stride)
                for x in window_starts(w, crop, stride)]
     chunk = max(int(batch_size or getattr(predict_fn, "batch_size", 8)), 1)
@@ -154,7 +249,7 @@ def _drop_rows(buffer, rows):
 
 
 def predict_rows(predict_fn, read_rows, shape, crop, stride, keys=('height', 'sem'),
-                 batch_size=None, progress=None):
+                 batch_size=None, progress=None, window='gaussian'):
     """predict_tile for an image read in bands of rows: yields (first row,
     {key: maps of the finished rows}) from top to bottom.
 
@@ -172,22 +267,30 @@ def predict_rows(predict_fn, read_rows, shape, crop, stride, keys=('height', 'se
                            f"use at most cropSize = {crop}")
     h, w = shape
     ph, pw = max(h, crop), max(w, crop)
-    if (ph, pw) != (h, w):      # at most crop rows: held whole
+    if ph != h:         # fewer rows than the crop: held whole
         small = read_rows(0, h)
         padded = np.pad(small, ((0, ph - h), (0, pw - w), (0, 0)), mode='reflect')
 
         def read_rows(r0, r1):
             return padded[r0:r1]
-    weight = gaussian_window(crop).astype(np.float32)
+    elif pw != w:       # narrower than the crop: each band of rows padded on its own
+        source = read_rows  # (reflecting columns never mixes rows: the same as whole)
+
+        def read_rows(r0, r1):
+            return np.pad(source(r0, r1), ((0, 0), (0, pw - w), (0, 0)), mode='reflect')
+    weight = window_weight(crop, window).astype(np.float32)
     xs = window_starts(pw, crop, stride)
-    corners = [(y, x) for y in window_starts(ph, crop, stride) for x in xs]
+    ys = window_starts(ph, crop, stride)
+    count = len(ys) * len(xs)   # window i is at (ys[i // len(xs)], xs[i % len(xs)]): no
+                                # list of every window, whose size would follow the image
     chunk = max(int(batch_size or getattr(predict_fn, "batch_size", 8)), 1)
     # A batch reaches from its first window's row to its last window's row + crop.
     held = min(ph, crop + stride * -(-chunk // len(xs)))
     image, total, acc = None, np.zeros((held, pw), np.float32), {}
     top, read = 0, 0    # buffers hold rows [top, top + held); rows < read were read
-    for first in range(0, len(corners), chunk):
-        part = corners[first:first + chunk]
+    for first in range(0, count, chunk):
+        part = [(ys[i // len(xs)], xs[i % len(xs)]) for i in range(first, min(first + chunk,
+                                                                          count))]
         need = part[-1][0] + crop
         if need > read:
             rows = read_rows(read, need)
@@ -210,9 +313,9 @@ def predict_rows(predict_fn, read_rows, shape, crop, stride, keys=('height', 'se
         for y, x in part:
             total[y - top:y - top + crop, x:x + crop] += weight
         if progress:
-            progress(first + len(part), len(corners))
+            progress(first + len(part), count)
         # rows above the next window are final
-        done = corners[first + chunk][0] if first + chunk < len(corners) else ph
+        done = ys[(first + chunk) // len(xs)] if first + chunk < count else ph
         if done > top:
             if top < h:
                 keep, t = min(done, h) - top, total[:min(done, h) - top]

@@ -63,10 +63,11 @@ def plot_test_image(path, image, gt, predictions, title=''):
     plt.close(fig)
 
 
-def plot_prediction(path, image, height, classes=None, label_codes=None, title=''):
+def plot_prediction(path, image, height, classes=None, colours=None, title=''):
     """predict.py's preview: image, height (colour bar in metres) and, when
-    given, the class map (label indices in the label codes' colours when
-    those are RGB) side by side. NaN heights are nodata (shown blank)."""
+    given, the class map (class indices, -1 for nodata, in `colours` [K, 3]
+    uint8, those of the class map's colour table) side by side. NaN heights
+    are nodata (shown blank)."""
     import numpy as np
     panels = 3 if classes is not None else 2
     fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 4.2), squeeze=False)
@@ -77,12 +78,9 @@ def plot_prediction(path, image, height, classes=None, label_codes=None, title='
     axes[1].set_title('height')
     fig.colorbar(shown, ax=axes[1], shrink=0.8, label='metres')
     if classes is not None:
-        codes = np.asarray(label_codes)
-        if codes.ndim == 2:
-            axes[2].imshow(codes[np.maximum(classes, 0)].astype(np.uint8))
-        else:
-            axes[2].imshow(np.ma.masked_less(classes, 0), cmap='tab10', vmin=0,
-                           vmax=max(len(codes) - 1, 1), interpolation='nearest')
+        shown = np.asarray(colours)[np.maximum(classes, 0)]
+        shown[classes < 0] = 255
+        axes[2].imshow(shown, interpolation='nearest')
         axes[2].set_title('classes')
     for ax in axes:
         ax.axis('off')

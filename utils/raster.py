@@ -4,8 +4,8 @@
 or tile by tile (tifffile decodes each segment; imagecodecs supplies LZW,
 JPEG and the other codecs), a palette image through its colour map, and
 where its pixels are valid. PNG and JPEG files have no row access and are
-read whole. `TiledWriter` writes finished rows as tiled, zlib-compressed
-GeoTIFF tiles.
+read whole. Outputs are written by utils/cog.py; class_map() says how a
+class map is coded for GIS tools.
 
 A pixel is invalid where the GDAL mask is 0 (the TIFF's internal mask page,
 or a `<file>.msk` sidecar), where alpha is 0, where every chosen band equals
@@ -20,12 +20,11 @@ divides integers by the largest value of their declared bit depth
 N become 1). An undeclared uint16 image whose values all fit in 12 bits
 gets a warning naming the file, its range and the setting.
 """
+import colorsys
 import contextlib
 import math
 import os
-import queue
 import sys
-import threading
 import warnings
 
 import cv2
@@ -44,7 +43,6 @@ NODATA_TAG = 42113
 MAX_SAMPLE_VALUE_TAG = 281
 HEIGHT_NODATA = -9999.0     # below datasets.NODATA_BELOW, so read back as nodata
 TILE = 256
-BIGTIFF_ABOVE = 2 ** 32 - 2 ** 27   # bytes of pixels; leaves room for tags and offsets
 UNDECLARED_BITS = (11, 12)  # common sensor depths stored in uint16 without a declaration
 
 
@@ -173,7 +171,11 @@ def _unreadable(path, err):
 
 
 class _Segments:
-    """Row access to one page of a TIFF through its strips or tiles."""
+    """Row access to one page of a TIFF through its strips or tiles, for
+    reads from top to bottom. Uncompressed strips are read by rows straight
+    from the file; other segments are decoded once per row of segments and
+    kept only while later rows still need theirs (a single compressed strip
+    is the whole image: decoded once, kept to the end)."""
 
     def __init__(self, tif, page):
         self.page, self.tif = page, tif
@@ -185,27 +187,70 @@ class _Segments:
         self.planes = page.samplesperpixel if page.planarconfig == 2 else 1
         self.shape = (page.imagelength, page.imagewidth, page.samplesperpixel)
         self.dtype = page.dtype
+        self.raw = (page.compression == 1 and not page.is_tiled and page.fillorder == 1
+                    and page.bitspersample == page.dtype.itemsize * 8
+                    and all(page.databytecounts))     # GDAL's sparse files: no strip
+        self.cache = {}     # row of segments -> its decoded rows [seg_h, W, bands]
+        if self.raw:        # read by rows later: a truncated file must fail now
+            end = max(o + n for o, n in zip(page.dataoffsets, page.databytecounts))
+            if end > tif.filehandle.size:
+                raise ValueError(f"truncated: its strips end at byte {end}, the file at "
+                                 f"{tif.filehandle.size}")
         self.read(0, 1)     # fails now, not midway, when a segment cannot be decoded
+        self.cache.clear()
 
     def read(self, r0, r1):
+        if self.raw:
+            return self._read_raw(r0, r1)
+        out = np.zeros((r1 - r0, self.shape[1], self.shape[2]), self.dtype)
+        first, last = r0 // self.seg_h, (r1 - 1) // self.seg_h
+        for row in range(first, last + 1):
+            if row not in self.cache:
+                self.cache[row] = self._decode_row(row)
+            top = row * self.seg_h
+            part = self.cache[row]
+            lo, hi = max(r0, top), min(r1, top + len(part))
+            out[lo - r0:hi - r0] = part[lo - top:hi - top]
+        for row in [k for k in self.cache if (k + 1) * self.seg_h <= r1]:
+            del self.cache[row]     # rows below r1 are read next, not these
+        return out
+
+    def _decode_row(self, row):
+        """Every segment of one row of segments, decoded: [rows, W, bands]."""
         page, (h, w, bands) = self.page, self.shape
-        out = np.zeros((r1 - r0, w, bands), self.dtype)
+        top = row * self.seg_h
+        out = np.zeros((min(self.seg_h, h - top), w, bands), self.dtype)
         fh = self.tif.filehandle
         for plane in range(self.planes):
-            for row in range(r0 // self.seg_h, (r1 - 1) // self.seg_h + 1):
-                for col in range(self.across):
-                    index = (plane * self.down + row) * self.across + col
-                    fh.seek(page.dataoffsets[index])
-                    data = fh.read(page.databytecounts[index]) or None
-                    seg, (s, _, y, x, c), _ = page.decode(data, index,
-                                                          jpegtables=page.jpegtables)
-                    if seg is None:     # a segment never written: zeros
-                        continue
-                    seg = seg[0]        # (length, width, contiguous samples)
-                    top, bottom = max(y, r0), min(y + seg.shape[0], r1, h)
-                    right = min(x + seg.shape[1], w)
-                    out[top - r0:bottom - r0, x:right, s + c:s + c + seg.shape[2]] = \
-                        seg[top - y:bottom - y, :right - x]
+            for col in range(self.across):
+                index = (plane * self.down + row) * self.across + col
+                fh.seek(page.dataoffsets[index])
+                data = fh.read(page.databytecounts[index]) or None
+                seg, (s, _, y, x, c), _ = page.decode(data, index, jpegtables=page.jpegtables)
+                if seg is None:     # a segment never written: zeros
+                    continue
+                seg = seg[0]        # (length, width, contiguous samples)
+                bottom, right = min(y + seg.shape[0], h), min(x + seg.shape[1], w)
+                out[y - top:bottom - top, x:right, s + c:s + c + seg.shape[2]] = \
+                    seg[:bottom - y, :right - x]
+        return out
+
+    def _read_raw(self, r0, r1):
+        """Rows of uncompressed strips, read from their offsets in the file."""
+        h, w, bands = self.shape
+        per_plane = bands // self.planes
+        stored = self.dtype.newbyteorder(self.tif.byteorder)
+        row_bytes = w * per_plane * stored.itemsize
+        out = np.empty((r1 - r0, w, bands), self.dtype)
+        fh = self.tif.filehandle
+        for plane in range(self.planes):
+            for strip in range(r0 // self.seg_h, (r1 - 1) // self.seg_h + 1):
+                top = strip * self.seg_h
+                lo, hi = max(r0, top), min(r1, top + self.seg_h, h)
+                fh.seek(self.page.dataoffsets[plane * self.down + strip] + (lo - top) * row_bytes)
+                rows = np.frombuffer(fh.read((hi - lo) * row_bytes), stored)
+                out[lo - r0:hi - r0, :, plane * per_plane:(plane + 1) * per_plane] = \
+                    rows.reshape(hi - lo, w, per_plane)
         return out
 
 
@@ -465,7 +510,8 @@ class Image:
         """The image at every `step`-th row and column, float32 [0, 1]."""
         parts = []
         for _, (picked, valid) in self._bands_of_rows(step * max(1, TILE // step)):
-            image = self.to_unit(picked[::step, ::step])
+            # a copy: to_unit may return its input, and a view would keep the band
+            image = self.to_unit(np.ascontiguousarray(picked[::step, ::step]))
             image[~valid[::step, ::step]] = 0
             parts.append(image)
         return np.concatenate(parts)
@@ -483,71 +529,6 @@ class Image:
         self.close()
 
 
-class TiledWriter:
-    """A tiled, zlib-compressed (Big)TIFF written from bands of rows, top to
-    bottom, holding at most one row of tiles. tifffile takes the tiles from
-    an iterator, which a thread runs, fed through a short queue."""
-
-    def __init__(self, path, shape, dtype, extratags=(), photometric='minisblack'):
-        self.path, self.shape, self.dtype = path, tuple(shape), np.dtype(dtype)
-        self.pending, self.rows_done, self.error = [], 0, None
-        self.queue = queue.Queue(maxsize=1)
-        size = math.prod(self.shape) * self.dtype.itemsize
-        kwargs = dict(shape=self.shape, dtype=self.dtype, tile=(TILE, TILE),
-                      compression='zlib', photometric=photometric,
-                      planarconfig='contig' if len(self.shape) == 3 else None,
-                      extratags=list(extratags), metadata=None,
-                      # tifffile gathers this many bytes of tiles per compression
-                      # pass (default 512 MB): one row of tiles, like the queue
-                      buffersize=TILE * math.prod(self.shape[1:]) * self.dtype.itemsize)
-
-        def run():
-            try:
-                with tifffile.TiffWriter(path, bigtiff=size > BIGTIFF_ABOVE) as tif:
-                    tif.write(self._tiles(), **kwargs)
-            except BaseException as err:     # handed to the main thread by close()
-                self.error = err
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-
-    def _tiles(self):
-        while (band := self.queue.get()) is not None:
-            for x in range(0, self.shape[1], TILE):
-                yield band[:, x:x + TILE]
-
-    def _put(self, item):
-        while True:
-            try:
-                self.queue.put(item, timeout=1)
-                return
-            except queue.Full:
-                if not self.thread.is_alive():
-                    raise RuntimeError(f"writing {self.path} failed: {self.error}")
-
-    def write(self, rows):
-        """The next rows [n, W(, C)] of the image."""
-        self.pending.append(np.asarray(rows, self.dtype))
-        self.rows_done += len(rows)
-        held = sum(len(p) for p in self.pending)
-        if held >= TILE or self.rows_done == self.shape[0]:
-            band = np.concatenate(self.pending)
-            for y in range(0, len(band) - TILE + 1, TILE):
-                self._put(band[y:y + TILE])
-            rest = band[len(band) - len(band) % TILE:]
-            if self.rows_done == self.shape[0] and len(rest):
-                pad = np.zeros((TILE - len(rest),) + band.shape[1:], self.dtype)
-                self._put(np.concatenate([rest, pad]))
-                rest = rest[:0]
-            self.pending = [rest.copy()] if len(rest) else []
-
-    def close(self):
-        """Finish the file; raises what went wrong while writing it."""
-        self._put(None)
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
-
-
 def label_nodata(label_codes):
     """A value no label code uses, for the class map's nodata pixels."""
     codes = np.asarray(label_codes)
@@ -557,3 +538,27 @@ def label_nodata(label_codes):
         if candidate not in used:
             return candidate
     return int(codes.max()) + 1
+
+
+def class_colours(count):
+    """`count` distinct colours for classes that have none of their own
+    (integer label codes): hues a golden-ratio turn apart."""
+    return np.array([[round(255 * c) for c in colorsys.hsv_to_rgb(i * 0.618034 % 1, 0.7, 0.95)]
+                     for i in range(count)], np.uint8)
+
+
+def class_map(label_codes):
+    """How a class map is coded for GIS tools: one band, whose value of class
+    i is values[i] (RGB-coded datasets: i; integer-coded: the dataset's code),
+    a colour table `colormap` [entries, 3] uint8 (the dataset's colours, or
+    class_colours), a `nodata` value no class uses, and the `dtype` holding them."""
+    codes = np.asarray(label_codes)
+    if codes.ndim == 2:
+        values, colours = np.arange(len(codes)), codes.astype(np.uint8)
+    else:
+        values, colours = codes.astype(np.int64), class_colours(len(codes))
+    nodata = label_nodata(values.tolist())
+    colormap = np.zeros((max(int(values.max()), nodata) + 1, 3), np.uint8)
+    colormap[values] = colours
+    dtype = np.uint8 if len(colormap) <= 256 else np.uint16
+    return dict(values=values, colours=colours, colormap=colormap, nodata=nodata, dtype=dtype)

@@ -1,0 +1,198 @@
+"""Accuracy per unit of compute of the sliding-window prediction: test RMSE,
+MAE and mIoU of trained weights for a grid of window steps, window weightings
+and test-time flips, with what each costs, in one run. Trains nothing.
+
+    python bench/predict_quality.py [--split test] [--strides 16,24,32,48,96]
+        [--windows gaussian,hann,triangle,trapezoid,flat] [--flips 1,2,4,8] [--correction]
+        [--max-images N] [--json FILE] [--set NAME=VALUE ...]
+
+Weights: predCheckPointPath (and corrCheckPointPath with --correction) of
+dataset_name, with their .json settings, as predict.py takes them. Every
+configuration runs utils/inference.py's predict_tile on every image of the
+split, scored as test_dsm.py scores (per-image metrics averaged over
+images; heights on every valid pixel, so binary datasets' class-1 masking
+is not applied). The network sees each distinct window (after its flip)
+once per image: configurations that share windows share the network's
+outputs, so the grid costs little more than its most expensive member.
+
+Cost: windows the network runs per image (flips included) and per crop area
+of a large image ((crop / stride)^2 x flips: the border windows of a small
+test image aside, the time of a large image is proportional to it). Speed:
+the network's measured windows/s (full batches, timed apart from the grid),
+and per configuration the estimated seconds per test image (its windows at
+that rate, plus its own measured cutting and blending time). `speed` is
+relative to the published configuration (test_stride = cropSize/6, Gaussian,
+no flips) on large images: 36 / windows per crop area. `images better`: on
+how many images the configuration's RMSE (the MTL's with --correction) is
+below the published configuration's, a view of the spread behind a mean.
+"""
+import hashlib
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+import config  # noqa: E402
+import machine  # noqa: E402
+from utils import settings  # noqa: E402
+
+
+class SharedWindows:
+    """A predict_fn that runs the network only for windows it has not seen
+    (keyed by their bytes) and keeps their outputs until forget()."""
+
+    def __init__(self, predict_fn):
+        self.fn, self.batch_size = predict_fn, predict_fn.batch_size
+        self.outputs, self.network_seconds = {}, 0.0
+
+    def __call__(self, windows):
+        keys = [hashlib.blake2b(w.tobytes(), digest_size=16).digest() for w in windows]
+        new = list(dict.fromkeys(k for k in keys if k not in self.outputs))
+        if new:
+            index = {k: i for i, k in enumerate(keys)}
+            start = time.perf_counter()
+            out = self.fn(np.stack([windows[index[k]] for k in new]))
+            self.network_seconds += time.perf_counter() - start
+            for i, key in enumerate(new):
+                self.outputs[key] = {name: maps[i] for name, maps in out.items()}
+        return {name: np.stack([self.outputs[k][name] for k in keys])
+                for name in self.outputs[keys[0]]}
+
+    def forget(self):
+        self.outputs.clear()
+
+
+def network_rate(predict_fn, crop, calls=6):
+    """Windows per second of full batches (median of `calls` timed calls)."""
+    rng = np.random.default_rng(0)
+    batch = rng.random((predict_fn.batch_size, crop, crop, 3), dtype=np.float32)
+    predict_fn(batch)   # trace
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        predict_fn(batch)
+        times.append(time.perf_counter() - start)
+    return predict_fn.batch_size / float(np.median(times)), times
+
+
+def main():
+    p = settings.parser(__doc__.split('\n\n')[0])
+    p.add_argument('--split', default='test', choices=('test', 'valid', 'train'))
+    p.add_argument('--strides', default=None,
+                   help='window steps, px (default: cropSize/6, /4, /3, /2, /1)')
+    p.add_argument('--windows', default='gaussian,hann,triangle,trapezoid,flat')
+    p.add_argument('--flips', default='1,2,4,8', help='numbers of D4 transforms')
+    p.add_argument('--correction', action='store_true', help='also the DAE-refined heights')
+    p.add_argument('--max-images', type=int)
+    p.add_argument('--json', help='write every figure to this file')
+    args = settings.parse_args(p)
+    sets = {pair.split('=', 1)[0] for pair in args.set}
+    from utils import checkpoints
+    checkpoints.adopt_settings(config.predCheckPointPath, 'mtl', sets)
+    if args.correction:
+        checkpoints.adopt_settings(config.corrCheckPointPath, 'dae', sets)
+    crop = config.cropSize
+    strides = [int(s) for s in args.strides.split(',')] if args.strides else \
+        [crop // d for d in (6, 4, 3, 2, 1)]
+    windows = args.windows.split(',')
+    flips = [int(f) for f in args.flips.split(',')]
+
+    from utils import datasets, inference, metrics, stages
+    mtl = stages.trained_mtl(config.predCheckPointPath)
+    dae = stages.trained_dae(config.corrCheckPointPath) if args.correction else None
+    predict_fn = inference.make_predict_fn(mtl, dae)
+    rate_before, _ = network_rate(predict_fn, crop)
+    shared = SharedWindows(predict_fn)
+    scale = 1.0 if config.normalize_flag else 255.0
+    grid = [(s, wk, f) for s in strides for wk in windows for f in flips]
+    samples = datasets.find_split(args.split)[:args.max_images]
+    classes = len(config.label_codes)
+    rows = {c: {'per_image': [], 'confusion': metrics.ConfusionMatrix(classes),
+                'blend_seconds': 0.0, 'windows': 0} for c in grid}
+    print(f"machine: {machine.describe()}")
+    print(f"{config.dataset_name} {args.split}: {len(samples)} images, crop {crop}, "
+          f"weights {config.predCheckPointPath}"
+          + (f" + {config.corrCheckPointPath}" if dae else ''))
+    start = time.perf_counter()
+    for index, sample in enumerate(samples):
+        data = datasets.load_sample(sample)
+        gt = np.asarray(data.height, np.float32)
+        for config_key in grid:
+            stride, window, flip = config_key
+            fn = inference.with_flips(shared, flip, scale)
+            ny = len(inference.window_starts(gt.shape[0], crop, stride))
+            nx = len(inference.window_starts(gt.shape[1], crop, stride))
+            seconds_before, t0 = shared.network_seconds, time.perf_counter()
+            out = inference.predict_tile(fn, data.image, crop, stride, window=window)
+            row = rows[config_key]
+            row['blend_seconds'] += (time.perf_counter() - t0) - (
+                shared.network_seconds - seconds_before)
+            row['windows'] += ny * nx * flip
+            scores = {'': metrics.height_metrics(out['height'], gt)}
+            if dae is not None:
+                scores['mtl_'] = metrics.height_metrics(out['height_mtl'], gt)
+            row['per_image'].append({p + k: v for p, s in scores.items() for k, v in s.items()})
+            if 'sem' in out and data.labels is not None:
+                row['confusion'].update(np.argmax(out['sem'], -1), data.labels)
+        shared.forget()
+        print(f"  image {index + 1}/{len(samples)} done, {time.perf_counter() - start:.0f} s",
+              flush=True)
+    rate_after, _ = network_rate(predict_fn, crop)
+    rate = (rate_before + rate_after) / 2
+
+    published = (config.test_stride, 'gaussian', 1)
+    results = []
+    for (stride, window, flip), row in rows.items():
+        mean = {k: float(np.nanmean([r[k] for r in row['per_image']]))
+                for k in row['per_image'][0]}
+        per_area = (crop / stride) ** 2 * flip
+        windows_per_image = row['windows'] / len(samples)
+        results.append(dict(stride=stride, window=window, flips=flip, **mean,
+                            miou=row['confusion'].results()['miou'],
+                            windows_per_image=windows_per_image,
+                            windows_per_crop_area=per_area,
+                            seconds_per_image=windows_per_image / rate
+                            + row['blend_seconds'] / len(samples)))
+    base = next((r for r in results if (r['stride'], r['window'], r['flips']) == published),
+                None)
+    height = 'mtl_rmse' if dae is not None else 'rmse'
+    if base:    # the spread: on how many images a configuration beats the published one
+        first = rows[published]['per_image']
+        for r in results:
+            mine = rows[(r['stride'], r['window'], r['flips'])]['per_image']
+            r['images_better'] = sum(m[height] < f[height] for m, f in zip(mine, first))
+    print(f"\nnetwork: {rate:.1f} windows/s (full batches of {predict_fn.batch_size}; "
+          f"{rate_before:.1f} before the grid, {rate_after:.1f} after); grid took "
+          f"{time.perf_counter() - start:.0f} s")
+    head = ('| stride | window | flips | windows / crop area | speed | windows / image '
+            '| s / image |')
+    cols = ['rmse', 'mae'] + (['mtl_rmse', 'mtl_mae'] if dae is not None else []) + ['miou']
+    names = {'rmse': 'RMSE' + (' (refined)' if dae else ''), 'mae': 'MAE' + (
+        ' (refined)' if dae else ''), 'mtl_rmse': 'RMSE (MTL)', 'mtl_mae': 'MAE (MTL)',
+        'miou': 'mIoU'}
+    print(head + ''.join(f' {names[c]} |' for c in cols)
+          + (f' {names[height]} vs published | images better |' if base else ''))
+    print('|---' * (7 + len(cols) + 2 * bool(base)) + '|')
+    for r in sorted(results, key=lambda r: (r['windows_per_crop_area'], r[height])):
+        line = (f"| {r['stride']} | {r['window']} | {r['flips']} | "
+                f"{r['windows_per_crop_area']:.2f} | "
+                f"{(crop / published[0]) ** 2 / r['windows_per_crop_area']:.2f}x | "
+                f"{r['windows_per_image']:.0f} | {r['seconds_per_image']:.2f} |"
+                + ''.join(f" {r[c]:.4f} |" for c in cols))
+        if base:
+            line += (f" {100 * (r[height] / base[height] - 1):+.2f}% | "
+                     f"{r['images_better']}/{len(samples)} |")
+        print(line)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'machine': machine.describe(), 'network_windows_per_s': rate,
+                       'images': len(samples), 'results': results}, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
