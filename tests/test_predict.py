@@ -3,6 +3,7 @@ tiled prediction of utils/inference.py, georeferencing and nodata kept,
 2 replicas against 1, interrupted batches, and the user's mistakes."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
