@@ -2,7 +2,9 @@
 independent references (run by test_finetune.py in its own process, since
 devices are configured once).
 
-    python tests/finetune_run.py OUT_DIR [NAME=VALUE ...]
+    python tests/finetune_run.py OUT_DIR CASES [NAME=VALUE ...]
+
+CASES: comma-separated, of mtl, mtl_changed, dae, dae_changed.
 
 Saves an MTL and a DAE of six classes with checkpoints.save_weights, then
 for each case starts a trainer from them (mtl_init_weights,
@@ -21,13 +23,13 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 from utils import settings  # noqa: E402
 
-out = sys.argv[1]
+out, cases = sys.argv[1], sys.argv[2].split(',')
 SIX = '[0, 1, 2, 3, 4, 5]'
 THREE = '[0, 1, 2]'
 # Dropout off: a training-mode forward pass then depends only on weights and batch.
 BASE = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
         'backbone_weights=None', 'dropout_rate=0', f'checkpoint_root={out}',
-        f'label_codes={SIX}'] + sys.argv[2:]
+        f'label_codes={SIX}'] + sys.argv[3:]
 settings.apply(BASE)
 
 import numpy as np  # noqa: E402
@@ -84,6 +86,8 @@ with small_encoder():
     results = {}
     for case, kind, codes in (('mtl', 'mtl', SIX), ('mtl_changed', 'mtl', THREE),
                               ('dae', 'dae', SIX), ('dae_changed', 'dae', THREE)):
+        if case not in cases:
+            continue
         settings.apply(BASE + [f'label_codes={codes}', f'{kind}_init_weights={saved[kind]}'])
         batch = benchmark.synthetic_batch(config.mtl_global_batch_size, seed=3)
         frozen = None

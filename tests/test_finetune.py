@@ -22,8 +22,8 @@ from utils.errors import CheckpointError
 RUN = os.path.join(ROOT, 'tests', 'finetune_run.py')
 
 
-def _run(tmp_path, *sets):
-    result = run_python([RUN, str(tmp_path), *sets], timeout=900)
+def _run(tmp_path, cases, *sets):
+    result = run_python([RUN, str(tmp_path), cases, *sets], timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -50,14 +50,21 @@ def _check(results, replicas):
             assert notes.endswith('(every layer)')
 
 
+# Each network, and a changed class list, on 1 and on 2 replicas: the four
+# cases split over the two processes (each case costs its own networks).
 @pytest.mark.slow
 def test_fine_tuning_starts_from_the_file_on_one_replica(tmp_path):
-    _check(_run(tmp_path), 1)
+    results = _run(tmp_path, 'mtl,dae_changed')
+    assert set(results) == {'mtl', 'dae_changed'}
+    _check(results, 1)
 
 
 @pytest.mark.slow
 def test_fine_tuning_starts_from_the_file_on_two_replicas(tmp_path):
-    _check(_run(tmp_path, 'multi_gpu_enabled=True', 'cpu_replicas=2', 'batch_size=4'), 2)
+    results = _run(tmp_path, 'mtl_changed,dae', 'multi_gpu_enabled=True', 'cpu_replicas=2',
+                   'batch_size=4')
+    assert set(results) == {'mtl_changed', 'dae'}
+    _check(results, 2)
 
 
 def test_a_setting_that_shapes_the_network_must_match(tmp_path):
