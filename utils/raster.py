@@ -79,23 +79,25 @@ def geo_tags(path, codes=GEO_TAGS):
                 for code in codes if code in tags]
 
 
-def find_images(inputs):
-    """Image files named by `inputs` (files, or folders whose image files are
-    taken in name order); a missing path or an empty folder is an error."""
+def find_images(inputs, extensions=IMAGE_EXTENSIONS, kind='image', option=''):
+    """Files named by `inputs` (files, or folders whose files ending in one
+    of `extensions` are taken in name order); a missing path or an empty
+    folder is an error, naming the command-line `option` it came from."""
     files = []
+    prefix = f"{option} " if option else ''
     for item in inputs:
         if os.path.isdir(item):
             found = sorted(os.path.join(item, f) for f in os.listdir(item)
-                           if f.lower().endswith(IMAGE_EXTENSIONS))
+                           if f.lower().endswith(extensions))
             if not found:
-                raise DatasetError(f"{item}: no image file in this folder (looked for "
-                                   f"{' '.join(IMAGE_EXTENSIONS)}). Fix: name a "
-                                   f"folder holding images, or the image files themselves.")
+                raise DatasetError(f"{prefix}{item}: no {kind} file in this folder (looked "
+                                   f"for {' '.join(extensions)}). Fix: name a folder holding "
+                                   f"{kind}s, or the {kind} files themselves.")
             files += found
         elif os.path.isfile(item):
             files.append(item)
         else:
-            raise DatasetError(f"{item}: no such file or folder. Fix: check the path.")
+            raise DatasetError(f"{prefix}{item}: no such file or folder. Fix: check the path.")
     return files
 
 

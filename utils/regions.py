@@ -34,6 +34,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
+from utils import raster
 from utils.datasets import SPLIT_FOLDER_NAMES, SPLITS
 from utils.errors import DatasetError
 
@@ -46,22 +47,8 @@ GDAL_CACHE_MB = 64
 
 def find_rasters(items, what):
     """The raster files named by `items` (files, or folders whose raster
-    files are taken in name order)."""
-    files = []
-    for item in items:
-        if os.path.isdir(item):
-            found = sorted(os.path.join(item, f) for f in os.listdir(item)
-                           if f.lower().endswith(RASTER_EXTENSIONS))
-            if not found:
-                raise DatasetError(f"{what} {item}: no raster file in this folder (looked for "
-                                   f"{' '.join(RASTER_EXTENSIONS)}). Fix: name the files, or "
-                                   f"a folder holding them.")
-            files += found
-        elif os.path.isfile(item):
-            files.append(item)
-        else:
-            raise DatasetError(f"{what} {item}: no such file or folder. Fix: check the path.")
-    return files
+    files are taken in name order); `what`: the option they came from."""
+    return raster.find_images(items, RASTER_EXTENSIONS, 'raster', what)
 
 
 @dataclasses.dataclass(frozen=True)
