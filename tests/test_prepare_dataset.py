@@ -308,6 +308,15 @@ def test_published_names_are_refused_and_missing_files_named(tmp_path):
                          '--ndsm', 'n.tif', '--set', f'shortcut_path={tmp_path}'], timeout=120)
     assert result.returncode == 1
     assert result.stderr.startswith('error: --images') and 'no.tif' in result.stderr
+    empty = tmp_path / 'dsm_tiles'
+    empty.mkdir()
+    (empty / 'readme.txt').write_text('not a raster')
+    (tmp_path / 'o.tif').write_bytes(b'')      # found by name; read only after every list
+    result = run_python(['prepare_dataset.py', 'region', '--images', str(tmp_path / 'o.tif'),
+                         '--dsm', str(empty), '--dtm', 'd.tif',
+                         '--set', f'shortcut_path={tmp_path}'], timeout=120)
+    assert result.returncode == 1 and result.stderr.startswith(
+        f'error: --dsm {empty}: no raster file in this folder (looked for .tif .tiff .vrt')
 
 
 SHRINK = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
