@@ -266,3 +266,12 @@ def test_best_weights_record_how_training_images_were_fed(tmp_path):
     assert meta['imagery']['bands'] == [1, 2, 3]
     np.testing.assert_allclose(meta['imagery']['band_mean'], unit.mean(1), atol=1e-6)
     np.testing.assert_allclose(meta['imagery']['band_spread'], unit.std(1), atol=1e-6)
+
+
+def test_a_grey_training_image_is_named_with_the_fix(tmp_path):
+    """Training takes the first three bands; a one-band image is the
+    dataset's error, not the --bands advice predict.py gives."""
+    path = _write(tmp_path / 'grey.tif', _levels(bands=1))
+    with pytest.raises(DatasetError, match=f'{path}: expected a colour image with 3 '
+                                           f'channels, got 1. Fix: export it as RGB.'):
+        datasets.read_image(path)

@@ -371,10 +371,7 @@ def load_image(path):
     """(float32 HxWx3 in [0, 1] scaled by config.image_scale, bool HxW valid):
     the first three bands (a palette expanded), and where the file's mask,
     alpha, nodata value and finite values say the pixels are valid."""
-    with raster.Image(path, [0, 1, 2], 3, config.image_scale) as image:
-        if image.count < 3:
-            raise DatasetError(f"{path}: expected a colour image with 3 channels, got "
-                               f"{image.count}. Fix: export it as RGB.")
+    with raster.Image(path, None, 3, config.image_scale) as image:
         return image.read()
 
 

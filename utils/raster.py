@@ -307,8 +307,9 @@ class Image:
     """An image file in bands of rows: the chosen bands scaled to [0, 1] by
     `scale` (the image_scale setting), and where its pixels are valid.
 
-    bands: 0-based band indices in the order the network takes them;
-    channels: how many it takes (an error names --bands when they differ).
+    bands: 0-based band indices in the order the network takes them (an
+    error names --bands when they do not fit), or None: the first `channels`;
+    channels: how many the network takes.
     """
 
     def __init__(self, path, bands, channels, scale='auto'):
@@ -336,6 +337,11 @@ class Image:
         if self.lut is not None:
             count = 3
         self.height, self.width, self.count = h, w, count
+        if bands is None and count < channels:     # a training image
+            self.close()
+            raise DatasetError(f"{path}: expected a colour image with {channels} channels, "
+                               f"got {count}. Fix: export it as RGB.")
+        bands = range(channels) if bands is None else bands
         if len(bands) != channels or max(bands) >= count:
             self.close()
             have = 'band' if count == 1 else 'bands'
