@@ -12,13 +12,14 @@ line naming the setting, its value and what is allowed.
 
 `strategy` and the `*global_batch_size` names are computed on first use,
 after any `--set` overrides, from the distribution settings; `from config
-import *` gives them too. This file imports nothing of the project's, so
-`import config` alone never starts TensorFlow.
+import *` gives them too. Until then this file imports nothing of the
+project's, so `import config` alone never starts TensorFlow.
 """
 from __future__ import annotations   # the rules are read when checked, not here
 
 import json
 import os
+import sys
 
 # ----------------------------------------------------------------- devices
 multi_gpu_enabled: bool = False     # True: MirroredStrategy over every GPU in gpu_devices
@@ -399,9 +400,11 @@ ENVIRONMENT = {'TF_CONFIG': Rule(
 
 
 # ----------------------------------------------------------------- computed
-# Worked out on first use, after --set (PEP 562): utils/distribute.py builds
-# the strategy once and imports TensorFlow only then. `from config import *`
-# asks for every name in __all__, so it builds the strategy.
+# Worked out on first use, after --set (PEP 562), for scripts that
+# star-import this file: every rule is checked (utils/rules.py), then
+# utils/distribute.py builds the strategy, importing TensorFlow only then.
+# `from config import *` asks for every name in __all__, so it builds the
+# strategy. Neither module imports this one: they take it as an argument.
 PER_REPLICA = {'global_batch_size': 'batch_size', 'mtl_global_batch_size': 'mtl_batchSize',
                'dae_global_batch_size': 'dae_batchSize'}
 
@@ -409,8 +412,11 @@ PER_REPLICA = {'global_batch_size': 'batch_size', 'mtl_global_batch_size': 'mtl_
 def __getattr__(attr):
     if attr != 'strategy' and attr not in PER_REPLICA:
         raise AttributeError(f"config has no setting {attr!r}")
-    from utils import distribute
-    strategy = distribute.get_strategy()
+    from utils import distribute, rules
+    this = sys.modules[__name__]
+    if not distribute.built():
+        rules.check(this)
+    strategy = distribute.get_strategy(this)
     if attr == 'strategy':
         return strategy
     return globals()[PER_REPLICA[attr]] * strategy.num_replicas_in_sync

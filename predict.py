@@ -317,7 +317,7 @@ class Claim:
 def main(argv=None):
     args = parse(argv)
     # Imported after --set so the strategy and networks see the overrides.
-    from utils import checkpoints, datasets, distribute, inference, progress, raster, stages
+    from utils import checkpoints, datasets, distribute, inference, progress, raster, tasks
     from utils.errors import DatasetError, UserError
 
     files = raster.find_images(args.inputs)
@@ -328,7 +328,7 @@ def main(argv=None):
             raise SettingError(f"{names[name]} and {path} would both write {name}_*.tif: "
                                f"predict them in separate runs with different --out")
         names[name] = path
-    if distribute.strategy_kind() == 'multi_worker':
+    if distribute.strategy_kind(config) == 'multi_worker':
         # Every machine claims images one at a time and predicts them on its
         # own devices; tasks other than the chief and the workers take none.
         task = distribute.task_type()
@@ -371,13 +371,14 @@ def main(argv=None):
 
     out_dir = args.out or os.path.join(config.output_root, 'predict')
     os.makedirs(out_dir, exist_ok=True)
-    mtl = stages.trained_mtl(mtl_path)
-    dae = stages.trained_dae(dae_path) if dae_path else None
+    strategy = distribute.get_strategy(config)
+    mtl = tasks.trained_mtl(config, strategy, mtl_path)
+    dae = tasks.trained_dae(config, strategy, dae_path) if dae_path else None
     predict_fn = inference.with_flips(
         inference.make_predict_fn(mtl, dae, norm='norm' in args.outputs),
         config.predict_flips, 1.0 if config.normalize_flag else 255.0)
     common = provenance(mtl_path, dae_path, bands)
-    print(f"{len(files)} image(s), {config.strategy.num_replicas_in_sync} replica(s), "
+    print(f"{len(files)} image(s), {strategy.num_replicas_in_sync} replica(s), "
           f"crop {config.cropSize}, stride {config.predict_stride}, window "
           f"{config.predict_window}, flips {config.predict_flips}, "
           f"{predict_fn.batch_size} windows per call -> {out_dir}")

@@ -71,18 +71,19 @@ def run_test(args):
     """Test, write metrics.json and the predictions, print the table."""
     used = {k: getattr(config, k) for k in settings.names()}
     # Imported after --set so the strategy and networks see the overrides.
-    from utils import distribute, evaluation, stages
+    from utils import distribute, evaluation, tasks
 
     mtl_path = args.mtl_weights or config.predCheckPointPath
     dae_path = (args.dae_weights or config.corrCheckPointPath) if args.correction else None
     run = args.out or os.path.join(config.output_root, config.dataset_name,
                                    'mtl_dae' if args.correction else 'mtl')
-    mtl = stages.trained_mtl(mtl_path)
-    dae = stages.trained_dae(dae_path) if args.correction else None
+    strategy = distribute.get_strategy(config)
+    mtl = tasks.trained_mtl(config, strategy, mtl_path)
+    dae = tasks.trained_dae(config, strategy, dae_path) if args.correction else None
     result = evaluation.evaluate(mtl, dae, split=args.split, out_dir=run,
                                  max_images=args.max_images)
 
-    if distribute.is_chief():
+    if distribute.is_chief(strategy):
         overall = {k: v for k, v in result.items() if k != 'per_image'}
         record = {'dataset': config.dataset_name, 'split': args.split,
                   'correction': args.correction,

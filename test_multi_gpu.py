@@ -40,7 +40,7 @@ args = settings.parse_args(parser)
 import tensorflow as tf  # noqa: E402
 
 import config  # noqa: E402
-from utils import benchmark, distribute, stages  # noqa: E402
+from utils import benchmark, distribute, tasks, training  # noqa: E402
 from utils.errors import DeviceConfigError  # noqa: E402
 
 if args.quick:
@@ -52,15 +52,15 @@ config.backbone_weights = None
 
 def one_step(trainer):
     """One distributed step: (loss terms, examples each replica received)."""
-    batch = benchmark.synthetic_batch(trainer.global_batch)
+    batch = benchmark.synthetic_batch(trainer.global_batch, config)
     dataset = tf.data.Dataset.from_tensors(batch)
-    iterator = iter(config.strategy.experimental_distribute_dataset(dataset))
+    iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
     return trainer.train_step(iterator)
 
 
 def expected_replicas():
     """What the settings ask for, on this machine."""
-    if distribute.strategy_kind() != 'mirrored':
+    if distribute.strategy_kind(config) != 'mirrored':
         return None   # default: 1; multi_worker: decided by TF_CONFIG
     if tf.config.list_physical_devices('GPU'):
         return len(distribute.parse_gpu_devices(config.gpu_devices))
@@ -71,7 +71,7 @@ def check():
     report = {'tensorflow': tf.__version__,
               'cuda_visible_devices': os.environ.get('CUDA_VISIBLE_DEVICES'),
               'physical_gpus': [d.name for d in tf.config.list_physical_devices('GPU')]}
-    strategy = config.strategy
+    strategy = distribute.get_strategy(config)
     replicas = strategy.num_replicas_in_sync
     report.update({
         'logical_gpus': [d.name for d in tf.config.list_logical_devices('GPU')],
@@ -84,9 +84,9 @@ def check():
         'dae_batch_size': config.dae_batchSize,
         'dae_global_batch_size': config.dae_global_batch_size})
 
-    mtl_trainer = stages.make_trainer('mtl', steps_only=True)
+    mtl_trainer = training.Trainer(tasks.MTLTask(config), strategy)
     mtl_losses, report['per_replica_examples'] = one_step(mtl_trainer)
-    dae_trainer = stages.make_trainer('dae', mtl=mtl_trainer.model, steps_only=True)
+    dae_trainer = training.Trainer(tasks.DAETask(config, mtl=mtl_trainer.model), strategy)
     dae_losses, report['dae_per_replica_examples'] = one_step(dae_trainer)
     report['mtl_losses'], report['dae_losses'] = mtl_losses, dae_losses
 
@@ -137,7 +137,7 @@ def print_report(r):
 
 
 def run_benchmark():
-    report = benchmark.scaling(windows=args.windows)
+    report = benchmark.scaling(config, distribute.get_strategy(config), windows=args.windows)
     if args.json:
         print(json.dumps(report, indent=1))
     else:

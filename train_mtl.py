@@ -14,10 +14,12 @@ from utils import settings
 def main():
     # Imported here, after the command line: a setting that breaks its rule
     # stops the script before TensorFlow loads.
-    from utils import datasets, stages
+    import config
+    from utils import datasets, distribute, tasks, training
 
     labels = datasets.check_training_splits()   # bad data fails before any step
-    trainer = stages.make_trainer('mtl')
+    strategy = distribute.get_strategy(config)
+    trainer = training.Trainer(tasks.MTLTask(config), strategy)
     unlabelled = datasets.describe_unlabelled(labels)
     if unlabelled:
         trainer.notes.append(('unlabelled', unlabelled))

@@ -11,7 +11,7 @@ size, so the cache holds one stack). Then, for each --code folder (default:
 this checkout; give an older checkout to compare), a fresh Python imports
 that code, starts TensorFlow, reads its resident size, resets its peak
 (VmHWM, through /proc/self/clear_refs) and builds the training cache as
-training does (pipeline.train_dataset('mtl', ...) with the dataset's own
+training does (tasks.MTLTask(config).train_dataset(...) with the dataset's own
 settings). Reported per run: the bytes the cache holds, the rise of the
 peak over the resident size before the build, their ratio, and the same
 rise once the first batch has been read through
@@ -45,11 +45,11 @@ def measure(code, workdir, tiles, sets):
     sys.path.insert(0, code)
     import tensorflow as tf
     import config
-    from utils import datasets, pipeline, settings
+    from utils import datasets, distribute, pipeline, settings, tasks
     settings.apply(['dataset_name=Vaihingen', f'shortcut_path={workdir}'] + sets)
     datasets.VAIHINGEN_AREAS['train'] = datasets.VAIHINGEN_AREAS['train'][:tiles]
     datasets.find_split('train')
-    strategy = config.strategy          # the runtime and devices start before the baseline
+    strategy = distribute.get_strategy(config)  # the runtime and devices start before the baseline
     tf.constant(0)
     try:
         with open('/proc/self/clear_refs', 'w') as f:
@@ -58,7 +58,7 @@ def measure(code, workdir, tiles, sets):
     except OSError:                     # no reset: the peak so far is the baseline
         before = memory()['VmHWM']
     start = time.perf_counter()
-    dataset = pipeline.train_dataset('mtl', config.mtl_global_batch_size, epoch=0)
+    dataset = tasks.MTLTask(config).train_dataset(config.mtl_global_batch_size, epoch=0)
     seconds = time.perf_counter() - start
     built = memory()
     cache = pipeline._cache['value']

@@ -54,11 +54,11 @@ def main():
     import keras
     import tensorflow as tf
     from nets import dae as dae_net, mtl as mtl_net
-    from utils import inference
+    from utils import distribute, inference
 
     keras.utils.set_random_seed(0)
     classes = len(config.label_codes)
-    strategy = config.strategy
+    strategy = distribute.get_strategy(config)
     with strategy.scope():
         mtl = mtl_net.build_mtl(classes, decoder_scale=args.decoder_scale,
                                 backbone_weights=None, dropout=0.0)

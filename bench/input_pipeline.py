@@ -13,7 +13,7 @@ image, height, mask, labels and normals, the published global batch of 4.
 For each --code folder (default: this checkout; give older checkouts to
 compare, e.g. `git archive 1de1d65 | tar -x -C /tmp/old`) a Python process
 imports that code, starts TensorFlow, resets its peak resident size and
-builds the training cache (pipeline.train_dataset). Then the processes take
+builds the training cache (tasks.MTLTask.train_dataset). Then the processes take
 turns, --rounds times: each times --batches batches after --warmup on all
 the machine's cores, then with every thread of the process pinned to one
 core (sched_setaffinity), a fresh iterator each time. Reported per code:
@@ -130,17 +130,18 @@ def child(code, workdir, tiles, sets):
     sys.path.insert(0, code)
     import tensorflow as tf
     import config
-    from utils import datasets, pipeline, settings
+    from utils import datasets, pipeline, settings, tasks
     settings.apply([f'shortcut_path={workdir}'] + SETTINGS + sets)
     datasets.VAIHINGEN_AREAS['train'] = datasets.VAIHINGEN_AREAS['train'][:tiles]
     datasets.find_split('train')
     batch = config.mtl_global_batch_size
+    task = tasks.MTLTask(config)
     tf.constant(0)                      # the runtime starts before the baseline
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')                    # peak := current resident size
     before = memory()['VmRSS']
     start = time.perf_counter()
-    pipeline.train_dataset('mtl', batch, epoch=0)
+    task.train_dataset(batch, epoch=0)
     print(json.dumps(dict(cache=cache_bytes(pipeline._cache['value']),
                           build=time.perf_counter() - start,
                           build_peak=memory()['VmHWM'] - before)), flush=True)
@@ -151,7 +152,7 @@ def child(code, workdir, tiles, sets):
         if command['cores'] == 'one':
             pin({min(every)})
         epoch += 1
-        iterator = iter(pipeline.train_dataset('mtl', batch, epoch=epoch))
+        iterator = iter(task.train_dataset(batch, epoch=epoch))
         for _ in range(command['warmup']):
             next(iterator)
         start, cpu = time.perf_counter(), cpu_seconds()
@@ -176,7 +177,7 @@ def reference_rate(samples, batch, count, rng):
     start = time.perf_counter()
     for _ in range(count):
         loaded = datasets.load_sample(samples[rng.integers(len(samples))])
-        normals = geometry.surface_normals(loaded.height)
+        normals = geometry.surface_normals(loaded.height, config.normalize_flag)
         rows, cols = loaded.height.shape
         fields = {'image': [], 'height': [], 'sem': [], 'norm': []}
         for _ in range(batch):

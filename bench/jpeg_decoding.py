@@ -36,8 +36,8 @@ def main():
     p = settings.parser(__doc__.split('\n\n')[0])
     p.add_argument('--quality', type=int, default=75, help='GDAL JPEG_QUALITY (default 75)')
     args = settings.parse_args(p)
-    from utils import datasets, inference, raster, stages
-    mtl = stages.trained_mtl()
+    from utils import datasets, distribute, inference, raster, tasks
+    mtl = tasks.trained_mtl(config, distribute.get_strategy(config))
     predict_fn = inference.make_predict_fn(mtl)
     errors = {'lossless': [], 'ours': [], 'gdal': []}
     height_diff, input_diff = [], []

@@ -89,12 +89,11 @@ def write_image(path, height, width, layout='tiled'):
 def networks(folder, make=False):
     """The untrained networks, saved to (make) or loaded from `folder`."""
     import keras
-    from nets import dae as dae_net, mtl as mtl_net
-    from utils import checkpoints
+    from utils import checkpoints, distribute, tasks
     keras.utils.set_random_seed(0)
-    with config.strategy.scope():
-        mtl = mtl_net.build_from_config(pretrained=False)
-        dae = dae_net.build_from_config() if config.correction else None
+    with distribute.get_strategy(config).scope():
+        mtl = tasks.build_mtl(config, pretrained=False)
+        dae = tasks.build_dae(config) if config.correction else None
     for model, kind in ((mtl, 'mtl'), (dae, 'dae')):
         if model is not None:
             path = os.path.join(folder, f'{kind}.weights.h5')
@@ -207,12 +206,13 @@ def main():
         return
     networks(folder, make=True)
 
+    from utils import distribute
     print(f"machine: {machine.describe()}")
     print(f"crop {config.cropSize}, stride {config.predict_stride}, window "
           f"{config.predict_window}, {config.test_batch_size} windows per call, MTL "
           f"decoder_scale {config.mtl_decoder_scale}"
           + (f" + DAE width_scale {config.dae_width_scale}" if config.correction else '')
-          + f", replicas: {config.strategy.num_replicas_in_sync}")
+          + f", replicas: {distribute.get_strategy(config).num_replicas_in_sync}")
     model = measure('model', folder, images[layouts[0]], sets)
     print(f"networks alone: peak {model['peak_mb']:.0f} MB")
     results = {}

@@ -102,9 +102,10 @@ def main():
     windows = args.windows.split(',')
     flips = [int(f) for f in args.flips.split(',')]
 
-    from utils import datasets, inference, metrics, stages
-    mtl = stages.trained_mtl(config.predCheckPointPath)
-    dae = stages.trained_dae(config.corrCheckPointPath) if args.correction else None
+    from utils import datasets, distribute, inference, metrics, tasks
+    strategy = distribute.get_strategy(config)
+    mtl = tasks.trained_mtl(config, strategy)
+    dae = tasks.trained_dae(config, strategy) if args.correction else None
     predict_fn = inference.make_predict_fn(mtl, dae)
     rate_before, _ = network_rate(predict_fn, crop)
     shared = SharedWindows(predict_fn)

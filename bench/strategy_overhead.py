@@ -43,13 +43,13 @@ def main():
 
     import tensorflow as tf
     import config
-    from utils import benchmark, stages
+    from utils import benchmark, distribute, tasks, training
 
     if args.intra is not None:
         tf.config.threading.set_intra_op_parallelism_threads(args.intra)
     if args.inter is not None:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter)
-    strategy = config.strategy
+    strategy = distribute.get_strategy(config)
     if strategy.num_replicas_in_sync != 2:
         sys.exit(f"expected 2 replicas, got {strategy.num_replicas_in_sync}")
 
@@ -58,11 +58,11 @@ def main():
         config.jit_compile = xla
         suffix = ' + XLA' if xla else ''
         timers['mirrored' + suffix] = benchmark.StepTimer(
-            stages.make_trainer('mtl', steps_only=True), steps_per_call=1)
+            training.Trainer(tasks.MTLTask(config), strategy), steps_per_call=1)
         config.mtl_batchSize = args.batch   # one replica takes the whole global batch
-        with benchmark.single_replica():
-            timers['default' + suffix] = benchmark.StepTimer(
-                stages.make_trainer('mtl', steps_only=True), steps_per_call=1)
+        timers['default' + suffix] = benchmark.StepTimer(
+            training.Trainer(tasks.MTLTask(config), tf.distribute.get_strategy()),
+            steps_per_call=1)
         config.mtl_batchSize = args.batch // 2
     params = timers['default'].trainer.model.count_params()
     medians, windows = benchmark.median_step_time(timers, args.windows, args.calls)

@@ -4,8 +4,7 @@ error from the MTL's outputs and the image. Refined height = MTL height - noise.
 import keras
 from keras import layers
 
-import config
-from utils import datasets, heads
+from utils import heads
 
 ENCODER_WIDTHS = (64, 128, 256, 512)
 FIRST_CONV = 'enc1_conv1'   # the one layer that reads the input's channels
@@ -51,14 +50,6 @@ def build_dae(in_channels, width_scale=1.0, dropout=0.5):
         x = layers.Dropout(dropout, name=f'dec{level}_drop')(x)
     noise = layers.Conv2D(1, 3, padding='same', dtype='float32', name='noise')(x)
     return keras.Model(inputs, noise, name='dsmnet_dae')
-
-
-def build_from_config(num_classes=None):
-    """The DAE with the settings in config.py (num_classes: another class
-    count than label_codes', a weights file's)."""
-    channels = input_channels(num_classes or len(config.label_codes), datasets.image_channels(),
-                              **heads.switches())
-    return build_dae(channels, config.dae_width_scale, config.dropout_rate)
 
 
 def assemble_input(mtl_outputs, image):

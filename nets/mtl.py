@@ -8,8 +8,7 @@ branch sees every other branch's features.
 import keras
 from keras import layers
 
-import config
-from utils import datasets, heads
+from utils import heads
 from utils.errors import BackboneWeightsError
 
 DECODER_WIDTHS = (1024, 512, 256, 64, 32)
@@ -98,18 +97,3 @@ def build_mtl(num_classes, in_channels=3, head_mode='dsm', decoder_scale=1.0,
                                    dtype='float32', name=name)(features[name])
                for name, channels, act in tasks}
     return keras.Model(inputs, outputs, name='dsmnet_mtl')
-
-
-def build_from_config(pretrained=True, num_classes=None):
-    """The MTL with the settings in config.py. pretrained=False skips the
-    encoder's backbone_weights, for a network whose checkpoint is loaded next
-    (it replaces every weight, so no ImageNet download is needed).
-    num_classes: another class count than label_codes' (a weights file's)."""
-    return build_mtl(
-        num_classes=num_classes or len(config.label_codes),
-        in_channels=datasets.image_channels(),
-        head_mode=config.mtl_head_mode, decoder_scale=config.mtl_decoder_scale,
-        backbone_weights=config.backbone_weights if pretrained else None,
-        dropout=config.dropout_rate,
-        sync_batchnorm=config.sync_batchnorm, freeze_backbone=config.mtl_bb_freeze,
-        bn_momentum=config.bn_momentum, **heads.switches())

@@ -13,11 +13,11 @@ from utils import settings  # noqa: E402
 settings.apply(sys.argv[1:])
 
 import config  # noqa: E402
-from utils import pipeline  # noqa: E402
+from utils import distribute, tasks  # noqa: E402
 
 
-strategy = config.strategy
-dataset = pipeline.train_dataset('mtl', config.mtl_global_batch_size, epoch=0)
+strategy = distribute.get_strategy(config)
+dataset = tasks.MTLTask(config).train_dataset(config.mtl_global_batch_size, epoch=0)
 iterator = iter(strategy.experimental_distribute_dataset(dataset))
 batch = next(iterator)
 print(f"took a batch on {strategy.num_replicas_in_sync} replica(s)", flush=True)

@@ -37,8 +37,9 @@ import tensorflow as tf  # noqa: E402
 
 import config  # noqa: E402
 from conftest import small_encoder  # noqa: E402
-from nets import dae as dae_net, mtl as mtl_net  # noqa: E402
-from utils import benchmark, checkpoints, losses, stages  # noqa: E402
+from utils import benchmark, checkpoints, distribute, losses, tasks  # noqa: E402
+from utils.tasks import build_dae, build_mtl  # noqa: E402
+from utils.training import Trainer  # noqa: E402
 
 
 def per_share(terms_fn, batch, replicas):
@@ -53,31 +54,32 @@ def per_share(terms_fn, batch, replicas):
 
 def mtl_terms(model):
     def terms(batch):
-        found = losses.mtl_terms(batch, model(batch['image'], training=True))
-        return dict(found, loss=losses.mtl_total(found))
+        found = losses.mtl_terms(batch, model(batch['image'], training=True), config)
+        return dict(found, loss=losses.mtl_total(found, config))
     return terms
 
 
 def dae_terms(mtl, dae):
     def terms(batch):
-        found = losses.dae_step(mtl, dae)[0](batch, training=True)
+        found = losses.dae_step(mtl, dae, config)[0](batch, training=True)
         return dict(found, loss=found['dsm'])
     return terms
 
 
 def step(trainer, batch):
     dataset = tf.data.Dataset.from_tensors(batch)
-    report, _ = trainer.train_step(iter(config.strategy.experimental_distribute_dataset(dataset)),
+    report, _ = trainer.train_step(iter(strategy.experimental_distribute_dataset(dataset)),
                                    steps=1)
     return report
 
 
+strategy = distribute.get_strategy(config)
 with small_encoder():
-    replicas = config.strategy.num_replicas_in_sync
+    replicas = strategy.num_replicas_in_sync
     saved = {}
     for kind in ('mtl', 'dae'):
         path = os.path.join(out, 'trained', f'{kind}.weights.h5')
-        model = stages.make_trainer(kind, steps_only=True).model
+        model = Trainer(benchmark.steps_only_task(kind, config), strategy).model
         # Unlike any fresh network: its height is off by metres.
         last = model.get_layer('height' if kind == 'mtl' else 'noise')
         last.bias.assign(last.bias + (7.0 if kind == 'mtl' else -3.0))
@@ -89,20 +91,20 @@ with small_encoder():
         if case not in cases:
             continue
         settings.apply(BASE + [f'label_codes={codes}', f'{kind}_init_weights={saved[kind]}'])
-        batch = benchmark.synthetic_batch(config.mtl_global_batch_size, seed=3)
+        batch = benchmark.synthetic_batch(config.mtl_global_batch_size, config, seed=3)
         frozen = None
         if kind == 'mtl':
-            trainer = stages.make_trainer('mtl', steps_only=True)
-            loaded = mtl_net.build_from_config(pretrained=False, num_classes=6)
+            trainer = Trainer(tasks.MTLTask(config), strategy)
+            loaded = build_mtl(config, pretrained=False, num_classes=6)
             loaded.load_weights(saved['mtl'])
-            fresh = mtl_net.build_from_config(pretrained=False)
+            fresh = build_mtl(config, pretrained=False)
             reference = {'loaded': per_share(mtl_terms(loaded), batch, replicas),
                          'fresh': per_share(mtl_terms(fresh), batch, replicas)}
         else:
-            frozen = mtl_net.build_from_config(pretrained=False)
-            trainer = stages.make_trainer('dae', mtl=frozen, steps_only=True)
+            frozen = build_mtl(config, pretrained=False)
+            trainer = Trainer(tasks.DAETask(config, mtl=frozen), strategy)
             if codes == SIX:
-                loaded = dae_net.build_from_config()
+                loaded = build_dae(config)
                 loaded.load_weights(saved['dae'])
             else:
                 # The file's DAE read by Keras, every layer but the first moved
@@ -110,9 +112,9 @@ with small_encoder():
                 # the file's kernel for the height, normals and image channels
                 # (1 + 6 + 3 + 3 of them in the file, 1 + 3 + 3 + 3 now) and the
                 # trainer's own for the three new semantic ones.
-                donor = dae_net.build_from_config(num_classes=6)
+                donor = build_dae(config, num_classes=6)
                 donor.load_weights(saved['dae'])
-                loaded = dae_net.build_from_config()
+                loaded = build_dae(config)
                 for layer, twin in zip(loaded.layers, donor.layers):
                     if layer.name != 'enc1_conv1':
                         layer.set_weights(twin.get_weights())
@@ -121,7 +123,7 @@ with small_encoder():
                 kernel = np.concatenate([kernel[:, :, :1], own[:, :, 1:4], kernel[:, :, 7:]],
                                         axis=2)
                 loaded.get_layer('enc1_conv1').set_weights([kernel, bias])
-            fresh = dae_net.build_from_config()
+            fresh = build_dae(config)
             reference = {'loaded': per_share(dae_terms(frozen, loaded), batch, replicas),
                          'fresh': per_share(dae_terms(frozen, fresh), batch, replicas)}
         results[case] = dict(reference, first=step(trainer, batch), notes=trainer.notes,

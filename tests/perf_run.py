@@ -35,11 +35,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import config  # noqa: E402
-from nets import dae as dae_net, mtl as mtl_net  # noqa: E402
-from utils import checkpoints, losses, training  # noqa: E402
+from nets import dae as dae_net  # noqa: E402
+from utils import checkpoints, distribute, losses, tasks, training  # noqa: E402
 
 GLOBAL_BATCH = 8
-strategy = config.strategy
+strategy = distribute.get_strategy(config)
 assert config.global_batch_size == GLOBAL_BATCH, 'set batch_size'
 
 
@@ -74,35 +74,45 @@ def run(spec):
     # What utils/distribute.py does once per process, again per variant.
     keras.mixed_precision.set_global_policy(config.mixed_precision)
     keras.utils.set_random_seed(config.seed)
-    with strategy.scope():
-        if stage == 'mtl':
-            model = mtl_net.build_from_config()
-            # The encoder frozen, its BN layers in inference mode: as in
-            # tests/replica_run.py this keeps float32 rounding from growing into
-            # percent-level gradient noise in DenseNet's 120 BN layers, and the
-            # step's graph builds in a third of the time. The options under test
-            # still act on all of it: the encoder's forward pass in the mixed
-            # precision, our BN (encoder_bn) synchronised, the decoder trained.
-            next(l for l in model.layers if l.name.startswith('densenet121')).trainable = False
-        else:
-            model = dae_net.build_from_config()
-    if load:
-        checkpoints.load_weights(model, load, stage)
-    if stage == 'mtl':
-        total, names = losses.mtl_total, ('loss', 'dsm', 'sem', 'norm')
 
-        def terms(batch, training):
-            return losses.mtl_terms(batch, model(batch['image'], training=training))
-    else:
-        total, names = (lambda t: t['dsm']), ('loss', 'dsm')
+    class Variant(tasks.MTLTask if stage == 'mtl' else tasks.DAETask):
+        def build_model(self):
+            if stage == 'mtl':
+                self.model = tasks.build_mtl(config)
+                # The encoder frozen, its BN layers in inference mode: as in
+                # tests/replica_run.py this keeps float32 rounding from growing
+                # into percent-level gradient noise in DenseNet's 120 BN layers,
+                # and the step's graph builds in a third of the time. The options
+                # under test still act on all of it: the encoder's forward pass in
+                # the mixed precision, our BN (encoder_bn) synchronised, the
+                # decoder trained.
+                next(layer for layer in self.model.layers
+                     if layer.name.startswith('densenet121')).trainable = False
+            else:
+                self.model = tasks.build_dae(config)
+            if load:
+                checkpoints.load_weights(self.model, load, stage)
+            return self.model
 
-        def terms(batch, training):
-            noise = model(batch['image'], training=training)
-            return {'dsm': losses.regression(batch['height'], noise, batch['mask'])}
+        def loss_fns(self):
+            model = self.model
+            if stage == 'mtl':
+                def terms(batch, training):
+                    return losses.mtl_terms(batch, model(batch['image'], training=training),
+                                            config)
+                return terms, lambda t: losses.mtl_total(t, config)
+
+            def terms(batch, training):
+                noise = model(batch['image'], training=training)
+                return {'dsm': losses.regression(batch['height'], noise, batch['mask'])}
+            return terms, lambda t: t['dsm']
+
+    names = ('loss', 'dsm', 'sem', 'norm') if stage == 'mtl' else ('loss', 'dsm')
     calls = [c for c in calls.split('+') if c != '0']
     steps_run = sum(config.steps_per_execution if c == 'd' else int(c) for c in calls)
     data = make_data(stage, max(1, steps_run), overflow)
-    trainer = training.Trainer(stage, model, terms, total, None, None)
+    trainer = training.Trainer(Variant(config), strategy)
+    model = trainer.model
     initial = [v.numpy() for v in model.trainable_variables]
     iterator = iter(strategy.experimental_distribute_dataset(
         tf.data.Dataset.from_tensor_slices(data).batch(GLOBAL_BATCH)))

@@ -21,8 +21,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import config  # noqa: E402
-from nets import dae as dae_net, mtl as mtl_net  # noqa: E402
-from utils import losses, training  # noqa: E402
+from utils import distribute, tasks, training  # noqa: E402
 
 GLOBAL_BATCH = 8
 rng = np.random.default_rng(7)
@@ -33,27 +32,27 @@ data = {'image': rng.uniform(0, 1, (n, c, c, 3)).astype('float32'), 'height': he
         'sem': rng.integers(0, len(config.label_codes), (n, c, c), dtype='int32'),
         'norm': rng.uniform(0, 1, (n, c, c, 3)).astype('float32')}
 
-strategy = config.strategy
+strategy = distribute.get_strategy(config)
 assert getattr(config, f'{stage}_global_batch_size') == GLOBAL_BATCH, 'set batch_size'
-with strategy.scope():
-    mtl = mtl_net.build_from_config()
-    # DenseNet's 120 BN layers in training mode turn float32 rounding into
-    # percent-level gradient noise at a 1x1 bottleneck (1 and 2 replicas
-    # alike); in inference mode every encoder weight still trains and is
-    # compared. Our own encoder_bn stays synchronised and in training mode.
-    for layer in mtl.get_layer('densenet121').layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
-    if stage == 'dae':
-        dae = dae_net.build_from_config()
-if stage == 'mtl':
-    model, (terms, total) = mtl, losses.mtl_step(mtl)
-else:
-    mtl.trainable = False
-    model, (terms, total) = dae, losses.dae_step(mtl, dae)
 
+
+class Task(tasks.MTLTask if stage == 'mtl' else tasks.DAETask):
+    def build_model(self):
+        model = super().build_model()
+        # DenseNet's 120 BN layers in training mode turn float32 rounding into
+        # percent-level gradient noise at a 1x1 bottleneck (1 and 2 replicas
+        # alike); in inference mode every encoder weight still trains and is
+        # compared. Our own encoder_bn stays synchronised and in training mode.
+        for layer in self.mtl.get_layer('densenet121').layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
+        return model
+
+
+trainer = training.Trainer(Task(config, **({'mtl': 'untrained'} if stage == 'dae' else {})),
+                           strategy)
+model = trainer.model
 initial = [v.numpy() for v in model.trainable_variables]
-trainer = training.Trainer(stage, model, terms, total, None, None)
 dataset = tf.data.Dataset.from_tensor_slices(data).batch(GLOBAL_BATCH)
 iterator = iter(strategy.experimental_distribute_dataset(dataset))
 counts, reports = [], []

@@ -55,11 +55,11 @@ def test_gpu_devices_parse():
 
 def test_strategy_kind(monkeypatch):
     monkeypatch.delenv('TF_CONFIG', raising=False)
-    assert distribute.strategy_kind() == 'default'
+    assert distribute.strategy_kind(config) == 'default'
     config.multi_gpu_enabled = True
-    assert distribute.strategy_kind() == 'mirrored'
+    assert distribute.strategy_kind(config) == 'mirrored'
     monkeypatch.setenv('TF_CONFIG', '{"cluster": {"worker": ["localhost:1"]}}')
-    assert distribute.strategy_kind() == 'multi_worker'
+    assert distribute.strategy_kind(config) == 'multi_worker'
 
 
 STRATEGY_PROBE = """
@@ -119,15 +119,15 @@ def test_gpu_selection_on_a_machine_with_two_gpus():
     gpus = ['GPU:0', 'GPU:1']
     config.multi_gpu_enabled, config.gpu_devices = True, '1,0'
     tf = FakeTF()
-    distribute._select_gpus(tf, gpus)
+    distribute._select_gpus(tf, gpus, config)
     assert tf.config.visible == (['GPU:1', 'GPU:0'], 'GPU')
     config.multi_gpu_enabled = False            # one GPU: the first listed
-    distribute._select_gpus(tf, gpus)
+    distribute._select_gpus(tf, gpus, config)
     assert tf.config.visible == (['GPU:1'], 'GPU')
     config.multi_gpu_enabled, config.gpu_devices = True, '0,1,2'
     with pytest.raises(distribute.DeviceConfigError,
                        match=r"asks for GPU 2, but only 2 GPU\(s\) are visible"):
-        distribute._select_gpus(tf, gpus)
+        distribute._select_gpus(tf, gpus, config)
 
 
 # ----------------------------------------------------------------- the rules
@@ -352,6 +352,7 @@ def test_no_download_with_backbone_weights_none(monkeypatch):
     with 'auto' it does (so the patched function is the one Keras calls)."""
     from keras.src.utils import file_utils
     from nets import mtl
+    from utils import tasks
     downloads = []
 
     def no_download(fname, *args, **kwargs):
@@ -360,11 +361,11 @@ def test_no_download_with_backbone_weights_none(monkeypatch):
     monkeypatch.setattr(file_utils, 'get_file', no_download)
     settings.apply(['backbone_weights=None', 'dataset_name=Vaihingen', 'cropSize=32',
                     'mtl_decoder_scale=0.0625'])
-    model = mtl.build_from_config()
+    model = tasks.build_mtl(config)
     assert downloads == [] and model.count_params() > 7e6
     settings.apply(['backbone_weights=auto'])
     with pytest.raises(mtl.BackboneWeightsError):
-        mtl.build_from_config()
+        tasks.build_mtl(config)
     assert downloads == [mtl.DENSENET_FILE]
 
 

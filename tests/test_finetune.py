@@ -16,7 +16,8 @@ import pytest
 
 from conftest import ROOT, TINY, run_python, small_encoder
 import config
-from utils import checkpoints, settings, stages
+from utils import benchmark, checkpoints, distribute, settings
+from utils.training import Trainer
 from utils.errors import CheckpointError
 
 RUN = os.path.join(ROOT, 'tests', 'finetune_run.py')
@@ -71,18 +72,18 @@ def test_a_setting_that_shapes_the_network_must_match(tmp_path):
     settings.apply(TINY + [f'checkpoint_root={tmp_path}'])
     path = str(tmp_path / 'a.weights.h5')
     with small_encoder():
-        checkpoints.save_weights(stages.make_trainer('mtl', steps_only=True).model, path, 'mtl')
+        checkpoints.save_weights(Trainer(benchmark.steps_only_task('mtl', config), distribute.get_strategy(config)).model, path, 'mtl')
         settings.apply([f'mtl_init_weights={path}', 'mtl_decoder_scale=0.125'])
         with pytest.raises(CheckpointError) as err:
-            stages.make_trainer('mtl', steps_only=True)
+            Trainer(benchmark.steps_only_task('mtl', config), distribute.get_strategy(config))
         assert str(err.value).startswith(f"mtl_init_weights = {path!r} was trained with "
                                          f"mtl_decoder_scale=0.0625 but config has "
                                          f"mtl_decoder_scale=0.125")
         assert '\n' not in str(err.value)
         settings.apply(['mtl_decoder_scale=0.0625', 'norm_flag=False'])
         with pytest.raises(CheckpointError, match='norm_flag=True'):
-            stages.make_trainer('mtl', steps_only=True)
+            Trainer(benchmark.steps_only_task('mtl', config), distribute.get_strategy(config))
         settings.apply([f'dae_init_weights={tmp_path}/none.weights.h5'])
         with pytest.raises(CheckpointError, match=r"dae_init_weights = .*: no such file"):
-            stages.make_trainer('dae', steps_only=True)
+            Trainer(benchmark.steps_only_task('dae', config), distribute.get_strategy(config))
     assert config.mtl_init_weights == path

@@ -16,7 +16,7 @@ import tifffile
 
 import config
 from conftest import ROOT
-from utils import datasets, distribute, geometry, pipeline, settings
+from utils import datasets, distribute, geometry, pipeline, settings, tasks
 
 CROP = 32
 BATCH = 4
@@ -93,9 +93,10 @@ def _references(samples):
         valid = np.isfinite(loaded.height)
         ref = dict(image=loaded.image, height=np.where(valid, loaded.height, 0),
                    mask=valid.astype(np.float32), sem=loaded.labels,
-                   norm=geometry.surface_normals(loaded.height))
+                   norm=geometry.surface_normals(loaded.height, config.normalize_flag))
         if config.edge_flag:
-            ref['edge'] = geometry.edge_map(loaded.height)
+            ref['edge'] = geometry.edge_map(loaded.height, config.roof_height_threshold,
+                                           config.canny_lt, config.canny_ht)
         refs[int(round(loaded.image[0, 0, 2] * 255)) // FILE_STEP] = ref
     return refs
 
@@ -149,9 +150,9 @@ def _trace(batches, refs, augmented=False):
 def test_tile_batches_are_random_crops_of_the_cached_tiles(tiles):
     samples = tiles()
     refs = _references(samples)
-    assert pipeline.steps_per_epoch('mtl', BATCH) == 26 // BATCH
-    assert pipeline.steps_per_epoch('dae', BATCH) == 9 // BATCH
-    dataset = pipeline.train_dataset('mtl', BATCH, epoch=0)
+    assert tasks.MTLTask(config).steps_per_epoch(BATCH) == 26 // BATCH
+    assert tasks.DAETask(config).steps_per_epoch(BATCH) == 9 // BATCH
+    dataset = tasks.MTLTask(config).train_dataset(BATCH, epoch=0)
     assert dataset.options().experimental_distribute.auto_shard_policy == \
         tf.data.experimental.AutoShardPolicy.DATA
     batches = _collect(dataset)
@@ -166,31 +167,31 @@ def test_tile_batches_are_random_crops_of_the_cached_tiles(tiles):
 
 def test_tile_epochs_are_reproducible_and_resume_exactly(tiles):
     tiles()
-    first = _collect(pipeline.train_dataset('mtl', BATCH, epoch=3))
-    again = _collect(pipeline.train_dataset('mtl', BATCH, epoch=3))
-    other = _collect(pipeline.train_dataset('mtl', BATCH, epoch=4))
+    first = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=3))
+    again = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=3))
+    other = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=4))
     for a, b in zip(first, again):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
     assert not np.array_equal(first[0]['image'], other[0]['image'])
-    resumed = _collect(pipeline.train_dataset('mtl', BATCH, epoch=3, skip_batches=4))
+    resumed = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=3, skip_batches=4))
     assert len(resumed) == 2
     for a, b in zip(first[4:], resumed):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
-    assert _collect(pipeline.train_dataset('mtl', BATCH, epoch=3, skip_batches=6)) == []
+    assert _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=3, skip_batches=6)) == []
     with pytest.raises(ValueError, match='skip_batches = 7'):
-        pipeline.train_dataset('mtl', BATCH, epoch=3, skip_batches=7)
+        tasks.MTLTask(config).train_dataset(BATCH, epoch=3, skip_batches=7)
     config.seed = 7
-    reseeded = _collect(pipeline.train_dataset('mtl', BATCH, epoch=3))
+    reseeded = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=3))
     assert not np.array_equal(first[0]['image'], reseeded[0]['image'])
 
 
 def test_patch_epochs_are_shuffled_passes_without_the_partial_batch(patches):
     samples = patches()
     refs = _references(samples)
-    assert pipeline.steps_per_epoch('mtl', BATCH) == 2      # 10 patches: 2 dropped
-    epochs = [_collect(pipeline.train_dataset('mtl', BATCH, epoch=e)) for e in (0, 1)]
+    assert tasks.MTLTask(config).steps_per_epoch(BATCH) == 2      # 10 patches: 2 dropped
+    epochs = [_collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=e)) for e in (0, 1)]
     orders = []
     for batches in epochs:
         assert len(batches) == 2
@@ -200,7 +201,7 @@ def test_patch_epochs_are_shuffled_passes_without_the_partial_batch(patches):
         orders.append(files)
         assert len({(o[1], o[2]) for o in origins}) > 1     # larger patches: random crops
     assert orders[0] != orders[1]
-    resumed = _collect(pipeline.train_dataset('mtl', BATCH, epoch=1, skip_batches=1))
+    resumed = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=1, skip_batches=1))
     np.testing.assert_array_equal(resumed[0]['image'], epochs[1][1]['image'])
     np.testing.assert_array_equal(resumed[0]['norm'], epochs[1][1]['norm'])
 
@@ -209,14 +210,14 @@ def test_patch_epochs_are_shuffled_passes_without_the_partial_batch(patches):
 def test_patches_read_from_disk_equal_the_cached_ones(patches, augment):
     patches()
     config.augment = augment
-    cached = _collect(pipeline.train_dataset('mtl', BATCH, epoch=2))
+    cached = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=2))
     config.mtl_preload = False
     pipeline._cache.clear()
-    read = _collect(pipeline.train_dataset('mtl', BATCH, epoch=2))
+    read = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=2))
     assert not pipeline._cache                              # nothing was cached this time
     config.mtl_preload = True
     config.preload_max_gb = 1e-6                            # too small: read from disk too
-    too_big = _collect(pipeline.train_dataset('mtl', BATCH, epoch=2))
+    too_big = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=2))
     assert not pipeline._cache
     for a, b, c in zip(cached, read, too_big):
         for key in a:
@@ -231,14 +232,14 @@ def test_augmentation_turns_every_target_and_the_normals_with_the_image(tiles, n
     config.augment = True
     config.mtl_training_samples = 48
     refs = _references(samples)
-    batches = _collect(pipeline.train_dataset('mtl', BATCH, epoch=0))
+    batches = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=0))
     origins = _trace(batches, refs, augmented=True)
     assert len({o[1:] for o in origins}) >= 6               # most of the 8 turns occur
     interior = (slice(2, -2), slice(2, -2))                 # Sobel 5x5 sees only the crop
     scale = 1 if normalize else 255
     for batch in batches:
         for height, norm in zip(batch['height'][..., 0], batch['norm']):
-            expected = geometry.surface_normals(height)
+            expected = geometry.surface_normals(height, config.normalize_flag)
             np.testing.assert_allclose(norm[interior], expected[interior], atol=1e-5 * scale)
 
 
@@ -247,7 +248,7 @@ def test_tile_with_nodata_only_in_mask(tiles):
     loaded = datasets.load_sample(samples[0])
     assert np.isnan(loaded.height).any()
     config.mtl_training_samples = 64
-    batches = _collect(pipeline.train_dataset('mtl', BATCH, epoch=5))
+    batches = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=5))
     for batch in batches:
         for key, value in batch.items():
             assert np.isfinite(value).all(), key
@@ -256,8 +257,8 @@ def test_tile_with_nodata_only_in_mask(tiles):
 
 def test_distributed_dataset_on_the_default_strategy(tiles):
     tiles()
-    strategy = distribute.get_strategy()
-    dataset = pipeline.train_dataset('mtl', BATCH, epoch=1)
+    strategy = distribute.get_strategy(config)
+    dataset = tasks.MTLTask(config).train_dataset(BATCH, epoch=1)
     plain = _collect(dataset)
     spread = [{k: strategy.experimental_local_results(v)[0].numpy() for k, v in b.items()}
               for b in strategy.experimental_distribute_dataset(dataset)]
@@ -271,21 +272,21 @@ def test_too_few_samples_for_one_batch(patches, tiles):
     patches()
     with pytest.raises(datasets.DatasetError,
                        match=r"'train' split of DFC2023_test.* 10 samples.* 16 .*mtl_batchSize"):
-        pipeline.steps_per_epoch('mtl', 16)
+        tasks.MTLTask(config).steps_per_epoch(16)
     tiles()
     config.dae_training_samples = 3
     with pytest.raises(datasets.DatasetError,
                        match=r"dae_training_samples = 3 .* batch of 4.*raise dae_training"):
-        pipeline.train_dataset('dae', BATCH, epoch=0)
+        tasks.DAETask(config).train_dataset(BATCH, epoch=0)
     with pytest.raises(ValueError, match="stage = 'x'"):
-        pipeline.steps_per_epoch('x', BATCH)
+        tasks.make('x', config)
 
 
 def test_sample_smaller_than_the_crop(tiles):
     tiles()
     config.cropSize = 128
     with pytest.raises(datasets.DatasetError, match=r"smaller than cropSize=128"):
-        pipeline.train_dataset('mtl', BATCH, epoch=0)
+        tasks.MTLTask(config).train_dataset(BATCH, epoch=0)
 
 
 @pytest.mark.parametrize('mixed', [False, True])
@@ -297,7 +298,7 @@ def test_cache_built_tile_by_tile_holds_each_sample_as_decoded_alone(tiles, monk
     (mixed: tile 0's image kept as float32), crops included."""
     samples = tiles()
     refs = _references(samples)
-    expected_batches = _collect(pipeline.train_dataset('mtl', BATCH, epoch=1))
+    expected_batches = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=1))
     monkeypatch.setattr(pipeline, 'PACK_ROWS', 4)
     if mixed:
         pack = pipeline._pack
@@ -308,7 +309,7 @@ def test_cache_built_tile_by_tile_holds_each_sample_as_decoded_alone(tiles, monk
             return pack(array)
         monkeypatch.setattr(pipeline, '_pack', keep_tile_0_image)
     pipeline._cache.clear()
-    cache = pipeline._cached(samples)
+    cache = pipeline._cached(samples, config)
     samples = [cache.stored(i) for i in range(cache.size)]
     assert cache.size == 3 and cache.nbytes == sum(
         stored.nbytes for fields in samples for stored, _ in fields.values())
@@ -322,12 +323,12 @@ def test_cache_built_tile_by_tile_holds_each_sample_as_decoded_alone(tiles, monk
                              (np.uint8, True), 'height': (np.float32, False),
                              'mask': (np.uint8, True), 'sem': (np.uint8, True),
                              'norm': (np.float32, False), 'edge': (np.uint8, True)}
-        for name, dtype, _ in pipeline._field_specs():
+        for name, dtype, _ in pipeline._field_specs(config):
             got = pipeline._unpack(tf.constant(fields[name][0]), fields[name][1], dtype).numpy()
             expected = ref[name] if ref[name].ndim == 3 else ref[name][..., None]
             assert got.dtype == expected.dtype, name
             np.testing.assert_array_equal(got, expected, err_msg=name)
-    for a, b in zip(expected_batches, _collect(pipeline.train_dataset('mtl', BATCH, epoch=1))):
+    for a, b in zip(expected_batches, _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=1))):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
 
@@ -404,22 +405,22 @@ def test_cache_split_into_parts_gives_the_same_batches(tiles, monkeypatch):
     stored values and the same batches as with one variable per field."""
     samples = tiles()
     config.augment = True
-    whole = _collect(pipeline.train_dataset('mtl', BATCH, epoch=2))
+    whole = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=2))
     stored = [pipeline._cache['value'].stored(i) for i in range(3)]
     # image parts: 70 rows of 90 x 3 round up to 96 rows; 96 x 64 x 3 is aligned
     monkeypatch.setattr(pipeline, 'PART_ELEMENTS', 96 * 90 * 3)
     pipeline._cache.clear()
-    cache = pipeline._cached(samples)
+    cache = pipeline._cached(samples, config)
     assert len(cache.fields['image'].parts) == 3
     assert len(cache.fields['sem'].parts) == 1
     for i in range(3):
         for name, (array, packed) in cache.stored(i).items():
             np.testing.assert_array_equal(array, stored[i][name][0], err_msg=name)
             assert packed == stored[i][name][1]
-    for a, b in zip(whole, _collect(pipeline.train_dataset('mtl', BATCH, epoch=2))):
+    for a, b in zip(whole, _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=2))):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
     monkeypatch.setattr(pipeline, 'PART_ELEMENTS', 96 * 90 * 3 - 1)
     pipeline._cache.clear()
     with pytest.raises(datasets.DatasetError, match='image of a 70x90 sample'):
-        pipeline._cached(samples)
+        pipeline._cached(samples, config)

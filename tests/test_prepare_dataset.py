@@ -385,7 +385,7 @@ def test_preparing_loads_no_tensorflow_and_training_no_rasterio(tmp_path):
     result = run_python(['-c', code], timeout=300)
     assert result.stdout.split()[-3:] == ['0', 'False', 'False'], result.stderr[-2000:]
     code = ("import sys, train_mtl, train_dae, test_dsm, predict\n"
-            "from utils import stages, evaluation, inference, pipeline, training\n"
+            "from utils import tasks, evaluation, inference, pipeline, training\n"
             "print('rasterio' in sys.modules)\n")
     result = run_python(['-c', code], timeout=300)
     assert result.stdout.split()[-1] == 'False', result.stderr[-2000:]

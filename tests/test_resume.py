@@ -14,20 +14,37 @@ import tensorflow as tf
 
 import config
 from conftest import ROOT, TINY, run_python
-from utils import settings, training
+from utils import checkpoints, distribute, settings, tasks, training
 from utils.errors import CheckpointError
 
 
-def tiny_trainer(tmp_path):
-    with config.strategy.scope():
-        model = keras.Sequential([keras.Input((config.cropSize, config.cropSize, 3)),
-                                  keras.layers.Conv2D(1, 3, padding='same')])
+class TinyTask(tasks.MTLTask):
+    """The MTL stage with a one-layer network and no validation."""
 
-    def terms(batch, training):
-        error = tf.abs(model(batch['image'], training=training) - batch['height'])
-        return {'dsm': tf.reduce_mean(error, axis=[1, 2, 3])}
-    return training.Trainer('mtl', model, terms, lambda t: t['dsm'], lambda: None,
-                            str(tmp_path / 'best.weights.h5'))
+    def __init__(self, cfg, best_path):
+        super().__init__(cfg)
+        self._best = best_path
+
+    best_path = property(lambda self: self._best)
+
+    def build_model(self):
+        self.mtl = keras.Sequential([keras.Input((config.cropSize, config.cropSize, 3)),
+                                     keras.layers.Conv2D(1, 3, padding='same')])
+        return self.mtl
+
+    def loss_fns(self):
+        def terms(batch, training):
+            error = tf.abs(self.mtl(batch['image'], training=training) - batch['height'])
+            return {'dsm': tf.reduce_mean(error, axis=[1, 2, 3])}
+        return terms, lambda t: t['dsm']
+
+    def validate(self, strategy):
+        return None
+
+
+def tiny_trainer(tmp_path):
+    return training.Trainer(TinyTask(config, str(tmp_path / 'best.weights.h5')),
+                            distribute.get_strategy(config))
 
 
 @pytest.fixture
@@ -80,7 +97,7 @@ def test_damaged_newest_checkpoint_resumes_from_the_one_before(
     if damage == 'half-read':
         # Skip the check before restoring: the restore itself fails part way,
         # after assigning some variables (the step among them) from ckpt-2.
-        monkeypatch.setattr(training, '_damage', lambda prefix: None)
+        monkeypatch.setattr(checkpoints, '_damage', lambda prefix: None)
         name = 'ckpt-2.*'
     capsys.readouterr()
 
@@ -106,7 +123,7 @@ def test_damaged_newest_checkpoint_resumes_from_the_one_before(
     out = capsys.readouterr().out
     assert 'warning' not in out and f"resuming from {first} at step 1" in out
     assert trainer.manager.checkpoints == [newest, os.path.join(state, 'ckpt-3')]
-    assert all(training._damage(p) is None for p in trainer.manager.checkpoints)
+    assert all(checkpoints._damage(p) is None for p in trainer.manager.checkpoints)
 
 
 def test_no_readable_checkpoint_is_a_one_line_error(two_checkpoints, tmp_path):

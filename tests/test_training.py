@@ -120,13 +120,13 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, synthetic_root, 
                            'batch_size=4', 'checkpoint_every=2'])
     real = pipeline.train_dataset
 
-    def poisoned(stage, global_batch, epoch, skip_batches=0):
+    def poisoned(task, global_batch, epoch, skip_batches=0):
         def spoil(index, batch):     # the 4th batch's heights slip through as NaN
             bad = tf.equal(index + skip_batches, 3)
             height = tf.where(bad, tf.fill(tf.shape(batch['height']), np.nan),
                               batch['height'])
             return {**batch, 'height': height}
-        return real(stage, global_batch, epoch, skip_batches).enumerate().map(spoil)
+        return real(task, global_batch, epoch, skip_batches).enumerate().map(spoil)
 
     monkeypatch.setattr(pipeline, 'train_dataset', poisoned)
     # The NaN guard is under test, not DenseNet121: the stand-in encoder.

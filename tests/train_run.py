@@ -13,10 +13,9 @@ settings.apply(sys.argv[2:])
 
 import numpy as np  # noqa: E402
 
-import config  # noqa: E402
 import train_mtl  # noqa: E402
 
 trainer = train_mtl.main()
-np.savez(sys.argv[1], replicas=config.strategy.num_replicas_in_sync,
+np.savez(sys.argv[1], replicas=trainer.strategy.num_replicas_in_sync,
          step=int(trainer.step.numpy()),
          **{f'w_{i}': v.numpy() for i, v in enumerate(trainer.model.trainable_variables)})

@@ -6,41 +6,28 @@ after warm-up calls that trace and compile; each figure is the median of
 several timed windows. The real input pipeline is timed on its own, so the
 two rates can be compared.
 """
-import contextlib
 import statistics
 import time
 
 import numpy as np
 import tensorflow as tf
 
-import config
-from utils import datasets, distribute, pipeline, stages
+from utils import datasets, distribute, pipeline, tasks, training
 
 
-def synthetic_batch(global_batch, seed=0):
-    """A global batch shaped like utils/pipeline.py's, random but fixed: random
-    images, heights and labels, and the heads' targets made from them."""
+def synthetic_batch(global_batch, cfg, seed=0):
+    """A global batch shaped like utils/pipeline.py's for the settings `cfg`,
+    random but fixed: random images, heights and labels, and the heads'
+    targets made from them."""
     rng = np.random.default_rng(seed)
-    shape = (global_batch, config.cropSize, config.cropSize)
+    shape = (global_batch, cfg.cropSize, cfg.cropSize)
     images = rng.uniform(0, 1, shape + (datasets.image_channels(),)).astype('float32')
     heights = rng.uniform(0, 30, shape).astype('float32')
-    labels = rng.integers(0, len(config.label_codes), shape, dtype='int32')
-    examples = [pipeline.make_fields(datasets.Loaded(*sample))
+    labels = rng.integers(0, len(cfg.label_codes), shape, dtype='int32')
+    examples = [pipeline.make_fields(datasets.Loaded(*sample), cfg)
                 for sample in zip(images, heights, labels)]
     return pipeline.drop_index_channel({k: np.stack([e[k] for e in examples])
-                                        for k in examples[0]})
-
-
-@contextlib.contextmanager
-def single_replica():
-    """Within: config.strategy is the default strategy (one replica on the
-    first device), so Trainer and the global batch sizes follow it."""
-    configured = distribute.get_strategy()
-    distribute._strategy = tf.distribute.get_strategy()
-    try:
-        yield distribute._strategy
-    finally:
-        distribute._strategy = configured
+                                        for k in examples[0]}, cfg)
 
 
 class StepTimer:
@@ -48,8 +35,8 @@ class StepTimer:
 
     def __init__(self, trainer, steps_per_call=None, warmup_calls=2):
         self.trainer = trainer
-        self.steps = int(steps_per_call or config.steps_per_execution)
-        batch = synthetic_batch(trainer.global_batch)
+        self.steps = int(steps_per_call or trainer.cfg.steps_per_execution)
+        batch = synthetic_batch(trainer.global_batch, trainer.cfg)
         dataset = tf.data.Dataset.from_tensors(batch).repeat()
         self.iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
         for _ in range(warmup_calls):   # the first traces (and compiles with XLA)
@@ -76,14 +63,14 @@ def median_step_time(timers, windows, calls):
     return {name: statistics.median(t) for name, t in times.items()}, times
 
 
-def input_rate(stage, global_batch, batches=20, warmup=3):
-    """Samples per second the real input pipeline delivers on its own."""
-    total = pipeline.steps_per_epoch(stage, global_batch)
+def input_rate(task, global_batch, batches=20, warmup=3):
+    """Samples per second the real input pipeline of `task` delivers on its own."""
+    total = task.steps_per_epoch(global_batch)
     batches = min(batches, total - warmup)
     if batches < 1:
-        raise ValueError(f"the {stage} epoch has only {total} batches of {global_batch}: "
+        raise ValueError(f"the {task.stage} epoch has only {total} batches of {global_batch}: "
                          f"too few to time the input pipeline")
-    iterator = iter(pipeline.train_dataset(stage, global_batch, epoch=0))
+    iterator = iter(task.train_dataset(global_batch, epoch=0))
     for _ in range(warmup):
         next(iterator)
     start = time.perf_counter()
@@ -135,26 +122,31 @@ class _Timed(StepTimer):
         return super().window(self.calls)
 
 
-def scaling(windows=5, seconds=2.0, stage_names=('mtl', 'dae')):
-    """Training throughput on 1 replica and on every configured replica, the
-    scaling efficiency, peak memory and the input pipeline's own rate."""
-    strategy = config.strategy
+def steps_only_task(stage, cfg):
+    """The task of `stage` for timing steps: the DAE's MTL keeps random weights."""
+    return tasks.make(stage, cfg, **({'mtl': 'untrained'} if stage == 'dae' else {}))
+
+
+def scaling(cfg, strategy, windows=5, seconds=2.0, stage_names=('mtl', 'dae')):
+    """Training throughput on 1 replica (the default strategy, on the first
+    device) and on every replica of `strategy`, the scaling efficiency, peak
+    memory and the input pipeline's own rate, for the settings `cfg`."""
     replicas = strategy.num_replicas_in_sync
     devices = distribute.replica_devices(strategy)
     report = {'strategy': type(strategy).__name__, 'replicas': replicas, 'devices': devices,
-              'crop': config.cropSize, 'mixed_precision': config.mixed_precision,
-              'jit_compile': bool(config.jit_compile),
-              'steps_per_execution': int(config.steps_per_execution),
-              'sync_batchnorm': bool(config.sync_batchnorm), 'windows': windows,
+              'crop': cfg.cropSize, 'mixed_precision': cfg.mixed_precision,
+              'jit_compile': bool(cfg.jit_compile),
+              'steps_per_execution': int(cfg.steps_per_execution),
+              'sync_batchnorm': bool(cfg.sync_batchnorm), 'windows': windows,
               'tensorflow': tf.__version__, 'stages': {}}
     for stage in stage_names:
-        per_replica = getattr(config, f'{stage}_batchSize')
-        timers = {replicas: _Timed(stages.make_trainer(stage, steps_only=True), devices,
-                                   seconds)}
+        task = steps_only_task(stage, cfg)
+        per_replica = task.batch_size
+        timers = {replicas: _Timed(training.Trainer(task, strategy), devices, seconds)}
         if replicas > 1:
-            with single_replica():
-                timers[1] = _Timed(stages.make_trainer(stage, steps_only=True), devices[:1],
-                                   seconds)
+            timers[1] = _Timed(training.Trainer(steps_only_task(stage, cfg),
+                                                tf.distribute.get_strategy()),
+                               devices[:1], seconds)
         medians, _ = median_step_time(timers, windows, None)
         rate = {n: per_replica * n / medians[n] for n in timers}
         entry = {'per_replica_batch': per_replica,
@@ -165,7 +157,7 @@ def scaling(windows=5, seconds=2.0, stage_names=('mtl', 'dae')):
                  'scaling_efficiency': rate[replicas] / (replicas * rate[1]) if replicas > 1
                  else None}
         try:
-            entry['input_samples_per_second'] = input_rate(stage, per_replica * replicas)
+            entry['input_samples_per_second'] = input_rate(task, per_replica * replicas)
         except (datasets.DatasetError, ValueError, OSError) as err:
             entry['input_samples_per_second'] = None
             entry['input_error'] = str(err)

@@ -1,12 +1,16 @@
-"""Best-weights files with the settings that shape the network beside them.
+"""Best-weights files with the settings that shape the network beside them,
+and the training state a run resumes from.
 
 `<path>` holds the Keras weights, `<path>.json` the settings; loading checks
 them against config.py so a wrong flag is reported by name instead of as a
 shape error deep inside Keras. Both files are written to a temporary name
 and renamed, so an interrupted write never replaces a good file.
 """
+import glob
 import json
 import os
+
+import tensorflow as tf
 
 import config
 from utils import heads
@@ -110,10 +114,11 @@ def _trained_settings(path):
         return json.load(f).get('settings', {})
 
 
-def init_weights(model, kind):
+def init_weights(model, kind, build):
     """Start `model` from the file config.<kind>_init_weights names
     (fine-tuning); returns what it did, for the training log, or None when
-    the setting is None.
+    the setting is None. build(num_classes): the same network for another
+    class count (utils/tasks.py), for a file of another class list.
 
     The settings that shape the network must be the file's, except
     label_codes: with another class list the layers that depend on it start
@@ -138,9 +143,7 @@ def init_weights(model, kind):
     if codes == current['label_codes'] or not config.sem_flag:
         _load(model, path, setting, kind)
         return f"{path} (every layer)"
-    from nets import dae as dae_net, mtl as mtl_net
-    donor = mtl_net.build_from_config(pretrained=False, num_classes=len(codes)) \
-        if kind == 'mtl' else dae_net.build_from_config(num_classes=len(codes))
+    donor = build(len(codes))
     _load(donor, path, setting, kind)
     fresh = _transfer(donor, model, len(codes))
     return (f"{path}; label_codes differ from its {codes}: {', '.join(fresh)} "
@@ -173,7 +176,7 @@ def _transfer(donor, model, donor_classes):
             layer.set_weights(source)
         elif layer.name == dae_net.FIRST_CONV:
             kernel, bias = target
-            parts = [dae_net.input_parts(n, datasets.image_channels(), **heads.switches())
+            parts = [dae_net.input_parts(n, datasets.image_channels(), **heads.switches(config))
                      for n in (donor_classes, len(config.label_codes))]
             start = [0, 0]
             for (name, old), (_, new) in zip(*parts):
@@ -185,3 +188,95 @@ def _transfer(donor, model, donor_classes):
         else:
             fresh.append(layer.name)
     return fresh
+
+
+# ----------------------------------------------------------------- training state
+# What reading a damaged checkpoint raises: TensorFlow's errors (a bad index,
+# a checksum, a missing file), IndexError (a data file shorter than its index).
+_READ_ERRORS = (tf.errors.OpError, IndexError)
+
+
+def _first_line(err):
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def saved_states(state):
+    """{checkpoint prefix: time saved or None}, oldest first: the manager's own
+    list, or every ckpt-N.index in `state` when that list is lost."""
+    listed = tf.train.get_checkpoint_state(state) if os.path.isdir(state) else None
+    if listed and listed.all_model_checkpoint_paths:
+        paths = list(listed.all_model_checkpoint_paths)
+        return dict(zip(paths, list(listed.all_model_checkpoint_timestamps) or
+                        [None] * len(paths)))
+    found = [p[:-len('.index')] for p in glob.glob(os.path.join(state, 'ckpt-*.index'))]
+    found = sorted((p for p in found if p.rsplit('-', 1)[1].isdigit()),
+                   key=lambda p: int(p.rsplit('-', 1)[1]))
+    return {p: os.path.getmtime(p + '.index') for p in found}
+
+
+def _damage(prefix):
+    """None if every tensor of checkpoint `prefix` reads back (each is checked
+    against its checksum), else (the damaged file, the reader's complaint)."""
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+    except _READ_ERRORS as err:
+        return os.path.basename(prefix) + '.index', _first_line(err)
+    try:
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except _READ_ERRORS as err:
+        data = sorted(os.path.basename(p) for p in glob.glob(prefix + '.data-*'))
+        return ', '.join(data) or os.path.basename(prefix) + '.data-*', _first_line(err)
+    return None
+
+
+def _track_only(state, saved, kept):
+    """Make the CheckpointManager of `state` track `kept` (oldest first) and
+    nothing newer: damaged files stay on disk but never count among the two
+    checkpoints it keeps."""
+    times = [saved[p] for p in kept]
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel('ERROR')     # the call's deprecation notice would only confuse
+    try:
+        tf.compat.v1.train.update_checkpoint_state(
+            state, os.path.basename(kept[-1]), [os.path.basename(p) for p in kept],
+            all_model_checkpoint_timestamps=None if None in times else times)
+    finally:
+        logger.setLevel(level)
+
+
+def restore_newest_readable(checkpoint, state, log, chief=True):
+    """Restore into `checkpoint` (a tf.train.Checkpoint) the newest state
+    saved in the folder `state` that reads back whole; its prefix, or None
+    if there is none.
+
+    A damaged one (a truncated copy, a full disk) is named in a warning on
+    `log` and the one before it restored over every variable, so nothing
+    half-read from the damaged one survives; the chief then makes the
+    manager's list forget the damaged ones.
+    """
+    saved = saved_states(state)
+    damaged = []
+    for prefix in reversed(saved):
+        problem = _damage(prefix)
+        if problem is None:
+            try:
+                checkpoint.restore(prefix).assert_existing_objects_matched()
+            except _READ_ERRORS as err:
+                problem = (f"{os.path.basename(prefix)}.*", _first_line(err))
+        if problem is not None:
+            damaged.append(problem)
+            log.warning(f"warning: {problem[0]} in {state} is damaged "
+                        f"({problem[1]}); trying the checkpoint before it")
+            continue
+        if chief and (damaged or tf.train.get_checkpoint_state(state) is None):
+            _track_only(state, saved, list(saved)[:list(saved).index(prefix) + 1])
+        return prefix
+    if damaged:
+        files = ', '.join(name for name, _ in damaged)
+        raise CheckpointError(
+            f"no readable checkpoint in {state}: {files} damaged ({damaged[-1][1]}); "
+            f"put intact copies there, or set resume = False to start again "
+            f"(the run folder is moved aside)")
+    return None

@@ -157,7 +157,7 @@ def evaluate(mtl, dae=None, split='valid', out_dir=None, max_images=None, verbos
     return result
 
 
-def validate(mtl, dae=None):
+def validate(mtl, dae=None, *, cfg, strategy):
     """The training loops' per-epoch validation: evaluate() on the valid split
     with config.valid_stride, coarser than the published test stride, since
     it only ranks epochs to keep the best weights."""

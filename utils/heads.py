@@ -18,7 +18,6 @@ from typing import Callable
 
 import numpy as np
 
-import config
 from utils import geometry
 from utils.errors import DatasetError
 
@@ -36,8 +35,11 @@ class Head:
     weight: str             # config setting weighing the term in the MTL loss
     flag: str | None        # config setting switching the head on; None: always on
     default: bool           # on when a network is built without naming the head
-    target: Callable        # datasets.Loaded -> [H, W, ch] array over the whole sample
+    target: Callable        # (datasets.Loaded, cfg) -> [H, W, ch] array over the whole sample
     depends_on: tuple = ()  # settings the target is computed with, besides the data
+    turn: Callable | None = None    # (value, transpose, flip_rows, flip_cols, cfg) -> value:
+                            # how a direction-dependent target's values change when
+                            # the crop is transposed or flipped; None: they do not
 
     @property
     def dtype(self):
@@ -53,30 +55,44 @@ class Head:
         return num_classes if self.channels == CLASSES else self.channels
 
 
-def _height(loaded):
+def _height(loaded, cfg):
     return np.where(np.isfinite(loaded.height), loaded.height, 0)[..., None]
 
 
-def _classes(loaded):
+def _classes(loaded, cfg):
     if loaded.labels is None:
         raise DatasetError("no semantic labels for this sample, but sem_flag = True; "
                            "add its label file or set sem_flag = False")
     return np.asarray(loaded.labels, np.int32)[..., None]
 
 
-def _normals(loaded):
-    return geometry.surface_normals(loaded.height)
+def _normals(loaded, cfg):
+    return geometry.surface_normals(loaded.height, cfg.normalize_flag)
 
 
-def _edges(loaded):
-    return geometry.edge_map(loaded.height)[..., None]
+def _turn_normals(value, transpose, flip_rows, flip_cols, cfg):
+    """Normals are (-zx, -zy, 1)/|.| with x along columns and y along rows,
+    stored as e = s (n + 1) / 2 (s = 1, or 255 without normalize_flag), so
+    negating a component is e -> s - e; a transpose swaps x and y."""
+    import tensorflow as tf
+    scale = 1.0 if cfg.normalize_flag else 255.0
+    nx, ny, nz = tf.unstack(value, axis=-1)
+    nx, ny = tf.where(transpose, ny, nx), tf.where(transpose, nx, ny)
+    ny = tf.where(flip_rows, scale - ny, ny)
+    nx = tf.where(flip_cols, scale - nx, nx)
+    return tf.stack([nx, ny, nz], axis=-1)
+
+
+def _edges(loaded, cfg):
+    return geometry.edge_map(loaded.height, cfg.roof_height_threshold, cfg.canny_lt,
+                             cfg.canny_ht)[..., None]
 
 
 HEADS = (
     Head('height', 1, None, 'regression', 'dsm', 'w1', None, True, _height),
     Head('sem', CLASSES, 'softmax', 'cross_entropy', 'sem', 'w2', 'sem_flag', True, _classes),
     Head('norm', 3, None, 'regression', 'norm', 'w3', 'norm_flag', True, _normals,
-         ('normalize_flag',)),
+         ('normalize_flag',), _turn_normals),
     Head('edge', 1, 'relu', 'regression', 'edge', 'w4', 'edge_flag', False, _edges,
          ('roof_height_threshold', 'canny_lt', 'canny_ht')),
 )
@@ -96,11 +112,11 @@ def select(**switches):
     return [h for h in HEADS if h.flag is None or switches.get(h.name, h.default)]
 
 
-def switches():
-    """The head switches of config.py, as select() takes them."""
-    return {h.name: bool(getattr(config, h.flag)) for h in HEADS if h.flag}
+def switches(cfg):
+    """The head switches of the settings `cfg` (config.py's names), as select() takes them."""
+    return {h.name: bool(getattr(cfg, h.flag)) for h in HEADS if h.flag}
 
 
-def from_config():
-    """The heads config.py switches on."""
-    return select(**switches())
+def from_config(cfg):
+    """The heads the settings `cfg` switch on."""
+    return select(**switches(cfg))

@@ -6,23 +6,22 @@ replica holding half the batch contributes half the gradient.
 """
 import tensorflow as tf
 
-import config
 from nets.dae import assemble_input
 from utils import heads
 
 
-def regression(y_true, y_pred, mask):
-    """Mean over valid pixels of each example of the configured regression loss."""
+def regression(y_true, y_pred, mask, kind='mse', delta=1.0):
+    """Mean over valid pixels of each example of the regression loss `kind`
+    ('mse', or 'huber' with `delta`: the reg_loss and huber_delta settings)."""
     y_pred = tf.cast(y_pred, tf.float32)
     err = y_pred - y_true
-    if config.reg_loss == 'huber':
+    if kind == 'huber':
         a = tf.abs(err)
-        d = config.huber_delta
-        per_pixel = tf.where(a <= d, 0.5 * tf.square(err), d * (a - 0.5 * d))
-    elif config.reg_loss == 'mse':
+        per_pixel = tf.where(a <= delta, 0.5 * tf.square(err), delta * (a - 0.5 * delta))
+    elif kind == 'mse':
         per_pixel = tf.square(err)
     else:
-        raise ValueError(f"reg_loss = {config.reg_loss!r}: use 'mse' or 'huber'")
+        raise ValueError(f"reg_loss = {kind!r}: use 'mse' or 'huber'")
     mask = tf.broadcast_to(mask, tf.shape(per_pixel))
     axes = tf.range(1, tf.rank(per_pixel))
     return tf.reduce_sum(per_pixel * mask, axes) / tf.maximum(tf.reduce_sum(mask, axes), 1.0)
@@ -41,32 +40,33 @@ def cross_entropy(labels, probs):
     return tf.reduce_mean(per_pixel, axis=[1, 2])
 
 
-def head_loss(head, batch, outputs):
+def head_loss(head, batch, outputs, cfg):
     """The per-example loss of one head (utils/heads.py) on its target."""
     if head.loss == 'cross_entropy':
         return cross_entropy(batch[head.name], outputs[head.name])
-    return regression(batch[head.name], outputs[head.name], batch['mask'])
+    return regression(batch[head.name], outputs[head.name], batch['mask'],
+                      cfg.reg_loss, cfg.huber_delta)
 
 
-def mtl_terms(batch, outputs):
+def mtl_terms(batch, outputs, cfg):
     """Unweighted per-example loss of every head the MTL has, by term name."""
-    return {h.term: head_loss(h, batch, outputs) for h in heads.HEADS if h.name in outputs}
+    return {h.term: head_loss(h, batch, outputs, cfg) for h in heads.HEADS if h.name in outputs}
 
 
-def mtl_total(terms):
+def mtl_total(terms, cfg):
     """w1*L_dsm + w2*L_sem + w3*L_norm + w4*L_edge (each head's weight setting), per example."""
-    weights = {h.term: getattr(config, h.weight) for h in heads.HEADS}
+    weights = {h.term: getattr(cfg, h.weight) for h in heads.HEADS}
     return tf.add_n([weights[k] * v for k, v in terms.items()])
 
 
-def mtl_step(mtl):
+def mtl_step(mtl, cfg):
     """(terms_fn, total_fn) that train the MTL."""
     def terms(batch, training):
-        return mtl_terms(batch, mtl(batch['image'], training=training))
-    return terms, mtl_total
+        return mtl_terms(batch, mtl(batch['image'], training=training), cfg)
+    return terms, lambda t: mtl_total(t, cfg)
 
 
-def dae_step(mtl, dae):
+def dae_step(mtl, dae, cfg):
     """(terms_fn, total_fn) that train the DAE on the frozen MTL's outputs:
     the loss is on the refined height, MTL height - predicted noise."""
     def terms(batch, training):
@@ -75,5 +75,5 @@ def dae_step(mtl, dae):
         # Only the DAE's variables are watched, so no gradient enters the MTL.
         height = heads.HEIGHT
         return {height.term: regression(batch[height.name], predicted[height.name] - noise,
-                                        batch['mask'])}
+                                        batch['mask'], cfg.reg_loss, cfg.huber_delta)}
     return terms, lambda t: t[heads.HEIGHT.term]

@@ -1,6 +1,6 @@
 """The tf.data input pipeline of both training stages.
 
-`train_dataset(stage, global_batch, epoch, skip_batches)` yields GLOBAL batches
+`train_dataset(task, global_batch, epoch, skip_batches)` yields GLOBAL batches
 (hand them to `strategy.experimental_distribute_dataset`), each a dict:
     'image'  [B,c,c,C] float32 in [0,1]           (C = 4 with sar_mode, else 3)
     'mask'   [B,c,c,1] float32, 1 where the height is valid
@@ -9,13 +9,13 @@ and the target of every head switched on (utils/heads.py), under its name:
     'sem'    [B,c,c]   int32 class indices        (sem_flag; one-hot in the loss)
     'norm'   [B,c,c,3] float32 (n+1)/2            (norm_flag; x255 without normalize_flag)
     'edge'   [B,c,c,1] float32 in {0,1}           (edge_flag)
-with c = config.cropSize. The targets are made over the whole tile or patch
-(normals and edges by utils.geometry, which fills nodata before filtering),
-then cropped with the rest, so a crop's border pixels see their real
-neighbours.
+with c = cropSize; the settings come from task.cfg (config.py's names). The
+targets are made over the whole tile or patch (normals and edges by
+utils.geometry, which fills nodata before filtering), then cropped with the
+rest, so a crop's border pixels see their real neighbours.
 
 Every random choice for a sample (tile, crop position, augmentation) is a
-stateless function of (config.seed, epoch, k), k being the sample's position
+stateless function of (seed, epoch, k), k being the sample's position
 in the epoch. An epoch is therefore reproducible, and resuming with
 skip_batches just starts the index range later: it yields exactly the tail of
 the uninterrupted epoch without producing the skipped samples.
@@ -32,10 +32,10 @@ TensorFlow ops: no Python runs per sample, and tf.data's graph rewrites,
 which copy captured tensors, leave variables alone.
 
 Patch datasets: one pass over the files per epoch, in an order shuffled with
-(config.seed, epoch); a file larger than the crop gives a random crop. The
+(seed, epoch); a file larger than the crop gives a random crop. The
 last partial batch is dropped (drop_remainder=True) so that every step holds
 the full global batch its loss is averaged over. With *_preload and at most
-config.preload_max_gb of decoded data the patches are decoded once and cached
+preload_max_gb of decoded data the patches are decoded once and cached
 like tiles; otherwise every epoch reads and decodes them in parallel, in
 Python (tf.numpy_function), and an exit hook destroys live iterators before
 the interpreter finalises, which would otherwise hang on a call in flight.
@@ -51,23 +51,16 @@ import os
 import numpy as np
 import tensorflow as tf
 
-import config
 from utils import datasets, heads
 from utils.errors import SettingError
 
-STAGES = ('mtl', 'dae')
 _cache = {}     # the one decoded training set kept in memory: {'key': ..., 'value': _Cache}
 
 
-def _check_stage(stage):
-    if stage not in STAGES:
-        raise ValueError(f"stage = {stage!r}: use 'mtl' or 'dae'")
-
-
-def _field_specs():
+def _field_specs(cfg):
     """(name, dtype, channels) of every element field, in a fixed order."""
     return [('image', tf.float32, datasets.image_channels()), ('mask', tf.float32, 1)] + [
-        (h.name, tf.as_dtype(h.dtype), h.field_channels) for h in heads.from_config()]
+        (h.name, tf.as_dtype(h.dtype), h.field_channels) for h in heads.from_config(cfg)]
 
 
 def _batch_error(count, what, global_batch, stage, fix):
@@ -76,13 +69,13 @@ def _batch_error(count, what, global_batch, stage, fix):
         f"({stage}_batchSize x replicas): {fix}")
 
 
-def steps_per_epoch(stage, global_batch):
-    """Whole global batches in one epoch of `stage` ('mtl' or 'dae')."""
-    _check_stage(stage)
+def steps_per_epoch(task, global_batch):
+    """Whole global batches in one epoch of `task` (utils/tasks.py)."""
+    stage, cfg = task.stage, task.cfg
     if global_batch < 1:
         raise SettingError(f"global batch = {global_batch}: set {stage}_batchSize to 1 or more")
     if datasets.is_tile_dataset():
-        count = getattr(config, f'{stage}_training_samples')
+        count = task.training_samples
         if count < global_batch:
             raise _batch_error(count, f"{stage}_training_samples = {count}", global_batch,
                                stage, f"raise {stage}_training_samples or lower "
@@ -91,8 +84,8 @@ def steps_per_epoch(stage, global_batch):
         count = len(datasets.find_split('train'))
         if count < global_batch:
             raise _batch_error(
-                count, f"the 'train' split of {config.dataset_name} (under "
-                       f"{os.path.join(config.shortcut_path, config.dataset_name)})",
+                count, f"the 'train' split of {cfg.dataset_name} (under "
+                       f"{os.path.join(cfg.shortcut_path, cfg.dataset_name)})",
                 global_batch, stage,
                 f"lower {stage}_batchSize, train on fewer replicas, add training samples, "
                 f"or set train_valid_flag = False to train on the valid split too")
@@ -101,7 +94,7 @@ def steps_per_epoch(stage, global_batch):
 
 # ----------------------------------------------------------------- decoding
 
-def iter_fields(loaded):
+def iter_fields(loaded, cfg):
     """Every field of one loaded sample at full size, one after the other:
     (name, [H, W, ch] array). A caller that packs or drops each before asking
     for the next never holds all of a full-size tile's float32 fields at once."""
@@ -109,30 +102,30 @@ def iter_fields(loaded):
                              height=np.asarray(loaded.height, np.float32))
     yield 'image', loaded.image
     yield 'mask', np.isfinite(loaded.height).astype(np.float32)[..., None]
-    for head in heads.from_config():
-        yield head.name, np.asarray(head.target(loaded), head.dtype)
+    for head in heads.from_config(cfg):
+        yield head.name, np.asarray(head.target(loaded, cfg), head.dtype)
 
 
-def make_fields(loaded):
+def make_fields(loaded, cfg):
     """Every field of one loaded sample at full size: name -> [H, W, ch] array."""
-    return dict(iter_fields(loaded))
+    return dict(iter_fields(loaded, cfg))
 
 
-def drop_index_channel(fields):
+def drop_index_channel(fields, cfg):
     """Class-index targets lose their channel axis, as the losses take them."""
-    for head in heads.from_config():
+    for head in heads.from_config(cfg):
         if head.dtype == 'int32' and head.name in fields:
             fields[head.name] = fields[head.name][..., 0]
     return fields
 
 
-def _fields(sample):
+def _fields(sample, cfg):
     """iter_fields of one sample, each field checked as it comes."""
     loaded = datasets.load_sample(sample)
     shape = np.shape(loaded.image)[:2]
-    datasets.check_crop_fits(sample.image, shape, config.cropSize)
-    channels = {name: count for name, _, count in _field_specs()}
-    fields = iter_fields(loaded)
+    datasets.check_crop_fits(sample.image, shape, cfg.cropSize)
+    channels = {name: count for name, _, count in _field_specs(cfg)}
+    fields = iter_fields(loaded, cfg)
     del loaded
     while True:
         try:
@@ -152,9 +145,9 @@ def _fields(sample):
         yield name, array
 
 
-def _decode(sample):
+def _decode(sample, cfg):
     """Every field of one sample at full size: name -> [H, W, ch] array."""
-    return dict(_fields(sample))
+    return dict(_fields(sample, cfg))
 
 
 PACK_ROWS = 256     # rows packed at a time: the float temporaries of a tile stay small
@@ -190,8 +183,8 @@ def _unpack(stored, is_packed, dtype):
         tf.cast(stored, tf.float32) / 255.0
 
 
-def _decode_packed(sample):
-    return {name: _pack(array) for name, array in _fields(sample)}
+def _decode_packed(sample, cfg):
+    return {name: _pack(array) for name, array in _fields(sample, cfg)}
 
 
 ALIGN = 64      # elements: 64 bytes or more, TensorFlow's largest buffer alignment
@@ -301,9 +294,9 @@ class _Field:
         array = self.variables[part][start:start + h * w * self.channels].numpy()
         return array.reshape(h, w, self.channels), self.parts[part][1]
 
-    def crop(self, tile, y, x, size, dtype):
+    def crop(self, tile, y, x, c, size, dtype):
         """The [c, c, channels] window at (y, x) of sample `tile`, unpacked."""
-        c, channels = config.cropSize, self.channels
+        channels = self.channels
         y, x = tf.cast(y, tf.int64), tf.cast(x, tf.int64)
         width = tf.cast(size[1], tf.int64)
         start, quantum = tf.gather(self.start_of, tile), tf.gather(self.quantum_of, tile)
@@ -336,7 +329,7 @@ class _Cache:
     from exiting.
     """
 
-    def __init__(self, packed):
+    def __init__(self, packed, cfg):
         if tf.distribute.has_strategy():
             raise RuntimeError("build the training dataset outside strategy.scope(): "
                                "inside it the cache's variables would be mirrored, one copy "
@@ -345,8 +338,10 @@ class _Cache:
         shapes = [fields['image'][0].shape[:2] for fields in packed]
         self.sizes = tf.constant(shapes, tf.int32)
         self.nbytes = sum(stored.nbytes for fields in packed for stored, _ in fields.values())
+        self.specs = _field_specs(cfg)
+        self.crop_size, self.seed = cfg.cropSize, cfg.seed
         self.fields = {name: _Field(name, channels, shapes, packed)
-                       for name, _, channels in _field_specs()}
+                       for name, _, channels in self.specs}
 
     def stored(self, index):
         """Every field of sample `index` as stored: name -> (array, is_packed)."""
@@ -354,22 +349,22 @@ class _Cache:
 
     def crop(self, tile, key):
         """The fields of a random crop of cached sample `tile`."""
-        c = config.cropSize
+        c = self.crop_size
         size = tf.gather(self.sizes, tile)
-        y, x = _offsets(key, size[0], size[1])
-        return {name: tf.ensure_shape(self.fields[name].crop(tile, y, x, size, dtype),
+        y, x = _offsets(key, size[0], size[1], c)
+        return {name: tf.ensure_shape(self.fields[name].crop(tile, y, x, c, size, dtype),
                                       [c, c, channels])
-                for name, dtype, channels in _field_specs()}
+                for name, dtype, channels in self.specs}
 
 
-def _cache_key(samples):
+def _cache_key(samples, cfg):
     """Everything the decoded fields depend on (and cropSize, which _decode checks)."""
-    return (tuple(samples), config.sar_mode, tuple(config.label_codes), config.cropSize) + \
-        tuple((h.name,) + tuple(getattr(config, k) for k in h.depends_on)
-              for h in heads.from_config())
+    return (tuple(samples), cfg.sar_mode, tuple(cfg.label_codes), cfg.cropSize) + \
+        tuple((h.name,) + tuple(getattr(cfg, k) for k in h.depends_on)
+              for h in heads.from_config(cfg))
 
 
-def _decode_all(samples, first=None):
+def _decode_all(samples, cfg, first=None):
     """Decode and pack every sample; `first`: samples[0], already done.
 
     Tiles are decoded one after the other, so what decoding needs beyond the
@@ -378,43 +373,42 @@ def _decode_all(samples, first=None):
     todo = samples if first is None else samples[1:]
     workers = 1 if datasets.is_tile_dataset() else max(1, min(len(todo), os.cpu_count() or 1))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        done = list(pool.map(_decode_packed, todo))
+        done = list(pool.map(functools.partial(_decode_packed, cfg=cfg), todo))
     return done if first is None else [first] + done
 
 
-def _cached(samples, fits=None):
+def _cached(samples, cfg, fits=None):
     """The cache of `samples`, built on first use; None if `fits(first sample)` is False."""
-    key = _cache_key(samples)
+    key = _cache_key(samples, cfg)
     if _cache.get('key') == key:
         return _cache['value']
     _cache.clear()      # one decoded training set at a time: free the old one first
     first = None
     if fits is not None:
-        first = _decode_packed(samples[0])
+        first = _decode_packed(samples[0], cfg)
         if not fits(first):
             return None
-    value = _Cache(_decode_all(samples, first))
+    value = _Cache(_decode_all(samples, cfg, first), cfg)
     _cache.update(key=key, value=value)
     return value
 
 
-def _fits_in_memory(first, count):
+def _fits_in_memory(first, count, max_gb):
     per_sample = sum(stored.nbytes for stored, _ in first.values())
-    return per_sample * count <= config.preload_max_gb * 2 ** 30
+    return per_sample * count <= max_gb * 2 ** 30
 
 
 # ----------------------------------------------------------------- randomness
 
-def _epoch_key(epoch, purpose):
+def _epoch_key(seed, epoch, purpose):
     """Key of one purpose (0: file order, 1: samples) in one epoch."""
-    base = tf.constant([config.seed, epoch], tf.int64)
+    base = tf.constant([seed, epoch], tf.int64)
     return tf.random.experimental.stateless_fold_in(base, purpose)
 
 
-def _offsets(key, height, width):
-    """A uniform random crop position in an image of height x width."""
+def _offsets(key, height, width, c):
+    """A uniform random crop position of a c x c crop in an image of height x width."""
     ky, kx = tf.unstack(tf.random.experimental.stateless_split(key, 2))
-    c = config.cropSize
     y = tf.random.stateless_uniform([], ky, 0, height - c + 1, tf.int32)
     x = tf.random.stateless_uniform([], kx, 0, width - c + 1, tf.int32)
     return y, x
@@ -424,13 +418,10 @@ def _maybe(flag, fn, value):
     return tf.cond(flag, lambda: fn(value), lambda: value)
 
 
-def _augment(fields, key):
-    """One of the 8 flips/rotations of the square crop, the same for every field.
-
-    The normal vectors turn with the image. Normals are (-zx, -zy, 1)/|.| with
-    x along columns and y along rows, stored as e = s (n + 1) / 2 (s = 1, or 255
-    without normalize_flag), so negating a component is e -> s - e.
-    """
+def _augment(fields, key, cfg):
+    """One of the 8 flips/rotations of the square crop, the same for every
+    field; then the values of a direction-dependent head (the normals) turn
+    with the image, as its row in utils/heads.py says."""
     transpose, flip_rows, flip_cols = tf.unstack(
         tf.random.stateless_uniform([3], key, 0, 2, tf.int32) > 0)
     out = {}
@@ -438,13 +429,9 @@ def _augment(fields, key):
         value = _maybe(transpose, lambda v: tf.transpose(v, [1, 0, 2]), value)
         value = _maybe(flip_rows, lambda v: tf.reverse(v, [0]), value)
         out[name] = _maybe(flip_cols, lambda v: tf.reverse(v, [1]), value)
-    if 'norm' in out:
-        scale = 1.0 if config.normalize_flag else 255.0
-        nx, ny, nz = tf.unstack(out['norm'], axis=-1)
-        nx, ny = tf.where(transpose, ny, nx), tf.where(transpose, nx, ny)
-        ny = tf.where(flip_rows, scale - ny, ny)
-        nx = tf.where(flip_cols, scale - nx, nx)
-        out['norm'] = tf.stack([nx, ny, nz], axis=-1)
+    for head in heads.HEADS:
+        if head.turn is not None and head.name in out:
+            out[head.name] = head.turn(out[head.name], transpose, flip_rows, flip_cols, cfg)
     return out
 
 
@@ -474,23 +461,23 @@ def _release_iterators():
 _exit_hook = []     # [True] once _release_iterators is registered
 
 
-def _loader(samples):
+def _loader(samples, cfg):
     """Per-sample fields read from disk (uncached patch datasets)."""
     if not _exit_hook:
         atexit.register(_release_iterators)
         _exit_hook.append(True)
-    specs = _field_specs()
+    specs = _field_specs(cfg)
+    c = cfg.cropSize
 
     def load(index):
-        fields = _decode(samples[int(index)])
+        fields = _decode(samples[int(index)], cfg)
         return [fields[name] for name, _, _ in specs]
 
     def crop(index, key):
         arrays = tf.numpy_function(load, [index], [dtype for _, dtype, _ in specs],
                                    stateful=False)
         shape = tf.shape(arrays[0])
-        y, x = _offsets(key, shape[0], shape[1])
-        c = config.cropSize
+        y, x = _offsets(key, shape[0], shape[1], c)
         return {name: tf.ensure_shape(array[y:y + c, x:x + c], [c, c, channels])
                 for (name, _, channels), array in zip(specs, arrays)}
     return crop
@@ -504,16 +491,18 @@ def _options():
     return options
 
 
-def train_dataset(stage, global_batch, epoch, skip_batches=0):
-    """Batches `skip_batches` .. steps_per_epoch - 1 of training epoch `epoch`."""
-    steps = steps_per_epoch(stage, global_batch)
+def train_dataset(task, global_batch, epoch, skip_batches=0):
+    """Batches `skip_batches` .. steps_per_epoch - 1 of training epoch `epoch`
+    of `task` (utils/tasks.py: its settings cfg, training_samples, preload)."""
+    cfg = task.cfg
+    steps = steps_per_epoch(task, global_batch)
     if not 0 <= skip_batches <= steps:
-        raise ValueError(f"skip_batches = {skip_batches}: an epoch of {stage} has "
+        raise ValueError(f"skip_batches = {skip_batches}: an epoch of {task.stage} has "
                          f"{steps} batches of {global_batch}")
     samples = datasets.find_split('train')
-    sample_key = _epoch_key(epoch, 1)
+    sample_key = _epoch_key(cfg.seed, epoch, 1)
     if datasets.is_tile_dataset():
-        cache = _cached(samples)
+        cache = _cached(samples, cfg)
 
         def source(k, key):
             key_pick, key_crop = tf.unstack(tf.random.experimental.stateless_split(key, 2))
@@ -521,11 +510,12 @@ def train_dataset(stage, global_batch, epoch, skip_batches=0):
             return cache.crop(pick, key_crop)
     else:
         order = tf.argsort(tf.random.stateless_uniform(
-            [len(samples)], _epoch_key(epoch, 0)), stable=True)
+            [len(samples)], _epoch_key(cfg.seed, epoch, 0)), stable=True)
         cache = None
-        if getattr(config, f'{stage}_preload'):
-            cache = _cached(samples, lambda first: _fits_in_memory(first, len(samples)))
-        read = cache.crop if cache is not None else _loader(samples)
+        if task.preload:
+            cache = _cached(samples, cfg, lambda first: _fits_in_memory(
+                first, len(samples), cfg.preload_max_gb))
+        read = cache.crop if cache is not None else _loader(samples, cfg)
 
         def source(k, key):
             return read(order[k], key)
@@ -534,9 +524,9 @@ def train_dataset(stage, global_batch, epoch, skip_batches=0):
         key_source, key_augment = tf.unstack(tf.random.experimental.stateless_split(
             tf.random.experimental.stateless_fold_in(sample_key, k), 2))
         fields = source(k, key_source)
-        if config.augment:
-            fields = _augment(fields, key_augment)
-        return drop_index_channel(fields)
+        if cfg.augment:
+            fields = _augment(fields, key_augment, cfg)
+        return drop_index_channel(fields, cfg)
 
     dataset = tf.data.Dataset.range(skip_batches * global_batch, steps * global_batch)
     dataset = dataset.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

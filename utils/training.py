@@ -1,13 +1,14 @@
 """The data-parallel training loop shared by train_mtl.py and train_dae.py.
 
-One `strategy.run` step per batch over a distributed tf.data dataset; the
+Trainer(task, strategy) trains what a task of utils/tasks.py describes (its
+network, losses, inputs, validation and settings, task.cfg) on the strategy
+the script built. One `strategy.run` step per batch over a distributed tf.data dataset; the
 loss is averaged over the GLOBAL batch, so N replicas with B/N examples each
 apply the same update as one replica with B. Everything needed to continue
 (weights, Adam slots, dropout RNG, epoch and position in the epoch, best
 metric, early-stopping counter) is checkpointed, so a killed run resumes
 where it stopped and sees exactly the batches it would have seen.
 """
-import glob
 import json
 import logging
 import math
@@ -22,27 +23,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import config
-from utils import checkpoints, datasets, distribute, heads, pipeline, plots, progress
-from utils.errors import CheckpointError, SettingError, TrainingDiverged
+from utils import checkpoints, datasets, distribute, heads, plots, progress
+from utils.errors import SettingError, TrainingDiverged
 
 LOWER_IS_BETTER = ('rmse', 'mae', 'mse')
 TERM_ORDER = heads.TERMS + ('loss',)   # as the step reports them
 
 
-def make_optimizer(stage, model):
-    """Adam with the published settings, slots built now (inside the strategy scope)."""
-    optimizer = keras.optimizers.Adam(learning_rate=getattr(config, f'{stage}_lr'),
-                                      beta_1=getattr(config, f'{stage}_beta_1'),
-                                      epsilon=config.adam_epsilon)
-    if config.mixed_precision == 'mixed_float16':
+def make_optimizer(task, model):
+    """Adam with the task's settings, slots built now (inside the strategy scope)."""
+    optimizer = keras.optimizers.Adam(learning_rate=task.lr, beta_1=task.beta_1,
+                                      epsilon=task.cfg.adam_epsilon)
+    if task.cfg.mixed_precision == 'mixed_float16':
         optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
     optimizer.build(model.trainable_variables)
     return optimizer
-
-
-def run_dir(stage):
-    return os.path.join(config.checkpoint_root, config.dataset_name, stage)
 
 
 def _logger(directory, chief):
@@ -86,25 +81,26 @@ def _share_overflow(grads):
 
 
 class Trainer:
-    """Trains `model` on `terms_fn(batch, training)` -> {term: per-example loss}.
+    """Trains the network of `task` (utils/tasks.py) on `strategy`.
 
-    `total_fn(terms)` combines the terms per example; `validate_fn()` returns
-    the validation metrics dict (or None to skip validation).
+    The task builds the network inside the strategy's scope and gives the
+    step its loss terms (terms_fn(batch, training) -> {term: per-example
+    loss}) and their per-example total; its validate(strategy) returns the
+    validation metrics.
     """
 
-    def __init__(self, stage, model, terms_fn, total_fn, validate_fn, best_path):
-        self.stage = stage
-        self.strategy = distribute.get_strategy()
-        self.model = model
-        self.terms_fn = terms_fn
-        self.total_fn = total_fn
-        self.validate_fn = validate_fn
-        self.best_path = best_path
-        self.chief = distribute.is_chief()
-        self.dir = run_dir(stage)
-        self.global_batch = getattr(config, f'{stage}_global_batch_size')
-        with self.strategy.scope():
-            self.optimizer = make_optimizer(stage, model)
+    def __init__(self, task, strategy):
+        self.task, self.strategy, self.cfg = task, strategy, task.cfg
+        self.stage = task.stage
+        with strategy.scope():
+            self.model = task.build_model()
+        self.terms_fn, self.total_fn = task.loss_fns()
+        self.best_path = task.best_path
+        self.chief = distribute.is_chief(strategy)
+        self.dir = task.run_dir
+        self.global_batch = task.batch_size * strategy.num_replicas_in_sync
+        with strategy.scope():
+            self.optimizer = make_optimizer(task, self.model)
         # The step counter moves inside the compiled step, together with the
         # weights, so an interrupt can never separate the two.
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -115,11 +111,11 @@ class Trainer:
         # model.variables, not the model: Keras 3 models do not track their
         # dropout seed state for tf.train.Checkpoint, and resuming needs it.
         self.checkpoint = tf.train.Checkpoint(
-            model_variables=list(model.variables), optimizer=self.optimizer,
+            model_variables=list(self.model.variables), optimizer=self.optimizer,
             step=self.step, epoch=self.epoch, epoch_start=self.epoch_start,
             best=self.best, bad_epochs=self.bad_epochs)
         self.history = []
-        self.notes = []       # (name, text) lines the run's description adds
+        self.notes = list(task.notes)   # (name, text) lines the run's description adds
         self._step_fns = {}   # one step, or a loop of n (built on first use)
 
     # ------------------------------------------------------------ one step
@@ -161,7 +157,7 @@ class Trainer:
         which dominates a short run, takes about three quarters of the time
         (bench/RESULTS.md, test suite)."""
         strategy = self.strategy
-        if config.jit_compile and strategy.num_replicas_in_sync > 1 and \
+        if self.cfg.jit_compile and strategy.num_replicas_in_sync > 1 and \
                 _has_synchronized_bn(self.model):
             # Synchronised BN all-reduces inside the forward pass, which
             # tf.distribute cannot do from within a compiled function.
@@ -170,7 +166,7 @@ class Trainer:
                 f"{strategy.num_replicas_in_sync} replicas: set one of them to False "
                 "(compare both with python test_multi_gpu.py --benchmark)")
         self._gradient_fn = (tf.function(self._gradients, jit_compile=True)
-                             if config.jit_compile else self._gradients)
+                             if self.cfg.jit_compile else self._gradients)
         local = len(strategy.extended.worker_devices) \
             if strategy.num_replicas_in_sync > 1 else 1
         names = []   # the loss terms the step reports, known once it is traced
@@ -204,10 +200,10 @@ class Trainer:
         return tf.function(steps if loop else single)
 
     def train_step(self, iterator, steps=None):
-        """`steps` distributed steps in one call (default config.steps_per_execution):
+        """`steps` distributed steps in one call (default steps_per_execution):
         (global loss terms averaged over those steps, examples each local
         replica received in them). The iterator must hold that many batches."""
-        steps = config.steps_per_execution if steps is None else steps
+        steps = self.cfg.steps_per_execution if steps is None else steps
         if int(steps) != steps or steps < 1:
             raise ValueError(f"steps_per_execution = {steps}: use a whole number >= 1")
         loop = steps > 1
@@ -240,13 +236,14 @@ class Trainer:
 
     def _restore_or_start(self):
         state = os.path.join(self.dir, 'train_state')
-        if _saved_states(state) and not config.resume:
+        if checkpoints.saved_states(state) and not self.cfg.resume:
             aside = f"{self.dir}.old-{time.strftime('%Y%m%d-%H%M%S')}"
             if self.chief:
                 shutil.move(self.dir, aside)
                 print(f"resume = False: the previous run was moved to {aside}")
         self.log = _logger(self.dir, self.chief)
-        restored = self._restore_newest_readable(state) if config.resume else None
+        restored = checkpoints.restore_newest_readable(
+            self.checkpoint, state, self.log, self.chief) if self.cfg.resume else None
         self.manager = self._manager()
         if restored:
             history = os.path.join(self.dir, 'history.json')
@@ -255,53 +252,21 @@ class Trainer:
                     self.history = json.load(f)
             self.log.info(f"resuming from {restored} at step {int(self.step.numpy())}")
 
-    def _restore_newest_readable(self, state):
-        """Restore the newest saved state that reads back whole; None if there is none.
-
-        A damaged one (a truncated copy, a full disk) is named in a warning and
-        the one before it restored over every variable, so nothing half-read
-        from the damaged one survives.
-        """
-        saved = _saved_states(state)
-        damaged = []
-        for prefix in reversed(saved):
-            problem = _damage(prefix)
-            if problem is None:
-                try:
-                    self.checkpoint.restore(prefix).assert_existing_objects_matched()
-                except _READ_ERRORS as err:
-                    problem = (f"{os.path.basename(prefix)}.*", _first_line(err))
-            if problem is not None:
-                damaged.append(problem)
-                self.log.warning(f"warning: {problem[0]} in {state} is damaged "
-                                 f"({problem[1]}); trying the checkpoint before it")
-                continue
-            if self.chief and (damaged or tf.train.get_checkpoint_state(state) is None):
-                _track_only(state, saved, list(saved)[:list(saved).index(prefix) + 1])
-            return prefix
-        if damaged:
-            files = ', '.join(name for name, _ in damaged)
-            raise CheckpointError(
-                f"no readable checkpoint in {state}: {files} damaged ({damaged[-1][1]}); "
-                f"put intact copies there, or set resume = False to start again "
-                f"(the run folder is moved aside)")
-        return None
-
     # ------------------------------------------------------------ the loop
     def _describe(self, steps):
-        replicas = self.strategy.num_replicas_in_sync
+        replicas, cfg = self.strategy.num_replicas_in_sync, self.cfg
         lines = [
-            f"== {self.stage.upper()} training on {config.dataset_name} ==",
+            f"== {self.stage.upper()} training on {cfg.dataset_name} ==",
             f"strategy        {type(self.strategy).__name__}, {replicas} replica(s)",
             f"batch           {self.global_batch // replicas} per replica, "
             f"{self.global_batch} global",
             f"images          {len(datasets.find_split('train'))} train, "
-            f"{len(datasets.find_split('valid')) if config.train_valid_flag else 0} valid",
+            f"{len(datasets.find_split('valid')) if cfg.train_valid_flag else 0} valid",
             f"samples/epoch   {steps * self.global_batch}",
-            f"steps per epoch {steps}, epochs {getattr(config, f'{self.stage}_numEpochs')}",
+            f"steps per epoch {steps}, epochs {self.task.epochs}",
             f"checkpoints     {os.path.join(self.dir, 'train_state')} "
-            f"(every {config.checkpoint_every} steps and at epoch ends)",
-            f"best weights    {self.best_path} (by validation {config.eval_metric})",
+            f"(every {cfg.checkpoint_every} steps and at epoch ends)",
+            f"best weights    {self.best_path} (by validation {cfg.eval_metric})",
             f"logs            {os.path.join(self.dir, 'train.log')}, TensorBoard: "
             f"{os.path.join(self.dir, 'tensorboard')}",
         ] + [f"{name:<16}{text}" for name, text in self.notes]
@@ -320,9 +285,10 @@ class Trainer:
         best = float(self.best.numpy())
         if math.isnan(best):
             return True
-        if config.eval_metric in LOWER_IS_BETTER:
-            return value < best - config.early_stop_delta
-        return value > best + config.early_stop_delta
+        cfg = self.cfg
+        if cfg.eval_metric in LOWER_IS_BETTER:
+            return value < best - cfg.early_stop_delta
+        return value > best + cfg.early_stop_delta
 
     def _end_epoch(self, epoch, train_means, finished=True):
         """Validate, keep the best weights, log; True to stop early. An
@@ -330,13 +296,14 @@ class Trainer:
         and its record is replaced once the epoch is resumed and ends."""
         record = {'epoch': epoch + 1, 'lr': float(self.optimizer.learning_rate.numpy()),
                   **{f'train_{k}': v for k, v in train_means.items()}}
-        metrics = self.validate_fn() if config.train_valid_flag else None
+        cfg = self.cfg
+        metrics = self.task.validate(self.strategy) if cfg.train_valid_flag else None
         stop = False
         if metrics is None:   # nothing held out: the latest weights are the best we know
             if self.chief:
                 checkpoints.save_weights(self.model, self.best_path, self.stage)
         else:
-            value = float(metrics[config.eval_metric])
+            value = float(metrics[cfg.eval_metric])
             record.update({f'val_{k}': v for k, v in metrics.items()
                            if isinstance(v, (int, float))})
             if self._improved(value):
@@ -345,12 +312,12 @@ class Trainer:
                 if self.chief:
                     checkpoints.save_weights(self.model, self.best_path, self.stage,
                                              extra={'epoch': epoch + 1, 'metrics': record})
-                    self.log.info(f"best {config.eval_metric} so far: {value:.4f}, "
+                    self.log.info(f"best {cfg.eval_metric} so far: {value:.4f}, "
                                   f"weights saved: {self.best_path}")
             elif finished:
                 self.bad_epochs.assign_add(1)
-                stop = config.early_stop_flag and \
-                    int(self.bad_epochs.numpy()) >= config.early_stop_patience
+                stop = cfg.early_stop_flag and \
+                    int(self.bad_epochs.numpy()) >= cfg.early_stop_patience
         if self.history and self.history[-1]['epoch'] == epoch + 1:
             self.history[-1] = record      # the same epoch, resumed after max_steps
         else:
@@ -362,15 +329,16 @@ class Trainer:
                 for k, v in record.items():
                     if k.startswith('val_'):
                         tf.summary.scalar(f'validation/{k[4:]}', v)
-            if config.plot_metrics or config.plot_train_error:
+            if cfg.plot_metrics or cfg.plot_train_error:
                 plots.plot_history(self.history, os.path.join(self.dir, 'metrics.png'))
         return stop
 
     def fit(self):
         """Train until the epochs run out, early stopping, or max_steps."""
+        cfg, task = self.cfg, self.task
         self._restore_or_start()
-        steps = pipeline.steps_per_epoch(self.stage, self.global_batch)
-        epochs = getattr(config, f'{self.stage}_numEpochs')
+        steps = task.steps_per_epoch(self.global_batch)
+        epochs = task.epochs
         self._describe(steps)
         self.writer = tf.summary.create_file_writer(
             os.path.join(self.dir, 'tensorboard') if self.chief else
@@ -380,10 +348,9 @@ class Trainer:
             while int(self.epoch.numpy()) < epochs and not self._done():
                 epoch = int(self.epoch.numpy())
                 skip = int(self.step.numpy() - self.epoch_start.numpy())
-                base_lr = getattr(config, f'{self.stage}_lr')
-                decay = 0.5 ** epoch if getattr(config, f'{self.stage}_lr_decay') else 1.0
-                self.optimizer.learning_rate.assign(base_lr * decay)
-                dataset = pipeline.train_dataset(self.stage, self.global_batch, epoch, skip)
+                decay = 0.5 ** epoch if task.lr_decay else 1.0
+                self.optimizer.learning_rate.assign(task.lr * decay)
+                dataset = task.train_dataset(self.global_batch, epoch, skip)
                 iterator = iter(self.strategy.experimental_distribute_dataset(dataset))
                 self.log.info(f"epoch {epoch + 1}/{epochs}")
                 bar = progress.Progress(steps, self.log.info)
@@ -392,9 +359,9 @@ class Trainer:
                 while done < steps and not self._done():
                     # Several steps per call (steps_per_execution), never past
                     # the epoch's end or max_steps.
-                    k = min(config.steps_per_execution, steps - done)
-                    if config.max_steps > 0:
-                        k = min(k, config.max_steps - int(self.step.numpy()))
+                    k = min(cfg.steps_per_execution, steps - done)
+                    if cfg.max_steps > 0:
+                        k = min(k, cfg.max_steps - int(self.step.numpy()))
                     start = time.perf_counter()
                     report, _ = self.train_step(iterator, k)
                     step, done = int(self.step.numpy()), done + k
@@ -409,7 +376,8 @@ class Trainer:
                                 tf.summary.scalar(f'train/{name}', v)
                             tf.summary.scalar('train/learning_rate',
                                               self.optimizer.learning_rate.numpy())
-                    crossed = step // config.checkpoint_every > (step - k) // config.checkpoint_every
+                    every = cfg.checkpoint_every
+                    crossed = step // every > (step - k) // every
                     if crossed and done < steps and not self._done():  # else the epoch end saves
                         self.save()
                 # max_steps can stop a run inside an epoch: it is validated (a
@@ -423,9 +391,9 @@ class Trainer:
                     self.epoch_start.assign(self.step)
                 self.save()
                 if stop:
-                    self.log.info(f"early stopping: no {config.eval_metric} improvement "
-                                  f"larger than {config.early_stop_delta} for "
-                                  f"{config.early_stop_patience} epochs")
+                    self.log.info(f"early stopping: no {cfg.eval_metric} improvement "
+                                  f"larger than {cfg.early_stop_delta} for "
+                                  f"{cfg.early_stop_patience} epochs")
                     break
         except KeyboardInterrupt:
             self.save()
@@ -438,62 +406,7 @@ class Trainer:
         return self.history
 
     def _done(self):
-        return config.max_steps > 0 and int(self.step.numpy()) >= config.max_steps
-
-
-# What reading a damaged checkpoint raises: TensorFlow's errors (a bad index,
-# a checksum, a missing file), IndexError (a data file shorter than its index).
-_READ_ERRORS = (tf.errors.OpError, IndexError)
-
-
-def _first_line(err):
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
-
-
-def _saved_states(state):
-    """{checkpoint prefix: time saved or None}, oldest first: the manager's own
-    list, or every ckpt-N.index in `state` when that list is lost."""
-    listed = tf.train.get_checkpoint_state(state) if os.path.isdir(state) else None
-    if listed and listed.all_model_checkpoint_paths:
-        paths = list(listed.all_model_checkpoint_paths)
-        return dict(zip(paths, list(listed.all_model_checkpoint_timestamps) or
-                        [None] * len(paths)))
-    found = [p[:-len('.index')] for p in glob.glob(os.path.join(state, 'ckpt-*.index'))]
-    found = sorted((p for p in found if p.rsplit('-', 1)[1].isdigit()),
-                   key=lambda p: int(p.rsplit('-', 1)[1]))
-    return {p: os.path.getmtime(p + '.index') for p in found}
-
-
-def _damage(prefix):
-    """None if every tensor of checkpoint `prefix` reads back (each is checked
-    against its checksum), else (the damaged file, the reader's complaint)."""
-    try:
-        reader = tf.train.load_checkpoint(prefix)
-    except _READ_ERRORS as err:
-        return os.path.basename(prefix) + '.index', _first_line(err)
-    try:
-        for name in reader.get_variable_to_shape_map():
-            reader.get_tensor(name)
-    except _READ_ERRORS as err:
-        data = sorted(os.path.basename(p) for p in glob.glob(prefix + '.data-*'))
-        return ', '.join(data) or os.path.basename(prefix) + '.data-*', _first_line(err)
-    return None
-
-
-def _track_only(state, saved, kept):
-    """Make the CheckpointManager of `state` track `kept` (oldest first) and
-    nothing newer: damaged files stay on disk but never count among the two
-    checkpoints it keeps."""
-    times = [saved[p] for p in kept]
-    logger = tf.get_logger()
-    level = logger.level
-    logger.setLevel('ERROR')     # the call's deprecation notice would only confuse
-    try:
-        tf.compat.v1.train.update_checkpoint_state(
-            state, os.path.basename(kept[-1]), [os.path.basename(p) for p in kept],
-            all_model_checkpoint_timestamps=None if None in times else times)
-    finally:
-        logger.setLevel(level)
+        return self.cfg.max_steps > 0 and int(self.step.numpy()) >= self.cfg.max_steps
 
 
 def _interrupt(signum, frame):

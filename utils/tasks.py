@@ -1,0 +1,162 @@
+"""The two training stages as tasks: what each trains, on what, by what loss.
+
+A task owns one stage's settings (config.py names them with the stage's
+prefix: mtl_lr, dae_batchSize, ...), builds its networks, gives the
+training step its loss terms, makes its input pipeline and validates; the
+loop is utils/training.Trainer(task, strategy). MTLTask trains the
+multi-task network. DAETask trains the denoising autoencoder on the outputs
+of an MTL, frozen; it runs in inference mode inside the same replica step as
+the DAE. Either starts from a trained weights file when mtl_init_weights /
+dae_init_weights names one (fine-tuning, utils/checkpoints.init_weights).
+
+A task is built once at a script's edge from the settings module `cfg`
+(config.py itself, or any object with its names). train_mtl.py,
+train_dae.py, test_multi_gpu.py and the benchmarks all make their tasks
+here, so they train the same thing.
+"""
+import os
+
+from nets import dae as dae_net, mtl as mtl_net
+from utils import checkpoints, datasets, evaluation, heads, losses, pipeline
+
+STAGES = ('mtl', 'dae')
+
+
+def build_mtl(cfg, pretrained=True, num_classes=None):
+    """The MTL with the settings `cfg`. pretrained=False skips the encoder's
+    backbone_weights, for a network whose checkpoint is loaded next (it
+    replaces every weight, so no ImageNet download is needed).
+    num_classes: another class count than label_codes' (a weights file's)."""
+    return mtl_net.build_mtl(
+        num_classes=num_classes or len(cfg.label_codes),
+        in_channels=datasets.image_channels(),
+        head_mode=cfg.mtl_head_mode, decoder_scale=cfg.mtl_decoder_scale,
+        backbone_weights=cfg.backbone_weights if pretrained else None,
+        dropout=cfg.dropout_rate,
+        sync_batchnorm=cfg.sync_batchnorm, freeze_backbone=cfg.mtl_bb_freeze,
+        bn_momentum=cfg.bn_momentum, **heads.switches(cfg))
+
+
+def build_dae(cfg, num_classes=None):
+    """The DAE with the settings `cfg` (num_classes: as for build_mtl)."""
+    channels = dae_net.input_channels(num_classes or len(cfg.label_codes),
+                                      datasets.image_channels(), **heads.switches(cfg))
+    return dae_net.build_dae(channels, cfg.dae_width_scale, cfg.dropout_rate)
+
+
+def trained_mtl(cfg, strategy, path=None):
+    """The MTL with the weights of train_mtl.py (`path`, default
+    predCheckPointPath), under `strategy`."""
+    with strategy.scope():
+        # The checkpoint replaces every weight: no backbone download.
+        mtl = build_mtl(cfg, pretrained=False)
+        checkpoints.load_weights(mtl, path or cfg.predCheckPointPath, 'mtl')
+    return mtl
+
+
+def trained_dae(cfg, strategy, path=None):
+    """The DAE with the weights of train_dae.py (`path`, default
+    corrCheckPointPath), under `strategy`."""
+    with strategy.scope():
+        dae = build_dae(cfg)
+        checkpoints.load_weights(dae, path or cfg.corrCheckPointPath, 'dae')
+    return dae
+
+
+class Task:
+    """One stage's settings, networks, losses, inputs and validation.
+
+    build_model() runs inside the strategy's scope (Trainer calls it there)
+    and returns the network the stage trains; loss_fns() then gives
+    (terms_fn, total_fn) for it.
+    """
+    stage = None
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.notes = []     # (name, text) lines for the training log's header
+
+    def _own(self, name):
+        # The one place a stage's prefixed settings are looked up.
+        return getattr(self.cfg, f'{self.stage}_{name}')
+
+    lr = property(lambda self: self._own('lr'))
+    beta_1 = property(lambda self: self._own('beta_1'))
+    lr_decay = property(lambda self: self._own('lr_decay'))
+    batch_size = property(lambda self: self._own('batchSize'))    # per replica
+    epochs = property(lambda self: self._own('numEpochs'))
+    training_samples = property(lambda self: self._own('training_samples'))
+    preload = property(lambda self: self._own('preload'))
+    init_weights = property(lambda self: self._own('init_weights'))
+
+    @property
+    def best_path(self):
+        return getattr(self.cfg, checkpoints.SETTING_OF_PATH[self.stage])
+
+    @property
+    def run_dir(self):
+        return os.path.join(self.cfg.checkpoint_root, self.cfg.dataset_name, self.stage)
+
+    def steps_per_epoch(self, global_batch):
+        return pipeline.steps_per_epoch(self, global_batch)
+
+    def train_dataset(self, global_batch, epoch, skip_batches=0):
+        return pipeline.train_dataset(self, global_batch, epoch, skip_batches)
+
+    def _start_from_file(self, model, build):
+        start = checkpoints.init_weights(model, self.stage, build)
+        if start:
+            self.notes.append(('starts from', start))
+
+
+class MTLTask(Task):
+    stage = 'mtl'
+
+    def build_model(self):
+        # Weights to start from replace the encoder's too: no ImageNet download.
+        self.mtl = build_mtl(self.cfg, pretrained=self.init_weights is None)
+        self._start_from_file(self.mtl, lambda n: build_mtl(self.cfg, False, n))
+        return self.mtl
+
+    def loss_fns(self):
+        return losses.mtl_step(self.mtl, self.cfg)
+
+    def validate(self, strategy):
+        return evaluation.validate(self.mtl, None, cfg=self.cfg, strategy=strategy)
+
+
+class DAETask(Task):
+    """mtl: the MTL whose height the DAE learns to correct: None for the
+    trained one (predCheckPointPath), a Keras model, or 'untrained' for a
+    freshly built one (checks and benchmarks that only time steps)."""
+    stage = 'dae'
+
+    def __init__(self, cfg, mtl=None):
+        super().__init__(cfg)
+        self._mtl = mtl
+
+    def build_model(self):
+        if self._mtl is None:
+            self.mtl = build_mtl(self.cfg, pretrained=False)
+            checkpoints.load_weights(self.mtl, self.cfg.predCheckPointPath, 'mtl')
+        elif isinstance(self._mtl, str):
+            self.mtl = build_mtl(self.cfg)
+        else:
+            self.mtl = self._mtl
+        self.mtl.trainable = False
+        self.dae = build_dae(self.cfg)
+        self._start_from_file(self.dae, lambda n: build_dae(self.cfg, n))
+        return self.dae
+
+    def loss_fns(self):
+        return losses.dae_step(self.mtl, self.dae, self.cfg)
+
+    def validate(self, strategy):
+        return evaluation.validate(self.mtl, self.dae, cfg=self.cfg, strategy=strategy)
+
+
+def make(stage, cfg, **options):
+    """The task of a stage name ('mtl' or 'dae'); `options` go to its class."""
+    if stage not in STAGES:
+        raise ValueError(f"stage = {stage!r}: use 'mtl' or 'dae'")
+    return (MTLTask if stage == 'mtl' else DAETask)(cfg, **options)
