@@ -1,4 +1,4 @@
-"""utils/losses.py's semantic loss against the cross-entropy written out by hand."""
+"""utils/losses.py's losses against the formulas written out by hand."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -51,3 +51,19 @@ def test_a_crop_without_unlabelled_pixels_keeps_the_published_loss():
     # The same crop with its second pixel unlabelled: the mean still over both pixels.
     loss = losses.cross_entropy(tf.constant([[[0, 3]]]), tf.constant(probs))
     np.testing.assert_allclose(loss.numpy(), [-np.log(0.5) / 2], rtol=1e-6)
+
+
+@pytest.mark.parametrize('kind', ['mse', 'huber'])
+def test_regression_is_the_mean_over_valid_pixels_of_the_chosen_loss(kind):
+    # Errors 0.5, -2, 3 and a masked 10 m: Huber with delta 1 is 0.5 e^2
+    # inside, |e| - 0.5 outside; the masked pixel counts for neither.
+    truth = np.zeros((1, 2, 2, 1), np.float32)
+    pred = np.array([0.5, -2.0, 3.0, 10.0], np.float32).reshape(1, 2, 2, 1)
+    mask = np.array([1, 1, 1, 0], np.float32).reshape(1, 2, 2, 1)
+    expected = (0.25 + 4 + 9) / 3 if kind == 'mse' else (0.125 + 1.5 + 2.5) / 3
+    loss = losses.regression(tf.constant(truth), tf.constant(pred), tf.constant(mask),
+                             kind, delta=1.0)
+    np.testing.assert_allclose(loss.numpy(), [expected], rtol=1e-6)
+    with pytest.raises(ValueError, match="reg_loss = 'l1'"):
+        losses.regression(tf.constant(truth), tf.constant(pred), tf.constant(mask), 'l1')
+

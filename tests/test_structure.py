@@ -1,0 +1,106 @@
+"""The project's import structure, read from the source: no import circle
+among our modules (imports inside functions included), and below the
+scripts only the modules the README names read config.py."""
+import ast
+import glob
+import os
+import re
+
+from conftest import ROOT
+
+PACKAGES = ('utils', 'nets')
+
+
+def our_modules():
+    """{module name: path} of the scripts, config.py and the packages."""
+    paths = glob.glob(os.path.join(ROOT, '*.py'))
+    for package in PACKAGES:
+        paths += glob.glob(os.path.join(ROOT, package, '*.py'))
+    modules = {}
+    for path in paths:
+        name = os.path.relpath(path, ROOT)[:-3].replace(os.sep, '.')
+        if not name.endswith('__init__'):
+            modules[name] = path
+    return modules
+
+
+def imports(path, known):
+    """Our modules `path` imports anywhere in it (module level or inside a function)."""
+    found = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from utils import datasets` imports utils.datasets
+            names = [f'{node.module}.{a.name}' for a in node.names] + [node.module]
+        else:
+            continue
+        found |= {n for n in names if n in known}
+    return found
+
+
+def graph():
+    modules = our_modules()
+    return {name: imports(path, modules) for name, path in modules.items()}
+
+
+def cycle(edges):
+    """One import circle as a list of modules, or None."""
+    state = {}
+
+    def visit(node, stack):
+        state[node] = 'open'
+        for nxt in sorted(edges[node]):
+            if state.get(nxt) == 'open':
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt, stack + [nxt])
+                if found:
+                    return found
+        state[node] = 'done'
+        return None
+    for start in sorted(edges):
+        if start not in state:
+            found = visit(start, [start])
+            if found:
+                return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_circle_through_a_function_level_import(tmp_path):
+    (tmp_path / 'a.py').write_text('import b\n')
+    (tmp_path / 'b.py').write_text('def f():\n    from c import x\n')
+    (tmp_path / 'c.py').write_text('import a\n')
+    known = {'a', 'b', 'c'}
+    edges = {m: imports(str(tmp_path / f'{m}.py'), known) for m in known}
+    assert edges == {'a': {'b'}, 'b': {'c'}, 'c': {'a'}}
+    assert cycle(edges) == ['a', 'b', 'c', 'a']
+    edges['c'] = set()
+    assert cycle(edges) is None
+
+
+def test_no_import_circle_among_our_modules():
+    edges = graph()
+    assert 'utils.distribute' in edges['config']     # config.py does build the strategy
+    assert cycle(edges) is None, ' -> '.join(cycle(edges))
+
+
+def readers_in_readme():
+    """The modules README.md's 'Who reads config.py' table names."""
+    text = open(os.path.join(ROOT, 'README.md')).read()
+    section = text.split('### Who reads config.py', 1)[1].split('\n#', 1)[0]
+    return {m.replace('/', '.')[:-3] for m in re.findall(r'^\| `([\w/]+\.py)`', section, re.M)}
+
+
+def test_below_the_scripts_only_the_modules_the_readme_names_read_config():
+    edges = graph()
+    readers = {m for m, targets in edges.items()
+               if m.split('.')[0] in PACKAGES and 'config' in targets}
+    assert readers == readers_in_readme()
+    # The loop, the input pipeline, the networks, the losses and inference
+    # take their settings as arguments.
+    assert not readers & {'utils.training', 'utils.pipeline', 'utils.losses',
+                          'utils.inference', 'utils.geometry', 'utils.tasks',
+                          'nets.mtl', 'nets.dae'}
+    assert not any(t.startswith('utils.datasets') for m in ('nets.mtl', 'nets.dae')
+                   for t in edges[m])
