@@ -176,7 +176,7 @@ def reference_rate(samples, batch, count, rng):
     start = time.perf_counter()
     for _ in range(count):
         loaded = datasets.load_sample(samples[rng.integers(len(samples))])
-        normals = geometry.surface_normals(loaded.height)
+        normals = geometry.surface_normals(loaded.height, config.normalize_flag)
         rows, cols = loaded.height.shape
         fields = {'image': [], 'height': [], 'sem': [], 'norm': []}
         for _ in range(batch):

@@ -57,7 +57,7 @@ def build_from_config(num_classes=None):
     """The DAE with the settings in config.py (num_classes: another class
     count than label_codes', a weights file's)."""
     channels = input_channels(num_classes or len(config.label_codes), datasets.image_channels(),
-                              **heads.switches())
+                              **heads.switches(config))
     return build_dae(channels, config.dae_width_scale, config.dropout_rate)
 
 

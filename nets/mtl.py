@@ -112,4 +112,4 @@ def build_from_config(pretrained=True, num_classes=None):
         backbone_weights=config.backbone_weights if pretrained else None,
         dropout=config.dropout_rate,
         sync_batchnorm=config.sync_batchnorm, freeze_backbone=config.mtl_bb_freeze,
-        bn_momentum=config.bn_momentum, **heads.switches())
+        bn_momentum=config.bn_momentum, **heads.switches(config))

@@ -23,7 +23,7 @@ def test_the_table_is_the_published_heads():
         heads.select(height=False)     # the height is no switch
 
 
-def _slope(loaded):
+def _slope(loaded, cfg):
     """A made-up head: the height's row and column differences."""
     h = np.nan_to_num(loaded.height)
     return np.stack([np.gradient(h, axis=0), np.gradient(h, axis=1)], -1)
@@ -45,11 +45,11 @@ def slope_head(monkeypatch):
 def test_a_new_head_reaches_every_part(slope_head):
     config.sem_flag, config.norm_flag, config.edge_flag = True, False, False
     classes = len(config.label_codes)
-    model = mtl.build_mtl(classes, decoder_scale=0.0625, **heads.switches())
+    model = mtl.build_mtl(classes, decoder_scale=0.0625, **heads.switches(config))
     out = model(np.zeros((1, 32, 32, 3), 'float32'))
     assert {k: v.shape[-1] for k, v in out.items()} == {'height': 1, 'sem': classes,
                                                        'slope': 2}
-    assert dae.input_channels(classes, **heads.switches()) == 1 + classes + 2 + 3
+    assert dae.input_channels(classes, **heads.switches(config)) == 1 + classes + 2 + 3
     stacked = dae.assemble_input(out, np.zeros((1, 32, 32, 3), 'float32'))
     np.testing.assert_array_equal(stacked[..., 1 + classes:-3], out['slope'])
 
@@ -71,7 +71,7 @@ def test_a_new_head_reaches_every_part(slope_head):
 
 def test_switching_a_head_off_removes_it_everywhere():
     config.norm_flag = False
-    assert [h.name for h in heads.from_config()] == ['height', 'sem']
+    assert [h.name for h in heads.from_config(config)] == ['height', 'sem']
     assert [name for name, _, _ in pipeline._field_specs()] == ['image', 'mask', 'height',
                                                                  'sem']
     assert dae.input_channels(6, norm=False) == 1 + 6 + 3

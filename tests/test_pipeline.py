@@ -93,9 +93,10 @@ def _references(samples):
         valid = np.isfinite(loaded.height)
         ref = dict(image=loaded.image, height=np.where(valid, loaded.height, 0),
                    mask=valid.astype(np.float32), sem=loaded.labels,
-                   norm=geometry.surface_normals(loaded.height))
+                   norm=geometry.surface_normals(loaded.height, config.normalize_flag))
         if config.edge_flag:
-            ref['edge'] = geometry.edge_map(loaded.height)
+            ref['edge'] = geometry.edge_map(loaded.height, config.roof_height_threshold,
+                                           config.canny_lt, config.canny_ht)
         refs[int(round(loaded.image[0, 0, 2] * 255)) // FILE_STEP] = ref
     return refs
 
@@ -238,7 +239,7 @@ def test_augmentation_turns_every_target_and_the_normals_with_the_image(tiles, n
     scale = 1 if normalize else 255
     for batch in batches:
         for height, norm in zip(batch['height'][..., 0], batch['norm']):
-            expected = geometry.surface_normals(height)
+            expected = geometry.surface_normals(height, config.normalize_flag)
             np.testing.assert_allclose(norm[interior], expected[interior], atol=1e-5 * scale)
 
 

@@ -173,7 +173,7 @@ def _transfer(donor, model, donor_classes):
             layer.set_weights(source)
         elif layer.name == dae_net.FIRST_CONV:
             kernel, bias = target
-            parts = [dae_net.input_parts(n, datasets.image_channels(), **heads.switches())
+            parts = [dae_net.input_parts(n, datasets.image_channels(), **heads.switches(config))
                      for n in (donor_classes, len(config.label_codes))]
             start = [0, 0]
             for (name, old), (_, new) in zip(*parts):

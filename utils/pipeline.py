@@ -67,7 +67,7 @@ def _check_stage(stage):
 def _field_specs():
     """(name, dtype, channels) of every element field, in a fixed order."""
     return [('image', tf.float32, datasets.image_channels()), ('mask', tf.float32, 1)] + [
-        (h.name, tf.as_dtype(h.dtype), h.field_channels) for h in heads.from_config()]
+        (h.name, tf.as_dtype(h.dtype), h.field_channels) for h in heads.from_config(config)]
 
 
 def _batch_error(count, what, global_batch, stage, fix):
@@ -109,8 +109,8 @@ def iter_fields(loaded):
                              height=np.asarray(loaded.height, np.float32))
     yield 'image', loaded.image
     yield 'mask', np.isfinite(loaded.height).astype(np.float32)[..., None]
-    for head in heads.from_config():
-        yield head.name, np.asarray(head.target(loaded), head.dtype)
+    for head in heads.from_config(config):
+        yield head.name, np.asarray(head.target(loaded, config), head.dtype)
 
 
 def make_fields(loaded):
@@ -120,7 +120,7 @@ def make_fields(loaded):
 
 def drop_index_channel(fields):
     """Class-index targets lose their channel axis, as the losses take them."""
-    for head in heads.from_config():
+    for head in heads.from_config(config):
         if head.dtype == 'int32' and head.name in fields:
             fields[head.name] = fields[head.name][..., 0]
     return fields
@@ -366,7 +366,7 @@ def _cache_key(samples):
     """Everything the decoded fields depend on (and cropSize, which _decode checks)."""
     return (tuple(samples), config.sar_mode, tuple(config.label_codes), config.cropSize) + \
         tuple((h.name,) + tuple(getattr(config, k) for k in h.depends_on)
-              for h in heads.from_config())
+              for h in heads.from_config(config))
 
 
 def _decode_all(samples, first=None):
