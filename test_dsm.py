@@ -79,8 +79,8 @@ def run_test(args):
                                    'mtl_dae' if args.correction else 'mtl')
     mtl = stages.trained_mtl(mtl_path)
     dae = stages.trained_dae(dae_path) if args.correction else None
-    result = evaluation.evaluate(mtl, dae, split=args.split, out_dir=run,
-                                 max_images=args.max_images)
+    result = evaluation.evaluate(mtl, dae, cfg=config, strategy=distribute.get_strategy(),
+                                 split=args.split, out_dir=run, max_images=args.max_images)
 
     if distribute.is_chief():
         overall = {k: v for k, v in result.items() if k != 'per_image'}

@@ -38,7 +38,7 @@ def main():
     args = settings.parse_args(p)
     from utils import datasets, inference, raster, stages
     mtl = stages.trained_mtl()
-    predict_fn = inference.make_predict_fn(mtl)
+    predict_fn = inference.make_predict_fn(mtl, cfg=config, strategy=config.strategy)
     errors = {'lossless': [], 'ours': [], 'gdal': []}
     height_diff, input_diff = [], []
     with tempfile.TemporaryDirectory() as folder:

@@ -120,7 +120,7 @@ def variant(name, folder, image_path):
     import tifffile
     from utils import datasets, evaluation, inference
     mtl, dae = networks(folder)
-    predict_fn = inference.make_predict_fn(mtl, dae)
+    predict_fn = inference.make_predict_fn(mtl, dae, cfg=config, strategy=config.strategy)
     crop = config.cropSize
     warm = np.zeros((crop, crop, 3), np.float32)
     inference.predict_tile(predict_fn, warm, crop, config.predict_stride)  # trace

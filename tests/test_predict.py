@@ -52,8 +52,8 @@ def weights(tmp_path_factory):
 def predict_fn(weights):
     """The tiny networks' windows, 3 per call (batches span window rows)."""
     mtl, dae = weights['models']
-    return inference.make_predict_fn(mtl, dae, strategy=tf.distribute.get_strategy(),
-                                     batch_size=3, norm=True)
+    return inference.make_predict_fn(mtl, dae, cfg=config, strategy=tf.distribute.get_strategy(),
+                                     batch_size=3, outputs=('sem', 'norm'))
 
 
 def _image(shape, dtype=np.uint8, seed=0):

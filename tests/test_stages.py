@@ -59,7 +59,7 @@ def test_the_mtl_stage_validates_its_own_network_on_the_valid_split(tiny, synthe
     settings.apply([f'shortcut_path={synthetic_root}'])
     trainer = stages.make_trainer('mtl')
     metrics = trainer.validate_fn()
-    predict_fn = inference.make_predict_fn(trainer.model)
+    predict_fn = inference.make_predict_fn(trainer.model, cfg=config, strategy=config.strategy)
     rmses = []
     for sample in datasets.find_split('valid'):
         loaded = datasets.load_sample(sample)

@@ -64,7 +64,7 @@ def make_trainer(stage, mtl=None, steps_only=False):
         trainer = training.Trainer(stage, model, *step, None, None)
     else:
         def validate():
-            return evaluation.validate(mtl, dae)
+            return evaluation.validate(mtl, dae, cfg=config, strategy=config.strategy)
         best = getattr(config, checkpoints.SETTING_OF_PATH[stage])
         trainer = training.Trainer(stage, model, *step, validate, best)
     if start:
