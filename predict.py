@@ -39,15 +39,20 @@ import time
 import numpy as np
 
 import config
-from utils import settings
+from utils import heads, settings
 from utils.errors import SettingError
 
-OUTPUTS = ('height', 'sem', 'norm')
 PREVIEW_SIDE = 1000     # px, the longer side of the preview
 # An input band is unlike the training images' when its mean is this many
 # training spreads away, or its spread this many times larger or smaller.
 FAR_SPREADS = 2.0
 SPREAD_RATIO = 3.0
+
+
+def outputs(kind=None):
+    """Names of the heads predict.py writes (utils/heads.py: Head.output), or
+    of those of one kind (heads.DEFAULT, heads.OPTIONAL)."""
+    return [h.name for h in heads.HEADS if h.output and kind in (None, h.output)]
 
 
 def parse(argv=None):
@@ -58,8 +63,9 @@ def parse(argv=None):
                    help='refine the MTL height with the DAE (also: --set correction=True)')
     p.add_argument('--mtl-weights', help='MTL weights file (default: predCheckPointPath)')
     p.add_argument('--dae-weights', help='DAE weights file (default: corrCheckPointPath)')
-    p.add_argument('--outputs', default='height,sem',
-                   help='comma-separated, of height, sem, norm (default: height,sem)')
+    default = ','.join(outputs(heads.DEFAULT))
+    p.add_argument('--outputs', default=default,
+                   help=f"comma-separated, of {', '.join(outputs())} (default: {default})")
     p.add_argument('--bands', default=None,
                    help='1-based input bands in the order the network takes them '
                         '(default: 1,2,3)')
@@ -67,10 +73,12 @@ def parse(argv=None):
     args = settings.parse_args(p, argv)
     args.correction = args.correction or config.correction
     args.outputs = [o.strip() for o in args.outputs.split(',') if o.strip()]
-    unknown = [o for o in args.outputs if o not in OUTPUTS]
-    if unknown or 'height' not in args.outputs:
-        raise SettingError(f"--outputs {','.join(args.outputs)}: list height and any of "
-                           f"sem, norm, e.g. --outputs height,sem,norm")
+    unknown = [o for o in args.outputs if o not in outputs()]
+    if unknown or heads.HEIGHT.name not in args.outputs:
+        others = [o for o in outputs() if o != heads.HEIGHT.name]
+        raise SettingError(f"--outputs {','.join(args.outputs)}: list {heads.HEIGHT.name} "
+                           f"and any of {', '.join(others)}, e.g. --outputs "
+                           f"{','.join(outputs())}")
     args.explicit = {pair.split('=', 1)[0].strip() for pair in args.set}
     return args
 
@@ -103,11 +111,19 @@ def check_statistics(image, trained):
                     f"image_scale (now {image.scale!r}, span {image.span[1]:g})")
 
 
+def preview_head():
+    """The class head whose classes the preview shows (None: no class head)."""
+    return next((h for h in heads.HEADS if h.is_classes), None)
+
+
 def predict_image(predict_fn, path, paths, bands, progress=None, trained=None, record=None):
     """Predict one image band by band and write `paths` (output -> file; see
     output_paths) under temporary names, renamed once all are complete; on
     any error the temporary files are removed. Windows: config.cropSize,
-    predict_stride, predict_window (predict_fn applies any flips).
+    predict_stride, predict_window (predict_fn applies any flips). Each head
+    is written as its row says: a class head as one band of the dataset's
+    label values with its colour table, any other as float32, a band per
+    channel, nodata where the input has none.
     `trained`: the weights' imagery record, to compare the image with;
     `record`: {name: value} written into every GeoTIFF (GDAL_METADATA).
     Returns the image's pixel count."""
@@ -121,16 +137,22 @@ def predict_image(predict_fn, path, paths, bands, progress=None, trained=None, r
             h, w = image.height, image.width
             geo = raster.geo_tags(path, raster.GEOREFERENCING)
             common = dict(extratags=geo, metadata=record)
-            writers['height'] = cog.CogWriter(tmp['height'], (h, w), np.float32,
-                                              nodata=raster.HEIGHT_NODATA, **common)
-            if 'sem' in paths:
-                writers['sem'] = cog.CogWriter(
-                    tmp['sem'], (h, w), classes_of['dtype'], nodata=classes_of['nodata'],
-                    overview='nearest', photometric='palette',
-                    colormap=classes_of['colormap'], **common)
-            if 'norm' in paths:
-                writers['norm'] = cog.CogWriter(tmp['norm'], (h, w, 3), np.float32,
-                                                nodata=raster.HEIGHT_NODATA, **common)
+            written = [heads.by_name(key) for key in paths if key != 'preview']
+            for head in written:
+                if head.is_classes:
+                    writers[head.name] = cog.CogWriter(
+                        tmp[head.name], (h, w), classes_of['dtype'],
+                        nodata=classes_of['nodata'], overview='nearest',
+                        photometric='palette', colormap=classes_of['colormap'], **common)
+                else:
+                    bands_of = () if head.channels == 1 else (head.channels,)
+                    writers[head.name] = cog.CogWriter(
+                        tmp[head.name], (h, w) + bands_of, np.float32,
+                        nodata=raster.HEIGHT_NODATA, **common)
+            shown = preview_head()
+            keys = [head.name for head in written]
+            if shown is not None and shown.name not in keys:
+                keys.append(shown.name)
             step = max(1, math.ceil(max(h, w) / PREVIEW_SIDE))
             preview = {'height': [], 'classes': []}
             valid = []      # the masks of the rows read and not yet written
@@ -142,33 +164,36 @@ def predict_image(predict_fn, path, paths, bands, progress=None, trained=None, r
 
             for r0, maps in inference.predict_rows(
                     predict_fn, read_rows, (h, w), config.cropSize, config.predict_stride,
-                    keys=('height', 'sem') + (('norm',) if 'norm' in writers else ()),
-                    progress=progress, window=config.predict_window):
-                n = len(maps['height'])
+                    keys=keys, progress=progress, window=config.predict_window):
+                n = len(maps[heads.HEIGHT.name])
                 held = np.concatenate(valid)
                 mask, valid[:] = held[:n], [held[n:]]
-                height = maps['height']
-                height[~mask] = raster.HEIGHT_NODATA
-                writers['height'].write(height)
                 # the band's rows on the preview grid, copied (a view would keep the
                 # band); bands without one add nothing, so at most PREVIEW_SIDE pieces
                 grid = np.s_[(-r0) % step::step, ::step]
                 on_grid = len(range((-r0) % step, n, step)) > 0
-                if on_grid:
-                    preview['height'].append(np.where(mask[grid], height[grid], np.nan))
-                if 'sem' in maps:
-                    classes = np.argmax(maps['sem'], -1).astype(np.int16)
-                    classes[~mask] = -1
-                    if on_grid:
-                        preview['classes'].append(classes[grid].copy())
-                    if 'sem' in writers:
-                        values = classes_of['values'][np.maximum(classes, 0)]
-                        values[~mask] = classes_of['nodata']
-                        writers['sem'].write(values)
-                if 'norm' in writers:
-                    normals = maps['norm']
-                    normals[~mask] = raster.HEIGHT_NODATA
-                    writers['norm'].write(normals)
+                for key in keys:
+                    if key not in maps:
+                        continue
+                    head = heads.by_name(key)
+                    if head.is_classes:
+                        classes = head.answer(maps[key]).astype(np.int16)
+                        classes[~mask] = -1
+                        if on_grid and head.name == shown.name:
+                            preview['classes'].append(classes[grid].copy())
+                        if key in writers:
+                            values = classes_of['values'][np.maximum(classes, 0)]
+                            values[~mask] = classes_of['nodata']
+                            writers[key].write(values)
+                    else:
+                        values = maps[key]
+                        if head.channels == 1:      # one band: [rows, W], as its writer
+                            values = values.reshape(values.shape[:2])
+                        values[~mask] = raster.HEIGHT_NODATA
+                        writers[key].write(values)
+                        if on_grid and head.name == heads.HEIGHT.name:
+                            preview['height'].append(np.where(mask[grid], values[grid],
+                                                              np.nan))
             for writer in writers.values():
                 writer.close()
             classes = np.concatenate(preview['classes']) if preview['classes'] else None
@@ -343,10 +368,11 @@ def main(argv=None):
     trained = checkpoints.adopt_settings(mtl_path, 'mtl', args.explicit)
     if dae_path:
         checkpoints.adopt_settings(dae_path, 'dae', args.explicit)
-    for key, flag in (('sem', 'sem_flag'), ('norm', 'norm_flag')):
-        if key in args.outputs and not getattr(config, flag):
+    for head in heads.HEADS:
+        if head.name in args.outputs and head.flag and not getattr(config, head.flag):
             raise SettingError(f"--outputs {','.join(args.outputs)}: these weights have "
-                               f"no {key} head ({flag}=False); leave {key} out")
+                               f"no {head.name} head ({head.flag}=False); leave "
+                               f"{head.name} out")
     # the band order the weights were trained on, unless --bands says otherwise
     bands = raster.parse_bands(args.bands or ','.join(map(str, trained.get(
         'bands', range(1, datasets.image_channels() + 1)))))
@@ -374,9 +400,11 @@ def main(argv=None):
     strategy = distribute.get_strategy(config)
     mtl = tasks.trained_mtl(config, strategy, mtl_path)
     dae = tasks.trained_dae(config, strategy, dae_path) if dae_path else None
+    shown = preview_head()
     predict_fn = inference.with_flips(
-        inference.make_predict_fn(mtl, dae, norm='norm' in args.outputs),
-        config.predict_flips, 1.0 if config.normalize_flag else 255.0)
+        inference.make_predict_fn(mtl, dae, cfg=config, strategy=strategy,
+                                  outputs=args.outputs + ([shown.name] if shown else [])),
+        config.predict_flips, config)
     common = provenance(mtl_path, dae_path, bands)
     print(f"{len(files)} image(s), {strategy.num_replicas_in_sync} replica(s), "
           f"crop {config.cropSize}, stride {config.predict_stride}, window "

@@ -80,8 +80,8 @@ def run_test(args):
     strategy = distribute.get_strategy(config)
     mtl = tasks.trained_mtl(config, strategy, mtl_path)
     dae = tasks.trained_dae(config, strategy, dae_path) if args.correction else None
-    result = evaluation.evaluate(mtl, dae, split=args.split, out_dir=run,
-                                 max_images=args.max_images)
+    result = evaluation.evaluate(mtl, dae, cfg=config, strategy=strategy,
+                                 split=args.split, out_dir=run, max_images=args.max_images)
 
     if distribute.is_chief(strategy):
         overall = {k: v for k, v in result.items() if k != 'per_image'}

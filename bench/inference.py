@@ -78,7 +78,8 @@ def main():
         result = fn(image)
         return result, time.perf_counter() - start
 
-    predict_fn = inference.make_predict_fn(mtl, dae, batch_size=args.batch)
+    predict_fn = inference.make_predict_fn(mtl, dae, cfg=config, strategy=strategy,
+                                           batch_size=args.batch)
     batched, t_batched = timed(lambda img: inference.predict_tile(
         predict_fn, img, args.crop, stride)['height'])
     single, t_single = timed(lambda img: one_window_per_call(mtl, dae, img, args.crop, stride))

@@ -37,8 +37,9 @@ def main():
     p.add_argument('--quality', type=int, default=75, help='GDAL JPEG_QUALITY (default 75)')
     args = settings.parse_args(p)
     from utils import datasets, distribute, inference, raster, tasks
-    mtl = tasks.trained_mtl(config, distribute.get_strategy(config))
-    predict_fn = inference.make_predict_fn(mtl)
+    strategy = distribute.get_strategy(config)
+    mtl = tasks.trained_mtl(config, strategy)
+    predict_fn = inference.make_predict_fn(mtl, cfg=config, strategy=strategy)
     errors = {'lossless': [], 'ours': [], 'gdal': []}
     height_diff, input_diff = [], []
     with tempfile.TemporaryDirectory() as folder:

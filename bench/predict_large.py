@@ -117,9 +117,10 @@ def variant(name, folder, image_path):
         return
     import predict
     import tifffile
-    from utils import datasets, evaluation, inference
+    from utils import datasets, distribute, evaluation, inference
     mtl, dae = networks(folder)
-    predict_fn = inference.make_predict_fn(mtl, dae)
+    predict_fn = inference.make_predict_fn(mtl, dae, cfg=config,
+                                           strategy=distribute.get_strategy(config))
     crop = config.cropSize
     warm = np.zeros((crop, crop, 3), np.float32)
     inference.predict_tile(predict_fn, warm, crop, config.predict_stride)  # trace

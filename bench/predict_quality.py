@@ -106,10 +106,9 @@ def main():
     strategy = distribute.get_strategy(config)
     mtl = tasks.trained_mtl(config, strategy)
     dae = tasks.trained_dae(config, strategy) if args.correction else None
-    predict_fn = inference.make_predict_fn(mtl, dae)
+    predict_fn = inference.make_predict_fn(mtl, dae, cfg=config, strategy=strategy)
     rate_before, _ = network_rate(predict_fn, crop)
     shared = SharedWindows(predict_fn)
-    scale = 1.0 if config.normalize_flag else 255.0
     grid = [(s, wk, f) for s in strides for wk in windows for f in flips]
     samples = datasets.find_split(args.split)[:args.max_images]
     classes = len(config.label_codes)
@@ -125,7 +124,7 @@ def main():
         gt = np.asarray(data.height, np.float32)
         for config_key in grid:
             stride, window, flip = config_key
-            fn = inference.with_flips(shared, flip, scale)
+            fn = inference.with_flips(shared, flip, config)
             ny = len(inference.window_starts(gt.shape[0], crop, stride))
             nx = len(inference.window_starts(gt.shape[1], crop, stride))
             seconds_before, t0 = shared.network_seconds, time.perf_counter()

@@ -21,6 +21,9 @@ GEO = [(33550, 'd', 3, (0.5, 0.5, 0.0), True),
        (34737, 's', 0, 'WGS 84 / UTM zone 32N|', True)]
 
 
+RUN = dict(cfg=config, strategy=tf.distribute.get_strategy())
+
+
 class ConstantMTL:
     """Height 2.0 everywhere; class probabilities favour class 1."""
     def __call__(self, x, training=False):
@@ -72,7 +75,7 @@ def fake_split(tmp_path, monkeypatch):
 
 
 def test_metrics_by_hand(fake_split):
-    r = evaluation.evaluate(ConstantMTL(), split='test', verbose=0)
+    r = evaluation.evaluate(ConstantMTL(), **RUN, split='test', verbose=0)
     # image a: prediction 2 vs truth 1 (48 cols, one NaN) and 4 (48 cols)
     n1, n4 = 64 * 48 - 1, 64 * 48
     mse_a = (n1 * 1 + n4 * 4) / (n1 + n4)
@@ -112,15 +115,15 @@ def test_validation_has_its_own_stride(fake_split, monkeypatch):
         return real(fn, image, crop, stride)
     monkeypatch.setattr(evaluation.inference, 'predict_tile', recording)
     config.valid_stride = 32
-    during_training = evaluation.validate(ConstantMTL())
-    published = evaluation.evaluate(ConstantMTL(), split='valid', verbose=0)
+    during_training = evaluation.validate(ConstantMTL(), **RUN)
+    published = evaluation.evaluate(ConstantMTL(), **RUN, split='valid', verbose=0)
     assert strides == [32, 32, 16, 16]      # two images each
     # A constant network scores the same on any window layout.
     assert during_training['rmse'] == pytest.approx(published['rmse'], rel=1e-6)
 
 
 def test_correction_reports_both_heights(fake_split):
-    r = evaluation.evaluate(ConstantMTL(), ConstantDAE(), split='test', max_images=1,
+    r = evaluation.evaluate(ConstantMTL(), ConstantDAE(), **RUN, split='test', max_images=1,
                             verbose=0)
     assert r['images'] == 1
     n1, n4 = 64 * 48 - 1, 64 * 48
@@ -132,7 +135,7 @@ def test_binary_dataset_masks_heights(fake_split):
     config.label_codes = [0, 1]
     fake_split['b'].labels[:] = 1
     fake_split['b'].labels[:, :48] = 0
-    r = evaluation.evaluate(ConstantMTL(), split='test', verbose=0)
+    r = evaluation.evaluate(ConstantMTL(), **RUN, split='test', verbose=0)
     # everything predicted class 1 -> prediction stays 2; image b truth is 3 on
     # class 1 and masked to 0 elsewhere: errors 1 and 2 on half the pixels each
     assert r['per_image'][1]['mae'] == pytest.approx(1.5)
@@ -147,7 +150,7 @@ def test_binary_dataset_masks_heights(fake_split):
 def test_outputs_keep_georeferencing(fake_split, tmp_path):
     config.test_plot_images = 1
     out = tmp_path / 'out'
-    evaluation.evaluate(ConstantMTL(), ConstantDAE(), split='test', out_dir=str(out),
+    evaluation.evaluate(ConstantMTL(), ConstantDAE(), **RUN, split='test', out_dir=str(out),
                         verbose=0)
     assert sorted(os.listdir(out)) == ['a.png', 'a_height.tif', 'a_sem.tif',
                                        'b_height.tif', 'b_sem.tif']
@@ -169,7 +172,7 @@ def test_outputs_keep_georeferencing(fake_split, tmp_path):
 def test_rgb_label_codes_written_as_colours(fake_split, tmp_path):
     config.label_codes = [(255, 255, 255), (0, 0, 255), (0, 255, 0)]
     config.test_plot_images = 0
-    evaluation.evaluate(ConstantMTL(), split='test', out_dir=str(tmp_path), max_images=1,
+    evaluation.evaluate(ConstantMTL(), **RUN, split='test', out_dir=str(tmp_path), max_images=1,
                         verbose=0)
     sem = tifffile.imread(tmp_path / 'a_sem.tif')
     assert sem.shape == (64, 96, 3) and (sem == [0, 0, 255]).all()

@@ -11,6 +11,12 @@ from utils import geometry
 SOBEL5_GAIN = 128.0
 
 
+def edge_map(height):
+    """geometry.edge_map with config.py's settings."""
+    return geometry.edge_map(height, config.roof_height_threshold, config.canny_lt,
+                             config.canny_ht)
+
+
 def plane(a, b, rows=40, cols=50):
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float64)
     return a * xx + b * yy + 3.0
@@ -20,7 +26,7 @@ def plane(a, b, rows=40, cols=50):
 def test_normals_of_a_plane_are_the_analytic_normal(a, b):
     n = np.array([-SOBEL5_GAIN * a, -SOBEL5_GAIN * b, 1.0])
     expected = (n / np.linalg.norm(n) + 1) / 2
-    got = geometry.surface_normals(plane(a, b))
+    got = geometry.surface_normals(plane(a, b), config.normalize_flag)
     assert got.shape == (40, 50, 3) and got.dtype == np.float32
     np.testing.assert_allclose(got[3:-3, 3:-3], np.broadcast_to(expected, (34, 44, 3)),
                                atol=1e-6)
@@ -30,7 +36,7 @@ def test_normals_scaled_to_255_without_normalize_flag():
     config.normalize_flag = False
     n = np.array([-SOBEL5_GAIN * 0.004, 0.0, 1.0])
     expected = (n / np.linalg.norm(n) + 1) / 2 * 255
-    got = geometry.surface_normals(plane(0.004, 0.0))
+    got = geometry.surface_normals(plane(0.004, 0.0), config.normalize_flag)
     np.testing.assert_allclose(got[10, 10], expected, rtol=1e-5)
 
 
@@ -43,7 +49,7 @@ def test_nan_is_filled_with_the_nearest_valid_height():
 def test_normals_next_to_nodata_are_those_of_the_flat_surroundings():
     height = np.full((30, 30), 4.0)
     height[10:20, 10:20] = np.nan
-    got = geometry.surface_normals(height)
+    got = geometry.surface_normals(height, config.normalize_flag)
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, np.broadcast_to([0.5, 0.5, 1.0], got.shape), atol=1e-6)
 
@@ -65,11 +71,11 @@ def test_normals_in_blocks_of_rows_equal_the_whole_image_formula(monkeypatch, bl
     n /= np.linalg.norm(n, axis=-1, keepdims=True)
     expected = ((n + 1.0) / 2.0 * (1.0 if normalize else 255.0)).astype(np.float32)
     monkeypatch.setattr(geometry, 'NORMAL_ROWS', block)
-    np.testing.assert_array_equal(geometry.surface_normals(height), expected)
+    np.testing.assert_array_equal(geometry.surface_normals(height, normalize), expected)
 
 
 def box_edges(height, top, left, bottom, right):
-    edges = geometry.edge_map(height)
+    edges = edge_map(height)
     assert edges.dtype == np.float32 and set(np.unique(edges)) <= {0.0, 1.0}
     yy, xx = np.mgrid[0:height.shape[0], 0:height.shape[1]]
     # Distance (Chebyshev) of each pixel to the box outline.
@@ -97,7 +103,7 @@ def test_box_below_threshold_has_no_edges():
     config.roof_height_threshold = 50        # the published value
     height = np.zeros((64, 80))
     height[20:44, 30:62] = 40.0
-    assert not geometry.edge_map(height).any()
+    assert not edge_map(height).any()
 
 
 def test_heights_outside_0_255_are_scaled_first():

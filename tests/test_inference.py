@@ -10,6 +10,7 @@ import tensorflow as tf
 import config
 from tests.conftest import run_python, small_encoder
 from utils import inference
+from utils.errors import SettingError
 
 
 def test_gaussian_window_formula_and_sum():
@@ -39,11 +40,11 @@ def test_window_starts(size, crop, stride, expected):
     assert covered.all() and starts[-1] + crop == size
 
 
-def test_image_smaller_than_crop_is_a_clear_error():
+def test_window_layout_errors_are_clear():
     with pytest.raises(ValueError, match='smaller than cropSize=64'):
         inference.window_starts(40, 64, 10)
-    with pytest.raises(ValueError, match='cropSize'):
-        inference.predict_tile(lambda w: {}, np.zeros((40, 100, 3)), 64, 10)
+    with pytest.raises(SettingError, match='cropSize = 48: the MTL needs a multiple of 32'):
+        inference.predict_tile(lambda w: {}, np.zeros((40, 100, 3)), 48, 10)
 
 
 class ConstantMTL:
@@ -66,7 +67,7 @@ class ConstantDAE:
 
 
 def test_constant_prediction_everywhere_including_edges():
-    fn = inference.make_predict_fn(ConstantMTL(3.7, [0.2, 0.5, 0.3]), ConstantDAE(),
+    fn = inference.make_predict_fn(ConstantMTL(3.7, [0.2, 0.5, 0.3]), ConstantDAE(), cfg=config,
                                    strategy=tf.distribute.get_strategy(), batch_size=3)
     image = np.random.RandomState(0).rand(70, 97, 3).astype(np.float32)
     out = inference.predict_tile(fn, image, 32, 7)
@@ -115,7 +116,8 @@ def test_batched_equals_one_window_at_a_time():
     image = np.random.RandomState(1).rand(80, 100, 3).astype(np.float32)
     ref = _reference_tile(m, d, image, 64, 10)
     # 15 windows in batches of 4: the last batch is padded
-    fn = inference.make_predict_fn(m, d, strategy=tf.distribute.get_strategy(), batch_size=4)
+    fn = inference.make_predict_fn(m, d, cfg=config, strategy=tf.distribute.get_strategy(),
+                                   batch_size=4)
     out = inference.predict_tile(fn, image, 64, 10)
     for key in ('height', 'height_mtl'):
         np.testing.assert_allclose(out[key], ref[key], atol=1e-5, rtol=0)
@@ -131,14 +133,16 @@ import config
 from utils import settings
 settings.apply(['cpu_replicas=2', 'multi_gpu_enabled=True'])
 import tensorflow as tf
-from utils import inference
+from utils import distribute, inference
+from utils.errors import SettingError
 from tests.test_inference import _tiny_models
-strategy = config.strategy
+strategy = distribute.get_strategy(config)
 with strategy.scope():
     m, d = _tiny_models()
 image = np.random.RandomState(1).rand(80, 100, 3).astype(np.float32)
-two = inference.make_predict_fn(m, d, strategy=strategy, batch_size=3)
-one = inference.make_predict_fn(m, d, strategy=tf.distribute.get_strategy(), batch_size=4)
+two = inference.make_predict_fn(m, d, cfg=config, strategy=strategy, batch_size=3)
+one = inference.make_predict_fn(m, d, cfg=config, strategy=tf.distribute.get_strategy(),
+                                batch_size=4)
 a = inference.predict_tile(two, image, 64, 10)
 b = inference.predict_tile(one, image, 64, 10)
 print(json.dumps({'replicas': strategy.num_replicas_in_sync, 'batch': two.batch_size,
@@ -158,7 +162,8 @@ def test_two_replicas_match_one():
 
 def test_test_batch_size_default_from_config():
     config.test_batch_size = 5
-    fn = inference.make_predict_fn(ConstantMTL(1.0, [1.0]), strategy=tf.distribute.get_strategy())
+    fn = inference.make_predict_fn(ConstantMTL(1.0, [1.0]), cfg=config,
+                                   strategy=tf.distribute.get_strategy())
     assert fn.batch_size == 5
     out = fn(np.zeros((7, 32, 32, 3), np.float32))
     assert out['height'].shape == (7, 32, 32) and out['sem'].shape == (7, 32, 32, 1)
@@ -204,11 +209,27 @@ def _equivariant_network(windows):
 _equivariant_network.batch_size = 8
 
 
+@pytest.mark.parametrize('shape', [(20, 45), (45, 20), (20, 25)])
+def test_image_smaller_than_the_crop_is_predicted_reflection_padded(shape):
+    """predict_tile is predict.py's path: a side shorter than the crop is
+    reflection-padded at the bottom or right, and the maps are those of the
+    padded image cut back to the image."""
+    h, w = shape
+    image = np.random.default_rng(1).random((h, w, 3)).astype(np.float32)
+    padded = np.pad(image, ((0, max(32 - h, 0)), (0, max(32 - w, 0)), (0, 0)), mode='reflect')
+    got = inference.predict_tile(_equivariant_network, image, 32, 10)
+    ref = inference.predict_tile(_equivariant_network, padded, 32, 10)
+    assert set(got) == {'height', 'norm', 'sem'}
+    for key, maps in got.items():
+        assert maps.shape[:2] == (h, w)
+        np.testing.assert_array_equal(maps, ref[key][:h, :w])
+
+
 @pytest.mark.parametrize('flips', [2, 4, 8])
 def test_flips_of_an_equivariant_network_change_nothing(flips):
     image = np.random.default_rng(0).random((80, 72, 3)).astype(np.float32)
     plain = inference.predict_tile(_equivariant_network, image, 32, 16)
-    flipped = inference.predict_tile(inference.with_flips(_equivariant_network, flips),
+    flipped = inference.predict_tile(inference.with_flips(_equivariant_network, flips, config),
                                      image, 32, 16)
     for key in ('height', 'norm', 'sem'):
         np.testing.assert_allclose(flipped[key], plain[key], rtol=1e-5, atol=1e-6)
@@ -223,13 +244,13 @@ def test_flips_average_the_transformed_predictions():
         return {'height': np.broadcast_to(np.arange(w, dtype=np.float32), (n, h, w)).copy()}
     columns.batch_size = 8
     window = np.zeros((3, 32, 32, 3), np.float32)
-    np.testing.assert_array_equal(inference.with_flips(columns, 2)(window)['height'], 15.5)
+    np.testing.assert_array_equal(inference.with_flips(columns, 2, config)(window)['height'], 15.5)
     only_transpose = inference.D4[4]
     assert only_transpose == (True, False, False)
-    got = inference.with_flips(columns, 5)(window)['height']
+    got = inference.with_flips(columns, 5, config)(window)['height']
     # identity, mirror, flip rows (column kept), both (mirror), transpose (row)
     rows = np.arange(32, dtype=np.float32)[:, None]
     cols = np.arange(32, dtype=np.float32)[None, :]
     np.testing.assert_allclose(got[0], (cols + (31 - cols) + cols + (31 - cols) + rows) / 5,
                                rtol=1e-6)
-    assert inference.with_flips(columns, 4).batch_size == 2
+    assert inference.with_flips(columns, 4, config).batch_size == 2

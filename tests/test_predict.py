@@ -36,12 +36,12 @@ GEO = [(33550, 'd', 3, (0.5, 0.5, 0.0), True),
 def weights(tmp_path_factory):
     """Tiny MTL and DAE weights files with their .json, and the networks."""
     import keras
-    from nets import dae as dae_net, mtl as mtl_net
+    from utils import tasks
     folder = tmp_path_factory.mktemp('weights')
     settings.apply(TINY)
     keras.utils.set_random_seed(3)
-    mtl = mtl_net.build_from_config(pretrained=False)
-    dae = dae_net.build_from_config()
+    mtl = tasks.build_mtl(config, pretrained=False)
+    dae = tasks.build_dae(config)
     paths = {'mtl': str(folder / 'mtl.weights.h5'), 'dae': str(folder / 'dae.weights.h5')}
     checkpoints.save_weights(mtl, paths['mtl'], 'mtl')
     checkpoints.save_weights(dae, paths['dae'], 'dae')
@@ -52,8 +52,8 @@ def weights(tmp_path_factory):
 def predict_fn(weights):
     """The tiny networks' windows, 3 per call (batches span window rows)."""
     mtl, dae = weights['models']
-    return inference.make_predict_fn(mtl, dae, strategy=tf.distribute.get_strategy(),
-                                     batch_size=3, norm=True)
+    return inference.make_predict_fn(mtl, dae, cfg=config, strategy=tf.distribute.get_strategy(),
+                                     batch_size=3, outputs=('sem', 'norm'))
 
 
 def _image(shape, dtype=np.uint8, seed=0):

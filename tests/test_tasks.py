@@ -78,7 +78,7 @@ def test_the_mtl_stage_validates_its_own_network_on_the_valid_split(tiny, synthe
     strategy = distribute.get_strategy(config)
     trainer = Trainer(tasks.MTLTask(config), strategy)
     metrics = trainer.task.validate(strategy)
-    predict_fn = inference.make_predict_fn(trainer.model, strategy=strategy)
+    predict_fn = inference.make_predict_fn(trainer.model, cfg=config, strategy=strategy)
     rmses = []
     for sample in datasets.find_split('valid'):
         loaded = datasets.load_sample(sample)

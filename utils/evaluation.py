@@ -6,16 +6,20 @@ prediction, height metrics per image averaged over images, segmentation
 metrics from one confusion matrix over the split, and a trivial baseline
 (every pixel = the training split's mean height) on the same images.
 Validation uses fewer windows per image (valid_stride) than the published
-test (test_stride): it only ranks the epochs.
+test (test_stride): it only ranks the epochs. Besides the height, the heads
+utils/heads.py marks `scored` are scored: class heads by the confusion
+matrix, others by their per-image error against their target.
+
+Settings come from `cfg` (config.py's names); the networks run under the
+given tf.distribute `strategy`.
 """
 import os
 
 import numpy as np
 import tifffile
 
-import config
-from utils import datasets, distribute, inference, metrics, progress
-from utils.raster import GEO_TAGS, geo_tags  # noqa: F401  (copied to the predictions)
+from utils import datasets, distribute, heads, inference, metrics, progress
+from utils.raster import geo_tags
 
 SUMMARY_KEYS = metrics.HEIGHT_KEYS + ('miou', 'oa', 'fwiou', 'baseline_rmse', 'baseline_mae')
 
@@ -23,10 +27,10 @@ _train_mean = {}       # (dataset, root, flags) -> mean training height
 _predict_cache = {}    # the last (models, settings) -> predict_fn: no retrace per epoch
 
 
-def train_mean_height():
+def train_mean_height(cfg):
     """Mean of the valid pixels of every training height map (cached per dataset)."""
-    key = (config.dataset_name, os.path.abspath(config.shortcut_path),
-           config.train_valid_flag, config.sar_mode)
+    key = (cfg.dataset_name, os.path.abspath(cfg.shortcut_path),
+           cfg.train_valid_flag, cfg.sar_mode)
     if key not in _train_mean:
         total, count = 0.0, 0
         for sample in datasets.find_split('train'):
@@ -35,8 +39,8 @@ def train_mean_height():
             total += float(height[valid].sum())
             count += int(valid.sum())
         if count == 0:
-            raise datasets.DatasetError(f"the 'train' split of {config.dataset_name!r} under "
-                             f"{config.shortcut_path} has no valid height pixel: "
+            raise datasets.DatasetError(f"the 'train' split of {cfg.dataset_name!r} under "
+                             f"{cfg.shortcut_path} has no valid height pixel: "
                              f"cannot compute the mean-height baseline")
         _train_mean[key] = total / count
     return _train_mean[key]
@@ -50,27 +54,43 @@ def label_image(pred_idx, label_codes):
     return codes[pred_idx].astype(np.uint8 if codes.max() < 256 else np.uint16)
 
 
-def _write_outputs(out_dir, sample, pred_height, pred_idx, plot_args):
+def _write_outputs(out_dir, sample, pred_height, classes, label_codes, plot_args):
+    """<name>_height.tif, and <name>_<head>.tif of each class head in `classes`
+    (head name -> class indices) as label codes or colours."""
     tags = geo_tags(sample.image)
-    tifffile.imwrite(os.path.join(out_dir, f'{sample.name}_height.tif'),
+    tifffile.imwrite(os.path.join(out_dir, f'{sample.name}_{heads.HEIGHT.name}.tif'),
                      pred_height.astype(np.float32), extratags=tags)
-    if pred_idx is not None:
-        sem = label_image(pred_idx, config.label_codes)
-        tifffile.imwrite(os.path.join(out_dir, f'{sample.name}_sem.tif'), sem,
-                         photometric='rgb' if sem.ndim == 3 else 'minisblack',
+    for name, pred_idx in classes.items():
+        labels = label_image(pred_idx, label_codes)
+        tifffile.imwrite(os.path.join(out_dir, f'{sample.name}_{name}.tif'), labels,
+                         photometric='rgb' if labels.ndim == 3 else 'minisblack',
                          extratags=tags)
     if plot_args is not None:
         from utils import plots     # matplotlib only when figures are wanted
         plots.plot_test_image(os.path.join(out_dir, f'{sample.name}.png'), **plot_args)
 
 
-def _predict_fn(mtl, dae):
-    key = (id(mtl), id(dae), config.test_batch_size, config.jit_compile)
+def _predict_fn(mtl, dae, cfg, strategy, outputs):
+    key = (id(mtl), id(dae), id(strategy), cfg.test_batch_size, cfg.jit_compile, outputs)
     if _predict_cache.get('key') != key:
         _predict_cache.clear()
-        _predict_cache.update(key=key, models=(mtl, dae),
-                              fn=inference.make_predict_fn(mtl, dae))
+        _predict_cache.update(key=key, models=(mtl, dae, strategy),
+                              fn=inference.make_predict_fn(mtl, dae, cfg=cfg,
+                                                           strategy=strategy,
+                                                           outputs=outputs))
     return _predict_cache['fn']
+
+
+def _value_errors(head, pred, loaded, cfg):
+    """{<head>_mae, <head>_rmse} of a value head on one image, over its valid
+    heights (the pixels its training loss counts)."""
+    truth = np.asarray(head.target(loaded, cfg), np.float64)
+    error = (np.asarray(pred, np.float64).reshape(truth.shape) - truth)[
+        np.isfinite(np.asarray(loaded.height, np.float64))]
+    if not error.size:
+        return {f'{head.name}_mae': None, f'{head.name}_rmse': None}
+    return {f'{head.name}_mae': float(np.mean(np.abs(error))),
+            f'{head.name}_rmse': float(np.sqrt(np.mean(error ** 2)))}
 
 
 def _mean(values):
@@ -78,34 +98,36 @@ def _mean(values):
     return float(np.mean(values)) if values else None
 
 
-def evaluate(mtl, dae=None, split='valid', out_dir=None, max_images=None, verbose=1,
-             stride=None):
+def evaluate(mtl, dae=None, *, cfg, strategy, split='valid', out_dir=None, max_images=None,
+             verbose=1, stride=None):
     """Metrics of the networks on `split` (a dict, see module docstring), with
-    windows every `stride` px (None: config.test_stride, as published).
+    windows every `stride` px (None: cfg.test_stride, as published).
 
     Keys: mse, mae, rmse, delta1..3 (refined height when `dae` is given),
     mtl_* the same for the MTL's own height (with `dae`), baseline_rmse and
     baseline_mae, baseline_height; segmentation miou, oa, fwiou, mean_f1 and
     per-class iou, precision, recall, f1, confusion_matrix (None without
-    semantics); 'per_image' (one dict per image); 'images', 'split'.
+    semantics); <head>_mae and <head>_rmse of every other scored head the MTL
+    has; 'per_image' (one dict per image); 'images', 'split'.
     Binary datasets (label codes {0, 1}) score heights on class 1 only
     (metrics.mask_binary_heights), the baseline against the same masked truth.
     With out_dir: <name>_height.tif (float32, GeoTIFF tags of the input kept),
     <name>_sem.tif (label codes/colours) and, for the first
-    config.test_plot_images images, <name>.png."""
+    cfg.test_plot_images images, <name>.png."""
     samples = datasets.find_split(split)
     if max_images:
         samples = samples[:max_images]
     if not samples:
-        raise datasets.DatasetError(f"split {split!r} of {config.dataset_name!r} has no image "
-                         f"(shortcut_path = {config.shortcut_path!r})")
-    baseline = train_mean_height()
-    predict_fn = _predict_fn(mtl, dae)
-    num_classes = len(config.label_codes)
-    binary = metrics.is_binary(config.label_codes)
+        raise datasets.DatasetError(f"split {split!r} of {cfg.dataset_name!r} has no image "
+                         f"(shortcut_path = {cfg.shortcut_path!r})")
+    baseline = train_mean_height(cfg)
+    scored = [h for h in heads.HEADS if h.scored]
+    predict_fn = _predict_fn(mtl, dae, cfg, strategy, tuple(h.name for h in scored))
+    num_classes = len(cfg.label_codes)
+    binary = metrics.is_binary(cfg.label_codes)
     confusion = metrics.ConfusionMatrix(num_classes)
     has_sem = False
-    writer = out_dir is not None and distribute.is_chief()
+    writer = out_dir is not None and distribute.is_chief(strategy)
     if writer:
         os.makedirs(out_dir, exist_ok=True)
     # rmse shown is the running mean over images, i.e. the overall figure so far
@@ -113,10 +135,13 @@ def evaluate(mtl, dae=None, split='valid', out_dir=None, max_images=None, verbos
     per_image = []
     for index, sample in enumerate(samples):
         data = datasets.load_sample(sample)
-        out = inference.predict_tile(predict_fn, data.image, config.cropSize,
-                                     stride or config.test_stride)
+        out = inference.predict_tile(predict_fn, data.image, cfg.cropSize,
+                                     stride or cfg.test_stride)
         gt = np.asarray(data.height, np.float32)
-        pred_idx = np.argmax(out['sem'], -1) if 'sem' in out else None
+        classes = {h.name: h.answer(out[h.name]) for h in scored
+                   if h.is_classes and h.name in out}
+        # a sample has one set of labels: the truth of the (one) class head
+        pred_idx = next(iter(classes.values()), None)
         labeled = pred_idx is not None and data.labels is not None
         if labeled:
             has_sem = True
@@ -128,22 +153,25 @@ def evaluate(mtl, dae=None, split='valid', out_dir=None, max_images=None, verbos
         if binary and labeled:
             for prefix, h in heights.items():
                 heights[prefix], scored_gt = metrics.mask_binary_heights(
-                    h, gt, pred_idx, data.labels, config.label_codes)
+                    h, gt, pred_idx, data.labels, cfg.label_codes)
         row = {'name': sample.name}
         for prefix, h in heights.items():
             row.update({prefix + k: v for k, v in metrics.height_metrics(h, scored_gt).items()})
+        for head in scored:
+            if not head.is_classes and head.name in out:
+                row.update(_value_errors(head, out[head.name], data, cfg))
         base = metrics.height_metrics(np.full_like(scored_gt, baseline), scored_gt)
         row.update(baseline_rmse=base['rmse'], baseline_mae=base['mae'])
         per_image.append(row)
         if writer:
             plot_args = None
-            if index < config.test_plot_images:
+            if index < cfg.test_plot_images:
                 maps = {'MTL height': heights['mtl_' if dae is not None else '']}
                 if dae is not None:
                     maps['refined height'] = heights['']
                 plot_args = dict(image=data.image, gt=scored_gt, predictions=maps,
                                  title=f"{sample.name}: RMSE {row['rmse']:.3f} m")
-            _write_outputs(out_dir, sample, out['height'], pred_idx, plot_args)
+            _write_outputs(out_dir, sample, out['height'], classes, cfg.label_codes, plot_args)
         if bar:
             bar.update(index + 1, {'rmse': row['rmse']})
 
@@ -159,6 +187,7 @@ def evaluate(mtl, dae=None, split='valid', out_dir=None, max_images=None, verbos
 
 def validate(mtl, dae=None, *, cfg, strategy):
     """The training loops' per-epoch validation: evaluate() on the valid split
-    with config.valid_stride, coarser than the published test stride, since
-    it only ranks epochs to keep the best weights."""
-    return evaluate(mtl, dae, split='valid', verbose=0, stride=config.valid_stride)
+    with cfg.valid_stride, coarser than the published test stride, since it
+    only ranks epochs to keep the best weights."""
+    return evaluate(mtl, dae, cfg=cfg, strategy=strategy, split='valid', verbose=0,
+                    stride=cfg.valid_stride)

@@ -34,13 +34,18 @@ def fill_nodata(height):
 NORMAL_ROWS = 256    # rows of normals computed at a time (float64 temporaries)
 
 
-def surface_normals(height, normalize=True):
+def normal_scale(normalize):
+    """The top of the stored normals' range: 1, or 255 without normalize_flag."""
+    return 1.0 if normalize else 255.0
+
+
+def surface_normals(height, normalize):
     """Unit normals of the height map, HxWx3 float32 stored as (n + 1) / 2.
 
     n = (-zx, -zy, 1) / |.| with zx, zy the raw OpenCV Sobel (ksize=5)
     derivatives along columns and rows, as published (not divided by the
-    kernel's gain of 128). Values in [0, 1], or [0, 255] when
-    `normalize` (the normalize_flag setting) is False. Computed in blocks of rows, each with the
+    kernel's gain of 128). Values in [0, 1], or [0, 255] when `normalize`
+    (normalize_flag) is False. Computed in blocks of rows, each with the
     two rows on either side the kernel reaches, so a full-size tile needs
     little more memory than its result.
     """
@@ -56,14 +61,12 @@ def surface_normals(height, normalize=True):
         zy = cv2.Sobel(block, cv2.CV_64F, 0, 1, ksize=5)[inner]
         n = np.stack([-zx, -zy, np.ones_like(zx)], axis=-1)
         n /= np.linalg.norm(n, axis=-1, keepdims=True)
-        n = (n + 1.0) / 2.0
-        if not normalize:
-            n *= 255.0
+        n = (n + 1.0) / 2.0 * normal_scale(normalize)
         stored[top:bottom] = n
     return stored
 
 
-def edge_map(height, threshold, canny_lt=50, canny_ht=150):
+def edge_map(height, threshold, canny_lt, canny_ht):
     """Height edges, HxW float32 in {0, 1}.
 
     Recipe: heights outside 0..255 are min-max scaled to 0..255; binary

@@ -1,17 +1,23 @@
 """The MTL's heads, described once.
 
-One row per head: what the MTL predicts (output name, channels, final
-activation), the training target the input pipeline makes for it (a field of
-the batch with the head's name, computed by the head's target function from
-a loaded sample), its loss term (name, loss, weight setting) and the setting
-that switches it on. The network outputs, the DAE's input, the pipeline's
-fields, the loss terms and their order, the checkpoint's architecture keys
-and the benchmark's batches all follow this table, in its order. Adding a
-head is a row here, its target function, and its flag and weight in
-config.py.
+One row per head says how it is trained (output name, channels, final
+activation; the training target, a field of the batch with the head's
+name, computed by the head's target function from a loaded sample; its loss
+term: name, loss, weight setting; the setting that switches it on), how its
+target turns when augmentation flips or transposes a crop (and a prediction
+when test-time flips are turned back), whether predict.py writes it, and
+whether evaluation scores it. The network outputs, the DAE's input, the
+pipeline's fields, the loss terms and their order, the checkpoint's
+architecture keys, the benchmark's batches, tiled inference, predict.py's
+outputs and the evaluation all follow this table, in its order. Adding a
+head is a row here, its target (and turn) function, and its flag and weight
+in config.py.
 
 The first head is the height, the DSM the networks exist for: it is always
 on, in 'dsm' head mode the other heads feed it, and the DAE refines it.
+
+Functions taking `cfg` read settings from it by config.py's names (the
+config module itself, or any object with those attributes).
 """
 import dataclasses
 from typing import Callable
@@ -22,11 +28,15 @@ from utils import geometry
 from utils.errors import DatasetError
 
 CLASSES = 'classes'     # channels: one per label code
+# Head.output: what predict.py does with a head's maps
+DEFAULT = 'default'     # written unless --outputs leaves it out
+OPTIONAL = 'optional'   # written when --outputs names it
 
 
 @dataclasses.dataclass(frozen=True)
 class Head:
-    name: str               # MTL output, and the batch field holding its target
+    name: str               # MTL output, the batch field holding its target, and the
+                            # suffix of predict.py's file (<image>_<name>.tif)
     channels: int | str     # output channels, or CLASSES
     activation: str | None  # of the output convolution
     loss: str               # 'regression' (config.reg_loss over the valid heights) or
@@ -37,22 +47,36 @@ class Head:
     default: bool           # on when a network is built without naming the head
     target: Callable        # (datasets.Loaded, cfg) -> [H, W, ch] array over the whole sample
     depends_on: tuple = ()  # settings the target is computed with, besides the data
-    turn: Callable | None = None    # (value, transpose, flip_rows, flip_cols, cfg) -> value:
-                            # how a direction-dependent target's values change when
-                            # the crop is transposed or flipped; None: they do not
+    # (value, transpose, flip_rows, flip_cols, cfg) -> value: the target's (or a
+    # prediction's) values once its pixels were transposed, then flipped, as the
+    # flags (booleans or boolean tensors) say; for values that have a direction.
+    # None: the values stay as they are.
+    turn: Callable | None = None
+    output: str | None = None   # DEFAULT, OPTIONAL, or None: predict.py never writes it
+    scored: bool = False        # evaluation scores it against its target
+
+    @property
+    def is_classes(self):
+        """Predicts class probabilities, blended as such; its answer is their argmax."""
+        return self.loss == 'cross_entropy'
 
     @property
     def dtype(self):
         """Type of the target field: class indices or values."""
-        return 'int32' if self.loss == 'cross_entropy' else 'float32'
+        return 'int32' if self.is_classes else 'float32'
 
     @property
     def field_channels(self):
         """Channels of the target field as the pipeline stores it."""
-        return 1 if self.loss == 'cross_entropy' else self.channels
+        return 1 if self.is_classes else self.channels
 
     def out_channels(self, num_classes):
         return num_classes if self.channels == CLASSES else self.channels
+
+    def answer(self, maps):
+        """The head's prediction from its blended maps: class indices (the most
+        probable class) for a class head, the maps themselves otherwise."""
+        return np.argmax(maps, -1) if self.is_classes else maps
 
 
 def _height(loaded, cfg):
@@ -72,10 +96,11 @@ def _normals(loaded, cfg):
 
 def _turn_normals(value, transpose, flip_rows, flip_cols, cfg):
     """Normals are (-zx, -zy, 1)/|.| with x along columns and y along rows,
-    stored as e = s (n + 1) / 2 (s = 1, or 255 without normalize_flag), so
-    negating a component is e -> s - e; a transpose swaps x and y."""
-    import tensorflow as tf
-    scale = 1.0 if cfg.normalize_flag else 255.0
+    stored as e = s (n + 1) / 2 (geometry.normal_scale), so negating a
+    component is e -> s - e: a transpose swaps x and y, a row flip negates
+    y, a column flip x."""
+    import tensorflow as tf     # not for predict.py's arguments, read before --set applies
+    scale = geometry.normal_scale(cfg.normalize_flag)
     nx, ny, nz = tf.unstack(value, axis=-1)
     nx, ny = tf.where(transpose, ny, nx), tf.where(transpose, nx, ny)
     ny = tf.where(flip_rows, scale - ny, ny)
@@ -89,10 +114,12 @@ def _edges(loaded, cfg):
 
 
 HEADS = (
-    Head('height', 1, None, 'regression', 'dsm', 'w1', None, True, _height),
-    Head('sem', CLASSES, 'softmax', 'cross_entropy', 'sem', 'w2', 'sem_flag', True, _classes),
+    Head('height', 1, None, 'regression', 'dsm', 'w1', None, True, _height,
+         output=DEFAULT),
+    Head('sem', CLASSES, 'softmax', 'cross_entropy', 'sem', 'w2', 'sem_flag', True, _classes,
+         output=DEFAULT, scored=True),
     Head('norm', 3, None, 'regression', 'norm', 'w3', 'norm_flag', True, _normals,
-         ('normalize_flag',), _turn_normals),
+         ('normalize_flag',), turn=_turn_normals, output=OPTIONAL),
     Head('edge', 1, 'relu', 'regression', 'edge', 'w4', 'edge_flag', False, _edges,
          ('roof_height_threshold', 'canny_lt', 'canny_ht')),
 )
@@ -100,6 +127,11 @@ HEIGHT = HEADS[0]
 NAMES = tuple(h.name for h in HEADS)
 TERMS = tuple(h.term for h in HEADS)
 FLAGS = tuple(h.flag for h in HEADS if h.flag)
+
+
+def by_name(name):
+    """The row of head `name` (None for names no head has, e.g. 'height_mtl')."""
+    return next((h for h in HEADS if h.name == name), None)
 
 
 def select(**switches):
@@ -113,10 +145,10 @@ def select(**switches):
 
 
 def switches(cfg):
-    """The head switches of the settings `cfg` (config.py's names), as select() takes them."""
+    """The head switches of cfg, as select() takes them."""
     return {h.name: bool(getattr(cfg, h.flag)) for h in HEADS if h.flag}
 
 
 def from_config(cfg):
-    """The heads the settings `cfg` switch on."""
+    """The heads cfg switches on."""
     return select(**switches(cfg))

@@ -3,20 +3,24 @@
 A sliding window of `crop` px with step `stride` (last window snapped to the
 border) covers the image. Windows run through the networks in fixed-size
 batches inside one tf.function, split over the strategy's replicas; their
-height and semantic probabilities are blended with a window weight that
-favours each window's centre (WINDOWS: the published Gaussian, or others
-measured by bench/predict_quality.py). with_flips() adds test-time
-transforms of the dihedral group D4: each window is also predicted flipped
-and transposed, and the maps, turned back, are averaged.
+maps (the height, and the heads asked for: utils/heads.py) are blended with
+a window weight that favours each window's centre (WINDOWS: the published
+Gaussian, or others measured by bench/predict_quality.py). An image smaller
+than the crop is reflection-padded and its maps cropped back. with_flips()
+adds test-time transforms of the dihedral group D4: each window is also
+predicted flipped and transposed, and the maps, turned back (heads' turn
+for values with a direction), are averaged.
 """
 import numpy as np
 import tensorflow as tf
 
-import config
 from nets import dae as dae_net
-from utils import datasets
+from utils import datasets, heads
 from utils.errors import SettingError
 
+# The MTL's encoder halves a window five times and its decoder doubles it back:
+# a window side must be a multiple of this.
+CROP_MULTIPLE = 32
 GAUSS_SIGMA = 0.2
 WINDOWS = ('gaussian', 'hann', 'triangle', 'trapezoid', 'flat')
 # The D4 transforms as (transpose, flip rows, flip columns), applied in that
@@ -69,35 +73,30 @@ def _transform(maps, transform):
     return maps
 
 
-def _undo(maps, transform, key, normal_scale):
-    """Outputs predicted on transformed windows, back in the windows' frame.
-    Normals are vectors: stored as s * (n + 1) / 2, a component negated is
-    s - value; the transform's matrix is orthogonal and symmetric per step,
-    so its inverse acts on (x, y) as: columns flip x, rows flip y, transpose
-    swaps them."""
+def _inverse(transform):
+    """The D4 transform undoing `transform`. Flips undo themselves; undoing a
+    transpose done first means flipping, then transposing, and a flip before
+    a transpose is the other axis's flip after it."""
     transpose, flip_rows, flip_cols = transform
-    if flip_cols:
-        maps = maps[:, :, ::-1]
-    if flip_rows:
-        maps = maps[:, ::-1]
-    if transpose:
-        maps = np.swapaxes(maps, 1, 2)
-    if key == 'norm':
-        maps = maps.copy()
-        if flip_cols:
-            maps[..., 0] = normal_scale - maps[..., 0]
-        if flip_rows:
-            maps[..., 1] = normal_scale - maps[..., 1]
-        if transpose:
-            maps = maps[..., [1, 0, 2]]
+    return (True, flip_cols, flip_rows) if transpose else transform
+
+
+def _undo(maps, transform, key, cfg):
+    """Output `key` predicted on transformed windows, back in the windows'
+    frame: its pixels moved back, then its values turned (heads' turn)."""
+    inverse = _inverse(transform)
+    maps = _transform(maps, inverse)
+    head = heads.by_name(key)
+    if head is not None and head.turn is not None:
+        maps = np.asarray(head.turn(maps, *inverse, cfg))
     return maps
 
 
-def with_flips(predict_fn, flips, normal_scale=1.0):
+def with_flips(predict_fn, flips, cfg):
     """predict_fn averaged over the first `flips` D4 transforms of each window
-    (1: predict_fn itself). normal_scale: the normals' stored range (1, or
-    255 without normalize_flag). Its batch_size is predict_fn's divided by
-    `flips`, so a batch of windows still fills the network's calls."""
+    (1: predict_fn itself). cfg: the settings the heads' turn functions read
+    (normalize_flag for the normals). Its batch_size is predict_fn's divided
+    by `flips`, so a batch of windows still fills the network's calls."""
     if flips == 1:
         return predict_fn
     if not 1 <= flips <= len(D4):
@@ -110,9 +109,9 @@ def with_flips(predict_fn, flips, normal_scale=1.0):
         out = predict_fn(np.concatenate([_transform(windows, t) for t in transforms]))
         result = {}
         for key, maps in out.items():
-            total = _undo(maps[:n], transforms[0], key, normal_scale).astype(np.float32)
+            total = _undo(maps[:n], transforms[0], key, cfg).astype(np.float32)
             for i, t in enumerate(transforms[1:], 1):
-                total += _undo(maps[i * n:(i + 1) * n], t, key, normal_scale)
+                total += _undo(maps[i * n:(i + 1) * n], t, key, cfg)
             result[key] = total / np.float32(flips)
         return result
 
@@ -131,42 +130,50 @@ def window_starts(size, crop, stride):
     return starts
 
 
-def _replica_step(mtl, dae, norm=False):
-    """Per-replica forward pass of one batch of windows (inference mode)."""
+def _replica_step(mtl, dae, outputs):
+    """Per-replica forward pass of one batch of windows (inference mode): the
+    height (refined by the DAE when given; the MTL's own as 'height_mtl') and
+    the MTL's outputs named in `outputs`, as float32 (the height without its
+    channel axis)."""
+    height_name = heads.HEIGHT.name
+
     def step(windows):
         out = mtl(windows, training=False)
-        height = tf.cast(out['height'], tf.float32)
-        result = {'height_mtl': height[..., 0], 'height': height[..., 0]}
+        height = tf.cast(out[height_name], tf.float32)
+        result = {height_name + '_mtl': height[..., 0], height_name: height[..., 0]}
         if dae is not None:
             noise = tf.cast(dae(dae_net.assemble_input(out, windows), training=False),
                             tf.float32)
-            result['height'] = (height - noise)[..., 0]
-        if 'sem' in out:
-            result['sem'] = tf.cast(out['sem'], tf.float32)
-        if norm and 'norm' in out:
-            result['norm'] = tf.cast(out['norm'], tf.float32)
+            result[height_name] = (height - noise)[..., 0]
+        for name in outputs:
+            if name in out and name != height_name:
+                result[name] = tf.cast(out[name], tf.float32)
         return result
     return step
 
 
-def make_predict_fn(mtl, dae=None, strategy=None, batch_size=None, norm=False):
+def make_predict_fn(mtl, dae=None, *, cfg, strategy, batch_size=None, outputs=None):
     """fn(windows [n, crop, crop, C] float32) -> dict of numpy arrays:
     'height' [n, crop, crop] (refined when a DAE is given), 'height_mtl'
-    (the MTL's own height), 'sem' [n, crop, crop, K] (when the MTL has it),
-    'norm' [n, crop, crop, 3] (with norm=True, when the MTL has it).
+    (the MTL's own height), and the maps of every head named in `outputs`
+    that the MTL has, under its name ([n, crop, crop, channels]; a class
+    head's probabilities). outputs None: the heads predict.py writes by
+    default (heads.DEFAULT).
 
-    Windows run `batch_size` at a time (default config.test_batch_size,
-    rounded up to a multiple of the replicas); the last batch is padded so
+    Windows run `batch_size` at a time (default cfg.test_batch_size, rounded
+    up to a multiple of the strategy's replicas); the last batch is padded so
     every call has one shape (one trace) and every replica equal work, and
-    the padding is dropped. strategy None: config.strategy."""
-    strategy = strategy or config.strategy
+    the padding is dropped. cfg.jit_compile: XLA for the step."""
+    if outputs is None:
+        outputs = [h.name for h in heads.HEADS if h.output == heads.DEFAULT]
     replicas = strategy.num_replicas_in_sync
-    batch = int(batch_size or config.test_batch_size)
+    batch = int(batch_size or cfg.test_batch_size)
     if batch < 1:
         raise SettingError(f"test_batch_size = {batch}: use at least 1")
     batch = -(-batch // replicas) * replicas
     per_replica = batch // replicas
-    step = tf.function(_replica_step(mtl, dae, norm), jit_compile=bool(config.jit_compile))
+    step = tf.function(_replica_step(mtl, dae, tuple(outputs)),
+                       jit_compile=bool(cfg.jit_compile))
 
     if replicas == 1:
         run = step
@@ -201,39 +208,30 @@ def make_predict_fn(mtl, dae=None, strategy=None, batch_size=None, norm=False):
 
 
 def predict_tile(predict_fn, image, crop, stride, batch_size=None, window='gaussian'):
-    """Blend the windows of one image [H, W, C] into full-size maps.
-
-    Returns 'height' and 'height_mtl' [H, W] float32 and 'sem' [H, W, K]
-    (blended probabilities) when the networks predict semantics. The image
-    must be at least crop x crop (smaller images are an error, not padded,
-    so that every pixel is predicted from real context). `batch_size` is how
-    many windows are cut out at a time (memory); None: predict_fn's batch.
-    window: the blending weight (window_weight)."""
+    """Blend the windows of one image [H, W, C] into full-size maps: every map
+    predict_fn returns ('height' and 'height_mtl' [H, W] float32, and e.g.
+    'sem' [H, W, K] blended probabilities). predict_rows over the image in
+    memory, so the maps are those of the streamed path, bit for bit.
+    `batch_size`: windows cut out at a time (memory); None: predict_fn's
+    batch. window: the blending weight (window_weight)."""
     image = np.asarray(image, np.float32)
     if image.ndim != 3:
         raise ValueError(f"expected an image [H, W, C], got shape {image.shape}")
     h, w = image.shape[:2]
-    datasets.check_crop_fits('the image', image.shape, crop)
-    if crop % 32:
-        raise SettingError(f"cropSize = {crop}: the MTL needs a multiple of 32")
-    weight = window_weight(crop, window).astype(np.float32)
-    corners = [(y, x) for y in window_starts(h, crop, stride)
-               for x in window_starts(w, crop, stride)]
-    chunk = max(int(batch_size or getattr(predict_fn, "batch_size", 8)), 1)
-    acc, total = {}, np.zeros((h, w), np.float32)
-    for first in range(0, len(corners), chunk):
-        part = corners[first:first + chunk]
-        out = predict_fn(np.stack([image[y:y + crop, x:x + crop] for y, x in part]))
-        for key, maps in out.items():
-            if key not in acc:
-                acc[key] = np.zeros((h, w) + maps.shape[3:], np.float32)
-            target = acc[key]
-            wk = weight if maps.ndim == 3 else weight[:, :, None]
-            for (y, x), m in zip(part, maps):
-                target[y:y + crop, x:x + crop] += m * wk
-        for y, x in part:
-            total[y:y + crop, x:x + crop] += weight
-    return {k: v / (total if v.ndim == 2 else total[:, :, None]) for k, v in acc.items()}
+    maps = {}
+    for top, band in predict_rows(predict_fn, lambda r0, r1: image[r0:r1], (h, w), crop,
+                                  stride, keys=None, batch_size=batch_size, window=window):
+        for key, rows in band.items():
+            if key not in maps:
+                maps[key] = np.empty((h,) + rows.shape[1:], np.float32)
+            maps[key][top:top + len(rows)] = rows
+    return maps
+
+
+def check_crop(crop):
+    """SettingError unless the window side suits the MTL (CROP_MULTIPLE)."""
+    if crop % CROP_MULTIPLE:
+        raise SettingError(f"cropSize = {crop}: the MTL needs a multiple of {CROP_MULTIPLE}")
 
 
 def _drop_rows(buffer, rows):
@@ -248,20 +246,20 @@ def _drop_rows(buffer, rows):
     buffer[len(buffer) - rows:] = 0
 
 
-def predict_rows(predict_fn, read_rows, shape, crop, stride, keys=('height', 'sem'),
-                 batch_size=None, progress=None, window='gaussian'):
-    """predict_tile for an image read in bands of rows: yields (first row,
+def predict_rows(predict_fn, read_rows, shape, crop, stride, keys=None, batch_size=None,
+                 progress=None, window='gaussian'):
+    """Blended maps of an image read in bands of rows: yields (first row,
     {key: maps of the finished rows}) from top to bottom.
 
     read_rows(r0, r1) -> float32 [r1 - r0, W, C] gives the image's rows, each
-    row once, in order; shape is (H, W). The windows, their order, their
-    batches and the float32 blending arithmetic are predict_tile's, so the
-    maps are the same, but only the rows that windows not yet run still need
-    are held, in buffers allocated once. An image smaller than the crop is
+    row once, in order; shape is (H, W). keys: the maps of predict_fn to
+    blend (None: all). Windows in row-major order, `batch_size` at a time
+    (None: predict_fn's batch), are accumulated in float32 with the window
+    weight; only the rows that windows not yet run still need are held, in
+    buffers allocated once. An image smaller than the crop is
     reflection-padded at the bottom and right and its maps are cropped back.
     progress(done, total) is called per batch."""
-    if crop % 32:
-        raise SettingError(f"cropSize = {crop}: the MTL needs a multiple of 32")
+    check_crop(crop)
     if stride > crop:
         raise SettingError(f"test_stride = {stride} leaves pixels no window covers: "
                            f"use at most cropSize = {crop}")
@@ -300,7 +298,7 @@ def predict_rows(predict_fn, read_rows, shape, crop, stride, keys=('height', 'se
             read = need
         out = predict_fn(np.stack([image[y - top:y - top + crop, x:x + crop]
                                    for y, x in part]))
-        for key in keys:
+        for key in out if keys is None else keys:
             if key not in out:
                 continue
             maps = out[key]
