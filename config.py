@@ -153,7 +153,9 @@ test_plot_images: whole(at_least=0) = 3 # PNG figures for the first N test image
 
 # Published settings per dataset (DSMNet paper and its code). A dataset_name
 # not listed takes the longest entry it starts with; a name ending in '_bin'
-# has the binary label codes (0, 1).
+# has the binary label codes (0, 1). `layout` names a row of LAYOUTS in
+# utils/datasets.py; `folders` ({modality: folder} in each split) replaces
+# the layout's own folder names.
 VAIHINGEN_CODES = [(255, 255, 255), (0, 0, 255), (0, 255, 255),
                    (0, 255, 0), (255, 255, 0), (255, 0, 0)]
 DATASETS = {
@@ -162,6 +164,7 @@ DATASETS = {
                       label_codes=VAIHINGEN_CODES, unlabelled_code=(0, 0, 0),
                       w1=1e-4, w2=1e-1, w3=1e-5, w4=1e-3),
     'Vaihingen_crp256': dict(layout='split_folders', cropSize=256, batch_size=10,
+                             folders=dict(image='rgb', height='ndsm', labels='sem', sar=None),
                              label_codes=VAIHINGEN_CODES, unlabelled_code=(0, 0, 0),
                              w1=1e-4, w2=1e-1, w3=1e-5, w4=1e-3),
     # unlabelled_code: the DFC2018 ground truth marks unclassified pixels 0.
@@ -179,6 +182,7 @@ DATASETS = {
                     label_codes=[0, 1], w1=1e-3, w2=1.0, w3=1e-5, w4=1e-3),
     # Built in, generated on first use: trains and tests offline on a CPU.
     'synthetic': dict(layout='split_folders', cropSize=96, batch_size=8,
+                      folders=dict(image='rgb', height='dsm', labels='sem', sar=None),
                       label_codes=[0, 1, 2, 3, 4, 5], w1=1.0, w2=1.0, w3=0.1, w4=0.1,
                       backbone_weights=None, mtl_decoder_scale=0.25, dae_width_scale=0.25,
                       roof_height_threshold=2,   # its heights are metres, 0-27
@@ -188,7 +192,7 @@ DATASETS = {
                       mtl_numEpochs=12, dae_numEpochs=2),
 }
 # What an entry does not name, and a dataset_name matching no entry.
-PUBLISHED = dict(layout='split_folders', cropSize=256, batch_size=2,
+PUBLISHED = dict(layout='split_folders', folders=None, cropSize=256, batch_size=2,
                  label_codes=[0, 1], unlabelled_code=None, w1=1.0, w2=1.0, w3=1.0, w4=1.0,
                  backbone_weights='imagenet', mtl_decoder_scale=1.0, dae_width_scale=1.0,
                  roof_height_threshold=50, bn_momentum=0.99, dropout_rate=0.5,

@@ -298,6 +298,33 @@ def test_image_without_labels_is_named(tmp_path):
         datasets.find_split('train')
 
 
+# ------------------------------------------------------------------ a new layout
+
+def test_a_new_layout_is_one_row_and_its_finder(tmp_path, monkeypatch):
+    def find_pairs(root, split):    # <split>/<name>.tif with its heights in <name>_h.tif
+        files = datasets._index(os.path.join(root, split))
+        return [Sample(name=stem, image=path, height=files[f'{stem}_h'], labels=None)
+                for stem, path in files.items() if not stem.endswith('_h')]
+    row = datasets.Layout('pairs', find_pairs, tiles=True,
+                          tree=lambda: '  train/ valid/ test/  each <name>.tif, <name>_h.tif')
+    monkeypatch.setattr(datasets, 'LAYOUTS', datasets.LAYOUTS + (row,))
+    monkeypatch.setitem(config.DATASETS, 'Pairs', dict(layout='pairs'))
+    root = use(tmp_path, 'Pairs', 'sem_flag=False')
+    tif(f'{root}/valid/b.tif', rgb())
+    tif(f'{root}/valid/b_h.tif', np.zeros((SIZE, SIZE), np.float32))
+    tif(f'{root}/valid/a.tif', rgb())
+    tif(f'{root}/valid/a_h.tif', np.zeros((SIZE, SIZE), np.float32))
+    assert config.layout == 'pairs'
+    assert [(s.image, s.height) for s in datasets.find_split('valid')] == \
+        [(f'{root}/valid/a.tif', f'{root}/valid/a_h.tif'),
+         (f'{root}/valid/b.tif', f'{root}/valid/b_h.tif')]
+    assert datasets.is_tile_dataset()
+    use(tmp_path, 'Pairs_elsewhere')    # the entry by longest prefix; no folder
+    with pytest.raises(DatasetError, match=r"(?s)layout 'pairs'.*Pairs_elsewhere/\n"
+                                           r"  train/ valid/ test/  each <name>\.tif"):
+        datasets.find_split('train')
+
+
 # ------------------------------------------------------------------ check_split
 
 def one_sample(tmp_path, image=None, height=None, labels=None):

@@ -1,7 +1,8 @@
 """Finding and loading the images, heights and labels of every dataset.
 
 The datasets root is os.path.join(config.shortcut_path, config.dataset_name);
-config.layout (from the dataset table in config.py) says how it is organised:
+config.layout (from the dataset table in config.py) names the row of LAYOUTS
+below that says how it is organised:
 
   'vaihingen'      RGB/top_mosaic_09cm_area<N>.tif, NDSM/dsm_09cm_matching_area<N>.jpg,
                    SEM/top_mosaic_09cm_area<N>.tif; the split is a fixed list of areas.
@@ -10,8 +11,11 @@ config.layout (from the dataset table in config.py) says how it is organised:
                    Truth/<base>_AGL_<n>.tif and Truth/<base>_CLS_<n>.tif; an RGB image
                    without BOTH truths is skipped (published rule).
   'split_folders'  train/ valid/ test/, each with one folder per modality holding files
-                   of the same name: DFC2023* rgb/ sar/ dsm/ sem/; Vaihingen_crp256
-                   rgb/ ndsm/ sem/; synthetic rgb/ dsm/ sem/; any other name: like DFC2023.
+                   of the same name: rgb/ sar/ dsm/ sem/, or the folders the dataset's
+                   config.DATASETS entry names (Vaihingen_crp256 rgb/ ndsm/ sem/;
+                   synthetic rgb/ dsm/ sem/).
+
+A new layout is a row of LAYOUTS and its finder function.
 
 Files are paired by name, never by directory order. A partner may have any
 of the image extensions (.tif .tiff .png .jpg .jpeg); for Vaihingen-style
@@ -40,7 +44,7 @@ with OpenCV.
 """
 import dataclasses
 import os
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -67,13 +71,6 @@ DFC2018_TILES = {
              'UH_NAD83_275036_3290290'),
 }
 DFC2019_SPLIT_DIRS = {'train': 'Train', 'valid': 'Valid', 'test': 'Test'}
-# Modality folders of the 'split_folders' layout by dataset name prefix
-# (longest match wins; no match: the DFC2023 names).
-SPLIT_FOLDER_NAMES = {
-    'DFC2023': dict(image='rgb', height='dsm', labels='sem', sar='sar'),
-    'Vaihingen_crp256': dict(image='rgb', height='ndsm', labels='sem', sar=None),
-    'synthetic': dict(image='rgb', height='dsm', labels='sem', sar=None),
-}
 MAX_LISTED = 5              # problems listed in one error message
 
 
@@ -114,38 +111,40 @@ def dataset_root():
     return os.path.join(config.shortcut_path, config.dataset_name)
 
 
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """One way a dataset folder is organised: a row of LAYOUTS."""
+    name: str                           # config.layout's value
+    find: Callable[[str, str], list]    # (root, split) -> its Samples
+    tree: Callable[[], str]             # the folder tree under the root, for errors
+    tiles: bool = False                 # large tiles, trained on random crops
+    folders: dict | None = None         # {modality: folder} in each split, unless the
+                                        # dataset's config.DATASETS entry names its own
+
+
+def layout(name=None):
+    """The row of LAYOUTS named `name` (default: config.layout)."""
+    name = config.layout if name is None else name
+    for row in LAYOUTS:
+        if row.name == name:
+            return row
+    raise DatasetError(f"Unknown layout {name!r} for dataset {config.dataset_name!r}; "
+                       f"expected one of {', '.join(row.name for row in LAYOUTS)}.")
+
+
 def is_tile_dataset():
     """True for the large-tile datasets that are trained on random crops."""
-    return config.layout in ('vaihingen', 'dfc2018')
+    return layout().tiles
 
 
 def split_folder_names():
-    """Modality folder names of the current 'split_folders' dataset."""
-    matches = [k for k in SPLIT_FOLDER_NAMES if config.dataset_name.startswith(k)]
-    return SPLIT_FOLDER_NAMES[max(matches, key=len) if matches else 'DFC2023']
+    """{modality: folder} in each split of the current dataset."""
+    return config.dataset_settings(config.dataset_name)['folders'] or layout().folders
 
 
 def expected_layout():
     """The folder tree the current dataset should have, for error messages."""
-    root = dataset_root()
-    if config.layout == 'vaihingen':
-        areas = '\n'.join(f"    {s}: areas {' '.join(map(str, a))}"
-                          for s, a in VAIHINGEN_AREAS.items())
-        return (f"{root}/\n  RGB/top_mosaic_09cm_area<N>.tif\n"
-                f"  NDSM/dsm_09cm_matching_area<N>.jpg\n  SEM/top_mosaic_09cm_area<N>.tif\n"
-                f"{areas}")
-    if config.layout == 'dfc2018':
-        tiles = '\n'.join(f"    {s}: {' '.join(t)}" for s, t in DFC2018_TILES.items())
-        return (f"{root}/\n  RGB/<tile>.tif\n  DSM/<tile>.tif\n  DEM/<tile>.tif\n"
-                f"  SEM/<tile>.tif\n{tiles}")
-    if config.layout == 'dfc2019':
-        return (f"{root}/\n  Train/ Valid/ Test/  each with\n    RGB/<base>_RGB_<n>.tif\n"
-                f"    Truth/<base>_AGL_<n>.tif\n    Truth/<base>_CLS_<n>.tif")
-    names = split_folder_names()
-    lines = [f"    {names[m]}/<name>.tif" for m in ('image', 'sar', 'height', 'labels')
-             if names[m] and (m != 'sar' or config.sar_mode)]
-    return f"{root}/\n  train/ valid/ test/  each with\n" + '\n'.join(lines) + \
-        "\n  (the same file name in every folder)"
+    return f"{dataset_root()}/\n{layout().tree()}"
 
 
 def _layout_error(what):
@@ -303,8 +302,33 @@ def _find_split_folders(root, split):
     return samples
 
 
-_FINDERS = {'vaihingen': _find_vaihingen, 'dfc2018': _find_dfc2018,
-            'dfc2019': _find_dfc2019, 'split_folders': _find_split_folders}
+def _split_folders_tree():
+    names = split_folder_names()
+    lines = [f"    {names[m]}/<name>.tif" for m in ('image', 'sar', 'height', 'labels')
+             if names[m] and (m != 'sar' or config.sar_mode)]
+    return "  train/ valid/ test/  each with\n" + '\n'.join(lines) + \
+        "\n  (the same file name in every folder)"
+
+
+def _split_lists(lists, prefix=''):
+    return '\n'.join(f"    {s}: {prefix}{' '.join(map(str, names))}"
+                     for s, names in lists.items())
+
+
+LAYOUTS = (
+    Layout('vaihingen', _find_vaihingen, tiles=True,
+           tree=lambda: "  RGB/top_mosaic_09cm_area<N>.tif\n"
+                        "  NDSM/dsm_09cm_matching_area<N>.jpg\n  SEM/top_mosaic_09cm_area<N>.tif\n"
+                        + _split_lists(VAIHINGEN_AREAS, 'areas ')),
+    Layout('dfc2018', _find_dfc2018, tiles=True,
+           tree=lambda: "  RGB/<tile>.tif\n  DSM/<tile>.tif\n  DEM/<tile>.tif\n  SEM/<tile>.tif\n"
+                        + _split_lists(DFC2018_TILES)),
+    Layout('dfc2019', _find_dfc2019,
+           tree=lambda: "  Train/ Valid/ Test/  each with\n    RGB/<base>_RGB_<n>.tif\n"
+                        "    Truth/<base>_AGL_<n>.tif\n    Truth/<base>_CLS_<n>.tif"),
+    Layout('split_folders', _find_split_folders, tree=_split_folders_tree,
+           folders=dict(image='rgb', height='dsm', labels='sem', sar='sar')),
+)
 
 
 def find_split(split):
@@ -321,13 +345,11 @@ def find_split(split):
         synthetic.ensure_synthetic(root)
     if not os.path.isdir(root):
         raise _layout_error(f"Dataset folder not found: {root}")
-    if config.layout not in _FINDERS:
-        raise DatasetError(f"Unknown layout {config.layout!r} for dataset "
-                           f"{config.dataset_name!r}; expected one of {', '.join(_FINDERS)}.")
+    find = layout().find
     parts = [split] + (['valid'] if split == 'train' and not config.train_valid_flag else [])
     samples = []
     for part in parts:
-        samples += _FINDERS[config.layout](root, part)
+        samples += find(root, part)
     return samples
 
 

@@ -35,12 +35,12 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from utils import raster
-from utils.datasets import SPLIT_FOLDER_NAMES, SPLITS
+from utils.datasets import SPLITS, layout
 from utils.errors import DatasetError
 
 RASTER_EXTENSIONS = ('.tif', '.tiff', '.vrt', '.jp2', '.img', '.asc', '.png', '.jpg', '.jpeg')
 # The split_folders names utils/datasets.py expects of a dataset name matching no entry.
-FOLDERS = {k: v for k, v in SPLIT_FOLDER_NAMES['DFC2023'].items() if k != 'sar'}
+FOLDERS = {k: v for k, v in layout('split_folders').folders.items() if k != 'sar'}
 # Cap on GDAL's block cache: its default (5% of the RAM) would grow with the area read.
 GDAL_CACHE_MB = 64
 
