@@ -342,7 +342,7 @@ def find_split(split):
     root = dataset_root()
     if config.dataset_name == 'synthetic':
         from utils import synthetic
-        synthetic.ensure_synthetic(root)
+        synthetic.ensure_synthetic(root, config.seed)
     if not os.path.isdir(root):
         raise _layout_error(f"Dataset folder not found: {root}")
     find = layout().find

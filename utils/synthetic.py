@@ -1,7 +1,7 @@
 """The built-in 'synthetic' dataset: aerial-looking scenes with known heights.
 
 Generated on first use (utils.datasets.find_split calls ensure_synthetic)
-deterministically from config.seed, so the whole training and testing story
+deterministically from the seed setting, so the whole training and testing story
 runs offline on a CPU in minutes.
 
 Layout (the 'split_folders' layout, folder names rgb/ dsm/ sem/):
@@ -33,7 +33,6 @@ import cv2
 import numpy as np
 import tifffile
 
-import config
 from utils.errors import DatasetError
 
 VERSION = 1                 # bump when the generator changes: old data are regenerated
@@ -277,15 +276,14 @@ def is_complete(root, seed, splits=SPLITS):
         return False
 
 
-def ensure_synthetic(root, seed=None, splits=SPLITS):
+def ensure_synthetic(root, seed, splits=SPLITS):
     """Generate the dataset into `root` unless it is already complete.
 
-    The data depend on config.seed (or `seed`); data of another seed or
+    The data depend on `seed` (the seed setting); data of another seed or
     generator version are replaced. Generation happens in a temporary
     sibling folder that is renamed into place, so concurrent workers and
     interrupted runs never see half-written data.
     """
-    seed = config.seed if seed is None else seed
     root = os.path.normpath(root)
     if is_complete(root, seed, splits):
         return root
