@@ -21,6 +21,8 @@ import json
 import os
 import sys
 
+CROP_MULTIPLE = 32      # cropSize's rule; utils/inference.py checks windows against it too
+
 # ----------------------------------------------------------------- devices
 multi_gpu_enabled: bool = False     # True: MirroredStrategy over every GPU in gpu_devices
 gpu_devices: gpu_ids = "0"          # comma-separated GPU ids, e.g. "0,1"
@@ -39,7 +41,8 @@ deterministic: bool = False         # TensorFlow op determinism (slower)
 # ----------------------------------------------------------------- data
 dataset_name: folder_name = 'synthetic'  # see DATASETS below
 shortcut_path: str = './datasets/'  # root holding datasets/<dataset_name>/
-cropSize: whole(at_least=32, multiple_of=32) = None     # None: from the dataset
+cropSize: whole(at_least=CROP_MULTIPLE, multiple_of=CROP_MULTIPLE) = None   # None: from
+                            # the dataset; the MTL's encoder halves the side 5 times
 batch_size: whole(at_least=1) = None    # per replica; None: from the dataset
 label_codes: class_codes = None     # None: from the dataset
 unlabelled_code: label_value = 'auto'   # the label value of unlabelled pixels, left out

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import config
 from tests.conftest import run_python, small_encoder
-from utils import inference
+from utils import inference, settings
 from utils.errors import SettingError
 
 
@@ -45,6 +45,10 @@ def test_window_layout_errors_are_clear():
         inference.window_starts(40, 64, 10)
     with pytest.raises(SettingError, match='cropSize = 48: the MTL needs a multiple of 32'):
         inference.predict_tile(lambda w: {}, np.zeros((40, 100, 3)), 48, 10)
+    # The same rule as cropSize's in config.py, which inference may not import.
+    assert inference.CROP_MULTIPLE == config.CROP_MULTIPLE
+    assert settings.rule('cropSize').test(2 * config.CROP_MULTIPLE)
+    assert not settings.rule('cropSize').test(3 * config.CROP_MULTIPLE // 2)
 
 
 class ConstantMTL:

@@ -101,9 +101,10 @@ def check_crop_fits(what, shape, crop):
     one side) holds the crop: training and inference never pad an image."""
     if min(shape[:2]) < crop:
         size = 'x'.join(str(side) for side in reversed(shape[:2]))   # width x height
-        fitting = min(shape[:2]) // 32 * 32
+        step = config.CROP_MULTIPLE
+        fitting = min(shape[:2]) // step * step
         raise DatasetError(f"{what} is {size}, smaller than cropSize={crop}. Fix: set "
-                           f"cropSize to at most {fitting} (a multiple of 32), or remove "
+                           f"cropSize to at most {fitting} (a multiple of {step}), or remove "
                            f"the image.")
 
 

@@ -19,7 +19,7 @@ from utils import datasets, heads
 from utils.errors import SettingError
 
 # The MTL's encoder halves a window five times and its decoder doubles it back:
-# a window side must be a multiple of this.
+# a window side must be a multiple of this (config.CROP_MULTIPLE, cropSize's rule).
 CROP_MULTIPLE = 32
 GAUSS_SIGMA = 0.2
 WINDOWS = ('gaussian', 'hann', 'triangle', 'trapezoid', 'flat')
