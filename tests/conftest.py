@@ -124,3 +124,13 @@ def tiny_trained(tmp_path_factory, synthetic_root):
                 restore_config()
             summary.write_text(json.dumps(trained))
     return types.SimpleNamespace(**json.loads(summary.read_text()))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules holding slow tests first, each module's tests kept together and
+    in their own order. pytest-xdist hands out tests in this order, so the
+    minute-long TensorFlow processes start early and the run ends on short
+    tests on both workers, not on one worker finishing a long one (or two
+    queued) while the other has nothing left."""
+    slow = {item.module.__name__ for item in items if item.get_closest_marker('slow')}
+    items.sort(key=lambda item: item.module.__name__ not in slow)
