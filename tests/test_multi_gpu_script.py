@@ -35,8 +35,10 @@ BENCHMARK = r'''
 import json, sys
 from utils import settings
 settings.apply(sys.argv[1:])
-from utils import benchmark
-report = benchmark.scaling(windows=1, seconds=0.5, stage_names=('dae',))
+import config
+from utils import benchmark, distribute
+report = benchmark.scaling(config, distribute.get_strategy(config), windows=1, seconds=0.5,
+                           stage_names=('dae',))
 benchmark.print_scaling(report)
 print(json.dumps(report))
 '''

@@ -4,7 +4,7 @@ malformed command line, 130 on Ctrl-C; run as users run them."""
 import pytest
 
 from conftest import TINY, run_python
-from utils import settings
+from utils import distribute, settings
 from utils.errors import CheckpointError
 
 SCRIPTS = ['train_mtl.py', 'train_dae.py', 'test_dsm.py', 'test_multi_gpu.py']
@@ -90,7 +90,7 @@ START_UP = [
     ('3', START_UP[5:]), ('bad', START_UP)])
 def test_start_up_lines_are_hidden_by_tensorflow_s_own_levels(monkeypatch, level, shown):
     monkeypatch.setenv('TF_CPP_MIN_LOG_LEVEL', level)
-    assert [line for line in START_UP if not settings._start_up_line(line)] == shown
+    assert [line for line in START_UP if not distribute._start_up_line(line)] == shown
 
 
 @pytest.mark.parametrize('level', [None, '0'])

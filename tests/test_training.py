@@ -201,7 +201,11 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, synthetic_root):
                              *sets_for(synthetic_root, tmp_path, 'batch_size=4',
                                        'mtl_bb_freeze=True')],   # starts sooner
                             cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.DEVNULL, text=True,
+                            # a suite started in the background (`cmd &`) ignores
+                            # SIGINT, and a child would inherit that: a terminal's
+                            # Ctrl-C reaches a script with the default handler
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     for line in proc.stdout:
         lines.append(line)
