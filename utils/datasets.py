@@ -98,7 +98,9 @@ def image_channels():
 
 def check_crop_fits(what, shape, crop):
     """DatasetError unless every side of `shape` ((rows, cols) of an image, or
-    one side) holds the crop: training and inference never pad an image."""
+    one side) holds the crop: training samples and the window layout need it
+    (inference reflection-pads a smaller image to the crop before laying
+    windows out)."""
     if min(shape[:2]) < crop:
         size = 'x'.join(str(side) for side in reversed(shape[:2]))   # width x height
         step = config.CROP_MULTIPLE
