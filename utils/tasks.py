@@ -140,6 +140,9 @@ class DAETask(Task):
             self.mtl = build_mtl(self.cfg, pretrained=False)
             checkpoints.load_weights(self.mtl, self.cfg.predCheckPointPath, 'mtl')
         elif isinstance(self._mtl, str):
+            if self._mtl != 'untrained':
+                raise ValueError(f"mtl = {self._mtl!r}: use None, a Keras model or "
+                                 f"'untrained'")
             self.mtl = build_mtl(self.cfg)
         else:
             self.mtl = self._mtl
