@@ -2,7 +2,7 @@
 
     python predict.py INPUT [INPUT ...] [--out DIR] [--correction]
         [--mtl-weights F] [--dae-weights F] [--outputs height,sem,norm]
-        [--bands 1,2,3] [--overwrite] [--set NAME=VALUE ...]
+        [--bands 1,2,3] [--overwrite] [--ungeoreferenced] [--set NAME=VALUE ...]
 
 INPUT: any raster GDAL opens (GeoTIFF/COG, JPEG 2000, VRT mosaic, ERDAS .img,
 PNG/JPEG with a world file, ...), an http(s):// or s3:// address of one
@@ -72,6 +72,8 @@ def parse(argv=None):
                    help='1-based input bands in the order the network takes them '
                         '(default: 1,2,3)')
     p.add_argument('--overwrite', action='store_true', help='redo finished images')
+    p.add_argument('--ungeoreferenced', action='store_true',
+                   help='predict inputs without georeferencing too, on their pixel grid')
     args = settings.parse_args(p, argv)
     args.correction = args.correction or config.correction
     args.outputs = [o.strip() for o in args.outputs.split(',') if o.strip()]
@@ -380,10 +382,13 @@ def main(argv=None):
         try:
             with raster.Image(path, bands, datasets.image_channels(),
                               config.image_scale) as image:
-                if image.crs is None or image.transform is None:
-                    raster.warn(f"{path}: no {'CRS' if image.transform else 'georeferencing'}"
-                                f"; its outputs are on its pixel grid only. Fix: give it a "
-                                f"world file and .prj, or gdal_edit.py -a_srs/-a_ullr")
+                if (image.crs is None or image.transform is None) and \
+                        not args.ungeoreferenced:
+                    raise DatasetError(
+                        f"{path}: no {'CRS' if image.transform else 'georeferencing'} "
+                        f"found by GDAL (GeoTIFF tags, world file, .prj, .aux.xml). Fix: "
+                        f"georeference it (gdal_edit.py -a_srs EPSG:n -a_ullr ...), or "
+                        f"add --ungeoreferenced to predict it on its pixel grid.")
         except UserError as err:
             problems.append((path, ' '.join(str(err).splitlines())))
     if problems:

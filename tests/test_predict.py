@@ -66,8 +66,8 @@ def _image(shape, dtype=np.uint8, seed=0):
 
 def _cli(weights, *extra):
     return ['--mtl-weights', weights['mtl'], '--dae-weights', weights['dae'],
-            '--correction', '--set', 'predict_stride=10', '--set', 'test_batch_size=4',
-            *extra]
+            '--correction', '--ungeoreferenced', '--set', 'predict_stride=10', '--set',
+            'test_batch_size=4', *extra]
 
 
 @pytest.mark.parametrize('shape,dtype,layout', [
@@ -301,7 +301,8 @@ def test_bad_inputs_are_one_line_errors_naming_file_and_fix(weights, tmp_path):
     _one_line_error(UserError, f'{grey} has 1 band.*--bands', [str(grey), *cli])
     _one_line_error(UserError, f'{good} has 3 bands.*--bands 5,1,2',
                     [str(good), '--bands', '5,1,2', *cli])
-    _one_line_error(DatasetError, f'{empty}: no image file', [str(empty), *cli])
+    _one_line_error(DatasetError, f'{empty}: no image in this folder that GDAL opens',
+                    [str(empty), *cli])
     _one_line_error(DatasetError, 'no such file', [str(tmp_path / 'nothere.tif'), *cli])
     _one_line_error(SettingError, '--outputs height,edge', [str(good), '--outputs',
                                                           'height,edge', *cli])
@@ -322,9 +323,8 @@ def test_error_ends_the_script_with_one_line_and_exit_1(tmp_path):
     proc = run_python(['predict.py', str(tmp_path)])
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"error: {tmp_path}: no image file in this folder (looked for "
-        f".tif .tiff .png .jpg .jpeg). Fix: name a folder holding images, or the image "
-        f"files themselves.")
+        f"error: {tmp_path}: no image in this folder that GDAL opens. Fix: name a folder "
+        f"holding images, or the image files themselves.")
 
 
 def test_trained_settings_come_from_the_json(weights, tmp_path):
