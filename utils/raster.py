@@ -64,7 +64,10 @@ def is_sidecar(path):
 
 
 def _reason(err):
-    """The first line of GDAL's message, without rasterio's quoting of the path."""
+    """The first line of GDAL's own message: rasterio's 'Read failed. See
+    previous exception' carries it in the exception it was raised from."""
+    while 'previous exception' in str(err) and (err.__cause__ or err.__context__):
+        err = err.__cause__ or err.__context__
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
