@@ -242,7 +242,6 @@ def test_predict_gives_each_format_the_heights_and_grid_of_the_plain_geotiff(
     """One predict.py run over every format and every bad input: the good
     ones predicted with the plain GeoTIFF's heights and grid, one line per
     bad one, exit status 1, no traceback."""
-    folder = os.path.dirname(files['plain'])
     nogeo = str(tmp_path / 'nogeo.jp2')
     with rasterio.Env(GDAL_PAM_ENABLED='NO'):
         with rasterio.open(nogeo, 'w', driver='JP2OpenJPEG', height=H, width=W, count=3,
