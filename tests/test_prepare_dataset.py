@@ -316,7 +316,7 @@ def test_published_names_are_refused_and_missing_files_named(tmp_path):
                          '--dsm', str(empty), '--dtm', 'd.tif',
                          '--set', f'shortcut_path={tmp_path}'], timeout=120)
     assert result.returncode == 1 and result.stderr.startswith(
-        f'error: --dsm {empty}: no raster file in this folder (looked for .tif .tiff .vrt')
+        f'error: --dsm {empty}: no raster in this folder that GDAL opens')
 
 
 SHRINK = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
