@@ -42,12 +42,15 @@ REMOTE = ('http://', 'https://', 's3://', '/vsi')
 # Files that belong to an image beside them, never images themselves.
 SIDECARS = ('.aux.xml', '.aux', '.msk', '.ovr', '.rrd', '.prj', '.wld', '.tfw', '.tifw',
             '.tiffw', '.pgw', '.pngw', '.jgw', '.jpgw', '.jpegw', '.j2w', '.gfw', '.bpw')
-# For remote files: no directory listing per open (an HTTP request each), and
-# neighbouring byte ranges merged into one request. They change nothing for
-# local files, so they are defaults for the whole process; the environment wins.
-for _name, _value in (('GDAL_HTTP_MULTIRANGE', 'YES'),
+# GDAL settings, defaults for the whole process (the environment wins). The
+# block cache holds a row of blocks while its rows are read, not the image
+# (GDAL's default, 5% of the RAM, kept 520 MB of a 12 000 px image read in
+# bands: bench/RESULTS.md). For remote files, neighbouring byte ranges are
+# merged into one request.
+for _name, _value in (('GDAL_CACHEMAX', '64'), ('GDAL_HTTP_MULTIRANGE', 'YES'),
                       ('GDAL_HTTP_MERGE_CONSECUTIVE_RANGES', 'YES'), ('VSI_CACHE', 'TRUE')):
     os.environ.setdefault(_name, _value)
+# For remote files: no directory listing per open (an HTTP request each).
 REMOTE_OPTIONS = dict(GDAL_DISABLE_READDIR_ON_OPEN='EMPTY_DIR')
 
 
@@ -248,6 +251,10 @@ class Image:
         # rows per read: whole blocks, at least TILE rows
         block = src.block_shapes[0][0]
         self._step = max(1, -(-TILE // block)) * block if block < self.height else TILE
+        # one block taller than a read (a single compressed strip): decoded
+        # once and held, not again for every band of rows
+        self._hold = block >= self.height > self._step
+        self._whole = None
 
     @property
     def dtype(self):
@@ -257,14 +264,13 @@ class Image:
 
     def _raw(self, r0, r1):
         """(bands [n, W, len(bands)] with a palette expanded, valid [n, W])."""
-        window = Window(0, r0, self.width, r1 - r0)
-        indexes = [1] if self.lut is not None else [b + 1 for b in self.bands]
-        try:
-            raw = np.moveaxis(self._src.read(indexes, window=window), 0, -1)
-            valid = (self._src.read_masks(1, window=window) != 0 if self.masked
-                     else np.ones(raw.shape[:2], bool))
-        except (RasterioError, OSError) as err:
-            raise unreadable(self.path, err) from None
+        if self._hold:
+            if self._whole is None:
+                self._whole = self._read(0, self.height)
+            raw, valid = (part[r0:r1] for part in self._whole)
+            valid = valid.copy()
+        else:
+            raw, valid = self._read(r0, r1)
         if self.lut is not None:     # nodata of a palette image is an index
             if self.nodata is not None:
                 valid &= raw[..., 0] != self.nodata
@@ -273,6 +279,18 @@ class Image:
             valid &= np.isfinite(raw).all(-1)
         if self.nodata is not None and not math.isnan(self.nodata):
             valid &= ~(raw == np.asarray(self.nodata).astype(raw.dtype)).all(-1)
+        return raw, valid
+
+    def _read(self, r0, r1):
+        """(the bands read [n, W, bands or 1 index], GDAL's mask [n, W])."""
+        window = Window(0, r0, self.width, r1 - r0)
+        indexes = [1] if self.lut is not None else [b + 1 for b in self.bands]
+        try:
+            raw = np.moveaxis(self._src.read(indexes, window=window), 0, -1)
+            valid = (self._src.read_masks(1, window=window) != 0 if self.masked
+                     else np.ones(raw.shape[:2], bool))
+        except (RasterioError, OSError) as err:
+            raise unreadable(self.path, err) from None
         return raw, valid
 
     def _bands_of_rows(self, rows=None):
@@ -385,6 +403,7 @@ class Image:
         return np.concatenate(parts)
 
     def close(self):
+        self._whole = None
         if self._src is not None:
             self._src.close()
             self._src = None
