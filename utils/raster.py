@@ -42,12 +42,12 @@ REMOTE = ('http://', 'https://', 's3://', '/vsi')
 # Files that belong to an image beside them, never images themselves.
 SIDECARS = ('.aux.xml', '.aux', '.msk', '.ovr', '.rrd', '.prj', '.wld', '.tfw', '.tifw',
             '.tiffw', '.pgw', '.pngw', '.jgw', '.jpgw', '.jpegw', '.j2w', '.gfw', '.bpw')
-# GDAL settings, defaults for the whole process (the environment wins). The
-# block cache holds a row of blocks while its rows are read, not the image
-# (GDAL's default, 5% of the RAM, kept 520 MB of a 12 000 px image read in
-# bands: bench/RESULTS.md). For remote files, neighbouring byte ranges are
-# merged into one request.
-for _name, _value in (('GDAL_CACHEMAX', '64'), ('GDAL_HTTP_MULTIRANGE', 'YES'),
+# GDAL settings, defaults for the whole process (the environment wins). Image
+# holds the band of whole block rows it reads, so GDAL's block cache need not
+# hold the image (its default, 5% of the RAM, kept 520 MB of a 12 000 px image
+# read in bands: bench/RESULTS.md). For remote files, neighbouring byte
+# ranges are merged into one request.
+for _name, _value in (('GDAL_CACHEMAX', '16'), ('GDAL_HTTP_MULTIRANGE', 'YES'),
                       ('GDAL_HTTP_MERGE_CONSECUTIVE_RANGES', 'YES'), ('VSI_CACHE', 'TRUE')):
     os.environ.setdefault(_name, _value)
 # For remote files: no directory listing per open (an HTTP request each).
@@ -253,8 +253,9 @@ class Image:
         self._step = max(1, -(-TILE // block)) * block if block < self.height else TILE
         # one block taller than a read (a single compressed strip): decoded
         # once and held, not again for every band of rows
-        self._hold = block >= self.height > self._step
-        self._whole = None
+        if block >= self.height > self._step:
+            self._step = self.height
+        self._held = None       # (first row, bands, mask) of the band of rows last read
 
     @property
     def dtype(self):
@@ -264,13 +265,7 @@ class Image:
 
     def _raw(self, r0, r1):
         """(bands [n, W, len(bands)] with a palette expanded, valid [n, W])."""
-        if self._hold:
-            if self._whole is None:
-                self._whole = self._read(0, self.height)
-            raw, valid = (part[r0:r1] for part in self._whole)
-            valid = valid.copy()
-        else:
-            raw, valid = self._read(r0, r1)
+        raw, valid = self._aligned(r0, r1)
         if self.lut is not None:     # nodata of a palette image is an index
             if self.nodata is not None:
                 valid &= raw[..., 0] != self.nodata
@@ -280,6 +275,24 @@ class Image:
         if self.nodata is not None and not math.isnan(self.nodata):
             valid &= ~(raw == np.asarray(self.nodata).astype(raw.dtype)).all(-1)
         return raw, valid
+
+    def _aligned(self, r0, r1):
+        """_read(r0, r1) through bands of whole block rows (_step rows from a
+        multiple of _step), each read once: reads from top to bottom decode
+        every block once, whatever rows they ask for."""
+        parts = []
+        row = r0
+        while row < r1:
+            top = row // self._step * self._step
+            if self._held is None or self._held[0] != top:
+                self._held = (top,) + self._read(top, min(top + self._step, self.height))
+            _, raw, valid = self._held
+            end = min(r1, top + len(raw))
+            parts.append((raw[row - top:end - top], valid[row - top:end - top]))
+            row = end
+        if len(parts) == 1:
+            return parts[0][0], parts[0][1].copy()
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
 
     def _read(self, r0, r1):
         """(the bands read [n, W, bands or 1 index], GDAL's mask [n, W])."""
@@ -358,7 +371,7 @@ class Image:
     def to_unit(self, picked):
         offset, span = self.span
         if offset == 0 and span == 1 and picked.dtype.kind == 'f':
-            return np.asarray(picked, np.float32)   # floats already in [0, 1]
+            return np.array(picked, np.float32)     # a copy: rows() zeroes invalid pixels
         if offset == 0 and picked.dtype.kind in 'ui':
             # the division the training images have always had: float32 / span
             unit = picked.astype(np.float32)
@@ -403,7 +416,7 @@ class Image:
         return np.concatenate(parts)
 
     def close(self):
-        self._whole = None
+        self._held = None
         if self._src is not None:
             self._src.close()
             self._src = None
