@@ -382,6 +382,7 @@ def main(argv=None):
         try:
             with raster.Image(path, bands, datasets.image_channels(),
                               config.image_scale) as image:
+                image.rows(0, 1)    # a file damaged from its first rows fails now
                 if (image.crs is None or image.transform is None) and \
                         not args.ungeoreferenced:
                     raise DatasetError(

@@ -46,12 +46,17 @@ SIDECARS = ('.aux.xml', '.aux', '.msk', '.ovr', '.rrd', '.prj', '.wld', '.tfw', 
 # holds the band of whole block rows it reads, so GDAL's block cache need not
 # hold the image (its default, 5% of the RAM, kept 520 MB of a 12 000 px image
 # read in bands: bench/RESULTS.md). For remote files, neighbouring byte
-# ranges are merged into one request.
-for _name, _value in (('GDAL_CACHEMAX', '16'), ('GDAL_HTTP_MULTIRANGE', 'YES'),
+# ranges are merged into one request. GDAL's own messages stay off the
+# terminal: its errors reach the user as our one-line errors naming the file.
+for _name, _value in (('GDAL_CACHEMAX', '16'), ('CPL_LOG', os.devnull),
+                      ('GDAL_HTTP_MULTIRANGE', 'YES'),
                       ('GDAL_HTTP_MERGE_CONSECUTIVE_RANGES', 'YES'), ('VSI_CACHE', 'TRUE')):
     os.environ.setdefault(_name, _value)
 # For remote files: no directory listing per open (an HTTP request each).
 REMOTE_OPTIONS = dict(GDAL_DISABLE_READDIR_ON_OPEN='EMPTY_DIR')
+# Names a user means as images: taken from a folder even when GDAL cannot
+# open them, so that a damaged one is reported, not silently left out.
+IMAGE_NAMES = ('.tif', '.tiff', '.jp2', '.png', '.jpg', '.jpeg', '.vrt', '.img')
 
 
 def warn(message):
@@ -104,7 +109,7 @@ def opens(path):
     if is_sidecar(path):
         return False
     try:
-        with rasterio.Env(CPL_LOG='/dev/null'), rasterio.open(path):
+        with rasterio.open(path):
             return True
     except (RasterioError, OSError):
         return False
@@ -112,7 +117,8 @@ def opens(path):
 
 def find_images(inputs, kind='image', option=''):
     """Files and addresses named by `inputs`: files, http(s)/s3 addresses, or
-    folders whose files GDAL opens (sidecars left out), in name order. A
+    folders whose files GDAL opens or are named as images (IMAGE_NAMES;
+    sidecars left out), in name order. A
     missing path or a folder without any is an error naming the
     command-line `option` it came from."""
     files = []
@@ -122,7 +128,7 @@ def find_images(inputs, kind='image', option=''):
             files.append(item)
         elif os.path.isdir(item):
             found = [p for p in sorted(os.path.join(item, f) for f in os.listdir(item))
-                     if os.path.isfile(p) and opens(p)]
+                     if os.path.isfile(p) and (p.lower().endswith(IMAGE_NAMES) or opens(p))]
             if not found:
                 raise DatasetError(f"{prefix}{item}: no {kind} in this folder that GDAL "
                                    f"opens. Fix: name a folder holding {kind}s, or the "
@@ -182,7 +188,7 @@ def _grid(src):
 def metadata(path):
     """The dataset-level metadata items of a raster ({} when unreadable)."""
     try:
-        with rasterio.Env(CPL_LOG='/dev/null'), rasterio.open(path) as src:
+        with rasterio.open(path) as src:
             return src.tags()
     except (RasterioError, OSError):
         return {}
