@@ -30,7 +30,7 @@ import warnings
 import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp, MaskFlags
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from utils.errors import DatasetError, ImageryWarning, SettingError
@@ -89,6 +89,17 @@ def unreadable(path, err):
     return DatasetError(f"Cannot read {path} ({reason}). Fix: {fix}.")
 
 
+def _open(path):
+    """rasterio.open, without rasterio's warning for a file without a grid:
+    Image.crs / transform say so, and predict.py decides."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', NotGeoreferencedWarning)
+        if is_remote(path):
+            with rasterio.Env(**REMOTE_OPTIONS):
+                return rasterio.open(path)
+        return rasterio.open(path)
+
+
 def open_raster(path):
     """The rasterio dataset of a file or address; a DatasetError naming it
     when GDAL cannot open it."""
@@ -96,10 +107,7 @@ def open_raster(path):
     if not is_remote(path) and not os.path.exists(path):
         raise DatasetError(f"{path}: no such file. Fix: check the path.")
     try:
-        if is_remote(path):
-            with rasterio.Env(**REMOTE_OPTIONS):
-                return rasterio.open(path)
-        return rasterio.open(path)
+        return _open(path)
     except (RasterioError, OSError) as err:
         raise unreadable(path, err) from None
 
@@ -109,7 +117,7 @@ def opens(path):
     if is_sidecar(path):
         return False
     try:
-        with rasterio.open(path):
+        with _open(path):
             return True
     except (RasterioError, OSError):
         return False
@@ -118,9 +126,8 @@ def opens(path):
 def find_images(inputs, kind='image', option=''):
     """Files and addresses named by `inputs`: files, http(s)/s3 addresses, or
     folders whose files GDAL opens or are named as images (IMAGE_NAMES;
-    sidecars left out), in name order. A
-    missing path or a folder without any is an error naming the
-    command-line `option` it came from."""
+    sidecars left out), in name order. A missing path or a folder without
+    any is an error naming the command-line `option` it came from."""
     files = []
     prefix = f"{option} " if option else ''
     for item in map(str, inputs):
@@ -188,7 +195,7 @@ def _grid(src):
 def metadata(path):
     """The dataset-level metadata items of a raster ({} when unreadable)."""
     try:
-        with rasterio.open(path) as src:
+        with _open(path) as src:
             return src.tags()
     except (RasterioError, OSError):
         return {}
