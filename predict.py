@@ -2,9 +2,11 @@
 
     python predict.py INPUT [INPUT ...] [--out DIR] [--correction]
         [--mtl-weights F] [--dae-weights F] [--outputs height,sem,norm]
-        [--bands 1,2,3] [--overwrite] [--set NAME=VALUE ...]
+        [--bands 1,2,3] [--overwrite] [--ungeoreferenced] [--set NAME=VALUE ...]
 
-INPUT: image files (GeoTIFF/TIFF, PNG, JPEG) or folders of them. Each image
+INPUT: any raster GDAL opens (GeoTIFF/COG, JPEG 2000, VRT mosaic, ERDAS .img,
+PNG/JPEG with a world file, ...), an http(s):// or s3:// address of one
+(read a block at a time, never downloaded whole), or folders of them. Each image
 is scaled as the training images were, covered by blended sliding windows
 (cropSize, predict_stride, predict_window, predict_flips) in batches of
 test_batch_size split over the replicas, and read and written in bands of
@@ -70,6 +72,8 @@ def parse(argv=None):
                    help='1-based input bands in the order the network takes them '
                         '(default: 1,2,3)')
     p.add_argument('--overwrite', action='store_true', help='redo finished images')
+    p.add_argument('--ungeoreferenced', action='store_true',
+                   help='predict inputs without georeferencing too, on their pixel grid')
     args = settings.parse_args(p, argv)
     args.correction = args.correction or config.correction
     args.outputs = [o.strip() for o in args.outputs.split(',') if o.strip()]
@@ -135,8 +139,7 @@ def predict_image(predict_fn, path, paths, bands, progress=None, trained=None, r
         with raster.Image(path, bands, datasets.image_channels(), config.image_scale) as image:
             check_statistics(image, trained or {})
             h, w = image.height, image.width
-            geo = raster.geo_tags(path, raster.GEOREFERENCING)
-            common = dict(extratags=geo, metadata=record)
+            common = dict(crs=image.crs, transform=image.transform, metadata=record)
             written = [heads.by_name(key) for key in paths if key != 'preview']
             for head in written:
                 if head.is_classes:
@@ -248,25 +251,21 @@ def provenance(mtl_path, dae_path, bands):
 
 
 def input_record(path):
-    """The input file as the outputs record it: a changed file is redone."""
+    """The input file as the outputs record it: a changed file is redone (an
+    address: recorded as it is)."""
+    from utils import raster
+    if raster.is_remote(path):
+        return json.dumps({'address': path})
     stat = os.stat(path)
     return json.dumps({'file': os.path.basename(path), 'bytes': stat.st_size,
                        'modified_ns': stat.st_mtime_ns}, sort_keys=True)
 
 
 def recorded(path):
-    """The GDAL_METADATA items of a GeoTIFF ({} without any)."""
-    import tifffile
-    from xml.etree import ElementTree
-    try:
-        with tifffile.TiffFile(path) as tif:
-            tag = tif.pages[0].tags.get(42112)
-            if tag is None:
-                return {}
-            return {item.get('name'): item.text or ''
-                    for item in ElementTree.fromstring(tag.value).iter('Item')}
-    except Exception:       # unreadable: not a match, the image is redone
-        return {}
+    """The metadata items of an output GeoTIFF ({} without any, or unreadable:
+    not a match, the image is redone)."""
+    from utils import raster
+    return raster.metadata(path)
 
 
 def stale_outputs(paths, record):
@@ -348,7 +347,7 @@ def main(argv=None):
     files = raster.find_images(args.inputs)
     names = {}
     for path in files:
-        name = os.path.splitext(os.path.basename(path))[0]
+        name = output_name(path)
         if name in names:
             raise SettingError(f"{names[name]} and {path} would both write {name}_*.tif: "
                                f"predict them in separate runs with different --out")
@@ -381,7 +380,16 @@ def main(argv=None):
     problems = []
     for path in files:
         try:
-            raster.Image(path, bands, datasets.image_channels(), config.image_scale).close()
+            with raster.Image(path, bands, datasets.image_channels(),
+                              config.image_scale) as image:
+                image.rows(0, 1)    # a file damaged from its first rows fails now
+                if (image.crs is None or image.transform is None) and \
+                        not args.ungeoreferenced:
+                    raise DatasetError(
+                        f"{path}: no {'CRS' if image.transform else 'georeferencing'} "
+                        f"found by GDAL (GeoTIFF tags, world file, .prj, .aux.xml). Fix: "
+                        f"georeference it (gdal_edit.py -a_srs EPSG:n -a_ullr ...), or "
+                        f"add --ungeoreferenced to predict it on its pixel grid.")
         except UserError as err:
             problems.append((path, ' '.join(str(err).splitlines())))
     if problems:
@@ -390,10 +398,8 @@ def main(argv=None):
         for path, reason in problems:
             print(f"  {reason}", file=sys.stderr)
         files = [f for f in files if f not in dict(problems)]
-    failed = DatasetError(f"{len(problems)} input(s) skipped: " +
-                          '; '.join(reason for _, reason in problems)) if problems else None
     if not files:
-        raise failed
+        raise failed_inputs(problems)
 
     out_dir = args.out or os.path.join(config.output_root, 'predict')
     os.makedirs(out_dir, exist_ok=True)
@@ -413,7 +419,7 @@ def main(argv=None):
 
     start, megapixels, done, skipped, elsewhere = time.perf_counter(), 0.0, 0, 0, 0
     for path in files:
-        name = os.path.splitext(os.path.basename(path))[0]
+        name = output_name(path)
         paths = output_paths(out_dir, name, args.outputs)
         record = dict(common, DSMNET_INPUT=input_record(path))
         why = None if args.overwrite else stale_outputs(paths, record)
@@ -445,6 +451,10 @@ def main(argv=None):
             megapixels += predict_image(predict_fn, path, paths, bands, progress=report,
                                         trained=trained, record=record) / 1e6
             done += 1
+        except DatasetError as err:     # e.g. a remote file cut off mid-way
+            reason = ' '.join(str(err).splitlines())
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+            problems.append((path, reason))
         finally:
             claim.release()
     elapsed = time.perf_counter() - start
@@ -452,8 +462,21 @@ def main(argv=None):
           f"{megapixels / max(elapsed, 1e-9):.2f} megapixels/s), {skipped} skipped"
           + (f", {elsewhere} left to other processes" if elsewhere else '')
           + f"; outputs ({', '.join(args.outputs)}, preview) in {out_dir}")
-    if failed:
-        raise failed
+    if problems:
+        raise failed_inputs(problems)
+
+
+def failed_inputs(problems):
+    """The run's error for the inputs that could not be predicted."""
+    from utils.errors import DatasetError
+    return DatasetError(f"{len(problems)} input(s) skipped: " +
+                        '; '.join(reason for _, reason in problems))
+
+
+def output_name(path):
+    """The stem of an input's outputs: its file name without the extension
+    (an address: without its query)."""
+    return os.path.splitext(os.path.basename(path.split('?')[0].rstrip('/')))[0]
 
 
 if __name__ == '__main__':

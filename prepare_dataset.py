@@ -16,7 +16,7 @@ The result is <shortcut_path>/NAME/ in the split_folders layout
 `--set dataset_name=NAME` trains, tests and predicts with its settings
 (label codes, unlabelled value, crop) and no edit of config.py.
 
-Needs rasterio (GDAL), as training does not.
+Inputs are any rasters GDAL opens: files, VRT mosaics, http(s):// and s3:// addresses.
 """
 import datetime
 import json
@@ -271,14 +271,13 @@ def split_and_move(root, stats, args):
 
 def describe(args, paths, layers, stats):
     """dataset.json: where the tiles came from and the settings that train on them."""
-    import rasterio
     from utils import regions
     grid = layers['grid']
     src = layers['images'].sources[0].src
     counts = {s: sum(1 for v in stats['split'].values() if v == s) for s in regions.SPLITS}
     tile_km2 = (args.tile * grid.gsd) ** 2 / 1e6
     height_file = (paths.get('ndsm') or paths['dsm'])[0]
-    with rasterio.open(height_file) as h:
+    with regions.open_raster(height_file, 'the heights') as h:
         unit = regions.height_unit(h)
     final = [stats['kept'][t] for t in stats['split']]
     classes = {}

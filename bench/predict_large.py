@@ -117,7 +117,7 @@ def variant(name, folder, image_path):
         return
     import predict
     import tifffile
-    from utils import datasets, distribute, evaluation, inference
+    from utils import cog, datasets, distribute, evaluation, inference, raster
     mtl, dae = networks(folder)
     predict_fn = inference.make_predict_fn(mtl, dae, cfg=config,
                                            strategy=distribute.get_strategy(config))
@@ -132,7 +132,7 @@ def variant(name, folder, image_path):
     elif name == 'whole':
         out = inference.predict_tile(predict_fn, datasets.read_image(image_path), crop,
                                      config.predict_stride, window=config.predict_window)
-        tags = evaluation.geo_tags(image_path)
+        tags = cog.geotiff_tags(*raster.grid(image_path))
         tifffile.imwrite(os.path.join(folder, 'whole_height.tif'), out['height'],
                          extratags=tags, tile=(256, 256), compression='zlib')
         tifffile.imwrite(os.path.join(folder, 'whole_sem.tif'), evaluation.label_image(

@@ -191,7 +191,7 @@ def test_a_new_head_is_predicted_with_flips_and_written_by_predict_py(slope_head
     monkeypatch.setattr(checkpoints, 'adopt_settings', lambda *args: {})
     monkeypatch.setattr(tasks, 'trained_mtl', lambda cfg, strategy, path: RampNetwork())
     predict.main([str(path), '--out', str(tmp_path / 'out'), '--mtl-weights', str(weights),
-                  '--outputs', 'height,slope', '--set', 'cropSize=32', '--set',
+                  '--outputs', 'height,slope', '--ungeoreferenced', '--set', 'cropSize=32', '--set',
                   'predict_stride=10', '--set', 'predict_flips=8'])
 
     scaled = datasets.read_image(str(path))[..., 0].astype(np.float64)

@@ -39,6 +39,9 @@ BY_CODE.update({5: '<u4', 13: '<u4', 18: '<u8'})   # RATIONAL (2 LONG), IFD, IFD
 PHOTOMETRIC = {'minisblack': 1, 'rgb': 2, 'palette': 3}
 SAMPLE_FORMAT = {'u': 1, 'i': 2, 'f': 3}
 SUBIFDS, GDAL_METADATA, GDAL_NODATA = 330, 42112, 42113
+# GeoTIFF tags: ModelPixelScale, ModelTiepoint, ModelTransformation,
+# GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams
+GEOREFERENCING = (33550, 33922, 34264, 34735, 34736, 34737)
 
 
 def level_shapes(height, width):
@@ -49,6 +52,26 @@ def level_shapes(height, width):
         h, w = shapes[-1]
         shapes.append((-(-h // 2), -(-w // 2)))
     return shapes
+
+
+def geotiff_tags(crs, transform):
+    """The GeoTIFF tags GDAL writes for a grid, as tifffile extratags ([]
+    without one): those of a 1 x 1 GeoTIFF GDAL writes in memory."""
+    if crs is None and transform is None:
+        return []
+    import io
+    import rasterio
+    import tifffile
+    from rasterio.io import MemoryFile
+    profile = dict(driver='GTiff', width=1, height=1, count=1, dtype='uint8')
+    with MemoryFile() as memory:
+        with memory.open(crs=crs, transform=transform or rasterio.Affine.identity(),
+                         **profile):
+            pass
+        with tifffile.TiffFile(io.BytesIO(memory.read())) as tif:
+            tags = tif.pages[0].tags
+            return [(code, tags[code].dtype, tags[code].count, tags[code].value, True)
+                    for code in GEOREFERENCING if code in tags]
 
 
 def metadata_xml(items):
@@ -122,15 +145,18 @@ class CogWriter:
     """A COG of `shape` (H, W) or (H, W, samples) and `dtype`, written by
     write(rows) top to bottom and finished by close(); abort() removes it.
 
+    crs, transform: the grid (rasterio CRS and Affine, None: none);
     extratags: tifffile-style (code, type, count, value, writeonce) tuples
-    copied onto the image (the georeferencing); nodata: the GDAL_NODATA
+    copied onto the image; nodata: the GDAL_NODATA
     value; overview: 'average' or 'nearest'; photometric: 'minisblack',
     'rgb' or 'palette' (with colormap [entries, 3] of 0..255); metadata:
     {name: value} written as GDAL_METADATA; bigtiff: None chooses (BigTIFF
     only when classic TIFF's 32-bit offsets cannot reach the data)."""
 
     def __init__(self, path, shape, dtype, extratags=(), nodata=None, overview='average',
-                 photometric='minisblack', colormap=None, metadata=None, bigtiff=None):
+                 photometric='minisblack', colormap=None, metadata=None, bigtiff=None,
+                 crs=None, transform=None):
+        extratags = list(extratags) + geotiff_tags(crs, transform)
         self.path, self.dtype = path, np.dtype(dtype).newbyteorder('<')
         self.shape = tuple(shape)
         self.samples = self.shape[2] if len(self.shape) == 3 else 1

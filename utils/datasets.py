@@ -17,8 +17,9 @@ below that says how it is organised:
 
 A new layout is a row of LAYOUTS and its finder function.
 
-Files are paired by name, never by directory order. A partner may have any
-of the image extensions (.tif .tiff .png .jpg .jpeg); for Vaihingen-style
+Files are paired by name, never by directory order. A partner may be any
+raster GDAL opens, whatever its extension (.tif .png .jpg .jp2 .vrt ...;
+sidecars such as .aux.xml and .msk are not files of their own); for Vaihingen-style
 names the height partner of top_mosaic_09cm_area<X> is dsm_09cm_matching_area<X>
 (Vaihingen also accepts the ISPRS nDSM name dsm_09cm_matching_area<N>_normalized).
 
@@ -31,7 +32,7 @@ Loading conventions:
           (GDAL mask, alpha 0, nodata) get NaN heights. A multi-band SAR file is
           averaged into one channel, then scaled like a float image.
   height  float32 HxW metres (Vaihingen: the 8-bit nDSM value as stored). Nodata
-          becomes NaN: non-finite values, the TIFF's GDAL_NODATA value, its GDAL
+          becomes NaN: non-finite values, the file's nodata value, its GDAL
           mask, and values below -1000 (e.g. -9999, -32768, -3.4e38). DFC2018
           instead applies its published outlier rule to DSM and DEM (see
           correct_dfc2018).
@@ -39,8 +40,7 @@ Loading conventions:
           Vaihingen, integer codes elsewhere); pixels holding config.unlabelled_code
           (DFC2018's 0, the eroded Vaihingen reference's black) get the index
           len(label_codes), which the semantic loss and metrics leave out.
-TIFFs are read with tifffile (imagecodecs for the compressions), PNG and JPEG
-with OpenCV.
+Every file is read through utils/raster.py (GDAL).
 """
 import dataclasses
 import os
@@ -53,7 +53,6 @@ from utils import raster
 from utils.errors import DatasetError
 
 SPLITS = ('train', 'valid', 'test')
-IMAGE_EXTENSIONS = raster.IMAGE_EXTENSIONS
 NODATA_BELOW = -1000.0      # heights below this are nodata (DFC2018: outliers)
 DFC2018_OUTLIER = 1000.0
 
@@ -168,10 +167,10 @@ def _index(folder):
         return {}
     index = {}
     for entry in sorted(os.listdir(folder)):
-        stem, ext = os.path.splitext(entry)
-        if ext.lower() not in IMAGE_EXTENSIONS:
-            continue
+        stem = os.path.splitext(entry)[0]
         path = os.path.join(folder, entry)
+        if not os.path.isfile(path) or not raster.opens(path):
+            continue
         if stem in index:
             raise DatasetError(f"Two files with the name {stem!r}: {index[stem]} and {path}. "
                                f"Fix: remove or rename one of them.")
@@ -359,7 +358,7 @@ def find_split(split):
 # ------------------------------------------------------------------ reading
 
 def read_raw(path):
-    """(array channels-last, GDAL nodata value or None) of an image file."""
+    """(array channels-last, nodata value or None) of a raster file."""
     return raster.read_raw(path)
 
 
@@ -416,14 +415,13 @@ def read_sar(path):
 def read_height(path, nodata_to_nan=True):
     """float32 HxW heights; nodata -> NaN unless `nodata_to_nan` is False
     (NaN where the file's GDAL mask is 0 either way)."""
-    array, nodata = read_raw(path)
+    array, nodata, mask = raster.read_raw(path, mask=True)
     height = _single_channel(array, path, 'height map').astype(np.float32)
     if nodata_to_nan:
         bad = ~np.isfinite(height) | (height < NODATA_BELOW)
         if nodata is not None:
             bad |= height == np.float32(nodata)
         height[bad] = np.nan
-    mask = raster.read_mask(path)
     if mask is not None:
         height[~mask] = np.nan
     return height

@@ -18,8 +18,7 @@ import os
 import numpy as np
 import tifffile
 
-from utils import datasets, distribute, heads, inference, metrics, progress
-from utils.raster import geo_tags
+from utils import cog, datasets, distribute, heads, inference, metrics, progress, raster
 
 SUMMARY_KEYS = metrics.HEIGHT_KEYS + ('miou', 'oa', 'fwiou', 'baseline_rmse', 'baseline_mae')
 
@@ -57,7 +56,7 @@ def label_image(pred_idx, label_codes):
 def _write_outputs(out_dir, sample, pred_height, classes, label_codes, plot_args):
     """<name>_height.tif, and <name>_<head>.tif of each class head in `classes`
     (head name -> class indices) as label codes or colours."""
-    tags = geo_tags(sample.image)
+    tags = cog.geotiff_tags(*raster.grid(sample.image))
     tifffile.imwrite(os.path.join(out_dir, f'{sample.name}_{heads.HEIGHT.name}.tif'),
                      pred_height.astype(np.float32), extratags=tags)
     for name, pred_idx in classes.items():

@@ -1,98 +1,145 @@
-"""Rasters read and written in bands of rows, with their georeferencing.
+"""Every raster read, through GDAL (rasterio): images, heights and labels.
 
-`Image` reads an image file the way GDAL presents it: a TIFF strip by strip
-or tile by tile (tifffile decodes each segment; imagecodecs supplies LZW,
-JPEG and the other codecs), a palette image through its colour map, and
-where its pixels are valid. PNG and JPEG files have no row access and are
-read whole. Outputs are written by utils/cog.py; class_map() says how a
-class map is coded for GIS tools.
+Anything GDAL opens is an input, whatever its extension: GeoTIFF/COG, JPEG
+2000, a VRT mosaic, ERDAS .img, PNG/JPEG with a world file and .aux.xml,
+and http(s):// or s3:// addresses (GDAL's /vsicurl/ and /vsis3/, read a
+block at a time, credentials from the environment as GDAL reads them).
+Folders are scanned for what GDAL opens; sidecars (.aux.xml, .msk, .ovr,
+world files) belong to their image and are never taken for one.
 
-A pixel is invalid where the GDAL mask is 0 (the TIFF's internal mask page,
-or a `<file>.msk` sidecar), where alpha is 0, where every chosen band equals
-the GDAL_NODATA value, or where a band is not finite. A nodata value the
-data type cannot hold is ignored with a warning, as GDAL does.
+`Image` reads an image in bands of rows the way GDAL presents it: the
+palette expanded through its colour table, JPEG YCbCr decoded by GDAL, and
+a pixel invalid where GDAL's mask is 0 (internal mask, `.msk` sidecar or
+alpha), where every chosen band equals the nodata value, or where a band is
+not finite. A nodata value the type cannot hold is ignored, as GDAL does.
 
 Values map to [0, 1] by the `image_scale` setting (config.py): 'auto'
-divides integers by the largest value of their declared bit depth
-(BitsPerSample, else MaxSampleValue, else the type's), keeps floats within
-[0, 1] and min-max scales other floats over the image's valid pixels;
-'minmax' min-max scales every type; a number N divides by N (values above
-N become 1). An undeclared uint16 image whose values all fit in 12 bits
-gets a warning naming the file, its range and the setting.
+divides integers by the largest value of their declared bit depth (GDAL's
+NBITS, else the type's), keeps floats within [0, 1] and min-max scales
+other floats over the image's valid pixels; 'minmax' min-max scales every
+type; a number N divides by N (values above N become 1). An undeclared
+uint16 image whose values all fit in 12 bits gets a warning naming the
+file, its range and the setting. class_map() says how a class map is coded
+for GIS tools.
 """
 import colorsys
-import contextlib
 import math
 import os
-import sys
 import warnings
 
-import cv2
 import numpy as np
-import tifffile
+import rasterio
+from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.windows import Window
 
 from utils.errors import DatasetError, ImageryWarning, SettingError
 
-IMAGE_EXTENSIONS = ('.tif', '.tiff', '.png', '.jpg', '.jpeg')
-# GeoTIFF tags: ModelPixelScale, ModelTiepoint, ModelTransformation,
-# GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams (the georeferencing:
-# CRS and geotransform or tie points), GDAL_METADATA, GDAL_NODATA.
-GEOREFERENCING = (33550, 33922, 34264, 34735, 34736, 34737)
-GEO_TAGS = GEOREFERENCING + (42112, 42113)
-NODATA_TAG = 42113
-MAX_SAMPLE_VALUE_TAG = 281
 HEIGHT_NODATA = -9999.0     # below datasets.NODATA_BELOW, so read back as nodata
-TILE = 256
+TILE = 256                  # rows read at a time when the blocks are not taller
 UNDECLARED_BITS = (11, 12)  # common sensor depths stored in uint16 without a declaration
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence what C libraries print on stderr (libjpeg's 'Premature end of
-    JPEG file' through OpenCV): our error names the file instead."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def is_tiff(path):
-    return str(path).lower().endswith(('.tif', '.tiff'))
+REMOTE = ('http://', 'https://', 's3://', '/vsi')
+# Files that belong to an image beside them, never images themselves.
+SIDECARS = ('.aux.xml', '.aux', '.msk', '.ovr', '.rrd', '.prj', '.wld', '.tfw', '.tifw',
+            '.tiffw', '.pgw', '.pngw', '.jgw', '.jpgw', '.jpegw', '.j2w', '.gfw', '.bpw')
+# GDAL settings, defaults for the whole process (the environment wins). Image
+# holds the band of whole block rows it reads, so GDAL's block cache need not
+# hold the image (its default, 5% of the RAM, kept 520 MB of a 12 000 px image
+# read in bands: bench/RESULTS.md). For remote files, neighbouring byte
+# ranges are merged into one request. GDAL's own messages stay off the
+# terminal: its errors reach the user as our one-line errors naming the file.
+for _name, _value in (('GDAL_CACHEMAX', '16'), ('CPL_LOG', os.devnull),
+                      ('GDAL_HTTP_MULTIRANGE', 'YES'),
+                      ('GDAL_HTTP_MERGE_CONSECUTIVE_RANGES', 'YES'), ('VSI_CACHE', 'TRUE')):
+    os.environ.setdefault(_name, _value)
+# For remote files: no directory listing per open (an HTTP request each).
+REMOTE_OPTIONS = dict(GDAL_DISABLE_READDIR_ON_OPEN='EMPTY_DIR')
+# Names a user means as images: taken from a folder even when GDAL cannot
+# open them, so that a damaged one is reported, not silently left out.
+IMAGE_NAMES = ('.tif', '.tiff', '.jp2', '.png', '.jpg', '.jpeg', '.vrt', '.img')
 
 
 def warn(message):
     warnings.warn(message, ImageryWarning, stacklevel=2)
 
 
-def geo_tags(path, codes=GEO_TAGS):
-    """The GeoTIFF tags of an image file as tifffile extratags ([] if none / not a TIFF)."""
-    if not is_tiff(path):
-        return []
-    with tifffile.TiffFile(path) as tif:
-        tags = tif.pages[0].tags
-        return [(code, tags[code].dtype, tags[code].count, tags[code].value, True)
-                for code in codes if code in tags]
+def is_remote(path):
+    return str(path).startswith(REMOTE)
 
 
-def find_images(inputs, extensions=IMAGE_EXTENSIONS, kind='image', option=''):
-    """Files named by `inputs` (files, or folders whose files ending in one
-    of `extensions` are taken in name order); a missing path or an empty
-    folder is an error, naming the command-line `option` it came from."""
+def is_sidecar(path):
+    return str(path).lower().endswith(SIDECARS)
+
+
+def _reason(err):
+    """The first line of GDAL's own message: rasterio's 'Read failed. See
+    previous exception' carries it in the exception it was raised from."""
+    while 'previous exception' in str(err) and (err.__cause__ or err.__context__):
+        err = err.__cause__ or err.__context__
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def unreadable(path, err):
+    """The error for a raster GDAL cannot read; `err`: its exception, or the reason."""
+    reason = _reason(err) if isinstance(err, Exception) else err
+    if is_remote(path):
+        fix = 'check the address, the network and the credentials GDAL reads'
+    else:
+        fix = 'replace the file with one GDAL reads (gdalinfo shows what it sees)'
+    return DatasetError(f"Cannot read {path} ({reason}). Fix: {fix}.")
+
+
+def _open(path):
+    """rasterio.open, without rasterio's warning for a file without a grid:
+    Image.crs / transform say so, and predict.py decides."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', NotGeoreferencedWarning)
+        if is_remote(path):
+            with rasterio.Env(**REMOTE_OPTIONS):
+                return rasterio.open(path)
+        return rasterio.open(path)
+
+
+def open_raster(path):
+    """The rasterio dataset of a file or address; a DatasetError naming it
+    when GDAL cannot open it."""
+    path = str(path)
+    if not is_remote(path) and not os.path.exists(path):
+        raise DatasetError(f"{path}: no such file. Fix: check the path.")
+    try:
+        return _open(path)
+    except (RasterioError, OSError) as err:
+        raise unreadable(path, err) from None
+
+
+def opens(path):
+    """Whether GDAL opens the file as a raster (sidecars excluded)."""
+    if is_sidecar(path):
+        return False
+    try:
+        with _open(path):
+            return True
+    except (RasterioError, OSError):
+        return False
+
+
+def find_images(inputs, kind='image', option=''):
+    """Files and addresses named by `inputs`: files, http(s)/s3 addresses, or
+    folders whose files GDAL opens or are named as images (IMAGE_NAMES;
+    sidecars left out), in name order. A missing path or a folder without
+    any is an error naming the command-line `option` it came from."""
     files = []
     prefix = f"{option} " if option else ''
-    for item in inputs:
-        if os.path.isdir(item):
-            found = sorted(os.path.join(item, f) for f in os.listdir(item)
-                           if f.lower().endswith(extensions))
+    for item in map(str, inputs):
+        if is_remote(item):
+            files.append(item)
+        elif os.path.isdir(item):
+            found = [p for p in sorted(os.path.join(item, f) for f in os.listdir(item))
+                     if os.path.isfile(p) and (p.lower().endswith(IMAGE_NAMES) or opens(p))]
             if not found:
-                raise DatasetError(f"{prefix}{item}: no {kind} file in this folder (looked "
-                                   f"for {' '.join(extensions)}). Fix: name a folder holding "
-                                   f"{kind}s, or the {kind} files themselves.")
+                raise DatasetError(f"{prefix}{item}: no {kind} in this folder that GDAL "
+                                   f"opens. Fix: name a folder holding {kind}s, or the "
+                                   f"{kind} files themselves.")
             files += found
         elif os.path.isfile(item):
             files.append(item)
@@ -113,188 +160,45 @@ def parse_bands(text):
     return bands
 
 
-def nodata_value(text, dtype, path):
-    """The GDAL_NODATA text as a value of `dtype`, or None (with a warning,
-    as GDAL does) when the type cannot hold it: -1 on uint8 must not mark
-    every 255."""
-    try:
-        value = float(str(text).strip('\x00 '))
-    except ValueError:
-        warn(f"{path}: GDAL_NODATA {text!r} is not a number; ignored")
-        return None
-    dtype = np.dtype(dtype)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        fits = math.isfinite(value) and value == int(value) and info.min <= value <= info.max
-    else:
-        fits = not math.isfinite(value) or abs(value) <= np.finfo(dtype).max
-    if not fits:
-        warn(f"{path}: GDAL_NODATA {value:g} cannot be a {dtype} value; ignored "
-             f"(no pixel is nodata by value)")
-        return None
-    return value
+def _has_mask(src):
+    """Whether GDAL has a mask for the whole dataset (internal, .msk or alpha)."""
+    return MaskFlags.per_dataset in src.mask_flag_enums[0]
 
 
-def read_raw(path):
-    """(array channels-last, GDAL nodata value or None) of a whole image file;
-    a palette stays indices (label files are palette images of class codes)."""
-    if not os.path.isfile(path):
-        raise DatasetError(f"File not found: {path}. Fix: restore the file or remove its "
-                           f"partners so the sample is not listed.")
-    if is_tiff(path):
+def read_raw(path, mask=False):
+    """(array channels-last, nodata value or None) of a whole raster, and with
+    `mask` a third item: bool HxW, False where GDAL's mask of the dataset
+    (internal, .msk, alpha) is 0, or None when it has none. A palette stays
+    indices (label files are palette images of class codes)."""
+    with open_raster(path) as src:
         try:
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                array = page.asarray()
-                if array.ndim == 3 and page.axes.startswith('S'):   # planar channels
-                    array = np.moveaxis(array, 0, -1)
-                tag = page.tags.get('GDAL_NODATA')
-                nodata = None if tag is None else nodata_value(tag.value, array.dtype, path)
-                return array, nodata
-        except Exception as err:
-            raise _unreadable(path, err) from None
-    with _quiet_stderr():
-        array = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if array is None:
-        raise _unreadable(path, 'OpenCV cannot decode it')
-    if array.ndim == 3 and array.shape[2] in (3, 4):
-        array = cv2.cvtColor(array, cv2.COLOR_BGR2RGB if array.shape[2] == 3
-                             else cv2.COLOR_BGRA2RGBA)
-    return array, None
+            array = np.moveaxis(src.read(), 0, -1)
+            valid = src.read_masks(1) != 0 if mask and _has_mask(src) else None
+        except (RasterioError, OSError) as err:
+            raise unreadable(path, err) from None
+        array = array[..., 0] if array.shape[2] == 1 else array
+        return (array, src.nodata, valid) if mask else (array, src.nodata)
 
 
-def _unreadable(path, err):
-    """The error for a file no decoder could read; `err`: the decoder's
-    exception, or the reason in words."""
-    if isinstance(err, Exception):
-        err = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
-    return DatasetError(f"Cannot read {path} ({err}). Fix: replace the file with a valid "
-                        f"TIFF/PNG/JPEG.")
+def grid(path):
+    """(crs, transform) of a raster: rasterio CRS and Affine, each None when
+    the file declares none."""
+    with open_raster(path) as src:
+        return _grid(src)
 
 
-class _Segments:
-    """Row access to one page of a TIFF through its strips or tiles, for
-    reads from top to bottom. Uncompressed strips are read by rows straight
-    from the file; other segments are decoded once per row of segments and
-    kept only while later rows still need theirs (a single compressed strip
-    is the whole image: decoded once, kept to the end)."""
-
-    def __init__(self, tif, page):
-        self.page, self.tif = page, tif
-        self.seg_h = page.tilelength if page.is_tiled else min(page.rowsperstrip,
-                                                                 page.imagelength)
-        self.seg_w = page.tilewidth if page.is_tiled else page.imagewidth
-        self.across = -(-page.imagewidth // self.seg_w)
-        self.down = -(-page.imagelength // self.seg_h)
-        self.planes = page.samplesperpixel if page.planarconfig == 2 else 1
-        self.shape = (page.imagelength, page.imagewidth, page.samplesperpixel)
-        self.dtype = page.dtype
-        self.raw = (page.compression == 1 and not page.is_tiled and page.fillorder == 1
-                    and page.bitspersample == page.dtype.itemsize * 8
-                    and all(page.databytecounts))     # GDAL's sparse files: no strip
-        self.cache = {}     # row of segments -> its decoded rows [seg_h, W, bands]
-        if self.raw:        # read by rows later: a truncated file must fail now
-            end = max(o + n for o, n in zip(page.dataoffsets, page.databytecounts))
-            if end > tif.filehandle.size:
-                raise ValueError(f"truncated: its strips end at byte {end}, the file at "
-                                 f"{tif.filehandle.size}")
-        self.read(0, 1)     # fails now, not midway, when a segment cannot be decoded
-        self.cache.clear()
-
-    def read(self, r0, r1):
-        if self.raw:
-            return self._read_raw(r0, r1)
-        out = np.zeros((r1 - r0, self.shape[1], self.shape[2]), self.dtype)
-        first, last = r0 // self.seg_h, (r1 - 1) // self.seg_h
-        for row in range(first, last + 1):
-            if row not in self.cache:
-                self.cache[row] = self._decode_row(row)
-            top = row * self.seg_h
-            part = self.cache[row]
-            lo, hi = max(r0, top), min(r1, top + len(part))
-            out[lo - r0:hi - r0] = part[lo - top:hi - top]
-        for row in [k for k in self.cache if (k + 1) * self.seg_h <= r1]:
-            del self.cache[row]     # rows below r1 are read next, not these
-        return out
-
-    def _decode_row(self, row):
-        """Every segment of one row of segments, decoded: [rows, W, bands]."""
-        page, (h, w, bands) = self.page, self.shape
-        top = row * self.seg_h
-        out = np.zeros((min(self.seg_h, h - top), w, bands), self.dtype)
-        fh = self.tif.filehandle
-        for plane in range(self.planes):
-            for col in range(self.across):
-                index = (plane * self.down + row) * self.across + col
-                fh.seek(page.dataoffsets[index])
-                data = fh.read(page.databytecounts[index]) or None
-                seg, (s, _, y, x, c), _ = page.decode(data, index, jpegtables=page.jpegtables)
-                if seg is None:     # a segment never written: zeros
-                    continue
-                seg = seg[0]        # (length, width, contiguous samples)
-                bottom, right = min(y + seg.shape[0], h), min(x + seg.shape[1], w)
-                out[y - top:bottom - top, x:right, s + c:s + c + seg.shape[2]] = \
-                    seg[:bottom - y, :right - x]
-        return out
-
-    def _read_raw(self, r0, r1):
-        """Rows of uncompressed strips, read from their offsets in the file."""
-        h, w, bands = self.shape
-        per_plane = bands // self.planes
-        stored = self.dtype.newbyteorder(self.tif.byteorder)
-        row_bytes = w * per_plane * stored.itemsize
-        out = np.empty((r1 - r0, w, bands), self.dtype)
-        fh = self.tif.filehandle
-        for plane in range(self.planes):
-            for strip in range(r0 // self.seg_h, (r1 - 1) // self.seg_h + 1):
-                top = strip * self.seg_h
-                lo, hi = max(r0, top), min(r1, top + self.seg_h, h)
-                fh.seek(self.page.dataoffsets[plane * self.down + strip] + (lo - top) * row_bytes)
-                rows = np.frombuffer(fh.read((hi - lo) * row_bytes), stored)
-                out[lo - r0:hi - r0, :, plane * per_plane:(plane + 1) * per_plane] = \
-                    rows.reshape(hi - lo, w, per_plane)
-        return out
+def _grid(src):
+    transform = None if src.transform.is_identity else src.transform
+    return src.crs, transform
 
 
-def _mask_of(tif, page, path):
-    """(mask page, its TiffFile if a sidecar's, else None) of `page`, or
-    (None, None): the GDAL mask GDAL_TIFF_INTERNAL_MASK writes (a page flagged
-    NewSubfileType 4 with the image's size), else a `<path>.msk` sidecar."""
-    size = (page.imagelength, page.imagewidth)
-    for other in tif.pages[1:]:
-        if other.subfiletype & 4 and (other.imagelength, other.imagewidth) == size:
-            return other, None
-    if not os.path.isfile(path + '.msk'):
-        return None, None
-    sidecar = tifffile.TiffFile(path + '.msk')
-    mask = sidecar.pages[0]
-    if (mask.imagelength, mask.imagewidth) != size:
-        sidecar.close()
-        raise DatasetError(f"{path}.msk is {mask.imagewidth}x{mask.imagelength}, its image "
-                           f"{size[1]}x{size[0]}. Fix: remove or rebuild the mask.")
-    return mask, sidecar
-
-
-def read_mask(path):
-    """bool HxW, False where the GDAL mask of a TIFF (internal or .msk) is 0;
-    None when the file has none."""
-    if not is_tiff(path):
-        return None
+def metadata(path):
+    """The dataset-level metadata items of a raster ({} when unreadable)."""
     try:
-        with tifffile.TiffFile(path) as tif:
-            mask, sidecar = _mask_of(tif, tif.pages[0], path)
-            if mask is None:
-                return None
-            try:
-                return np.asarray(mask.asarray()).reshape(mask.imagelength,
-                                                          mask.imagewidth) != 0
-            finally:
-                if sidecar is not None:
-                    sidecar.close()
-    except DatasetError:
-        raise
-    except Exception as err:
-        raise _unreadable(path, err) from None
+        with _open(path) as src:
+            return src.tags()
+    except (RasterioError, OSError):
+        return {}
 
 
 def _stats_of(values):
@@ -304,8 +208,9 @@ def _stats_of(values):
 
 
 class Image:
-    """An image file in bands of rows: the chosen bands scaled to [0, 1] by
-    `scale` (the image_scale setting), and where its pixels are valid.
+    """A raster in bands of rows: the chosen bands scaled to [0, 1] by `scale`
+    (the image_scale setting), where its pixels are valid, and its grid
+    (`crs`, `transform`: None when the file declares none).
 
     bands: 0-based band indices in the order the network takes them (an
     error names --bands when they do not fit), or None: the first `channels`;
@@ -313,30 +218,14 @@ class Image:
     """
 
     def __init__(self, path, bands, channels, scale='auto'):
-        self.path = path
-        self._tif, self._segments, self._mask, self._mask_tif, self._whole = \
-            None, None, None, None, None
-        self.nodata, self.alpha, self.lut, self.declared = None, None, None, None
-        if not os.path.isfile(path):
-            raise DatasetError(f"{path}: no such file. Fix: check the path.")
+        self.path = str(path)
+        self._src = src = open_raster(self.path)
         try:
-            if is_tiff(path):
-                self._open_tiff(path)
-            else:
-                array, _ = read_raw(path)
-                self._whole = array[..., None] if array.ndim == 2 else array
-                if path.lower().endswith('.png') and self._whole.shape[2] in (2, 4):
-                    self.alpha = self._whole.shape[2] - 1
-        except DatasetError:
+            self._describe(src)
+        except (RasterioError, OSError) as err:
             self.close()
-            raise
-        except Exception as err:
-            self.close()
-            raise _unreadable(path, err) from None
-        h, w, count = (self._segments.shape if self._segments else self._whole.shape)
-        if self.lut is not None:
-            count = 3
-        self.height, self.width, self.count = h, w, count
+            raise unreadable(self.path, err) from None
+        count = self.count
         if bands is None and count < channels:     # a training image
             self.close()
             raise DatasetError(f"{path}: expected a colour image with {channels} channels, "
@@ -355,68 +244,83 @@ class Image:
         self.scale = scale
         self._span, self._survey = None, None
 
-    def _open_tiff(self, path):
-        tif = self._tif = tifffile.TiffFile(path)
-        page = tif.pages[0]
-        self._segments = _Segments(tif, page)
-        tag = page.tags.get('GDAL_NODATA')
-        if tag is not None:
-            self.nodata = nodata_value(tag.value, page.dtype, path)
-        extra = tuple(page.extrasamples or ())
-        alpha = [i for i, e in enumerate(extra) if int(e) in (1, 2)]
-        if alpha:
-            self.alpha = page.samplesperpixel - len(extra) + alpha[0]
-        if page.photometric == 3 and page.colormap is not None:
-            self.lut = self._palette(page.colormap)
-        if page.dtype.kind in 'ui':
-            bits = page.bitspersample
-            if bits < page.dtype.itemsize * 8:
-                self.declared = 2 ** bits - 1
-            elif MAX_SAMPLE_VALUE_TAG in page.tags:
-                value = np.max(page.tags[MAX_SAMPLE_VALUE_TAG].value)
-                if 0 < value < np.iinfo(page.dtype).max:
-                    self.declared = int(value)
-        mask, self._mask_tif = _mask_of(tif, page, path)
-        if mask is not None:
-            self._mask = _Segments(self._mask_tif or tif, mask)
-
-    @staticmethod
-    def _palette(colormap):
-        """[entries, 3] colours of a TIFF ColorMap (0..65535): uint8 when every
-        entry is an 8-bit colour scaled by 257, as GDAL writes them."""
-        colours = np.asarray(colormap).T
-        if np.all(colours % 257 == 0):
-            return (colours // 257).astype(np.uint8)
-        return colours.astype(np.uint16)
+    def _describe(self, src):
+        self.height, self.width, self.count = src.height, src.width, src.count
+        self.crs, self.transform = _grid(src)
+        self.nodata = src.nodata
+        self.masked = _has_mask(src)
+        self.lut, self.declared = None, None
+        if src.colorinterp[0] == ColorInterp.palette:
+            table = src.colormap(1)
+            self.lut = np.zeros((max(table) + 1, 3), np.uint8)
+            for index, colour in table.items():
+                self.lut[index] = colour[:3]
+            self.count = 3
+        self.raw_dtype = np.dtype(src.dtypes[0])
+        if self.raw_dtype.kind in 'ui':
+            bits = src.tags(1, ns='IMAGE_STRUCTURE').get('NBITS')
+            if bits and int(bits) < self.raw_dtype.itemsize * 8:
+                self.declared = 2 ** int(bits) - 1
+        # rows per read: whole blocks, at least TILE rows
+        block = src.block_shapes[0][0]
+        self._step = max(1, -(-TILE // block)) * block if block < self.height else TILE
+        # one block taller than a read (a single compressed strip): decoded
+        # once and held, not again for every band of rows
+        if block >= self.height > self._step:
+            self._step = self.height
+        self._held = None       # (first row, bands, mask) of the band of rows last read
 
     @property
     def dtype(self):
-        if self.lut is not None:
-            return self.lut.dtype
-        return self._segments.dtype if self._segments else self._whole.dtype
+        return self.lut.dtype if self.lut is not None else self.raw_dtype
 
     # ------------------------------------------------------------ raw values
 
     def _raw(self, r0, r1):
-        """(bands [n, W, count] with a palette expanded, valid [n, W])."""
-        raw = self._segments.read(r0, r1) if self._segments else self._whole[r0:r1]
-        valid = np.ones(raw.shape[:2], bool)
-        if self._mask is not None:
-            valid &= self._mask.read(r0, r1)[..., 0] != 0
-        if self.alpha is not None:
-            valid &= raw[..., self.alpha] != 0
+        """(bands [n, W, len(bands)] with a palette expanded, valid [n, W])."""
+        raw, valid = self._aligned(r0, r1)
         if self.lut is not None:     # nodata of a palette image is an index
             if self.nodata is not None:
                 valid &= raw[..., 0] != self.nodata
             return self.lut[raw[..., 0]][..., self.bands], valid
-        picked = raw[..., self.bands]
-        if np.issubdtype(raw.dtype, np.floating):
-            valid &= np.isfinite(picked).all(-1)
-        if self.nodata is not None:
-            valid &= ~(picked == np.asarray(self.nodata).astype(raw.dtype)).all(-1)
-        return picked, valid
+        if raw.dtype.kind == 'f':
+            valid &= np.isfinite(raw).all(-1)
+        if self.nodata is not None and not math.isnan(self.nodata):
+            valid &= ~(raw == np.asarray(self.nodata).astype(raw.dtype)).all(-1)
+        return raw, valid
 
-    def _bands_of_rows(self, rows=TILE):
+    def _aligned(self, r0, r1):
+        """_read(r0, r1) through bands of whole block rows (_step rows from a
+        multiple of _step), each read once: reads from top to bottom decode
+        every block once, whatever rows they ask for."""
+        parts = []
+        row = r0
+        while row < r1:
+            top = row // self._step * self._step
+            if self._held is None or self._held[0] != top:
+                self._held = (top,) + self._read(top, min(top + self._step, self.height))
+            _, raw, valid = self._held
+            end = min(r1, top + len(raw))
+            parts.append((raw[row - top:end - top], valid[row - top:end - top]))
+            row = end
+        if len(parts) == 1:
+            return parts[0][0], parts[0][1].copy()
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+
+    def _read(self, r0, r1):
+        """(the bands read [n, W, bands or 1 index], GDAL's mask [n, W])."""
+        window = Window(0, r0, self.width, r1 - r0)
+        indexes = [1] if self.lut is not None else [b + 1 for b in self.bands]
+        try:
+            raw = np.moveaxis(self._src.read(indexes, window=window), 0, -1)
+            valid = (self._src.read_masks(1, window=window) != 0 if self.masked
+                     else np.ones(raw.shape[:2], bool))
+        except (RasterioError, OSError) as err:
+            raise unreadable(self.path, err) from None
+        return raw, valid
+
+    def _bands_of_rows(self, rows=None):
+        rows = rows or self._step
         for r0 in range(0, self.height, rows):
             yield r0, self._raw(r0, min(r0 + rows, self.height))
 
@@ -480,7 +384,7 @@ class Image:
     def to_unit(self, picked):
         offset, span = self.span
         if offset == 0 and span == 1 and picked.dtype.kind == 'f':
-            return np.asarray(picked, np.float32)   # floats already in [0, 1]
+            return np.array(picked, np.float32)     # a copy: rows() zeroes invalid pixels
         if offset == 0 and picked.dtype.kind in 'ui':
             # the division the training images have always had: float32 / span
             unit = picked.astype(np.float32)
@@ -525,10 +429,10 @@ class Image:
         return np.concatenate(parts)
 
     def close(self):
-        for tif in (self._tif, self._mask_tif):
-            if tif is not None:
-                tif.close()
-        self._tif = self._mask_tif = None
+        self._held = None
+        if self._src is not None:
+            self._src.close()
+            self._src = None
 
     def __enter__(self):
         return self

@@ -1,7 +1,7 @@
 """Orthophotos and LiDAR rasters of one region on one grid, cut into tiles.
 
-Used by prepare_dataset.py alone (it is the only code of ours that needs
-rasterio / GDAL at run time). Each input file is read through a GDAL warped
+Used by prepare_dataset.py; files are opened by utils/raster.py (any raster
+GDAL opens, local or remote). Each input file is read through a GDAL warped
 VRT onto the target grid, one tile window at a time, so memory follows the
 tile, not the area:
 
@@ -27,7 +27,6 @@ import math
 import os
 
 import numpy as np
-import rasterio
 from rasterio.enums import Resampling
 from rasterio.transform import Affine
 from rasterio.vrt import WarpedVRT
@@ -38,7 +37,6 @@ from utils import raster
 from utils.datasets import SPLITS, layout
 from utils.errors import DatasetError
 
-RASTER_EXTENSIONS = ('.tif', '.tiff', '.vrt', '.jp2', '.img', '.asc', '.png', '.jpg', '.jpeg')
 # The split_folders names utils/datasets.py expects of a dataset name matching no entry.
 FOLDERS = {k: v for k, v in layout('split_folders').folders.items() if k != 'sar'}
 # Cap on GDAL's block cache: its default (5% of the RAM) would grow with the area read.
@@ -46,9 +44,9 @@ GDAL_CACHE_MB = 64
 
 
 def find_rasters(items, what):
-    """The raster files named by `items` (files, or folders whose raster
-    files are taken in name order); `what`: the option they came from."""
-    return raster.find_images(items, RASTER_EXTENSIONS, 'raster', what)
+    """The rasters named by `items` (files, addresses, or folders whose
+    files GDAL opens, in name order); `what`: the option they came from."""
+    return raster.find_images(items, 'raster', what)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +76,9 @@ class Grid:
 
 def open_raster(path, what):
     try:
-        return rasterio.open(path)
-    except rasterio.errors.RasterioIOError as err:
-        raise DatasetError(f"{what} {path}: GDAL cannot read it ({str(err).splitlines()[0]}). "
-                           f"Fix: replace the file.") from None
+        return raster.open_raster(path)
+    except DatasetError as err:
+        raise DatasetError(f"{what} {err}") from None
 
 
 def _bounds_in(src, crs):

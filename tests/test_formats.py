@@ -1,0 +1,273 @@
+"""Inputs in the formats orthophotos reach users in, written by GDAL
+(rasterio), read by utils/raster.py and predicted by predict.py: JPEG 2000
+(lossless), a VRT mosaic over 4 GeoTIFF tiles, PNG with a world file and
+its CRS in .aux.xml, and a COG served over HTTP with byte ranges by a
+loopback server. Each must give the pixels, grid and heights of the same
+pixels as a plain GeoTIFF; bad inputs (404, a server stopping mid-file, a
+VRT naming a missing tile, a JPEG 2000 without georeferencing) one line each."""
+import http.server
+import os
+import threading
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from tests.conftest import run_python
+from tests.test_predict import _cli, weights  # noqa: F401 (the tiny weights fixture)
+from utils import datasets, raster
+from utils.errors import DatasetError
+
+H, W = 64, 80
+CRS = 'EPSG:32632'
+TRANSFORM = from_origin(500000, 5000000, 0.5, 0.5)
+
+
+def _pixels(height=H, width=W, seed=0):
+    """[3, H, W] uint8, smooth with noise (the networks see structure)."""
+    rng = np.random.default_rng(seed)
+    ramp = np.add.outer(np.arange(height), np.arange(width)) * 1.5
+    return ((ramp[None] + rng.integers(0, 40, (3, height, width))) % 256).astype(np.uint8)
+
+
+def _write(path, bands, **profile):
+    with rasterio.open(path, 'w', **dict(dict(driver='GTiff', height=bands.shape[1],
+                                              width=bands.shape[2], count=len(bands),
+                                              dtype=bands.dtype, crs=CRS,
+                                              transform=TRANSFORM), **profile)) as out:
+        out.write(bands)
+    return str(path)
+
+
+def _vrt(path, tiles):
+    """A VRT mosaic as gdalbuildvrt writes it: one SimpleSource per tile and band."""
+    t = TRANSFORM
+    bands = []
+    for band in (1, 2, 3):
+        sources = ''.join(
+            f'<SimpleSource><SourceFilename relativeToVRT="1">{os.path.basename(name)}'
+            f'</SourceFilename><SourceBand>{band}</SourceBand>'
+            f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
+            f'<DstRect xOff="{x}" yOff="{y}" xSize="{w}" ySize="{h}"/></SimpleSource>'
+            for name, (x, y, w, h) in tiles.items())
+        bands.append(f'<VRTRasterBand dataType="Byte" band="{band}">{sources}</VRTRasterBand>')
+    with rasterio.open(next(iter(tiles))) as first:
+        wkt = first.crs.to_wkt()
+    path.write_text(f'<VRTDataset rasterXSize="{W}" rasterYSize="{H}"><SRS>{wkt}</SRS>'
+                    f'<GeoTransform>{t.c}, {t.a}, {t.b}, {t.f}, {t.d}, {t.e}</GeoTransform>'
+                    + ''.join(bands) + '</VRTDataset>')
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+    """The plain GeoTIFF and the same pixels in each format, by name."""
+    folder = tmp_path_factory.mktemp('formats')
+    pixels = _pixels()
+    out = {'plain': _write(folder / 'plain.tif', pixels)}
+    out['jp2'] = _write(folder / 'ortho_jp2.jp2', pixels, driver='JP2OpenJPEG',
+                        QUALITY=100, REVERSIBLE='YES')
+    tiles = {}
+    for i, (y, x) in enumerate([(0, 0), (0, W // 2), (H // 2, 0), (H // 2, W // 2)]):
+        name = str(folder / f'tile_{i}.tif')
+        with rasterio.open(name, 'w', driver='GTiff', height=H // 2, width=W // 2, count=3,
+                           dtype='uint8', crs=CRS,
+                           transform=TRANSFORM @ rasterio.Affine.translation(x, y)) as tile:
+            tile.write(pixels[:, y:y + H // 2, x:x + W // 2])
+        tiles[name] = (x, y, W // 2, H // 2)
+    out['vrt'] = _vrt(folder / 'mosaic.vrt', tiles)
+    out['png'] = _write(folder / 'ortho_png.png', pixels, driver='PNG', WORLDFILE='YES')
+    out['cog'] = _write(folder / 'ortho_cog.tif', pixels, driver='COG', BLOCKSIZE=32)
+    # a COG larger than GDAL's first request (16 kB): incompressible 256 px tiles
+    big = np.random.default_rng(5).integers(0, 256, (3, 1024, 1024)).astype(np.uint8)
+    out['big'] = _write(folder / 'big_cog.tif', big, driver='COG', BLOCKSIZE=256)
+    return out
+
+
+def test_the_formats_are_what_gdal_wrote(files):
+    """The inputs are really JPEG 2000, a VRT, a PNG with its sidecars."""
+    folder = os.path.dirname(files['plain'])
+    with rasterio.open(files['jp2']) as src:
+        assert src.driver == 'JP2OpenJPEG'
+    with rasterio.open(files['vrt']) as src:
+        assert src.driver == 'VRT' and len(src.files) == 5      # the VRT and 4 tiles
+    assert os.path.exists(os.path.join(folder, 'ortho_png.wld'))
+    assert os.path.exists(os.path.join(folder, 'ortho_png.png.aux.xml'))
+
+
+@pytest.mark.parametrize('kind', ['jp2', 'vrt', 'png', 'cog'])
+def test_each_format_reads_as_the_plain_geotiff(files, kind):
+    with raster.Image(files['plain'], [0, 1, 2], 3) as plain:
+        want, want_valid = plain.read()
+        grid = (plain.crs, plain.transform)
+    with raster.Image(files[kind], [0, 1, 2], 3) as image:
+        got, valid = image.read()
+        assert (image.crs, image.transform) == grid
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(valid, want_valid)
+    assert grid == (rasterio.crs.CRS.from_string(CRS), TRANSFORM)
+
+
+def test_a_folder_is_scanned_for_what_gdal_opens(files):
+    """Every image, whatever its extension; no sidecar, no text file."""
+    folder = os.path.dirname(files['plain'])
+    with open(os.path.join(folder, 'notes.txt'), 'w') as f:
+        f.write('not a raster')
+    found = raster.find_images([folder])
+    assert sorted(map(os.path.basename, found)) == [
+        'big_cog.tif', 'mosaic.vrt', 'ortho_cog.tif', 'ortho_jp2.jp2', 'ortho_png.png',
+        'plain.tif',
+        'tile_0.tif', 'tile_1.tif', 'tile_2.tif', 'tile_3.tif']
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Files of the server's folder with byte ranges (as object stores serve
+    them); a path under /cut/ stops sending after the first CUT bytes of any
+    range beyond them, as a server that drops the connection mid-file."""
+    CUT = 4096
+    served = []     # (path, bytes sent)
+
+    def log_message(self, *args):
+        pass
+
+    def do_HEAD(self):
+        self.do_GET(head=True)
+
+    def do_GET(self, head=False):
+        cut = self.path.startswith('/cut/')
+        path = self.translate_path(self.path.replace('/cut/', '/', 1))
+        if not os.path.isfile(path):
+            self.send_error(404)
+            return
+        size = os.path.getsize(path)
+        start, end = 0, size - 1
+        ranged = self.headers.get('Range', '').startswith('bytes=')
+        if ranged:
+            first, _, last = self.headers['Range'][6:].split(',')[0].partition('-')
+            start, end = int(first), min(int(last or size - 1), size - 1)
+        self.send_response(206 if ranged else 200)
+        self.send_header('Accept-Ranges', 'bytes')
+        self.send_header('Content-Length', str(end - start + 1))
+        if ranged:
+            self.send_header('Content-Range', f'bytes {start}-{end}/{size}')
+        self.end_headers()
+        if head:
+            return
+        with open(path, 'rb') as f:
+            f.seek(start)
+            data = f.read(end - start + 1)
+        if cut and start > 0:
+            data = data[:len(data) // 2]
+            self.close_connection = True
+        self.served.append((self.path, len(data)))
+        self.wfile.write(data)
+
+
+@pytest.fixture(scope='module')
+def server(files):
+    """http://127.0.0.1:<port>/ over the files' folder, stopped at the end."""
+    folder = os.path.dirname(files['plain'])
+    handler = lambda *a, **k: RangeHandler(*a, directory=folder, **k)   # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f'http://127.0.0.1:{httpd.server_address[1]}'
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def test_a_cog_over_http_reads_as_the_plain_geotiff(files, server):
+    with raster.Image(files['plain'], [0, 1, 2], 3) as plain:
+        want = plain.read()
+    with raster.Image(f'{server}/ortho_cog.tif', [0, 1, 2], 3) as image:
+        got = image.read()
+        assert image.transform == TRANSFORM and image.crs == rasterio.crs.CRS.from_string(CRS)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_a_remote_cog_is_read_by_ranges_not_whole(server, files):
+    """A window of rows of a large COG costs its tiles, not the file."""
+    path = files['big']
+    with rasterio.open(path) as src:
+        big = src.read()
+    RangeHandler.served.clear()
+    with raster.Image(f'{server}/big_cog.tif', [0, 1, 2], 3) as image:
+        rows, _ = image.rows(0, 100)
+    np.testing.assert_array_equal(rows, big[:, :100].transpose(1, 2, 0) / np.float32(255))
+    sent = sum(n for p, n in RangeHandler.served if p == '/big_cog.tif')
+    # the first row of 256 px tiles is a quarter of the file, plus the header
+    assert 0 < sent < os.path.getsize(path) * 0.4
+
+
+def _missing_tile(files, folder):
+    """The VRT mosaic elsewhere, its tiles named by full path, the last one gone."""
+    tiles = os.path.dirname(files['vrt'])
+    text = open(files['vrt']).read().replace('relativeToVRT="1">', f'relativeToVRT="0">{tiles}/')
+    broken = folder / 'broken.vrt'
+    broken.write_text(text.replace('tile_3.tif', 'gone.tif'))
+    return broken
+
+
+def test_bad_addresses_and_files_are_one_line_errors(files, server, tmp_path):
+    """404, a server stopping mid-file, a VRT naming a missing tile."""
+    with pytest.raises(DatasetError, match=f'Cannot read {server}/missing.tif .*404'):
+        raster.Image(f'{server}/missing.tif', [0, 1, 2], 3)
+    with raster.Image(f'{server}/cut/big_cog.tif', [0, 1, 2], 3) as image:
+        with pytest.raises(DatasetError, match=f'Cannot read {server}/cut/big_cog.tif'):
+            image.read()
+    broken = _missing_tile(files, tmp_path)
+    with pytest.raises(DatasetError, match=f'Cannot read {broken} .*gone.tif') as err:
+        with raster.Image(str(broken), [0, 1, 2], 3) as image:
+            image.read()
+    assert '\n' not in str(err.value)
+
+
+def test_heights_and_labels_in_any_format(tmp_path):
+    """Training reads heights and labels through the same layer: a JPEG 2000
+    band reads as the GeoTIFF band."""
+    band = _pixels()[:1]
+    tif = _write(tmp_path / 'labels_plain.tif', band)
+    jp2 = _write(tmp_path / 'labels.jp2', band, driver='JP2OpenJPEG', QUALITY=100,
+                 REVERSIBLE='YES')
+    np.testing.assert_array_equal(datasets.read_raw(jp2)[0], datasets.read_raw(tif)[0])
+    np.testing.assert_array_equal(datasets.read_height(jp2), datasets.read_height(tif))
+
+
+@pytest.mark.slow
+def test_predict_gives_each_format_the_heights_and_grid_of_the_plain_geotiff(
+        files, server, weights, tmp_path):  # noqa: F811
+    """One predict.py run over every format and every bad input: the good
+    ones predicted with the plain GeoTIFF's heights and grid, one line per
+    bad one, exit status 1, no traceback."""
+    nogeo = str(tmp_path / 'nogeo.jp2')
+    with rasterio.Env(GDAL_PAM_ENABLED='NO'):
+        with rasterio.open(nogeo, 'w', driver='JP2OpenJPEG', height=H, width=W, count=3,
+                           dtype='uint8', QUALITY=100, REVERSIBLE='YES') as out:
+            out.write(_pixels(seed=1))
+    broken = _missing_tile(files, tmp_path)
+    good = {'plain': files['plain'], 'jp2': files['jp2'], 'vrt': files['vrt'],
+            'png': files['png'], 'cog': f'{server}/ortho_cog.tif'}
+    bad = [f'{server}/missing.tif', f'{server}/cut/big_cog.tif', str(broken), nogeo]
+    out = tmp_path / 'out'
+    argv = [a for a in _cli(weights) if a != '--ungeoreferenced']
+    proc = run_python(['predict.py', *good.values(), *bad, '--out', str(out),
+                       '--outputs', 'height', *argv])
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert 'Traceback' not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: 4 input(s) skipped: ') and '\n' not in last
+    for name in bad:
+        assert name in last
+    assert 'Fix: georeference it' in last
+    with rasterio.open(out / 'plain_height.tif') as src:
+        want, grid = src.read(), (src.crs, src.transform)
+    assert grid == (rasterio.crs.CRS.from_string(CRS), TRANSFORM)
+    for kind, name in (('jp2', 'ortho_jp2'), ('vrt', 'mosaic'), ('png', 'ortho_png'),
+                       ('cog', 'ortho_cog')):
+        with rasterio.open(out / f'{name}_height.tif') as src:
+            np.testing.assert_array_equal(src.read(), want, err_msg=kind)
+            assert (src.crs, src.transform) == grid, kind
+    assert not list(out.glob('big_cog*')) and not list(out.glob('nogeo*'))
