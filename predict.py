@@ -127,7 +127,7 @@ def predict_image(predict_fn, path, paths, bands, progress=None, trained=None, r
     `trained`: the weights' imagery record, to compare the image with;
     `record`: {name: value} written into every GeoTIFF (GDAL_METADATA).
     Returns the image's pixel count."""
-    from utils import cog, datasets, inference, plots, raster
+    from utils import datasets, inference, plots, raster
     tmp = {key: p + '.tmp' for key, p in paths.items()}
     classes_of = raster.class_map(config.label_codes)
     writers = {}
@@ -135,18 +135,18 @@ def predict_image(predict_fn, path, paths, bands, progress=None, trained=None, r
         with raster.Image(path, bands, datasets.image_channels(), config.image_scale) as image:
             check_statistics(image, trained or {})
             h, w = image.height, image.width
-            geo = raster.geo_tags(path, raster.GEOREFERENCING)
-            common = dict(extratags=geo, metadata=record)
+            crs, transform = raster.georeferencing(path)
+            common = dict(crs=crs, transform=transform, metadata=record)
             written = [heads.by_name(key) for key in paths if key != 'preview']
             for head in written:
                 if head.is_classes:
-                    writers[head.name] = cog.CogWriter(
+                    writers[head.name] = raster.CogWriter(
                         tmp[head.name], (h, w), classes_of['dtype'],
-                        nodata=classes_of['nodata'], overview='nearest',
-                        photometric='palette', colormap=classes_of['colormap'], **common)
+                        nodata=classes_of['nodata'], resampling='nearest',
+                        colormap=classes_of['colormap'], **common)
                 else:
                     bands_of = () if head.channels == 1 else (head.channels,)
-                    writers[head.name] = cog.CogWriter(
+                    writers[head.name] = raster.CogWriter(
                         tmp[head.name], (h, w) + bands_of, np.float32,
                         nodata=raster.HEIGHT_NODATA, **common)
             shown = preview_head()
@@ -255,16 +255,10 @@ def input_record(path):
 
 
 def recorded(path):
-    """The GDAL_METADATA items of a GeoTIFF ({} without any)."""
-    import tifffile
-    from xml.etree import ElementTree
+    """The metadata items of a GeoTIFF as GDAL reads them ({} without any)."""
+    from utils import raster
     try:
-        with tifffile.TiffFile(path) as tif:
-            tag = tif.pages[0].tags.get(42112)
-            if tag is None:
-                return {}
-            return {item.get('name'): item.text or ''
-                    for item in ElementTree.fromstring(tag.value).iter('Item')}
+        return raster.tags(path)
     except Exception:       # unreadable: not a match, the image is redone
         return {}
 

@@ -570,3 +570,174 @@ def class_map(label_codes):
     colormap[values] = colours
     dtype = np.uint8 if len(colormap) <= 256 else np.uint16
     return dict(values=values, colours=colours, colormap=colormap, nodata=nodata, dtype=dtype)
+
+
+# ---------------------------------------------------------------- writing
+# Every raster this project writes is a Cloud Optimized GeoTIFF made by
+# GDAL's COG driver. That driver only copies a finished dataset (CreateCopy),
+# so CogWriter streams the rows into a tiled GTiff beside the output, in
+# windows aligned with its blocks, and close() copies it to the COG: tiles,
+# overviews, predictor, compression, nodata, colour table and metadata.
+# Both steps go band by band of blocks (GDAL_CACHEMAX caps the cache), so
+# memory follows the width, not the image.
+COG_BLOCK = 512             # GDAL's default COG tile
+COG_OPTIONS = dict(BLOCKSIZE=COG_BLOCK, COMPRESS='DEFLATE', LEVEL=6,
+                   PREDICTOR='YES',      # 2 (horizontal differences) for integers, 3 for floats
+                   OVERVIEWS='AUTO',     # halved until one tile holds the image
+                   BIGTIFF='IF_SAFER', NUM_THREADS='ALL_CPUS')
+# The streamed file is read once by the copy: cheap to compress, a quarter
+# smaller on disk than raw (bench/cog_write.py).
+STREAM_OPTIONS = dict(compress='ZSTD', zstd_level=1, bigtiff='IF_SAFER',
+                      num_threads='ALL_CPUS')
+GDAL_WRITE_CACHE_MB = 256
+OVERVIEW_RESAMPLING = ('average', 'nearest', 'mode')
+
+
+def georeferencing(path):
+    """(crs, transform) of a raster as GDAL reads them, (None, None) for a
+    file without (a PNG, a plain TIFF): what an output of it copies."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                crs, transform = src.crs, src.transform
+    except RasterioIOError as err:
+        raise _unreadable(path, err) from None
+    if crs is None and transform.is_identity:
+        return None, None
+    return crs, transform
+
+
+def tags(path):
+    """The dataset's metadata items {name: value} (GDAL_METADATA in a GeoTIFF)."""
+    import rasterio
+    with rasterio.open(path) as src:
+        return src.tags()
+
+
+class CogWriter:
+    """A Cloud Optimized GeoTIFF of `shape` (H, W) or (H, W, bands) and
+    `dtype` at `path`, written by write(rows) top to bottom and finished by
+    close(); abort() (or an exception inside `with`) removes every file.
+
+    crs, transform: the georeferencing (rasterio CRS and Affine, as
+    georeferencing() gives them; None: none); nodata: the value of pixels
+    without one; colormap: [entries, 3] uint8 colours of a class map (one
+    band of class values, see class_map()); metadata: {name: value} items
+    GDAL reads back as tags() (GDAL_METADATA); resampling: how overviews are
+    made, 'average' (of the valid pixels: nodata left out) for continuous
+    values, 'nearest' or 'mode' for classes.
+
+    Files: `<path>.stream.tmp` while rows arrive, `<path>.cog.tmp` while GDAL
+    copies, renamed to `path` when complete, so `path` is never a partial
+    file; a rerun after a crash overwrites the leftovers."""
+
+    def __init__(self, path, shape, dtype, *, crs=None, transform=None, nodata=None,
+                 colormap=None, metadata=None, resampling='average'):
+        import rasterio
+        if resampling not in OVERVIEW_RESAMPLING:
+            raise ValueError(f"resampling {resampling!r}: one of {OVERVIEW_RESAMPLING}")
+        self.path, self.shape = str(path), tuple(shape)
+        self.dtype, self.resampling = np.dtype(dtype), resampling
+        self.bands = self.shape[2] if len(self.shape) == 3 else 1
+        self.stream, self.copy = self.path + '.stream.tmp', self.path + '.cog.tmp'
+        self.pending, self.rows_in, self.rows_out, self.done = [], 0, 0, False
+        profile = dict(driver='GTiff', height=self.shape[0], width=self.shape[1],
+                       count=self.bands, dtype=self.dtype.name, crs=crs, transform=transform,
+                       nodata=nodata, tiled=True, blockxsize=COG_BLOCK, blockysize=COG_BLOCK,
+                       **STREAM_OPTIONS)
+        if colormap is not None:
+            profile['photometric'] = 'palette'
+        with warnings.catch_warnings():     # no transform: an image without georeferencing
+            warnings.simplefilter('ignore', rasterio.errors.NotGeoreferencedWarning)
+            self.dataset = rasterio.open(self.stream, 'w', **profile)
+        try:
+            if colormap is not None:
+                self.dataset.write_colormap(1, {i: tuple(int(v) for v in colour) + (255,)
+                                                for i, colour in enumerate(colormap)})
+            if metadata:
+                self.dataset.update_tags(**{k: str(v) for k, v in metadata.items()})
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, rows):
+        """The next rows [n, W] or [n, W, bands] of the image."""
+        rows = np.asarray(rows, self.dtype).reshape(-1, self.shape[1], self.bands)
+        if self.rows_in + len(rows) > self.shape[0]:
+            raise ValueError(f"{self.path}: {self.rows_in + len(rows)} rows written to an "
+                             f"image of {self.shape[0]}")
+        self.pending.append(rows)
+        self.rows_in += len(rows)
+        held = sum(len(p) for p in self.pending)
+        if held >= COG_BLOCK or self.rows_in == self.shape[0]:
+            band = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+            done = len(band) if self.rows_in == self.shape[0] else \
+                len(band) - len(band) % COG_BLOCK
+            self._put(band[:done])
+            self.pending = [band[done:].copy()] if done < len(band) else []
+
+    def _put(self, band):
+        """Whole rows of blocks (the last may be short): each block is
+        compressed once, never read back."""
+        from rasterio.windows import Window
+        if len(band):
+            self.dataset.write(np.moveaxis(band, -1, 0),
+                               window=Window(0, self.rows_out, self.shape[1], len(band)))
+            self.rows_out += len(band)
+
+    def close(self):
+        """The COG, from the streamed file; an incomplete image is an error
+        (the writer stays open: abort() drops it)."""
+        import rasterio
+        import rasterio.shutil
+        if self.dataset is None:
+            return
+        if self.rows_in != self.shape[0]:
+            raise ValueError(f"{self.path}: got {self.rows_in} of {self.shape[0]} rows")
+        try:
+            self.dataset.close()
+            self.dataset = None
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_WRITE_CACHE_MB, GDAL_NUM_THREADS='ALL_CPUS'):
+                rasterio.shutil.copy(self.stream, self.copy, driver='COG',
+                                     OVERVIEW_RESAMPLING=self.resampling.upper(),
+                                     **COG_OPTIONS)
+            os.remove(self.stream)
+            os.replace(self.copy, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        self.done = True
+
+    def abort(self):
+        """Drop the output (an error elsewhere): close and remove its files."""
+        if self.dataset is not None:
+            with contextlib.suppress(Exception):
+                self.dataset.close()
+            self.dataset = None
+        # the output itself only if this writer made it: an older one stays
+        for name in (self.stream, self.copy) + ((self.path,) if self.done else ()):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(name)
+        self.done = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *exc):
+        if kind is not None:
+            self.abort()
+            return
+        try:
+            self.close()
+        except BaseException:
+            self.abort()
+            raise
+
+
+def write_cog(path, array, **kwargs):
+    """A whole array [H, W] or [H, W, bands] as a COG (CogWriter's keywords)."""
+    with CogWriter(path, array.shape, array.dtype, **kwargs) as writer:
+        writer.write(array)
