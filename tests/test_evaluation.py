@@ -1,8 +1,9 @@
 """utils/evaluation.py on a small in-memory split with a constant network, so
-every metric can be computed by hand; GeoTIFF tags must survive into the
-outputs."""
+every metric can be computed by hand; the outputs are COGs with the
+input's georeferencing, as GDAL reads them."""
 import os
 import types
+import warnings
 from collections import namedtuple
 
 import numpy as np
@@ -59,7 +60,10 @@ def fake_split(tmp_path, monkeypatch):
                     - np.where(np.arange(96) < 48, 2.0, 0.0).astype(np.float32),
                     labels_b),
     }
-    splits = {'test': [Sample('a', geo_image, '', ''), Sample('b', 'b.png', '', '')],
+    plain_image = str(tmp_path / 'img_b.png')     # no georeferencing to keep
+    import cv2
+    cv2.imwrite(plain_image, (rng.rand(64, 96, 3) * 255).astype(np.uint8))
+    splits = {'test': [Sample('a', geo_image, '', ''), Sample('b', plain_image, '', '')],
               'train': [Sample('t', 't.png', '', '')]}
     splits['valid'] = splits['test']
     fake = types.SimpleNamespace(find_split=lambda split: list(splits[split]),
@@ -154,28 +158,37 @@ def test_outputs_keep_georeferencing(fake_split, tmp_path):
                         verbose=0)
     assert sorted(os.listdir(out)) == ['a.png', 'a_height.tif', 'a_sem.tif',
                                        'b_height.tif', 'b_sem.tif']
-    with tifffile.TiffFile(out / 'a_height.tif') as tif:
-        page = tif.pages[0]
-        height = page.asarray()
+    import rasterio
+    from tests.test_cog import assert_valid_cog
+    for name in ('a_height.tif', 'a_sem.tif', 'b_height.tif', 'b_sem.tif'):
+        assert_valid_cog(out / name)
+    with rasterio.open(out / 'a_height.tif') as result:
+        height = result.read(1)
         assert height.dtype == np.float32
         np.testing.assert_allclose(height, 1.5, atol=1e-5)
-        for code, _, _, value, _ in GEO:
-            got = page.tags[code].value
-            assert (got == value if isinstance(value, str)
-                    else tuple(got) == pytest.approx(value)), code
-    with tifffile.TiffFile(out / 'b_height.tif') as tif:   # PNG input: no tags to keep
-        assert 34735 not in tif.pages[0].tags
-    sem = tifffile.imread(out / 'a_sem.tif')
+        # GEO's tie point and pixel size, in the CRS its GeoKeys name
+        assert result.crs.to_epsg() == 32632
+        assert result.transform == rasterio.Affine(0.5, 0, 500000.0, 0, -0.5, 4000000.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(out / 'b_height.tif') as result:   # PNG input: none to keep
+            assert result.crs is None and result.transform.is_identity
+    with rasterio.open(out / 'a_sem.tif') as result:    # integer codes: their values
+        sem = result.read(1)
+        assert result.crs.to_epsg() == 32632 and result.colormap(1)[20][3] == 255
     assert sem.shape == (64, 96) and (sem == 20).all()
 
 
-def test_rgb_label_codes_written_as_colours(fake_split, tmp_path):
+def test_rgb_label_codes_written_as_a_colour_table(fake_split, tmp_path):
+    import rasterio
     config.label_codes = [(255, 255, 255), (0, 0, 255), (0, 255, 0)]
     config.test_plot_images = 0
     evaluation.evaluate(ConstantMTL(), **RUN, split='test', out_dir=str(tmp_path), max_images=1,
                         verbose=0)
-    sem = tifffile.imread(tmp_path / 'a_sem.tif')
-    assert sem.shape == (64, 96, 3) and (sem == [0, 0, 255]).all()
+    with rasterio.open(tmp_path / 'a_sem.tif') as result:     # one band of class indices
+        sem, table = result.read(), result.colormap(1)
+    assert sem.shape == (1, 64, 96) and (sem == 1).all()      # class 1 ...
+    assert [table[i][:3] for i in range(3)] == config.label_codes    # ... is (0, 0, 255)
     assert not (tmp_path / 'a.png').exists()
 
 

@@ -584,11 +584,12 @@ COG_BLOCK = 512             # GDAL's default COG tile
 COG_OPTIONS = dict(BLOCKSIZE=COG_BLOCK, COMPRESS='DEFLATE', LEVEL=6,
                    PREDICTOR='YES',      # 2 (horizontal differences) for integers, 3 for floats
                    OVERVIEWS='AUTO',     # halved until one tile holds the image
-                   BIGTIFF='IF_SAFER', NUM_THREADS='ALL_CPUS')
-# The streamed file is read once by the copy: cheap to compress, a quarter
-# smaller on disk than raw (bench/cog_write.py).
-STREAM_OPTIONS = dict(compress='ZSTD', zstd_level=1, bigtiff='IF_SAFER',
-                      num_threads='ALL_CPUS')
+                   BIGTIFF='IF_SAFER')
+# The streamed file is read once by the copy: uncompressed, it costs disk
+# (4 bytes a pixel for heights) but less time and memory than ZSTD level 1
+# (bench/cog_write.py).
+STREAM_OPTIONS = dict(bigtiff='IF_SAFER')
+THREADS = 'ALL_CPUS'        # GDAL's threads compressing tiles and computing overviews
 GDAL_WRITE_CACHE_MB = 256
 OVERVIEW_RESAMPLING = ('average', 'nearest', 'mode')
 
@@ -628,14 +629,18 @@ class CogWriter:
     band of class values, see class_map()); metadata: {name: value} items
     GDAL reads back as tags() (GDAL_METADATA); resampling: how overviews are
     made, 'average' (of the valid pixels: nodata left out) for continuous
-    values, 'nearest' or 'mode' for classes.
+    values, 'nearest' or 'mode' for classes; masked: write(rows, valid)
+    also writes where pixels are valid, as a GDAL internal mask; nbits: the
+    declared bit depth of integers (e.g. 12 in uint16; no predictor then,
+    GDAL has none for packed samples); blocksize: the tiles' side.
 
     Files: `<path>.stream.tmp` while rows arrive, `<path>.cog.tmp` while GDAL
     copies, renamed to `path` when complete, so `path` is never a partial
     file; a rerun after a crash overwrites the leftovers."""
 
     def __init__(self, path, shape, dtype, *, crs=None, transform=None, nodata=None,
-                 colormap=None, metadata=None, resampling='average'):
+                 colormap=None, metadata=None, resampling='average', masked=False, nbits=None,
+                 blocksize=COG_BLOCK):
         import rasterio
         if resampling not in OVERVIEW_RESAMPLING:
             raise ValueError(f"resampling {resampling!r}: one of {OVERVIEW_RESAMPLING}")
@@ -644,15 +649,21 @@ class CogWriter:
         self.bands = self.shape[2] if len(self.shape) == 3 else 1
         self.stream, self.copy = self.path + '.stream.tmp', self.path + '.cog.tmp'
         self.pending, self.rows_in, self.rows_out, self.done = [], 0, 0, False
+        self.masked, self.block = masked, blocksize
+        self.options = dict(COG_OPTIONS, BLOCKSIZE=blocksize)
         profile = dict(driver='GTiff', height=self.shape[0], width=self.shape[1],
                        count=self.bands, dtype=self.dtype.name, crs=crs, transform=transform,
-                       nodata=nodata, tiled=True, blockxsize=COG_BLOCK, blockysize=COG_BLOCK,
-                       **STREAM_OPTIONS)
+                       nodata=nodata, tiled=True, blockxsize=blocksize, blockysize=blocksize,
+                       num_threads=THREADS, **STREAM_OPTIONS)
         if colormap is not None:
             profile['photometric'] = 'palette'
+        if nbits:
+            profile['nbits'] = self.options['NBITS'] = nbits
+            self.options['PREDICTOR'] = 'NO'
         with warnings.catch_warnings():     # no transform: an image without georeferencing
             warnings.simplefilter('ignore', rasterio.errors.NotGeoreferencedWarning)
-            self.dataset = rasterio.open(self.stream, 'w', **profile)
+            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+                self.dataset = rasterio.open(self.stream, 'w', **profile)
         try:
             if colormap is not None:
                 self.dataset.write_colormap(1, {i: tuple(int(v) for v in colour) + (255,)
@@ -663,19 +674,23 @@ class CogWriter:
             self.abort()
             raise
 
-    def write(self, rows):
-        """The next rows [n, W] or [n, W, bands] of the image."""
+    def write(self, rows, valid=None):
+        """The next rows [n, W] or [n, W, bands] of the image (and, masked,
+        `valid` [n, W]: where they are valid)."""
         rows = np.asarray(rows, self.dtype).reshape(-1, self.shape[1], self.bands)
         if self.rows_in + len(rows) > self.shape[0]:
             raise ValueError(f"{self.path}: {self.rows_in + len(rows)} rows written to an "
                              f"image of {self.shape[0]}")
+        if self.masked:     # the mask rides along as one more band until written
+            valid = np.ones(rows.shape[:2], bool) if valid is None else valid
+            rows = np.concatenate([rows, np.asarray(valid, rows.dtype)[..., None]], -1)
         self.pending.append(rows)
         self.rows_in += len(rows)
         held = sum(len(p) for p in self.pending)
-        if held >= COG_BLOCK or self.rows_in == self.shape[0]:
+        if held >= self.block or self.rows_in == self.shape[0]:
             band = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
             done = len(band) if self.rows_in == self.shape[0] else \
-                len(band) - len(band) % COG_BLOCK
+                len(band) - len(band) % self.block
             self._put(band[:done])
             self.pending = [band[done:].copy()] if done < len(band) else []
 
@@ -683,10 +698,14 @@ class CogWriter:
         """Whole rows of blocks (the last may be short): each block is
         compressed once, never read back."""
         from rasterio.windows import Window
-        if len(band):
-            self.dataset.write(np.moveaxis(band, -1, 0),
-                               window=Window(0, self.rows_out, self.shape[1], len(band)))
-            self.rows_out += len(band)
+        if not len(band):
+            return
+        window = Window(0, self.rows_out, self.shape[1], len(band))
+        if self.masked:
+            self.dataset.write_mask(band[..., -1] != 0, window=window)
+            band = band[..., :-1]
+        self.dataset.write(np.moveaxis(band, -1, 0), window=window)
+        self.rows_out += len(band)
 
     def close(self):
         """The COG, from the streamed file; an incomplete image is an error
@@ -700,10 +719,10 @@ class CogWriter:
         try:
             self.dataset.close()
             self.dataset = None
-            with rasterio.Env(GDAL_CACHEMAX=GDAL_WRITE_CACHE_MB, GDAL_NUM_THREADS='ALL_CPUS'):
+            with rasterio.Env(GDAL_CACHEMAX=GDAL_WRITE_CACHE_MB, GDAL_NUM_THREADS=THREADS):
                 rasterio.shutil.copy(self.stream, self.copy, driver='COG',
                                      OVERVIEW_RESAMPLING=self.resampling.upper(),
-                                     **COG_OPTIONS)
+                                     NUM_THREADS=THREADS, **self.options)
             os.remove(self.stream)
             os.replace(self.copy, self.path)
         except BaseException:
@@ -737,7 +756,9 @@ class CogWriter:
             raise
 
 
-def write_cog(path, array, **kwargs):
-    """A whole array [H, W] or [H, W, bands] as a COG (CogWriter's keywords)."""
-    with CogWriter(path, array.shape, array.dtype, **kwargs) as writer:
-        writer.write(array)
+def write_cog(path, array, valid=None, **kwargs):
+    """A whole array [H, W] or [H, W, bands] as a COG (CogWriter's keywords),
+    with `valid` [H, W] as its mask if given."""
+    with CogWriter(path, array.shape, array.dtype, masked=valid is not None,
+                   **kwargs) as writer:
+        writer.write(array, valid)
