@@ -9,7 +9,8 @@ steps and a nodata hole (-9999), made band by band of --rows rows and written
 as predict.py writes (rows in order as prediction produces them); the same
 bands for every variant. Each variant runs in its own process, --repeat
 times, alternating: its time in the writer (write() and close(); making the
-bands is timed alone),
+bands is timed alone) as wall clock and as CPU time of all its threads (less
+sensitive to a shared machine's load),
 its peak resident memory (VmHWM) above a process that only makes the bands,
 and the file's size. Variants: 'before' (the old writer), 'gdal' (CogWriter as
 configured), 'gdal-zstd-stream' (CogWriter with a ZSTD level 1 streamed file),
@@ -20,6 +21,7 @@ files are judged by rio-cogeo's cog_validate.
 import argparse
 import importlib.util
 import json
+import resource
 import os
 import subprocess
 import sys
@@ -34,6 +36,11 @@ import numpy as np  # noqa: E402
 
 NODATA = -9999.0
 VARIANTS = ('before', 'gdal', 'gdal-zstd-stream', 'gdal-1-thread')
+
+
+def cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def peak_rss_mb():
@@ -89,28 +96,31 @@ def variant(name, path, size, rows, commit):
         raster.STREAM_OPTIONS = dict(raster.STREAM_OPTIONS, compress='ZSTD', zstd_level=1)
     elif name == 'gdal-1-thread':
         raster.THREADS = 1
-    seconds = 0.0       # in the writer only: making the bands is not counted
+    seconds = cpu = 0.0       # in the writer only: making the bands is not counted
     if name == 'making':
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_seconds()
         for _ in bands(size, rows):
             pass
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     else:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_seconds()
         if name == 'before':
             writer = cog.CogWriter(path, (size, size), np.float32, geo, nodata=NODATA)
         else:
             writer = raster.CogWriter(path, (size, size), np.float32, crs=crs,
                                       transform=transform, nodata=NODATA)
         seconds += time.perf_counter() - start
+        cpu += cpu_seconds() - cpu_start
         for band in bands(size, rows):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), cpu_seconds()
             writer.write(band)
             seconds += time.perf_counter() - start
-        start = time.perf_counter()
+            cpu += cpu_seconds() - cpu_start
+        start, cpu_start = time.perf_counter(), cpu_seconds()
         writer.close()
         seconds += time.perf_counter() - start
-    print(json.dumps({'seconds': seconds, 'peak_mb': peak_rss_mb(),
+        cpu += cpu_seconds() - cpu_start
+    print(json.dumps({'seconds': seconds, 'cpu': cpu, 'peak_mb': peak_rss_mb(),
                       'bytes': os.path.getsize(path) if name != 'making' else 0}))
 
 
@@ -162,19 +172,21 @@ def main():
     base = min(r['peak_mb'] for r in results['making'])
     times = ', '.join(f"{r['seconds']:.2f}" for r in results['making'])
     print(f"{'making the bands alone':>24}: {times} s, peak {base:.0f} MB")
-    best = {}
+    best, cpu = {}, {}
     for name in names:
         runs = results[name]
         best[name] = min(r['seconds'] for r in runs)
         times = ', '.join(f"{r['seconds']:.2f}" for r in runs)
-        print(f"{name:>24}: {times} s, peak "
+        cpu[name] = min(r['cpu'] for r in runs)
+        print(f"{name:>24}: {times} s (CPU, least: {cpu[name]:.2f} s), peak "
               f"{max(r['peak_mb'] for r in runs) - base:.0f} MB above making the bands, "
               f"{runs[0]['bytes'] / 1e6:.1f} MB file")
     if 'before' in names:
         for name in names:
             if name != 'before':
-                print(f"{name} / before, fastest time: {best[name] / best['before']:.2f}; "
-                      f"file size: {results[name][0]['bytes'] / results['before'][0]['bytes']:.3f}")
+                print(f"{name} / before, fastest time: {best[name] / best['before']:.2f}, "
+                      f"least CPU time: {cpu[name] / cpu['before']:.2f}, file size: "
+                      f"{results[name][0]['bytes'] / results['before'][0]['bytes']:.3f}")
     os.rmdir(folder)
 
 

@@ -762,3 +762,17 @@ def write_cog(path, array, valid=None, **kwargs):
     with CogWriter(path, array.shape, array.dtype, masked=valid is not None,
                    **kwargs) as writer:
         writer.write(array, valid)
+
+
+def write_geotiff(path, array):
+    """A whole array [H, W] or [H, W, bands] as a plain GeoTIFF (strips, no
+    compression, no georeferencing): generated training data, which only
+    this project reads, where a COG's copy costs ten times the write."""
+    import rasterio
+    bands = array.reshape(array.shape[0], array.shape[1], -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path, 'w', driver='GTiff', height=bands.shape[0],
+                           width=bands.shape[1], count=bands.shape[2],
+                           dtype=bands.dtype.name) as dataset:
+            dataset.write(np.moveaxis(bands, -1, 0))
