@@ -4,8 +4,9 @@
 or tile by tile (tifffile decodes each segment; imagecodecs supplies LZW,
 JPEG and the other codecs), a palette image through its colour map, and
 where its pixels are valid. PNG and JPEG files have no row access and are
-read whole. Outputs are written by utils/cog.py; class_map() says how a
-class map is coded for GIS tools.
+read whole. Every raster is written by CogWriter (the end of this file)
+through GDAL's COG driver; class_map() says how a class map is coded for
+GIS tools.
 
 A pixel is invalid where the GDAL mask is 0 (the TIFF's internal mask page,
 or a `<file>.msk` sidecar), where alpha is 0, where every chosen band equals
@@ -34,12 +35,6 @@ import tifffile
 from utils.errors import DatasetError, ImageryWarning, SettingError
 
 IMAGE_EXTENSIONS = ('.tif', '.tiff', '.png', '.jpg', '.jpeg')
-# GeoTIFF tags: ModelPixelScale, ModelTiepoint, ModelTransformation,
-# GeoKeyDirectory, GeoDoubleParams, GeoAsciiParams (the georeferencing:
-# CRS and geotransform or tie points), GDAL_METADATA, GDAL_NODATA.
-GEOREFERENCING = (33550, 33922, 34264, 34735, 34736, 34737)
-GEO_TAGS = GEOREFERENCING + (42112, 42113)
-NODATA_TAG = 42113
 MAX_SAMPLE_VALUE_TAG = 281
 HEIGHT_NODATA = -9999.0     # below datasets.NODATA_BELOW, so read back as nodata
 TILE = 256
@@ -67,16 +62,6 @@ def is_tiff(path):
 
 def warn(message):
     warnings.warn(message, ImageryWarning, stacklevel=2)
-
-
-def geo_tags(path, codes=GEO_TAGS):
-    """The GeoTIFF tags of an image file as tifffile extratags ([] if none / not a TIFF)."""
-    if not is_tiff(path):
-        return []
-    with tifffile.TiffFile(path) as tif:
-        tags = tif.pages[0].tags
-        return [(code, tags[code].dtype, tags[code].count, tags[code].value, True)
-                for code in codes if code in tags]
 
 
 def find_images(inputs, extensions=IMAGE_EXTENSIONS, kind='image', option=''):
@@ -590,7 +575,7 @@ COG_OPTIONS = dict(BLOCKSIZE=COG_BLOCK, COMPRESS='DEFLATE', LEVEL=6,
 # (bench/cog_write.py).
 STREAM_OPTIONS = dict(bigtiff='IF_SAFER')
 THREADS = 'ALL_CPUS'        # GDAL's threads compressing tiles and computing overviews
-GDAL_WRITE_CACHE_MB = 256
+GDAL_WRITE_CACHE_MB = 64      # GDAL_CACHEMAX while copying: a cap (its default is 5% of the RAM)
 OVERVIEW_RESAMPLING = ('average', 'nearest', 'mode')
 
 
