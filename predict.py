@@ -131,7 +131,7 @@ def predict_image(predict_fn, path, paths, bands, progress=None, trained=None, r
     `trained`: the weights' imagery record, to compare the image with;
     `record`: {name: value} written into every GeoTIFF (GDAL_METADATA).
     Returns the image's pixel count."""
-    from utils import cog, datasets, inference, plots, raster
+    from utils import datasets, inference, plots, raster
     tmp = {key: p + '.tmp' for key, p in paths.items()}
     classes_of = raster.class_map(config.label_codes)
     writers = {}
@@ -143,13 +143,13 @@ def predict_image(predict_fn, path, paths, bands, progress=None, trained=None, r
             written = [heads.by_name(key) for key in paths if key != 'preview']
             for head in written:
                 if head.is_classes:
-                    writers[head.name] = cog.CogWriter(
+                    writers[head.name] = raster.CogWriter(
                         tmp[head.name], (h, w), classes_of['dtype'],
-                        nodata=classes_of['nodata'], overview='nearest',
-                        photometric='palette', colormap=classes_of['colormap'], **common)
+                        nodata=classes_of['nodata'], resampling='nearest',
+                        colormap=classes_of['colormap'], **common)
                 else:
                     bands_of = () if head.channels == 1 else (head.channels,)
-                    writers[head.name] = cog.CogWriter(
+                    writers[head.name] = raster.CogWriter(
                         tmp[head.name], (h, w) + bands_of, np.float32,
                         nodata=raster.HEIGHT_NODATA, **common)
             shown = preview_head()

@@ -157,7 +157,6 @@ def _bar(total, what, unit):
 
 def cut_tiles(layers, root, args):
     """Write every tile with enough valid pixels under root/.tiles; return the counts."""
-    import rasterio
     from utils import regions
     grid = layers['grid']
     windows = regions.tile_windows(grid, args.tile)
@@ -176,70 +175,60 @@ def cut_tiles(layers, root, args):
     for sub in ('image', 'height', 'labels'):
         os.makedirs(os.path.join(root, STAGING, regions.FOLDERS[sub]), exist_ok=True)
     bar = _bar(len(windows), 'tiles', 'tiles')
-    profile = dict(driver='GTiff', crs=grid.crs, width=args.tile, height=args.tile,
-                   tiled=True, blockxsize=256, blockysize=256, compress='deflate')
-    image_profile = dict(count=len(args.band_list), dtype=layers['images'].dtype,
-                         **_nbits(layers))
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-        for done, ((row, col), window) in enumerate(sorted(windows.items()), 1):
-            image, image_valid = layers['images'].read(window)
-            if layers['ndsm']:
-                height, height_valid = layers['ndsm'].read(window, np.nan)
-                height, height_valid = regions.clip_negative(height[0], height_valid,
-                                                             args.negative)
-            else:
-                dsm, dsm_valid = layers['dsm'].read(window, np.nan)
-                dtm, dtm_valid = layers['dtm'].read(window, np.nan)
-                height, height_valid = regions.ndsm(dsm[0], dtm[0], dsm_valid, dtm_valid,
-                                                    args.negative)
-            valid = image_valid & height_valid
-            if valid.mean() < args.min_valid:
-                stats['nodata_dropped'] += 1
-                bar.update(done)
-                continue
-            name = f'r{row:04d}_c{col:04d}'
-            place = dict(profile, transform=grid.window_transform(window))
-            _write(root, 'image', name, image, dict(place, **image_profile),
-                   mask=None if image_valid.all() else image_valid)
-            height = np.where(height_valid, height, HEIGHT_NODATA).astype(np.float32)
-            _write(root, 'height', name, height[None], dict(place, count=1, dtype='float32',
-                                                            nodata=HEIGHT_NODATA,
-                                                            predictor=3))
-            if labels:
-                classes, classes_valid = labels.read(window, fill)
-                classes = classes[0]
-                classes[~classes_valid] = fill
-                _write(root, 'labels', name, classes[None],
-                       dict(place, count=1, dtype=classes.dtype))
-                values, counts = np.unique(classes[valid], return_counts=True)
-            else:
-                values = counts = np.zeros(0, int)
-            stats['kept'][(row, col)] = (float(height[valid].min()), float(height[valid].max()),
-                                         dict(zip(values.tolist(), counts.tolist())))
+    nbits = _nbits(layers)
+    for done, ((row, col), window) in enumerate(sorted(windows.items()), 1):
+        image, image_valid = layers['images'].read(window)
+        if layers['ndsm']:
+            height, height_valid = layers['ndsm'].read(window, np.nan)
+            height, height_valid = regions.clip_negative(height[0], height_valid,
+                                                         args.negative)
+        else:
+            dsm, dsm_valid = layers['dsm'].read(window, np.nan)
+            dtm, dtm_valid = layers['dtm'].read(window, np.nan)
+            height, height_valid = regions.ndsm(dsm[0], dtm[0], dsm_valid, dtm_valid,
+                                                args.negative)
+        valid = image_valid & height_valid
+        if valid.mean() < args.min_valid:
+            stats['nodata_dropped'] += 1
             bar.update(done)
+            continue
+        name = f'r{row:04d}_c{col:04d}'
+        place = dict(crs=grid.crs, transform=grid.window_transform(window))
+        _write(root, 'image', name, image, valid=None if image_valid.all() else image_valid,
+               nbits=nbits, **place)
+        height = np.where(height_valid, height, HEIGHT_NODATA).astype(np.float32)
+        _write(root, 'height', name, height[None], nodata=HEIGHT_NODATA, **place)
+        if labels:
+            classes, classes_valid = labels.read(window, fill)
+            classes = classes[0]
+            classes[~classes_valid] = fill
+            _write(root, 'labels', name, classes[None], resampling='nearest', **place)
+            values, counts = np.unique(classes[valid], return_counts=True)
+        else:
+            values = counts = np.zeros(0, int)
+        stats['kept'][(row, col)] = (float(height[valid].min()), float(height[valid].max()),
+                                     dict(zip(values.tolist(), counts.tolist())))
+        bar.update(done)
     return stats
 
 
 def _nbits(layers):
-    """The orthophoto's declared bit depth (e.g. 12 in uint16), kept in the tiles
-    so image_scale = 'auto' scales them as the source."""
+    """The orthophoto's declared bit depth (e.g. 12 in uint16; None: its type's),
+    kept in the tiles so image_scale = 'auto' scales them as the source."""
     from utils import regions
     src = layers['images'].sources[0].src
     full = regions.band_scale(src, 1)
     dtype = np.dtype(src.dtypes[0])
     if full and dtype.kind in 'ui' and full < np.iinfo(dtype).max:
-        return dict(nbits=int(full).bit_length())
-    return {}
+        return int(full).bit_length()
+    return None
 
 
-def _write(root, kind, name, bands, profile, mask=None):
-    import rasterio
-    from utils import regions
+def _write(root, kind, name, bands, **kwargs):
+    """One tile [bands, h, w] as a COG (utils/raster.py: CogWriter's keywords)."""
+    from utils import raster, regions
     path = os.path.join(root, STAGING, regions.FOLDERS[kind], name + '.tif')
-    with rasterio.open(path, 'w', **profile) as out:
-        out.write(bands)
-        if mask is not None:
-            out.write_mask(mask)
+    raster.write_cog(path, np.moveaxis(bands, 0, -1), **kwargs)
 
 
 def split_and_move(root, stats, args):

@@ -6,8 +6,8 @@ whole, predict_tile, write whole), in one run.
         [--layouts tiled,single-strip,narrow] [--read-only] [--set NAME=VALUE ...]
 
 Layouts: 'tiled' (a tiled deflate COG, --rows x --size px), 'single-strip'
-(the same pixels as one uncompressed strip, as tifffile.imwrite and many
-tools write by default) and 'narrow' (a tiled file NARROW px wide, narrower
+(the same pixels as one uncompressed strip, as many tools write by
+default) and 'narrow' (a tiled file NARROW px wide, narrower
 than the crop, with as many pixels: a flight strip). The images (smooth
 random RGB, uint8, georeferenced) and the networks (the synthetic dataset's
 sizes: MTL with a quarter-width decoder and, with correction, the DAE;
@@ -38,10 +38,8 @@ import config  # noqa: E402
 import machine  # noqa: E402
 from utils import settings  # noqa: E402
 
-GEO = [(33550, 'd', 3, (0.5, 0.5, 0.0), True),
-       (33922, 'd', 6, (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0), True),
-       (34735, 'H', 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32632), True),
-       (34737, 's', 0, 'WGS 84 / UTM zone 32N|', True)]
+CRS = 'EPSG:32632'
+TRANSFORM = (0.5, 0.0, 500000.0, 0.0, -0.5, 4000000.0)     # Affine's first six
 
 
 def peak_rss_mb():
@@ -56,17 +54,20 @@ LAYOUTS = ('tiled', 'single-strip', 'narrow')
 
 def write_image(path, height, width, layout='tiled'):
     """A smooth random RGB GeoTIFF, written band by band (never whole in
-    memory): a tiled COG, or one uncompressed strip filled through a memmap."""
-    import tifffile
-    from utils import cog
+    memory): a tiled COG (our writer), or one uncompressed strip (GDAL)."""
+    import rasterio
+    from rasterio.transform import Affine
+    from rasterio.windows import Window
+    from utils import raster
     rng = np.random.RandomState(0)
     coarse = rng.rand(height // 64 + 2, width // 64 + 2, 3)
+    geo = dict(crs=rasterio.crs.CRS.from_string(CRS), transform=Affine(*TRANSFORM))
     if layout == 'single-strip':
-        target = tifffile.memmap(path, shape=(height, width, 3), dtype=np.uint8,
-                                 photometric='rgb', extratags=GEO)
+        target = rasterio.open(path, 'w', driver='GTiff', height=height, width=width, count=3,
+                               dtype='uint8', photometric='rgb', blockysize=height, **geo)
     else:
-        target = cog.CogWriter(path, (height, width, 3), np.uint8, GEO, photometric='rgb',
-                               overview='nearest')
+        target = raster.CogWriter(path, (height, width, 3), np.uint8, resampling='nearest',
+                                  **geo)
     cols = np.linspace(0, coarse.shape[1] - 1.001, width)
     for r0 in range(0, height, 256):
         rows = np.linspace(0, coarse.shape[0] - 1.001, height)[r0:r0 + 256]
@@ -76,14 +77,10 @@ def write_image(path, height, width, layout='tiled'):
         bottom = coarse[y0 + 1][:, x0] * (1 - fx) + coarse[y0 + 1][:, x0 + 1] * fx
         band = ((top * (1 - fy) + bottom * fy) * 250).astype(np.uint8)
         if layout == 'single-strip':
-            target[r0:r0 + len(band)] = band
+            target.write(np.moveaxis(band, -1, 0), window=Window(0, r0, width, len(band)))
         else:
             target.write(band)
-    if layout == 'single-strip':
-        target.flush()
-        del target
-    else:
-        target.close()
+    target.close()
 
 
 def networks(folder, make=False):
@@ -116,8 +113,7 @@ def variant(name, folder, image_path):
         print(json.dumps({'seconds': time.perf_counter() - start, 'peak_mb': peak_rss_mb()}))
         return
     import predict
-    import tifffile
-    from utils import cog, datasets, distribute, evaluation, inference, raster
+    from utils import datasets, distribute, inference, raster
     mtl, dae = networks(folder)
     predict_fn = inference.make_predict_fn(mtl, dae, cfg=config,
                                            strategy=distribute.get_strategy(config))
@@ -132,12 +128,14 @@ def variant(name, folder, image_path):
     elif name == 'whole':
         out = inference.predict_tile(predict_fn, datasets.read_image(image_path), crop,
                                      config.predict_stride, window=config.predict_window)
-        tags = cog.geotiff_tags(*raster.grid(image_path))
-        tifffile.imwrite(os.path.join(folder, 'whole_height.tif'), out['height'],
-                         extratags=tags, tile=(256, 256), compression='zlib')
-        tifffile.imwrite(os.path.join(folder, 'whole_sem.tif'), evaluation.label_image(
-            np.argmax(out['sem'], -1), config.label_codes), extratags=tags,
-            tile=(256, 256), compression='zlib')
+        crs, transform = raster.grid(image_path)
+        coding = raster.class_map(config.label_codes)
+        raster.write_cog(os.path.join(folder, 'whole_height.tif'), out['height'], crs=crs,
+                         transform=transform)
+        raster.write_cog(os.path.join(folder, 'whole_sem.tif'),
+                         coding['values'][np.argmax(out['sem'], -1)].astype(coding['dtype']),
+                         crs=crs, transform=transform, nodata=coding['nodata'],
+                         colormap=coding['colormap'], resampling='nearest')
     print(json.dumps({'seconds': time.perf_counter() - start, 'peak_mb': peak_rss_mb()}))
 
 

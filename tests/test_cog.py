@@ -1,83 +1,72 @@
-"""utils/cog.py: Cloud Optimized GeoTIFFs as GDAL (rasterio) reads them.
+"""utils/raster.py's CogWriter: Cloud Optimized GeoTIFFs as GDAL (rasterio)
+reads them and as rio-cogeo's validator (the checks of GDAL's
+validate_cloud_optimized_geotiff) judges them; values against the arrays
+written and overviews against hand-computed block means."""
+import warnings
 
-rasterio does not ship GDAL's validate_cloud_optimized_geotiff script; the
-tests check the facts it checks: tiled, overviews down to one tile, the
-first IFD right after the header, every IFD before any pixel data, the
-overviews' IFDs in order and their tiles smallest level first (offsets as
-GDAL reports them, TIFF metadata domain), and the values GDAL decodes
-against the arrays written and hand-computed overviews."""
 import numpy as np
 import pytest
 import rasterio
-import tifffile
+from rasterio.transform import Affine
+from rio_cogeo.cogeo import cog_validate
 
-from utils import cog, raster
+from utils import raster
 
-GEO = [(33550, 'd', 3, (0.5, 0.5, 0.0), True),
-       (33922, 'd', 6, (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0), True),
-       (34735, 'H', 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32632), True),
-       (34737, 's', 0, 'WGS 84 / UTM zone 32N|', True)]
+CRS = rasterio.crs.CRS.from_epsg(32632)
+TRANSFORM = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4000000.0)
 NODATA = -9999.0
 
 
+def assert_valid_cog(path):
+    """rio-cogeo's verdict: tiled, overviews, IFDs before the data, in order."""
+    valid, errors, problems = cog_validate(str(path), quiet=True)
+    assert valid and not errors, errors
+    assert not problems, problems
+
+
 def _write(path, data, rows=97, **kwargs):
-    writer = cog.CogWriter(str(path), data.shape, data.dtype, GEO, **kwargs)
+    kwargs = dict(dict(crs=CRS, transform=TRANSFORM), **kwargs)
+    writer = raster.CogWriter(path, data.shape, data.dtype, **kwargs)
     for r0 in range(0, len(data), rows):        # bands unaligned with the tiles
         writer.write(data[r0:r0 + rows])
     writer.close()
     return str(path)
 
 
-def _heights(shape=(1201, 1103)):
+def _heights(shape=(1200, 1104)):
     data = np.random.default_rng(0).random(shape).astype(np.float32) * 30
     data[100:301, 50:61] = NODATA       # whole 2 x 2 blocks and split ones
-    data[7, 9] = np.nan
     return data
-
-
-def _layout_is_cloud_optimized(path, levels):
-    """The validator's layout checks, on GDAL's own offsets."""
-    with rasterio.open(path) as src:
-        assert src.block_shapes == [(512, 512)] * src.count
-        assert len(src.overviews(1)) == levels
-        ifd = [int(src.get_tag_item('IFD_OFFSET', 'TIFF', bidx=1))] + [
-            int(src.get_tag_item('IFD_OFFSET', 'TIFF', bidx=1, ovr=i)) for i in range(levels)]
-        data = [int(src.get_tag_item('BLOCK_OFFSET_0_0', 'TIFF', bidx=1))] + [
-            int(src.get_tag_item('BLOCK_OFFSET_0_0', 'TIFF', bidx=1, ovr=i))
-            for i in range(levels)]
-    with tifffile.TiffFile(path) as tif:
-        header = 16 if tif.is_bigtiff else 8
-        first_tile = min(min(page.dataoffsets) for page in
-                         [tif.pages[0]] + list(tif.pages[0].pages or []))
-    assert ifd[0] == header
-    assert ifd == sorted(ifd) and max(ifd) < first_tile == min(data)
-    assert data == sorted(data, reverse=True)      # smallest level first, the image last
 
 
 def test_heights_as_gdal_reads_them(tmp_path):
     data = _heights()
     path = _write(tmp_path / 'h.tif', data, nodata=NODATA, metadata={'NOTE': 'a <b> "c"'})
-    assert cog.level_shapes(*data.shape) == [(1201, 1103), (601, 552), (301, 276)]
-    _layout_is_cloud_optimized(path, 2)
+    assert_valid_cog(path)
     with rasterio.open(path) as src:
-        assert src.crs.to_epsg() == 32632
-        assert tuple(src.transform)[:6] == (0.5, 0.0, 500000.0, 0.0, -0.5, 4000000.0)
-        assert src.nodata == NODATA and src.overviews(1) == [2, 4]
+        assert src.crs == CRS and src.transform == TRANSFORM
+        assert src.nodata == NODATA and src.dtypes == ('float32',)
+        assert src.block_shapes == [(512, 512)]
+        # halved until one 512 px tile holds the image
+        assert src.overviews(1) == [2, 4]
         assert src.tags()['NOTE'] == 'a <b> "c"'
-        structure = src.tags(ns='IMAGE_STRUCTURE')
-        assert structure['COMPRESSION'] == 'DEFLATE' and structure['PREDICTOR'] == '3'
+        assert src.profile['compress'] == 'deflate'
+        assert src.tags(ns='IMAGE_STRUCTURE')['PREDICTOR'] == '3'     # floating point
         np.testing.assert_array_equal(src.read(1), data)
     # the first overview: the mean of each 2 x 2 block's valid pixels
-    padded = np.full((1202, 1104), np.nan)
-    padded[:1201, :1103] = np.where(data == NODATA, np.nan, data)
-    blocks = padded.reshape(601, 2, 552, 2).transpose(0, 2, 1, 3).reshape(601, 552, 4)
-    with np.errstate(invalid='ignore'), pytest.warns(RuntimeWarning):
-        expected = np.nanmean(blocks, -1)
-    expected = np.where(np.isnan(expected), NODATA, expected).astype(np.float32)
+    blocks = np.where(data == NODATA, np.nan, data).reshape(600, 2, 552, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)     # all-nodata blocks
+        expected = np.nanmean(blocks.astype(np.float64), (1, 3))
+    expected = np.where(np.isnan(expected), NODATA, expected)
     with rasterio.open(path, overview_level=0) as level:
+        assert level.shape == (600, 552)
         got = level.read(1)
     assert (got == NODATA).sum() == (expected == NODATA).sum() > 0
-    np.testing.assert_allclose(got, expected, rtol=1e-6)    # float32 rounding of the mean
+    # a mean of <= 4 float32 values below 30, rounded to float32: a few ulp
+    np.testing.assert_allclose(got, expected, rtol=0, atol=4 * np.spacing(np.float32(30)))
+    with rasterio.open(path, overview_level=1) as level:
+        assert level.shape == (300, 276)
 
 
 def test_class_map_with_colour_table(tmp_path):
@@ -86,16 +75,17 @@ def test_class_map_with_colour_table(tmp_path):
     assert list(classes['values']) == list(range(6)) and classes['nodata'] == 255
     data = np.random.default_rng(1).integers(0, 6, (700, 1000)).astype(np.uint8)
     data[:40, :70] = 255
-    path = _write(tmp_path / 'c.tif', data, nodata=255, overview='nearest',
-                  photometric='palette', colormap=classes['colormap'])
-    _layout_is_cloud_optimized(path, 1)
+    path = _write(tmp_path / 'c.tif', data, nodata=255, resampling='nearest',
+                  colormap=classes['colormap'])
+    assert_valid_cog(path)
     with rasterio.open(path) as src:
         assert src.count == 1 and src.nodata == 255
         assert src.colorinterp[0] == rasterio.enums.ColorInterp.palette
         table = src.colormap(1)
         assert [table[i][:3] for i in range(6)] == [(255, 255, 255), (0, 0, 255), (0, 255, 255),
                                                     (0, 255, 0), (255, 255, 0), (255, 0, 0)]
-        assert src.tags(ns='IMAGE_STRUCTURE')['PREDICTOR'] == '2'
+        assert src.tags(ns='IMAGE_STRUCTURE')['PREDICTOR'] == '2'     # integers
+        assert src.overviews(1) == [2]
         np.testing.assert_array_equal(src.read(1), data)
     with rasterio.open(path, overview_level=0) as level:
         np.testing.assert_array_equal(level.read(1), data[::2, ::2])    # nearest: no blends
@@ -109,35 +99,61 @@ def test_integer_codes_keep_their_values_and_get_colours():
     assert classes['dtype'] == np.uint8
 
 
-@pytest.mark.parametrize('shape,dtype,photometric', [
-    ((530, 600, 3), np.float32, 'minisblack'),      # normals: three float bands
-    ((300, 520, 3), np.uint8, 'rgb'),
-    ((40, 30), np.int16, 'minisblack'),              # one tile: no overview
+@pytest.mark.parametrize('shape,dtype,resampling', [
+    ((530, 600, 3), np.float32, 'average'),       # normals: three float bands
+    ((300, 520, 3), np.uint8, 'nearest'),
+    ((40, 30), np.int16, 'mode'),                 # one tile: no overview
 ])
-def test_other_layouts_read_back(tmp_path, shape, dtype, photometric):
+def test_other_layouts_read_back(tmp_path, shape, dtype, resampling):
     data = (np.random.default_rng(2).random(shape) * 200).astype(dtype)
-    path = _write(tmp_path / 'x.tif', data, rows=64, photometric=photometric,
-                  overview='nearest' if dtype != np.float32 else 'average')
+    path = _write(tmp_path / 'x.tif', data, rows=64, resampling=resampling)
+    assert_valid_cog(path)
     with rasterio.open(path) as src:
         got = src.read()
         assert len(src.overviews(1)) == (1 if max(shape[:2]) > 512 else 0)
     np.testing.assert_array_equal(np.moveaxis(got, 0, -1).reshape(shape), data)
 
 
-def test_bigtiff_layout(tmp_path):
-    data = _heights((600, 540))
-    path = _write(tmp_path / 'big.tif', data, nodata=NODATA, bigtiff=True)
-    with tifffile.TiffFile(path) as tif:
-        assert tif.is_bigtiff
-    _layout_is_cloud_optimized(path, 1)
-    with rasterio.open(path) as src:
-        np.testing.assert_array_equal(src.read(1), data)
+def test_georeferencing_copied_from_a_geotiff_and_none_from_a_png(tmp_path):
+    source = tmp_path / 'in.tif'
+    with rasterio.open(source, 'w', driver='GTiff', height=8, width=9, count=1, dtype='uint8',
+                       crs=CRS, transform=TRANSFORM) as dst:
+        dst.write(np.zeros((1, 8, 9), np.uint8))
+    assert raster.grid(source) == (CRS, TRANSFORM)
+    import cv2
+    cv2.imwrite(str(tmp_path / 'in.png'), np.zeros((8, 9, 3), np.uint8))
+    crs, transform = raster.grid(tmp_path / 'in.png')
+    assert crs is None and transform is None
+    raster.write_cog(tmp_path / 'out.tif', np.ones((8, 9), np.float32), crs=crs,
+                     transform=transform)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(tmp_path / 'out.tif') as src:
+            assert src.crs is None and src.transform.is_identity
+            np.testing.assert_array_equal(src.read(1), 1)
 
 
-def test_abort_removes_the_file_and_an_incomplete_image_is_an_error(tmp_path):
-    writer = cog.CogWriter(str(tmp_path / 'a.tif'), (600, 40), np.float32)
+def test_abort_removes_the_files_and_an_incomplete_image_is_an_error(tmp_path):
+    writer = raster.CogWriter(tmp_path / 'a.tif', (600, 40), np.float32)
     writer.write(np.zeros((100, 40), np.float32))
     with pytest.raises(ValueError, match='got 100 of 600 rows'):
         writer.close()
     writer.abort()
     assert list(tmp_path.iterdir()) == []
+    # an error inside `with`: nothing at the final path, nothing beside it
+    with pytest.raises(RuntimeError, match='device lost'):
+        with raster.CogWriter(tmp_path / 'b.tif', (600, 40), np.float32) as writer:
+            writer.write(np.zeros((550, 40), np.float32))    # a block of rows written
+            raise RuntimeError('device lost')
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_rewrite_keeps_the_older_output(tmp_path):
+    path = tmp_path / 'a.tif'
+    raster.write_cog(path, np.full((30, 20), 7, np.float32), crs=CRS, transform=TRANSFORM)
+    with pytest.raises(ValueError, match='got 10 of 30 rows'):
+        with raster.CogWriter(path, (30, 20), np.float32, crs=CRS) as writer:
+            writer.write(np.zeros((10, 20), np.float32))
+    assert [p.name for p in tmp_path.iterdir()] == ['a.tif']
+    with rasterio.open(path) as src:
+        np.testing.assert_array_equal(src.read(1), 7)

@@ -1,8 +1,9 @@
 """utils/evaluation.py on a small in-memory split with a constant network, so
-every metric can be computed by hand; GeoTIFF tags must survive into the
-outputs."""
+every metric can be computed by hand; the outputs are COGs with the
+input's georeferencing, as GDAL reads them."""
 import os
 import types
+import warnings
 from collections import namedtuple
 
 import cv2
@@ -157,28 +158,37 @@ def test_outputs_keep_georeferencing(fake_split, tmp_path):
                         verbose=0)
     assert sorted(os.listdir(out)) == ['a.png', 'a_height.tif', 'a_sem.tif',
                                        'b_height.tif', 'b_sem.tif']
-    import rasterio     # as GIS tools read them: the input's grid
-    with rasterio.open(out / 'a_height.tif') as got, \
-            rasterio.open(tmp_path / 'img_a.tif') as source:
-        height = got.read(1)
+    import rasterio
+    from tests.test_cog import assert_valid_cog
+    for name in ('a_height.tif', 'a_sem.tif', 'b_height.tif', 'b_sem.tif'):
+        assert_valid_cog(out / name)
+    with rasterio.open(out / 'a_height.tif') as result:
+        height = result.read(1)
         assert height.dtype == np.float32
         np.testing.assert_allclose(height, 1.5, atol=1e-5)
-        assert got.crs == source.crs == rasterio.crs.CRS.from_epsg(32632)
-        assert got.transform == source.transform == rasterio.Affine(0.5, 0, 500000,
-                                                                    0, -0.5, 4000000)
-    with rasterio.open(out / 'b_height.tif') as got:    # PNG input: no grid to keep
-        assert got.crs is None and got.transform.is_identity
-    sem = tifffile.imread(out / 'a_sem.tif')
+        # GEO's tie point and pixel size, in the CRS its GeoKeys name
+        assert result.crs.to_epsg() == 32632
+        assert result.transform == rasterio.Affine(0.5, 0, 500000.0, 0, -0.5, 4000000.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(out / 'b_height.tif') as result:   # PNG input: none to keep
+            assert result.crs is None and result.transform.is_identity
+    with rasterio.open(out / 'a_sem.tif') as result:    # integer codes: their values
+        sem = result.read(1)
+        assert result.crs.to_epsg() == 32632 and result.colormap(1)[20][3] == 255
     assert sem.shape == (64, 96) and (sem == 20).all()
 
 
-def test_rgb_label_codes_written_as_colours(fake_split, tmp_path):
+def test_rgb_label_codes_written_as_a_colour_table(fake_split, tmp_path):
+    import rasterio
     config.label_codes = [(255, 255, 255), (0, 0, 255), (0, 255, 0)]
     config.test_plot_images = 0
     evaluation.evaluate(ConstantMTL(), **RUN, split='test', out_dir=str(tmp_path), max_images=1,
                         verbose=0)
-    sem = tifffile.imread(tmp_path / 'a_sem.tif')
-    assert sem.shape == (64, 96, 3) and (sem == [0, 0, 255]).all()
+    with rasterio.open(tmp_path / 'a_sem.tif') as result:     # one band of class indices
+        sem, table = result.read(), result.colormap(1)
+    assert sem.shape == (1, 64, 96) and (sem == 1).all()      # class 1 ...
+    assert [table[i][:3] for i in range(3)] == config.label_codes    # ... is (0, 0, 255)
     assert not (tmp_path / 'a.png').exists()
 
 

@@ -19,7 +19,7 @@ import tifffile
 import config
 import predict
 from tests.conftest import ROOT, run_python
-from utils import checkpoints, datasets, distribute, evaluation, inference, raster, settings
+from utils import checkpoints, datasets, distribute, inference, raster, settings
 from utils.errors import CheckpointError, DatasetError, ImageryWarning, SettingError, UserError
 
 # Tiny networks (1/16 widths) on 32 px windows; test_stride 10 overlaps them.
@@ -89,8 +89,8 @@ def test_streamed_equals_in_memory(predict_fn, tmp_path, shape, dtype, layout):
     ref = inference.predict_tile(fn, padded, 32, 10, window=config.predict_window)
     np.testing.assert_array_equal(tifffile.imread(paths['height']), ref['height'][:h, :w])
     np.testing.assert_array_equal(tifffile.imread(paths['norm']), ref['norm'][:h, :w])
-    np.testing.assert_array_equal(tifffile.imread(paths['sem']), evaluation.label_image(
-        np.argmax(ref['sem'][:h, :w], -1), config.label_codes))
+    np.testing.assert_array_equal(tifffile.imread(paths['sem']), raster.class_map(
+        config.label_codes)['values'][np.argmax(ref['sem'][:h, :w], -1)])
     assert not np.allclose(ref['height'], ref['height_mtl'])     # the DAE took part
     assert os.path.getsize(paths['preview']) > 0
     assert sorted(os.listdir(tmp_path)) == sorted(
@@ -118,13 +118,15 @@ def test_georeferencing_and_nodata_kept(predict_fn, tmp_path, layout, nodata):
     predict.predict_image(predict_fn, path, predict.output_paths(
         str(tmp_path / 'out'), 'geo', ('height', 'sem')), [0, 1, 2])
 
-    import rasterio     # the grid as GIS tools read it, the input's (GEO)
+    import rasterio
+    with rasterio.open(path) as source:     # the input's georeferencing, as GDAL reads it
+        crs, transform = source.crs, source.transform
+    assert crs.to_epsg() == 32632 and transform == rasterio.Affine(0.5, 0, 5e5, 0, -0.5, 4e6)
     for name in ('geo_height.tif', 'geo_sem.tif'):
-        with rasterio.open(tmp_path / 'out' / name) as src:
-            assert src.profile['tiled'] and src.compression.name == 'deflate'
-            assert src.crs == rasterio.crs.CRS.from_epsg(32632)
-            assert src.transform == rasterio.Affine(0.5, 0, 500000, 0, -0.5, 4000000)
-            nodata = src.nodata
+        with rasterio.open(tmp_path / 'out' / name) as result:
+            assert result.profile['tiled'] and result.profile['compress'] == 'deflate'
+            assert result.crs == crs and result.transform == transform
+            nodata = result.nodata
     assert nodata == raster.label_nodata(config.label_codes)   # the sem file's
     height = tifffile.imread(tmp_path / 'out' / 'geo_height.tif')
     hole = np.zeros(height.shape, bool)
@@ -161,13 +163,16 @@ def test_rows_read_by_segments_equal_the_whole_image(tmp_path, layout):
 
 
 def test_writer_rows_in_any_bands_give_the_array(tmp_path):
-    from utils import cog
-    data = np.random.RandomState(0).rand(600, 300).astype(np.float32)
-    writer = cog.CogWriter(str(tmp_path / 'w.tif'), data.shape, np.float32)
-    for r0, r1 in ((0, 1), (1, 300), (300, 301), (301, 600)):
+    import rasterio
+    data = np.random.RandomState(0).rand(1100, 300).astype(np.float32)
+    writer = raster.CogWriter(tmp_path / 'w.tif', data.shape, np.float32,
+                              crs=rasterio.CRS.from_epsg(32632),
+                              transform=rasterio.Affine(1, 0, 0, 0, -1, 0))
+    for r0, r1 in ((0, 1), (1, 300), (300, 301), (301, 1024), (1024, 1100)):
         writer.write(data[r0:r1])
     writer.close()
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / 'w.tif'), data)
+    with rasterio.open(tmp_path / 'w.tif') as result:
+        np.testing.assert_array_equal(result.read(1), data)
 
 
 def test_memory_does_not_grow_with_the_image_height(tmp_path):
@@ -255,7 +260,8 @@ def test_killed_batch_leaves_no_partial_output_and_rerun_completes(weights, tmp_
                              *_cli(weights)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not (out / 'b_height.tif.tmp').exists() and proc.poll() is None:
+    # the writer's streamed file: image b has begun
+    while not list(out.glob('b_height.tif.tmp*')) and proc.poll() is None:
         assert time.time() < deadline, 'image b never started'
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)       # image a is done, b has just begun
@@ -523,7 +529,7 @@ _pixelwise.batch_size = 8
 
 def test_outputs_are_cogs_gis_tools_read(tmp_path):
     import rasterio
-    from tests.test_cog import _layout_is_cloud_optimized
+    from tests.test_cog import assert_valid_cog
     settings.apply(['cropSize=32', 'predict_stride=32', 'predict_window=triangle', VAIHINGEN])
     image = _levels((3, 600, 700))
     image[:, 200:260, 300:420] = 0
@@ -538,8 +544,9 @@ def test_outputs_are_cogs_gis_tools_read(tmp_path):
     with rasterio.open(path) as source:
         crs, transform = source.crs, source.transform
     for key in ('height', 'sem'):
-        _layout_is_cloud_optimized(paths[key], 1)      # 600 x 700: one overview
+        assert_valid_cog(paths[key])
         with rasterio.open(paths[key]) as result:
+            assert result.overviews(1) == [2]          # 600 x 700: one overview
             assert result.crs == crs and result.transform == transform
             assert result.tags()['DSMNET_NOTE'] == 'x'
             values, nodata = result.read(1), result.nodata

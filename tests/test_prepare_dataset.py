@@ -22,6 +22,7 @@ from rasterio.warp import transform as transform_points
 
 import config
 from conftest import ROOT, run_python
+from tests.test_cog import assert_valid_cog
 from utils import settings
 
 UTM = 'EPSG:32632'
@@ -149,6 +150,9 @@ def read_tiles(root):
     for split in ('train', 'valid', 'test'):
         tiles[split] = []
         for name in sorted(os.listdir(root / split / 'rgb')):
+            if not tiles[split]:        # COGs (masks and all), as GIS tools expect
+                for kind in ('rgb', 'dsm', 'sem'):
+                    assert_valid_cog(root / split / kind / name)
             with rasterio.open(root / split / 'rgb' / name) as src:
                 image, valid = src.read(), src.dataset_mask() != 0
                 transform, crs = src.transform, src.crs

@@ -16,9 +16,8 @@ given tf.distribute `strategy`.
 import os
 
 import numpy as np
-import tifffile
 
-from utils import cog, datasets, distribute, heads, inference, metrics, progress, raster
+from utils import datasets, distribute, heads, inference, metrics, progress, raster
 
 SUMMARY_KEYS = metrics.HEIGHT_KEYS + ('miou', 'oa', 'fwiou', 'baseline_rmse', 'baseline_mae')
 
@@ -45,25 +44,19 @@ def train_mean_height(cfg):
     return _train_mean[key]
 
 
-def label_image(pred_idx, label_codes):
-    """Class indices -> the dataset's label format (RGB colours, or integer codes)."""
-    codes = np.asarray(label_codes)
-    if codes.ndim == 2:
-        return codes[pred_idx].astype(np.uint8)
-    return codes[pred_idx].astype(np.uint8 if codes.max() < 256 else np.uint16)
-
-
 def _write_outputs(out_dir, sample, pred_height, classes, label_codes, plot_args):
     """<name>_height.tif, and <name>_<head>.tif of each class head in `classes`
-    (head name -> class indices) as label codes or colours."""
-    tags = cog.geotiff_tags(*raster.grid(sample.image))
-    tifffile.imwrite(os.path.join(out_dir, f'{sample.name}_{heads.HEIGHT.name}.tif'),
-                     pred_height.astype(np.float32), extratags=tags)
+    (head name -> class indices) coded as predict.py codes its class maps
+    (raster.class_map), COGs with the input's georeferencing."""
+    crs, transform = raster.grid(sample.image)
+    raster.write_cog(os.path.join(out_dir, f'{sample.name}_{heads.HEIGHT.name}.tif'),
+                     np.asarray(pred_height, np.float32), crs=crs, transform=transform)
+    coding = raster.class_map(label_codes)
     for name, pred_idx in classes.items():
-        labels = label_image(pred_idx, label_codes)
-        tifffile.imwrite(os.path.join(out_dir, f'{sample.name}_{name}.tif'), labels,
-                         photometric='rgb' if labels.ndim == 3 else 'minisblack',
-                         extratags=tags)
+        raster.write_cog(os.path.join(out_dir, f'{sample.name}_{name}.tif'),
+                         coding['values'][pred_idx].astype(coding['dtype']), crs=crs,
+                         transform=transform, nodata=coding['nodata'],
+                         colormap=coding['colormap'], resampling='nearest')
     if plot_args is not None:
         from utils import plots     # matplotlib only when figures are wanted
         plots.plot_test_image(os.path.join(out_dir, f'{sample.name}.png'), **plot_args)
@@ -110,9 +103,9 @@ def evaluate(mtl, dae=None, *, cfg, strategy, split='valid', out_dir=None, max_i
     has; 'per_image' (one dict per image); 'images', 'split'.
     Binary datasets (label codes {0, 1}) score heights on class 1 only
     (metrics.mask_binary_heights), the baseline against the same masked truth.
-    With out_dir: <name>_height.tif (float32, GeoTIFF tags of the input kept),
-    <name>_sem.tif (label codes/colours) and, for the first
-    cfg.test_plot_images images, <name>.png."""
+    With out_dir: <name>_height.tif (float32, the input's georeferencing),
+    <name>_sem.tif (one band of label values with the dataset's colour table),
+    COGs, and, for the first cfg.test_plot_images images, <name>.png."""
     samples = datasets.find_split(split)
     if max_images:
         samples = samples[:max_images]

@@ -31,8 +31,8 @@ import time
 
 import cv2
 import numpy as np
-import tifffile
 
+from utils import raster
 from utils.errors import DatasetError
 
 VERSION = 1                 # bump when the generator changes: old data are regenerated
@@ -260,9 +260,9 @@ def generate(root, seed, splits=SPLITS):
             if split == 'train' and rng.random() < NODATA_SHARE:
                 height = _with_nodata(rng, height)
             name = f'{split}_{i:04d}.tif'
-            tifffile.imwrite(os.path.join(folders['rgb'], name), rgb, photometric='rgb')
-            tifffile.imwrite(os.path.join(folders['dsm'], name), height, photometric='minisblack')
-            tifffile.imwrite(os.path.join(folders['sem'], name), sem, photometric='minisblack')
+            raster.write_geotiff(os.path.join(folders['rgb'], name), rgb)
+            raster.write_geotiff(os.path.join(folders['dsm'], name), height)
+            raster.write_geotiff(os.path.join(folders['sem'], name), sem)
     with open(os.path.join(root, MARKER), 'w') as f:
         json.dump(_description(seed, splits), f, indent=1)
 
