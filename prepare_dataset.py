@@ -21,6 +21,7 @@ Needs rasterio (GDAL), as training does not.
 import datetime
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -115,7 +116,7 @@ def main(args):
                     layer.close()
     with open(os.path.join(root, 'dataset.json'), 'w') as f:
         json.dump(record, f, indent=2)
-    summary(root, record, time.perf_counter() - started)
+    summary(root, record, time.perf_counter() - started, args.set)
 
 
 def open_layers(paths, args):
@@ -296,6 +297,8 @@ def describe(args, paths, layers, stats):
             raise DatasetError(f"{paths['labels'][0]}: every kept pixel is unlabelled "
                                f"({fill}). Fix: give label files of this area, or none.")
         run_settings.update(label_codes=codes, unlabelled_code=unlabelled)
+    else:   # no sem/ folders: nothing to train or score the semantics head on
+        run_settings.update(sem_flag=False)
     return {
         'name': args.name,
         'created': datetime.datetime.now().isoformat(timespec='seconds'),
@@ -330,7 +333,7 @@ def describe(args, paths, layers, stats):
     }
 
 
-def summary(root, record, seconds):
+def summary(root, record, seconds, sets):
     tiles, area = record['tiles'], record['area_km2']
     print(f"\n{root}: {record['crs']}, {record['pixel_size']:g} {record['crs_unit']} "
           f"pixels, tiles of {record['tile']} px, in {seconds:.0f} s")
@@ -346,7 +349,18 @@ def summary(root, record, seconds):
         print('  classes ' + ', '.join(f"{k}: {v / total:.1%}" for k, v in histogram.items()) +
               (f" (unlabelled {record['unlabelled_value']})"
                if record['unlabelled_value'] is not None else ''))
-    print(f"Train with: python train_mtl.py --set dataset_name={record['name']}")
+    print(f"Train with: {train_command(record['name'], sets)}")
+
+
+def train_command(name, sets):
+    """The command that trains on the dataset, typed where this one was: its
+    settings are in its dataset.json, so only its name and, when --set moved
+    it, shortcut_path need saying."""
+    words = ['python', 'train_mtl.py', '--set', f'dataset_name={name}']
+    moved = [s for s in sets if s.split('=', 1)[0].strip() == 'shortcut_path']
+    for pair in moved[-1:]:
+        words += ['--set', pair]
+    return shlex.join(words)
 
 
 if __name__ == '__main__':

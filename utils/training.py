@@ -95,7 +95,8 @@ class Trainer:
         with strategy.scope():
             self.model = task.build_model()
         self.terms_fn, self.total_fn = task.loss_fns()
-        self.best_path = task.best_path
+        self.best_path = task.best_path    # fit() names the last weights' file instead
+        self.validated = True               # when it finds no validation images
         self.chief = distribute.is_chief(strategy)
         self.dir = task.run_dir
         self.global_batch = task.batch_size * strategy.num_replicas_in_sync
@@ -266,11 +267,26 @@ class Trainer:
             f"steps per epoch {steps}, epochs {self.task.epochs}",
             f"checkpoints     {os.path.join(self.dir, 'train_state')} "
             f"(every {cfg.checkpoint_every} steps and at epoch ends)",
-            f"best weights    {self.best_path} (by validation {cfg.eval_metric})",
+            self._kept(),
             f"logs            {os.path.join(self.dir, 'train.log')}, TensorBoard: "
             f"{os.path.join(self.dir, 'tensorboard')}",
         ] + [f"{name:<16}{text}" for name, text in self.notes]
         self.log.info('\n'.join(lines))
+
+    def _without_validation(self):
+        """Why training has no validation images (None when it has some)."""
+        if not self.cfg.train_valid_flag:
+            return 'train_valid_flag = False'
+        if not datasets.find_split('valid'):
+            return 'the valid split has no image'
+        return None
+
+    def _kept(self):
+        """The log line saying which weights the run keeps, and where."""
+        if self.validated:
+            return f"best weights    {self.best_path} (by validation {self.cfg.eval_metric})"
+        return (f"last weights    {self.best_path} (no validation: {self.why_unvalidated}; "
+                f"the weights at the end of each epoch replace them)")
 
     def _check_finite(self, report, step):
         for name in TERM_ORDER:
@@ -297,11 +313,12 @@ class Trainer:
         record = {'epoch': epoch + 1, 'lr': float(self.optimizer.learning_rate.numpy()),
                   **{f'train_{k}': v for k, v in train_means.items()}}
         cfg = self.cfg
-        metrics = self.task.validate(self.strategy) if cfg.train_valid_flag else None
+        metrics = self.task.validate(self.strategy) if self.validated else None
         stop = False
-        if metrics is None:   # nothing held out: the latest weights are the best we know
+        if metrics is None:   # nothing held out: keep the latest weights
             if self.chief:
-                checkpoints.save_weights(self.model, self.best_path, self.stage)
+                checkpoints.save_weights(self.model, self.best_path, self.stage,
+                                         extra={'epoch': epoch + 1, 'kept': 'last'})
         else:
             value = float(metrics[cfg.eval_metric])
             record.update({f'val_{k}': v for k, v in metrics.items()
@@ -337,6 +354,9 @@ class Trainer:
         """Train until the epochs run out, early stopping, or max_steps."""
         cfg, task = self.cfg, self.task
         self._restore_or_start()
+        self.why_unvalidated = self._without_validation()
+        self.validated = self.why_unvalidated is None
+        self.best_path = task.weights_path(self.validated)
         steps = task.steps_per_epoch(self.global_batch)
         epochs = task.epochs
         self._describe(steps)
@@ -402,7 +422,7 @@ class Trainer:
         if self.chief and not os.path.exists(self.best_path):
                 checkpoints.save_weights(self.model, self.best_path, self.stage)
         self.log.info(f"done after {int(self.step.numpy())} steps; "
-                      f"best weights: {self.best_path}")
+                      f"{'best' if self.validated else 'last'} weights: {self.best_path}")
         return self.history
 
     def _done(self):
