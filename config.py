@@ -134,7 +134,7 @@ checkpoint_root: str = './checkpoints/'
 output_root: str = './output/'
 predCheckPointPath: str = None      # None: <checkpoint_root>/<dataset>/mtl/, its
                             # best.weights.h5 (by validation) or last.weights.h5 (a run
-                            # without validation images), whichever was written last
+                            # without validation), whichever was written last
 corrCheckPointPath: str = None      # None: the same in <checkpoint_root>/<dataset>/dae/
 
 # ----------------------------------------------------------------- testing
@@ -259,8 +259,8 @@ DERIVED = {
     'corrCheckPointPath': lambda: trained_weights('dae'),
 }
 # What a training run keeps in its folder: the best weights by validation, or
-# with no validation images (train_valid_flag = False, an empty valid split)
-# the weights of its last epoch; each named for what it is.
+# without validation (train_valid_flag = False) the weights of its last
+# epoch; each named for what it is.
 BEST_WEIGHTS, LAST_WEIGHTS = 'best.weights.h5', 'last.weights.h5'
 
 

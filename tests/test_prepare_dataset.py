@@ -392,7 +392,7 @@ def test_a_region_without_labels_trains_without_validation_and_tests(tmp_path):
     shrink = [f'--set={s}' for s in SHRINK]
     log = _script(tmp_path, *command, *shrink, '--set=train_valid_flag=False')
     kept = './checkpoints/region/mtl/last.weights.h5'
-    assert f"last weights    {kept} (no validation: train_valid_flag = False" in log
+    assert f"last weights    {kept} (no validation, train_valid_flag = False" in log
     assert f"done after 2 steps; last weights: {kept}" in log
     assert 'best weights' not in log and 'by validation' not in log
     runs = tmp_path / 'checkpoints' / 'region' / 'mtl'

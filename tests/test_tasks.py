@@ -87,3 +87,31 @@ def test_the_mtl_stage_validates_its_own_network_on_the_valid_split(tiny, synthe
         valid = np.isfinite(loaded.height)
         rmses.append(np.sqrt(np.mean((height[valid] - loaded.height[valid]) ** 2)))
     assert len(rmses) == 8 and metrics['rmse'] == pytest.approx(np.mean(rmses), rel=1e-6)
+
+
+def test_a_run_without_validation_keeps_its_last_weights_where_the_next_stage_looks(
+        tiny, tmp_path, synthetic_root):
+    """train_valid_flag = False: training says it keeps the last weights and
+    writes last.weights.h5, which predCheckPointPath (the run folder's newer
+    of best and last) then names; a file the setting names stays named."""
+    settings.apply([f'shortcut_path={synthetic_root}', 'train_valid_flag=False',
+                    'max_steps=1', 'batch_size=2'])
+    run = os.path.join(config.checkpoint_root, 'synthetic', 'mtl')
+    best, last = (os.path.join(run, name) for name in ('best.weights.h5', 'last.weights.h5'))
+    assert config.predCheckPointPath == best       # nothing trained yet: the usual name
+    trainer = Trainer(tasks.MTLTask(config), distribute.get_strategy(config))
+    trainer.fit()
+    assert trainer.best_path == last and not os.path.exists(best) and os.path.isfile(last)
+    with open(os.path.join(run, 'train.log')) as f:
+        log = f.read()
+    assert f"last weights    {last} (no validation, train_valid_flag = False" in log
+    assert f"done after 1 steps; last weights: {last}" in log and 'best' not in log
+    settings.apply(['max_steps=1'])                 # settings derived again, as in a new process
+    assert config.predCheckPointPath == last
+    checkpoints.save_weights(trainer.model, best, 'mtl')
+    os.utime(last, (1, 1))                          # best is now the newer one
+    settings.apply(['max_steps=1'])
+    assert config.predCheckPointPath == best
+    settings.apply([f'predCheckPointPath={tmp_path}/mine.weights.h5'])
+    assert tasks.make('mtl', config).weights_path(validated=False) == \
+        f'{tmp_path}/mine.weights.h5'

@@ -96,7 +96,7 @@ class Trainer:
             self.model = task.build_model()
         self.terms_fn, self.total_fn = task.loss_fns()
         self.best_path = task.best_path    # fit() names the last weights' file instead
-        self.validated = True               # when it finds no validation images
+        self.validated = True               # without validation (train_valid_flag)
         self.chief = distribute.is_chief(strategy)
         self.dir = task.run_dir
         self.global_batch = task.batch_size * strategy.num_replicas_in_sync
@@ -273,20 +273,12 @@ class Trainer:
         ] + [f"{name:<16}{text}" for name, text in self.notes]
         self.log.info('\n'.join(lines))
 
-    def _without_validation(self):
-        """Why training has no validation images (None when it has some)."""
-        if not self.cfg.train_valid_flag:
-            return 'train_valid_flag = False'
-        if not datasets.find_split('valid'):
-            return 'the valid split has no image'
-        return None
-
     def _kept(self):
         """The log line saying which weights the run keeps, and where."""
         if self.validated:
             return f"best weights    {self.best_path} (by validation {self.cfg.eval_metric})"
-        return (f"last weights    {self.best_path} (no validation: {self.why_unvalidated}; "
-                f"the weights at the end of each epoch replace them)")
+        return (f"last weights    {self.best_path} (no validation, train_valid_flag = "
+                f"False: the weights at the end of each epoch replace them)")
 
     def _check_finite(self, report, step):
         for name in TERM_ORDER:
@@ -354,8 +346,9 @@ class Trainer:
         """Train until the epochs run out, early stopping, or max_steps."""
         cfg, task = self.cfg, self.task
         self._restore_or_start()
-        self.why_unvalidated = self._without_validation()
-        self.validated = self.why_unvalidated is None
+        # Every layout refuses an empty or missing valid split (datasets.py),
+        # so without train_valid_flag there are validation images.
+        self.validated = bool(cfg.train_valid_flag)
         self.best_path = task.weights_path(self.validated)
         steps = task.steps_per_epoch(self.global_batch)
         epochs = task.epochs
