@@ -243,8 +243,9 @@ def dataset_settings(name):
 # and which ask with 'auto'.
 FROM_DATASET = dict.fromkeys(
     ('cropSize', 'batch_size', 'label_codes', 'sem_flag', 'w1', 'w2', 'w3', 'w4',
-     'mtl_decoder_scale', 'dae_width_scale', 'mtl_numEpochs', 'dae_numEpochs', 'mtl_training_samples',
-     'dae_training_samples', 'roof_height_threshold', 'bn_momentum', 'dropout_rate'),
+     'mtl_decoder_scale', 'dae_width_scale', 'mtl_numEpochs', 'dae_numEpochs',
+     'mtl_training_samples', 'dae_training_samples', 'roof_height_threshold', 'bn_momentum',
+     'dropout_rate'),
     None)
 FROM_DATASET['backbone_weights'] = 'auto'
 FROM_DATASET['unlabelled_code'] = 'auto'    # None: no unlabelled value, on any dataset

@@ -12,9 +12,11 @@ orthophoto's CRS and pixel size, or --gsd metres), the nDSM is DSM - DTM,
 and the grid is cut into --tile x --tile pixel tiles, split into train /
 valid / test by spatial blocks whose tiles never touch another split's.
 The result is <shortcut_path>/NAME/ in the split_folders layout
-(train/ valid/ test/, each rgb/ dsm/ sem/) with dataset.json beside it, so
-`--set dataset_name=NAME` trains, tests and predicts with its settings
-(label codes, unlabelled value, crop) and no edit of config.py.
+(train/ valid/ test/, each rgb/ dsm/ and, with --labels, sem/) with
+dataset.json beside it, so `--set dataset_name=NAME` trains, tests and
+predicts with its settings (label codes, unlabelled value, crop; no
+semantics head without labels) and no edit of config.py. It ends with that
+training command.
 
 Needs rasterio (GDAL), as training does not.
 """

@@ -95,8 +95,11 @@ class Trainer:
         with strategy.scope():
             self.model = task.build_model()
         self.terms_fn, self.total_fn = task.loss_fns()
-        self.best_path = task.best_path    # fit() names the last weights' file instead
-        self.validated = True               # without validation (train_valid_flag)
+        # Every layout refuses an empty or missing valid split (datasets.py), so
+        # only train_valid_flag = False trains without validation images: the
+        # run then keeps its last weights, under their own name.
+        self.validated = bool(self.cfg.train_valid_flag)
+        self.best_path = task.weights_path(self.validated)
         self.chief = distribute.is_chief(strategy)
         self.dir = task.run_dir
         self.global_batch = task.batch_size * strategy.num_replicas_in_sync
@@ -346,10 +349,6 @@ class Trainer:
         """Train until the epochs run out, early stopping, or max_steps."""
         cfg, task = self.cfg, self.task
         self._restore_or_start()
-        # Every layout refuses an empty or missing valid split (datasets.py),
-        # so without train_valid_flag there are validation images.
-        self.validated = bool(cfg.train_valid_flag)
-        self.best_path = task.weights_path(self.validated)
         steps = task.steps_per_epoch(self.global_batch)
         epochs = task.epochs
         self._describe(steps)
