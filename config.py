@@ -70,7 +70,8 @@ backbone_weights: encoder_weights = 'auto'  # 'imagenet' | None (random init) | 
 mtl_decoder_scale: number(above=0) = None   # multiplies decoder widths (1.0 = paper);
                             # None: from the dataset
 mtl_head_mode: one_of('dsm', 'full') = 'dsm'    # 'dsm' (paper) | 'full'
-sem_flag: bool = True
+sem_flag: bool = None              # the semantics head; None: from the dataset (True;
+                            # False for a region prepared without labels)
 norm_flag: bool = True
 edge_flag: bool = False
 dae_width_scale: number(above=0) = None     # multiplies DAE widths (1.0 = paper);
@@ -131,8 +132,10 @@ plot_train_error: bool = True
 plot_metrics: bool = True
 checkpoint_root: str = './checkpoints/'
 output_root: str = './output/'
-predCheckPointPath: str = None      # None: <checkpoint_root>/<dataset>/mtl/best.weights.h5
-corrCheckPointPath: str = None      # None: <checkpoint_root>/<dataset>/dae/best.weights.h5
+predCheckPointPath: str = None      # None: <checkpoint_root>/<dataset>/mtl/, its
+                            # best.weights.h5 (by validation) or last.weights.h5 (a run
+                            # without validation), whichever was written last
+corrCheckPointPath: str = None      # None: the same in <checkpoint_root>/<dataset>/dae/
 
 # ----------------------------------------------------------------- testing
 correction: bool = False            # refine the MTL height with the DAE
@@ -196,7 +199,8 @@ DATASETS = {
 }
 # What an entry does not name, and a dataset_name matching no entry.
 PUBLISHED = dict(layout='split_folders', folders=None, cropSize=256, batch_size=2,
-                 label_codes=[0, 1], unlabelled_code=None, w1=1.0, w2=1.0, w3=1.0, w4=1.0,
+                 label_codes=[0, 1], unlabelled_code=None, sem_flag=True,
+                 w1=1.0, w2=1.0, w3=1.0, w4=1.0,
                  backbone_weights='imagenet', mtl_decoder_scale=1.0, dae_width_scale=1.0,
                  roof_height_threshold=50, bn_momentum=0.99, dropout_rate=0.5,
                  mtl_numEpochs=20, dae_numEpochs=20,
@@ -238,9 +242,10 @@ def dataset_settings(name):
 # None is a value of their own (random initial weights; no unlabelled value)
 # and which ask with 'auto'.
 FROM_DATASET = dict.fromkeys(
-    ('cropSize', 'batch_size', 'label_codes', 'w1', 'w2', 'w3', 'w4', 'mtl_decoder_scale',
-     'dae_width_scale', 'mtl_numEpochs', 'dae_numEpochs', 'mtl_training_samples',
-     'dae_training_samples', 'roof_height_threshold', 'bn_momentum', 'dropout_rate'),
+    ('cropSize', 'batch_size', 'label_codes', 'sem_flag', 'w1', 'w2', 'w3', 'w4',
+     'mtl_decoder_scale', 'dae_width_scale', 'mtl_numEpochs', 'dae_numEpochs',
+     'mtl_training_samples', 'dae_training_samples', 'roof_height_threshold', 'bn_momentum',
+     'dropout_rate'),
     None)
 FROM_DATASET['backbone_weights'] = 'auto'
 FROM_DATASET['unlabelled_code'] = 'auto'    # None: no unlabelled value, on any dataset
@@ -251,11 +256,23 @@ DERIVED = {
     'test_stride': lambda: max(1, cropSize // 6),
     'valid_stride': lambda: max(1, cropSize // 2),
     'predict_stride': lambda: max(1, cropSize // 3),
-    'predCheckPointPath': lambda: os.path.join(checkpoint_root, dataset_name, 'mtl',
-                                               'best.weights.h5'),
-    'corrCheckPointPath': lambda: os.path.join(checkpoint_root, dataset_name, 'dae',
-                                               'best.weights.h5'),
+    'predCheckPointPath': lambda: trained_weights('mtl'),
+    'corrCheckPointPath': lambda: trained_weights('dae'),
 }
+# What a training run keeps in its folder: the best weights by validation, or
+# without validation (train_valid_flag = False) the weights of its last
+# epoch; each named for what it is.
+BEST_WEIGHTS, LAST_WEIGHTS = 'best.weights.h5', 'last.weights.h5'
+
+
+def trained_weights(stage):
+    """The weights file a stage's run in its default folder kept: of
+    best.weights.h5 and last.weights.h5 the one written last (best when
+    neither exists, so the error about it names the usual file)."""
+    run = os.path.join(checkpoint_root, dataset_name, stage)
+    files = [os.path.join(run, name) for name in (BEST_WEIGHTS, LAST_WEIGHTS)]
+    found = [f for f in files if os.path.exists(f)]
+    return max(found, key=os.path.getmtime) if found else files[0]
 
 
 def resolve():

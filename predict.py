@@ -16,7 +16,8 @@ rows, so memory depends on the image's width, not its size. Per image, in
     <name>_height.tif   float32 heights in the training data's units (metres),
                         the input's georeferencing, nodata -9999 where the input
                         has nodata or alpha 0
-    <name>_sem.tif      one band of classes with the dataset's colour table
+    <name>_sem.tif      one band of classes with the dataset's colour table (weights
+                        with a semantics head, sem_flag)
     <name>_norm.tif     surface normals (with --outputs ...,norm)
     <name>_preview.png  image, height and classes, downsampled
 
@@ -66,8 +67,8 @@ def parse(argv=None):
     p.add_argument('--mtl-weights', help='MTL weights file (default: predCheckPointPath)')
     p.add_argument('--dae-weights', help='DAE weights file (default: corrCheckPointPath)')
     default = ','.join(outputs(heads.DEFAULT))
-    p.add_argument('--outputs', default=default,
-                   help=f"comma-separated, of {', '.join(outputs())} (default: {default})")
+    p.add_argument('--outputs', help=f"comma-separated, of {', '.join(outputs())} "
+                   f"(default: those of {default} the weights have)")
     p.add_argument('--bands', default=None,
                    help='1-based input bands in the order the network takes them '
                         '(default: 1,2,3)')
@@ -76,7 +77,9 @@ def parse(argv=None):
                    help='predict inputs without georeferencing too, on their pixel grid')
     args = settings.parse_args(p, argv)
     args.correction = args.correction or config.correction
-    args.outputs = [o.strip() for o in args.outputs.split(',') if o.strip()]
+    args.outputs_given = args.outputs is not None
+    args.outputs = [o.strip() for o in (default if args.outputs is None else args.outputs)
+                    .split(',') if o.strip()]
     unknown = [o for o in args.outputs if o not in outputs()]
     if unknown or heads.HEIGHT.name not in args.outputs:
         others = [o for o in outputs() if o != heads.HEIGHT.name]
@@ -369,6 +372,9 @@ def main(argv=None):
         checkpoints.adopt_settings(dae_path, 'dae', args.explicit)
     for head in heads.HEADS:
         if head.name in args.outputs and head.flag and not getattr(config, head.flag):
+            if not args.outputs_given:      # a default the weights cannot give
+                args.outputs.remove(head.name)
+                continue
             raise SettingError(f"--outputs {','.join(args.outputs)}: these weights have "
                                f"no {head.name} head ({head.flag}=False); leave "
                                f"{head.name} out")

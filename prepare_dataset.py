@@ -12,15 +12,18 @@ orthophoto's CRS and pixel size, or --gsd metres), the nDSM is DSM - DTM,
 and the grid is cut into --tile x --tile pixel tiles, split into train /
 valid / test by spatial blocks whose tiles never touch another split's.
 The result is <shortcut_path>/NAME/ in the split_folders layout
-(train/ valid/ test/, each rgb/ dsm/ sem/) with dataset.json beside it, so
-`--set dataset_name=NAME` trains, tests and predicts with its settings
-(label codes, unlabelled value, crop) and no edit of config.py.
+(train/ valid/ test/, each rgb/ dsm/ and, with --labels, sem/) with
+dataset.json beside it, so `--set dataset_name=NAME` trains, tests and
+predicts with its settings (label codes, unlabelled value, crop; no
+semantics head without labels) and no edit of config.py. It ends with that
+training command.
 
 Inputs are any rasters GDAL opens: files, VRT mosaics, http(s):// and s3:// addresses.
 """
 import datetime
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -115,7 +118,7 @@ def main(args):
                     layer.close()
     with open(os.path.join(root, 'dataset.json'), 'w') as f:
         json.dump(record, f, indent=2)
-    summary(root, record, time.perf_counter() - started)
+    summary(root, record, time.perf_counter() - started, args.set)
 
 
 def open_layers(paths, args):
@@ -284,6 +287,8 @@ def describe(args, paths, layers, stats):
             raise DatasetError(f"{paths['labels'][0]}: every kept pixel is unlabelled "
                                f"({fill}). Fix: give label files of this area, or none.")
         run_settings.update(label_codes=codes, unlabelled_code=unlabelled)
+    else:   # no sem/ folders: nothing to train or score the semantics head on
+        run_settings.update(sem_flag=False)
     return {
         'name': args.name,
         'created': datetime.datetime.now().isoformat(timespec='seconds'),
@@ -318,7 +323,7 @@ def describe(args, paths, layers, stats):
     }
 
 
-def summary(root, record, seconds):
+def summary(root, record, seconds, sets):
     tiles, area = record['tiles'], record['area_km2']
     print(f"\n{root}: {record['crs']}, {record['pixel_size']:g} {record['crs_unit']} "
           f"pixels, tiles of {record['tile']} px, in {seconds:.0f} s")
@@ -334,7 +339,18 @@ def summary(root, record, seconds):
         print('  classes ' + ', '.join(f"{k}: {v / total:.1%}" for k, v in histogram.items()) +
               (f" (unlabelled {record['unlabelled_value']})"
                if record['unlabelled_value'] is not None else ''))
-    print(f"Train with: python train_mtl.py --set dataset_name={record['name']}")
+    print(f"Train with: {train_command(record['name'], sets)}")
+
+
+def train_command(name, sets):
+    """The command that trains on the dataset, typed where this one was: its
+    settings are in its dataset.json, so only its name and, when --set moved
+    it, shortcut_path need saying."""
+    words = ['python', 'train_mtl.py', '--set', f'dataset_name={name}']
+    moved = [s for s in sets if s.split('=', 1)[0].strip() == 'shortcut_path']
+    for pair in moved[-1:]:
+        words += ['--set', pair]
+    return shlex.join(words)
 
 
 if __name__ == '__main__':

@@ -59,6 +59,6 @@ echo "MTL mIoU          $(result mtl_test.log miou)"
 echo "verdict           $verdict"
 grep -h '^metrics and predictions: ' "$logs/mtl_test.log" "$logs/dae_test.log" \
     | sed 's/^metrics and predictions: /outputs           /'
-grep -h '^best weights ' "$logs/mtl_train.log" "$logs/dae_train.log" \
-    | sed 's/^best weights *\([^ ]*\).*/training plots    \1/; s#best.weights.h5#metrics.png#'
+grep -hE '^(best|last) weights ' "$logs/mtl_train.log" "$logs/dae_train.log" \
+    | sed -E 's/^(best|last) weights +([^ ]*).*/training plots    \2/; s#(best|last)\.weights\.h5#metrics.png#'
 echo "total time        $(( $(date +%s) - start )) s"

@@ -4,7 +4,8 @@
 
 Runs on the strategy config.py builds: one device, all GPUs of a machine
 (multi_gpu_enabled), or several machines (TF_CONFIG). Resumes an interrupted
-run from its last checkpoint; keeps the best weights by validation metric.
+run from its last checkpoint; keeps the best weights by validation metric
+(without validation, train_valid_flag = False, the last weights).
 """
 import sys
 

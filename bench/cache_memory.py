@@ -43,6 +43,8 @@ def memory():
 def measure(code, workdir, tiles, sets):
     """Run in the fresh process: build the cache with the code in `code`."""
     sys.path.insert(0, code)
+    from utils import distribute
+    getattr(distribute, 'start_tensorflow', lambda: None)()   # quietly, where the code can
     import tensorflow as tf
     import config
     from utils import datasets, distribute, pipeline, settings, tasks

@@ -128,6 +128,8 @@ def cache_bytes(cache):
 def child(code, workdir, tiles, sets):
     """Build the cache with the code in `code`, then time batches on command."""
     sys.path.insert(0, code)
+    from utils import distribute
+    getattr(distribute, 'start_tensorflow', lambda: None)()   # quietly, where the code can
     import tensorflow as tf
     import config
     from utils import datasets, pipeline, settings, tasks

@@ -2,6 +2,9 @@
 import datetime
 import os
 import platform
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def describe():
@@ -15,6 +18,10 @@ def describe():
     if os.path.exists('/proc/meminfo'):
         with open('/proc/meminfo') as f:
             memory = f"{int(f.readline().split()[1]) / 2 ** 20:.0f} GiB RAM, "
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from utils import distribute
+    distribute.start_tensorflow()   # quietly, as the user scripts (a no-op once started)
     import tensorflow as tf
     load = ' '.join(f'{x:.2f}' for x in os.getloadavg())
     return (f"nproc {os.cpu_count()}, CPU {model}, {memory}Python "

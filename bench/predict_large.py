@@ -241,4 +241,6 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    # The input side's measurements (--read-only) are of processes without TensorFlow.
+    variant_name = sys.argv[sys.argv.index('--variant') + 1] if '--variant' in sys.argv else None
+    sys.exit(settings.run_main(main, tensorflow=variant_name not in ('imports', 'read')))

@@ -19,7 +19,6 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')   # machine.describe loads TensorFlow
 sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402

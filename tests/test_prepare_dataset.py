@@ -13,6 +13,7 @@ grid pixel's centre, and the terrain rises by |slope| per metre.
 import json
 import math
 import os
+import shlex
 
 import numpy as np
 import pytest
@@ -23,7 +24,8 @@ from rasterio.warp import transform as transform_points
 import config
 from conftest import ROOT, run_python
 from tests.test_cog import assert_valid_cog
-from utils import settings
+from utils import datasets, settings
+from utils.errors import DatasetError
 
 UTM = 'EPSG:32632'
 X0, Y0 = 500000.0, 5400128.0    # top left of the orthophoto (UTM)
@@ -134,9 +136,11 @@ def write_region(folder, ortho_crs=UTM):
 
 
 def prepare(tmp_path, paths, *extra):
+    """prepare_dataset.py on the region (with --labels when `paths` has them)."""
     root = tmp_path / 'datasets'
+    labels = ['--labels', paths['labels']] if 'labels' in paths else []
     args = ['prepare_dataset.py', 'region', '--images', paths['ortho'], '--dsm', paths['dsm'],
-            '--dtm', paths['dtm'], '--labels', paths['labels'], '--tile', str(TILE),
+            '--dtm', paths['dtm'], *labels, '--tile', str(TILE),
             '--block', '2', '--set', f'shortcut_path={root}', *extra]
     result = run_python(args, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
@@ -327,6 +331,16 @@ SHRINK = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
           'backbone_weights=None', 'max_steps=2', 'mtl_bb_freeze=True', 'test_stride=32']
 
 
+def printed_command(log):
+    """The training command prepare_dataset.py's summary ends with, split as
+    a shell splits it, without its `python`."""
+    lines = [line for line in log.splitlines() if line.startswith('Train with: ')]
+    assert len(lines) == 1, log[-2000:]
+    words = shlex.split(lines[0][len('Train with: '):])
+    assert words[:2] == ['python', 'train_mtl.py'], words
+    return words[1:]
+
+
 def _script(cwd, *args):
     result = run_python([os.path.join(ROOT, args[0]), *args[1:]], cwd=cwd)
     assert result.returncode == 0, f"{' '.join(args)} exited {result.returncode}:\n" \
@@ -339,10 +353,13 @@ def test_the_prepared_dataset_trains_tests_and_predicts(tmp_path):
     """From the three GeoTIFFs to predict.py outputs with the existing scripts,
     `dataset_name=region` and nothing else about the dataset."""
     paths = write_region(str(tmp_path / 'sources'))
-    root, record, _ = prepare(tmp_path, paths)
-    sets = [f'--set={s}' for s in ['dataset_name=region', *SHRINK]]
-    log = _script(tmp_path, 'train_mtl.py', *sets)
+    root, record, log = prepare(tmp_path, paths)
+    # The command the summary prints, run where it ran, only shrunk for a CPU.
+    command = printed_command(log)
+    log = _script(tmp_path, *command, *[f'--set={s}' for s in SHRINK])
     assert 'done after 2 steps' in log and 'unlabelled_code 0' in log
+    assert 'best weights' in log and '(by validation rmse)' in log
+    sets = [f'--set={s}' for s in ['dataset_name=region', *SHRINK]]
     _script(tmp_path, 'test_dsm.py', '--max-images=1', *sets)
     with open(tmp_path / 'output' / 'region' / 'mtl' / 'metrics.json') as f:
         metrics = json.load(f)
@@ -356,6 +373,48 @@ def test_the_prepared_dataset_trains_tests_and_predicts(tmp_path):
     with rasterio.open(paths['ortho']) as src, \
             rasterio.open(tmp_path / 'predicted' / 'ortho_height.tif') as out:
         assert (out.crs, out.transform, out.shape) == (src.crs, src.transform, src.shape)
+
+
+@pytest.mark.slow
+def test_a_region_without_labels_trains_without_validation_and_tests(tmp_path):
+    """Prepared without --labels, the region trains with the printed command,
+    no semantics head trained or scored. Without validation (as typed:
+    train_valid_flag = False) the run keeps its last weights as
+    last.weights.h5, where test_dsm.py and predict.py find them by default."""
+    paths = write_region(str(tmp_path / 'sources'))
+    del paths['labels']
+    root, record, log = prepare(tmp_path, paths)
+    assert record['settings'] == dict(layout='split_folders', cropSize=64, sem_flag=False)
+    assert not any((root / split / 'sem').exists() for split in ('train', 'valid', 'test'))
+    # Asking for the semantics head anyway: the error names the folder and the fix.
+    settings.apply([f'shortcut_path={root.parent}', 'dataset_name=region'])
+    assert config.sem_flag is False
+    settings.apply(['sem_flag=True'])
+    with pytest.raises(DatasetError, match=r"^Missing train/sem folder: .*set sem_flag=False"):
+        datasets.find_split('train')
+    command = printed_command(log)
+    shrink = [f'--set={s}' for s in SHRINK]
+    log = _script(tmp_path, *command, *shrink, '--set=train_valid_flag=False')
+    kept = './checkpoints/region/mtl/last.weights.h5'
+    assert f"last weights    {kept} (no validation, train_valid_flag = False" in log
+    assert f"done after 2 steps; last weights: {kept}" in log
+    assert 'best weights' not in log and 'by validation' not in log
+    runs = tmp_path / 'checkpoints' / 'region' / 'mtl'
+    assert sorted(p.name for p in runs.glob('*.weights.h5*')) == \
+        ['last.weights.h5', 'last.weights.h5.json']
+    with open(runs / 'last.weights.h5.json') as f:
+        saved = json.load(f)
+    assert saved['kept'] == 'last' and saved['settings']['sem_flag'] is False
+    _script(tmp_path, 'test_dsm.py', *command[1:], '--max-images=1', *shrink)
+    with open(tmp_path / 'output' / 'region' / 'mtl' / 'metrics.json') as f:
+        metrics = json.load(f)
+    assert metrics['checkpoints']['mtl'] == kept
+    assert metrics['overall']['miou'] is None and np.isfinite(metrics['overall']['rmse'])
+    assert not list((tmp_path / 'output' / 'region' / 'mtl').glob('*_sem.tif'))
+    log = _script(tmp_path, 'predict.py', paths['ortho'], '--out', str(tmp_path / 'predicted'),
+                  *command[1:], *shrink)
+    assert sorted(os.listdir(tmp_path / 'predicted')) == ['ortho_height.tif',
+                                                         'ortho_preview.png']
 
 
 @pytest.mark.parametrize('seed', range(5))

@@ -114,3 +114,26 @@ def test_tensorflow_start_up_lines_follow_tf_cpp_min_log_level(tmp_path, level):
         assert any(line.startswith('I0000 ') for line in lines), lines
     else:
         assert len(lines) == 1, lines
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('command', [
+    # settings.run_main starts TensorFlow before the script's main (the
+    # read-only mode measures its reads in processes without it)
+    ['bench/predict_large.py', '--read-only', '--size', '64', '--layouts', 'tiled'],
+    # machine.describe(), the line every benchmark prints, starts it for a
+    # script that has no run_main (here before prepare_dataset.py runs)
+    ['bench/prepare_region.py', '--sides', '80', '--tile', '64', '--block', '1']])
+def test_benchmarks_start_tensorflow_as_quietly_as_the_user_scripts(command):
+    """The benchmarks' cheapest runs, typed without TF_CPP_MIN_LOG_LEVEL:
+    their output, and nothing of TensorFlow's C++ start-up on stderr."""
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+    result = subprocess.run([sys.executable, *command], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'TensorFlow' in result.stdout          # the machine line: it was started
+    assert result.stderr == ''

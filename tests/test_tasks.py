@@ -87,3 +87,32 @@ def test_the_mtl_stage_validates_its_own_network_on_the_valid_split(tiny, synthe
         valid = np.isfinite(loaded.height)
         rmses.append(np.sqrt(np.mean((height[valid] - loaded.height[valid]) ** 2)))
     assert len(rmses) == 8 and metrics['rmse'] == pytest.approx(np.mean(rmses), rel=1e-6)
+
+
+def test_a_run_without_validation_keeps_its_last_weights_where_the_next_stage_looks(
+        tiny, tmp_path):
+    """train_valid_flag = False: the trainer keeps last.weights.h5 and says so;
+    predCheckPointPath, by default, names the newer of the run folder's best
+    and last weights; a file the setting names stays named. (Training and
+    testing that way as typed: test_prepare_dataset.py, a region without labels.)"""
+    settings.apply(['train_valid_flag=False'])
+    run = os.path.join(config.checkpoint_root, 'synthetic', 'mtl')
+    best, last = (os.path.join(run, name) for name in ('best.weights.h5', 'last.weights.h5'))
+    assert config.predCheckPointPath == best       # nothing trained yet: the usual name
+    trainer = Trainer(tasks.MTLTask(config), distribute.get_strategy(config))
+    assert trainer.best_path == last and not trainer.validated
+    assert trainer._kept().startswith(f"last weights    {last} (no validation, "
+                                      f"train_valid_flag = False")
+    os.makedirs(run)
+    for path, seconds in ((best, 1), (last, 2)):    # last written after best
+        open(path, 'w').close()
+        os.utime(path, (seconds, seconds))
+    settings.apply(['max_steps=1'])                 # settings derived again, as in a new process
+    assert config.predCheckPointPath == last
+    os.utime(best, (3, 3))
+    settings.apply(['max_steps=1'])
+    assert config.predCheckPointPath == best
+    assert Trainer(tasks.MTLTask(config), distribute.get_strategy(config)).best_path == last
+    settings.apply([f'predCheckPointPath={tmp_path}/mine.weights.h5'])
+    assert tasks.make('mtl', config).weights_path(validated=False) == \
+        f'{tmp_path}/mine.weights.h5'

@@ -89,9 +89,16 @@ class Task:
     preload = property(lambda self: self._own('preload'))
     init_weights = property(lambda self: self._own('init_weights'))
 
-    @property
-    def best_path(self):
-        return getattr(self.cfg, checkpoints.SETTING_OF_PATH[self.stage])
+    def weights_path(self, validated=True):
+        """Where training keeps the weights the next stage loads: the file the
+        stage's setting names; by default (a file of the run folder) the best
+        weights by validation, or without validation the last weights."""
+        path = getattr(self.cfg, checkpoints.SETTING_OF_PATH[self.stage])
+        kept = [os.path.join(self.run_dir, name)
+                for name in (self.cfg.BEST_WEIGHTS, self.cfg.LAST_WEIGHTS)]
+        return kept[0 if validated else 1] if path in kept else path
+
+    best_path = property(weights_path)
 
     @property
     def run_dir(self):

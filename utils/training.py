@@ -95,7 +95,11 @@ class Trainer:
         with strategy.scope():
             self.model = task.build_model()
         self.terms_fn, self.total_fn = task.loss_fns()
-        self.best_path = task.best_path
+        # Every layout refuses an empty or missing valid split (datasets.py), so
+        # only train_valid_flag = False trains without validation images: the
+        # run then keeps its last weights, under their own name.
+        self.validated = bool(self.cfg.train_valid_flag)
+        self.best_path = task.weights_path(self.validated)
         self.chief = distribute.is_chief(strategy)
         self.dir = task.run_dir
         self.global_batch = task.batch_size * strategy.num_replicas_in_sync
@@ -266,11 +270,18 @@ class Trainer:
             f"steps per epoch {steps}, epochs {self.task.epochs}",
             f"checkpoints     {os.path.join(self.dir, 'train_state')} "
             f"(every {cfg.checkpoint_every} steps and at epoch ends)",
-            f"best weights    {self.best_path} (by validation {cfg.eval_metric})",
+            self._kept(),
             f"logs            {os.path.join(self.dir, 'train.log')}, TensorBoard: "
             f"{os.path.join(self.dir, 'tensorboard')}",
         ] + [f"{name:<16}{text}" for name, text in self.notes]
         self.log.info('\n'.join(lines))
+
+    def _kept(self):
+        """The log line saying which weights the run keeps, and where."""
+        if self.validated:
+            return f"best weights    {self.best_path} (by validation {self.cfg.eval_metric})"
+        return (f"last weights    {self.best_path} (no validation, train_valid_flag = "
+                f"False: the weights at the end of each epoch replace them)")
 
     def _check_finite(self, report, step):
         for name in TERM_ORDER:
@@ -297,11 +308,12 @@ class Trainer:
         record = {'epoch': epoch + 1, 'lr': float(self.optimizer.learning_rate.numpy()),
                   **{f'train_{k}': v for k, v in train_means.items()}}
         cfg = self.cfg
-        metrics = self.task.validate(self.strategy) if cfg.train_valid_flag else None
+        metrics = self.task.validate(self.strategy) if self.validated else None
         stop = False
-        if metrics is None:   # nothing held out: the latest weights are the best we know
+        if metrics is None:   # nothing held out: keep the latest weights
             if self.chief:
-                checkpoints.save_weights(self.model, self.best_path, self.stage)
+                checkpoints.save_weights(self.model, self.best_path, self.stage,
+                                         extra={'epoch': epoch + 1, 'kept': 'last'})
         else:
             value = float(metrics[cfg.eval_metric])
             record.update({f'val_{k}': v for k, v in metrics.items()
@@ -402,7 +414,7 @@ class Trainer:
         if self.chief and not os.path.exists(self.best_path):
                 checkpoints.save_weights(self.model, self.best_path, self.stage)
         self.log.info(f"done after {int(self.step.numpy())} steps; "
-                      f"best weights: {self.best_path}")
+                      f"{'best' if self.validated else 'last'} weights: {self.best_path}")
         return self.history
 
     def _done(self):
