@@ -53,8 +53,8 @@ def test_run_train_test_on_two_replicas_writes_every_artifact(tmp_path, syntheti
         assert f'== {stage} training on synthetic ==' in out
     assert out.count('strategy        MirroredStrategy, 2 replica(s)') == 2
     assert out.count('batch           2 per replica, 4 global') == 2
-    assert result.stderr.count('devices: 2 replicas on logical CPU devices '
-                               '(cpu_replicas = 2)') == 4    # every stage
+    # every stage (the script shows each stage's stderr in its output)
+    assert out.count('devices: 2 replicas on logical CPU devices (cpu_replicas = 2)') == 4
     summary = out[out.index('=== summary ==='):]
     for label in ('MTL RMSE', 'MTL+DAE RMSE', 'baseline RMSE', 'MTL mIoU', 'verdict',
                   'outputs', 'training plots', 'total time'):
