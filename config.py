@@ -26,7 +26,7 @@ CROP_MULTIPLE = 32      # cropSize's rule; utils/inference.py checks windows aga
 # ----------------------------------------------------------------- devices
 multi_gpu_enabled: bool = False     # True: MirroredStrategy over every GPU in gpu_devices
 gpu_devices: gpu_ids = "0"          # comma-separated GPU ids, e.g. "0,1"
-cpu_replicas: whole(at_least=0) = 0  # >1 with no GPU: split the CPU into that many replicas
+cpu_replicas: whole(at_least=0) = 0  # >1, mirrored: that many CPU replicas, GPUs hidden
 distribution: one_of('auto', 'default', 'mirrored', 'multi_worker') = 'auto'
                             # 'auto': multi_worker when the TF_CONFIG environment
                             # variable is set, else mirrored when multi_gpu_enabled,

@@ -58,13 +58,9 @@ def one_step(trainer):
     return trainer.train_step(iterator)
 
 
-def expected_replicas():
-    """What the settings ask for, on this machine."""
-    if distribute.strategy_kind(config) != 'mirrored':
-        return None   # default: 1; multi_worker: decided by TF_CONFIG
-    if tf.config.list_physical_devices('GPU'):
-        return len(distribute.parse_gpu_devices(config.gpu_devices))
-    return max(config.cpu_replicas, 1)
+def device_plan():
+    """What the settings ask for on this machine (distribute.device_plan's rule)."""
+    return distribute.device_plan(config, len(tf.config.list_physical_devices('GPU')))
 
 
 def check():
@@ -102,11 +98,11 @@ def check():
         if not math.isfinite(value):
             problems.append(f"loss {name} is {value}")
     report['step_ok'] = not problems
-    wanted = expected_replicas()
-    if wanted is not None and replicas != wanted:
-        problems.append(f"config asks for {wanted} replicas (multi_gpu_enabled, "
-                        f"gpu_devices = {config.gpu_devices!r}, cpu_replicas = "
-                        f"{config.cpu_replicas}) but the strategy has {replicas}")
+    plan = device_plan()
+    report['device_rule'] = plan.note
+    if plan.replicas is not None and replicas != plan.replicas:
+        problems.append(f"config asks for {plan.replicas} replica(s) ({plan.note}) "
+                        f"but the strategy has {replicas}")
     report['ok'] = not problems
     report['verdict'] = ('OK: ' + f"{replicas} replica(s), each given "
                          f"{report['mtl_global_batch_size'] // replicas} of "
@@ -120,6 +116,7 @@ def print_report(r):
             ('CUDA_VISIBLE_DEVICES', r['cuda_visible_devices'] or 'unset'),
             ('physical GPUs', ', '.join(r['physical_gpus']) or 'none'),
             ('logical GPUs', ', '.join(r['logical_gpus']) or 'none'),
+            ('device rule', r['device_rule']),
             ('strategy', r['strategy']), ('replicas in sync', r['replicas']),
             ('devices', ', '.join(r['devices'])), ('crop', r['crop']),
             ('MTL batch', f"{r['mtl_batch_size']} per replica, "

@@ -1,7 +1,16 @@
-"""Shared fixtures: every test starts from config.py's own values."""
+"""Shared fixtures: every test starts from config.py's own values.
+
+The suite runs on the CPU on every machine: its tolerances are derived for
+float32 CPU arithmetic, and its replica tests split the CPU (cpu_replicas).
+GPUs are hidden from pytest and every process it starts (CUDA_VISIBLE_DEVICES
+empty), except in the `gpu` tier (tests/test_gpu.py), which runs where GPUs
+are visible and is skipped with its reason elsewhere.
+"""
 import contextlib
 import copy
+import glob
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,6 +19,35 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def _visible_gpus():
+    """How many NVIDIA GPUs the user's environment shows (the driver's list,
+    narrowed by CUDA_VISIBLE_DEVICES), found without importing TensorFlow in
+    the pytest process: that takes seconds, and then fixes its devices."""
+    found = len(glob.glob('/proc/driver/nvidia/gpus/*'))
+    if not found and shutil.which('nvidia-smi'):
+        listed = subprocess.run(['nvidia-smi', '-L'], capture_output=True, text=True)
+        found = sum(line.startswith('GPU ') for line in listed.stdout.splitlines())
+    chosen = os.environ.get('CUDA_VISIBLE_DEVICES')
+    if chosen is not None:
+        found = min(found, len([d for d in chosen.split(',') if d.strip() not in ('', '-1')]))
+    return found
+
+
+# The user's CUDA_VISIBLE_DEVICES (None: unset), for the gpu tier; then hidden.
+USER_CUDA_VISIBLE_DEVICES = os.environ.get('CUDA_VISIBLE_DEVICES')
+GPUS = _visible_gpus()
+os.environ['CUDA_VISIBLE_DEVICES'] = ''
+
+
+def gpu_env():
+    """The environment of a gpu-tier subprocess: the user's GPUs visible again."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+    env.pop('CUDA_VISIBLE_DEVICES')
+    if USER_CUDA_VISIBLE_DEVICES is not None:
+        env['CUDA_VISIBLE_DEVICES'] = USER_CUDA_VISIBLE_DEVICES
+    return env
 
 import config  # noqa: E402
 from utils import settings  # noqa: E402
@@ -34,9 +72,10 @@ def fresh_config():
     restore_config()
 
 
-def run_python(args, timeout=600, env=None, cwd=ROOT):
-    """Run `python args...` in a fresh process (its own device configuration)."""
-    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', **(env or {}))
+def run_python(args, timeout=600, env=None, cwd=ROOT, gpus=False):
+    """Run `python args...` in a fresh process (its own device configuration;
+    GPUs hidden unless `gpus`)."""
+    full_env = dict(gpu_env() if gpus else os.environ, TF_CPP_MIN_LOG_LEVEL='2', **(env or {}))
     return subprocess.run([sys.executable] + list(args), cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -134,3 +173,10 @@ def pytest_collection_modifyitems(config, items):
     queued) while the other has nothing left."""
     slow = {item.module.__name__ for item in items if item.get_closest_marker('slow')}
     items.sort(key=lambda item: item.module.__name__ not in slow)
+    if not GPUS:
+        why = ('no GPU visible: ' + ('CUDA_VISIBLE_DEVICES is empty'
+                                    if USER_CUDA_VISIBLE_DEVICES is not None else
+                                    'no NVIDIA driver lists one (nvidia-smi -L)'))
+        for item in items:
+            if item.get_closest_marker('gpu'):
+                item.add_marker(pytest.mark.skip(reason=f'gpu tier, {why}'))

@@ -1,5 +1,7 @@
-"""Train a few steps on fixed global batches and save the weights (run by
-test_training.py in its own process, since devices are configured once).
+"""Train a few steps on fixed global batches and save the initial weights,
+the all-reduced gradient and the weights after the first step, and every
+step's loss (run by test_training.py and test_gpu.py in their own
+processes, since devices are configured once).
 
     python tests/replica_run.py OUT.npz mtl|dae STEPS [NAME=VALUE ...]
 """
@@ -10,13 +12,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from utils import settings  # noqa: E402
 
 out, stage, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-# A large Adam epsilon makes each update proportional to its gradient, so a
-# loss scaled per replica instead of per global batch would show.
+# The published optimizer settings (config.py); the batch statistics over
+# the global batch unless the caller sets sync_batchnorm=False.
 settings.apply(['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
-                'dropout_rate=0', 'sync_batchnorm=True', 'backbone_weights=None',
-                'adam_epsilon=1.0', 'mtl_lr=10', 'dae_lr=10'] + sys.argv[4:])
+                'dropout_rate=0', 'sync_batchnorm=True', 'backbone_weights=None']
+               + sys.argv[4:])
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -34,34 +35,30 @@ data = {'image': rng.uniform(0, 1, (n, c, c, 3)).astype('float32'), 'height': he
 
 strategy = distribute.get_strategy(config)
 assert getattr(config, f'{stage}_global_batch_size') == GLOBAL_BATCH, 'set batch_size'
-
-
-class Task(tasks.MTLTask if stage == 'mtl' else tasks.DAETask):
-    def build_model(self):
-        model = super().build_model()
-        # DenseNet's 120 BN layers in training mode turn float32 rounding into
-        # percent-level gradient noise at a 1x1 bottleneck (1 and 2 replicas
-        # alike); in inference mode every encoder weight still trains and is
-        # compared. Our own encoder_bn stays synchronised and in training mode.
-        for layer in self.mtl.get_layer('densenet121').layers:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                layer.trainable = False
-        return model
-
-
-trainer = training.Trainer(Task(config, **({'mtl': 'untrained'} if stage == 'dae' else {})),
-                           strategy)
+trainer = training.Trainer(
+    (tasks.MTLTask(config) if stage == 'mtl' else tasks.DAETask(config, mtl='untrained')),
+    strategy)
 model = trainer.model
 initial = [v.numpy() for v in model.trainable_variables]
 dataset = tf.data.Dataset.from_tensor_slices(data).batch(GLOBAL_BATCH)
 iterator = iter(strategy.experimental_distribute_dataset(dataset))
-counts, reports = [], []
-for _ in range(steps):
+optimizer = trainer.optimizer
+counts, reports, after_first = [], [], {}
+for step in range(steps):
     report, per_replica = trainer.train_step(iterator)
     counts.append(per_replica)
     reports.append(report['loss'])
+    if step == 0:
+        # Adam's moments after its first step are (1 - beta_1) g and
+        # (1 - beta_2) g^2: the all-reduced gradient, read without touching the step.
+        for i, v in enumerate(model.trainable_variables):
+            index = optimizer._get_variable_index(v)
+            after_first[f'm_{i}'] = optimizer._momentums[index].numpy()
+            after_first[f'v_{i}'] = optimizer._velocities[index].numpy()
+            after_first[f'w_{i}'] = v.numpy()
 np.savez(out, counts=np.array(counts), losses=np.array(reports),
          replicas=strategy.num_replicas_in_sync,
-         iterations=int(trainer.optimizer.iterations.numpy()),
-         **{f'init_{i}': w for i, w in enumerate(initial)},
-         **{f'w_{i}': v.numpy() for i, v in enumerate(model.trainable_variables)})
+         iterations=int(optimizer.iterations.numpy()),
+         lr=float(optimizer.learning_rate.numpy()), epsilon=optimizer.epsilon,
+         beta_1=optimizer.beta_1, beta_2=optimizer.beta_2, **after_first,
+         **{f'init_{i}': w for i, w in enumerate(initial)})

@@ -92,42 +92,72 @@ def test_mirrored_strategy_on_two_cpu_replicas():
 def test_one_device_asked_to_mirror_warns_and_continues():
     result = run_python(['-c', STRATEGY_PROBE, 'multi_gpu_enabled=True'], timeout=300)
     assert result.returncode == 0, result.stderr
-    assert 'only one device is visible' in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "warning: multi_gpu_enabled = True but no GPU is visible (CUDA_VISIBLE_DEVICES=''): "
+        "training continues on one replica on CPU:0. Check nvidia-smi and "
+        "CUDA_VISIBLE_DEVICES, or set cpu_replicas = 2 to try two replicas on the CPU.")
     assert json.loads(result.stdout.strip().splitlines()[-1])['replicas'] == 1
 
 
-class FakeConfig:
-    """Stands in for tf.config: records which GPUs were made visible."""
+# The device rule (distribute.device_plan) on machines with 0, 1 and 2 GPUs:
+# settings, GPUs visible -> where, ids, replicas, what the note says and
+# how the warning starts (None: no warning).
+PLANS = [
+    # cpu_replicas means logical CPUs, GPUs or not: one GPU never stands in for two
+    ({'multi_gpu_enabled': True, 'cpu_replicas': 2}, 1, 'CPU', [0, 1], 2,
+     "2 replicas on logical CPU devices (cpu_replicas = 2); the 1 visible GPU(s) are "
+     "hidden from this process (CUDA_VISIBLE_DEVICES unset)", None),
+    ({'multi_gpu_enabled': True, 'cpu_replicas': 2}, 0, 'CPU', [0, 1], 2,
+     "2 replicas on logical CPU devices (cpu_replicas = 2)", None),
+    ({'multi_gpu_enabled': True, 'gpu_devices': '1,0'}, 2, 'GPU', [1, 0], 2,
+     "GPU 1, 0 (multi_gpu_enabled = True: every GPU of gpu_devices = '1,0'; "
+     "CUDA_VISIBLE_DEVICES unset), memory growth on", None),
+    ({'gpu_devices': '1,0'}, 2, 'GPU', [1], 1,
+     "GPU 1 (multi_gpu_enabled = False: the first GPU of gpu_devices = '1,0'", None),
+    # forced 'mirrored' on one GPU: no claim that multi_gpu_enabled is True
+    ({'distribution': 'mirrored', 'gpu_devices': '0,1'}, 2, 'GPU', [0], 1,
+     "distribution = 'mirrored' with multi_gpu_enabled = False: MirroredStrategy on "
+     "this one GPU", None),
+    ({'distribution': 'mirrored'}, 0, 'CPU', [0], 1, "one replica on CPU:0 (no GPU visible", None),
+    ({'multi_gpu_enabled': True}, 1, 'GPU', [0], 1,
+     "GPU 0 (multi_gpu_enabled = True: every GPU of gpu_devices = '0'",
+     "multi_gpu_enabled = True but gpu_devices = '0' lists one GPU"),
+    ({'multi_gpu_enabled': True}, 0, 'CPU', [0], 1, "one replica on CPU:0",
+     "multi_gpu_enabled = True but no GPU is visible (CUDA_VISIBLE_DEVICES unset)"),
+    ({'cpu_replicas': 2}, 0, 'CPU', [0], 1, "one replica on CPU:0",
+     "cpu_replicas = 2 has no effect while multi_gpu_enabled = False"),
+    ({'cpu_replicas': 2, 'distribution': 'default', 'multi_gpu_enabled': True}, 1, 'GPU',
+     [0], 1, "GPU 0", "cpu_replicas = 2 has no effect while distribution = 'default'"),
+]
 
-    def __init__(self):
-        self.visible, self.growth = None, []
-        self.experimental = self
 
-    def set_visible_devices(self, devices, kind):
-        self.visible = (list(devices), kind)
-
-    def set_memory_growth(self, device, flag):
-        self.growth.append((device, flag))
-
-
-class FakeTF:
-    def __init__(self):
-        self.config = FakeConfig()
+@pytest.mark.parametrize('sets,gpus,where,ids,replicas,note,warning', PLANS)
+def test_device_rule(monkeypatch, sets, gpus, where, ids, replicas, note, warning):
+    monkeypatch.delenv('TF_CONFIG', raising=False)
+    monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
+    for key, value in sets.items():
+        setattr(config, key, value)
+    plan = distribute.device_plan(config, gpus)
+    assert (plan.where, plan.ids, plan.replicas) == (where, ids, replicas)
+    assert note in plan.note
+    assert plan.warning is None if warning is None else plan.warning.startswith(warning)
 
 
-def test_gpu_selection_on_a_machine_with_two_gpus():
-    gpus = ['GPU:0', 'GPU:1']
-    config.multi_gpu_enabled, config.gpu_devices = True, '1,0'
-    tf = FakeTF()
-    distribute._select_gpus(tf, gpus, config)
-    assert tf.config.visible == (['GPU:1', 'GPU:0'], 'GPU')
-    config.multi_gpu_enabled = False            # one GPU: the first listed
-    distribute._select_gpus(tf, gpus, config)
-    assert tf.config.visible == (['GPU:1'], 'GPU')
+def test_device_rule_names_cuda_visible_devices_with_gpu_devices(monkeypatch):
+    """gpu_devices counts the GPUs CUDA_VISIBLE_DEVICES leaves: the error says both."""
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '2,3')
     config.multi_gpu_enabled, config.gpu_devices = True, '0,1,2'
-    with pytest.raises(distribute.DeviceConfigError,
-                       match=r"asks for GPU 2, but only 2 GPU\(s\) are visible"):
-        distribute._select_gpus(tf, gpus, config)
+    with pytest.raises(distribute.DeviceConfigError, match=re.escape(
+            "gpu_devices = '0,1,2' asks for GPU 2, but this process sees 2 GPU(s), ids 0..1 "
+            "(CUDA_VISIBLE_DEVICES='2,3'; gpu_devices counts the GPUs it leaves visible). "
+            "Set gpu_devices to ids below 2.")):
+        distribute.device_plan(config, 2)
+    monkeypatch.setenv('TF_CONFIG', '{"cluster": {"worker": ["localhost:1"]}}')
+    config.cpu_replicas = 2
+    plan = distribute.device_plan(config, 0)
+    assert plan.kind == 'multi_worker' and plan.replicas is None
+    assert plan.warning.startswith(
+        "cpu_replicas = 2 has no effect while distribution = 'multi_worker' (TF_CONFIG is set)")
 
 
 # ----------------------------------------------------------------- the rules

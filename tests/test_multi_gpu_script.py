@@ -7,15 +7,20 @@ from conftest import run_python
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('sets,replicas', [
-    ([], 1),
-    (['multi_gpu_enabled=True', 'cpu_replicas=2'], 2)])
-def test_quick_check_reports_the_replicas_and_the_split(sets, replicas):
+@pytest.mark.parametrize('sets,replicas,strategy,rule', [
+    # forced 'mirrored' on one device: no warning that multi_gpu_enabled = True
+    (['distribution=mirrored'], 1, 'MirroredStrategy',
+     "one replica on CPU:0 (no GPU visible, CUDA_VISIBLE_DEVICES='')"),
+    (['multi_gpu_enabled=True', 'cpu_replicas=2'], 2, 'MirroredStrategy',
+     "2 replicas on logical CPU devices (cpu_replicas = 2)")])
+def test_quick_check_reports_the_replicas_and_the_split(sets, replicas, strategy, rule):
     result = run_python(['test_multi_gpu.py', '--json', '--quick', '--set', 'batch_size=3',
                          *[a for s in sets for a in ('--set', s)]])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert 'multi_gpu_enabled = True' not in result.stderr, result.stderr
     report = json.loads(result.stdout)
     assert report['replicas'] == replicas and report['step_ok'] is True
+    assert report['strategy'] == strategy and report['device_rule'] == rule
     assert report['batch_size'] == 3 and report['global_batch_size'] == 3 * replicas
     assert report['mtl_global_batch_size'] == report['dae_global_batch_size'] == 3 * replicas
     assert report['per_replica_examples'] == [3] * replicas      # an even split

@@ -372,20 +372,23 @@ def test_a_script_ending_with_a_live_iterator_exits(tiles, tmp_path, source, rep
     """Python must not hang at exit while the pipeline of a live iterator is
     producing. Reading patches from disk runs Python per sample, and whether
     a call is in flight when the interpreter finalises is a race (without
-    the exit hook about half the runs hung): two runs at once."""
+    the exit hook about half the runs hung): two runs at once. The first
+    run also saves each replica's share of its first batch."""
     if source == 'cached tiles':
         tiles()
         sets, runs = ['dataset_name=DFC2018', 'mtl_training_samples=100000'], 1
     else:
         _tiny_patches(tmp_path / 'DFC2023_test' / 'train', 200)
         sets, runs = ['dataset_name=DFC2023_test', 'mtl_preload=False'], 2
-    sets += [f'shortcut_path={tmp_path}', f'cropSize={CROP}', 'mtl_batchSize=1']
+    sets += [f'shortcut_path={tmp_path}', f'cropSize={CROP}', 'mtl_batchSize=2']
+    shares = [str(tmp_path / 'shares.npz')]      # the first run's
     if replicas == 2:
         sets += ['multi_gpu_enabled=True', 'cpu_replicas=2']
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-    procs = [subprocess.Popen([sys.executable, EXIT_RUN] + sets, cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(runs)]
+    procs = [subprocess.Popen([sys.executable, EXIT_RUN] + shares * (run == 0) + sets,
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for run in range(runs)]
     hung = 0
     for proc in procs:
         try:
@@ -398,6 +401,14 @@ def test_a_script_ending_with_a_live_iterator_exits(tiles, tmp_path, source, rep
         assert proc.returncode == 0, err
         assert f"took a batch on {replicas} replica(s)" in out
     assert not hung, f"{hung} of {runs} runs took their batch but did not exit within 120 s"
+    # The real pipeline through experimental_distribute_dataset: each replica
+    # its own share, in order, of the global batch one device would take.
+    saved = np.load(shares[0])
+    parts = [saved[f'share_{i}'] for i in range(replicas)]
+    assert [len(p) for p in parts] == [2] * replicas
+    np.testing.assert_array_equal(np.concatenate(parts), saved['whole'])
+    if replicas == 2:      # disjoint: no crop of one share is in the other
+        assert not any(np.array_equal(a, b) for a in parts[0] for b in parts[1])
 
 
 def test_cache_split_into_parts_gives_the_same_batches(tiles, monkeypatch):

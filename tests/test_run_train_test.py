@@ -12,20 +12,49 @@ import config
 from conftest import ROOT, TINY
 
 
+def rmse_from_files(folder, samples):
+    """The test's figures recomputed from the files it wrote and the dataset's
+    own, both read by GDAL: (mean over images of each image's RMSE over its
+    finite ground-truth pixels, {image: RMSE})."""
+    import rasterio
+    per_image = {}
+    for sample in samples:
+        with rasterio.open(folder / f'{sample.name}_height.tif') as f:
+            predicted = f.read(1).astype(np.float64)
+        with rasterio.open(sample.height) as f:
+            truth = f.read(1, masked=True).astype(np.float64).filled(np.nan)
+        valid = np.isfinite(truth)
+        per_image[sample.name] = float(np.sqrt(np.mean((predicted - truth)[valid] ** 2)))
+    return float(np.mean(list(per_image.values()))), per_image
+
+
 @pytest.mark.slow
-def test_run_train_test_writes_every_artifact(tmp_path, synthetic_root):
+def test_run_train_test_on_two_replicas_writes_every_artifact(tmp_path, synthetic_root):
+    """The main job as a user without GPUs tries two replicas, on the
+    synthetic set with its defaults (per-replica batch norm, the encoder
+    trained): every stage on 2 replicas, every file written, every figure
+    of the summary recomputed from the files. (One replica: the dataset
+    matrix in test_dataset_matrix.py.)"""
     import subprocess
     sets = [f'--set={s}' for s in TINY + [
         f'shortcut_path={synthetic_root}', f'checkpoint_root={tmp_path / "ckpt"}',
-        f'output_root={tmp_path / "out"}', 'max_steps=3', 'batch_size=4',
+        f'output_root={tmp_path / "out"}', 'max_steps=3', 'batch_size=2',
         'plot_metrics=True', 'test_plot_images=2']]
+    sets += ['--set', 'multi_gpu_enabled=True', '--set', 'cpu_replicas=2']   # as README says
     env = dict(os.environ, PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL='2')
+    # The timeout is a safety net only: on a loaded machine the run took > 900 s.
     result = subprocess.run([os.path.join(ROOT, 'run_train_test.sh'), *sets], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=900)
+                            env=env, capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     for name in ('MTL training', 'MTL test', 'DAE training', 'MTL+DAE test'):
         assert f'=== stage: {name} ===' in out
+    for stage in ('MTL', 'DAE'):
+        assert f'== {stage} training on synthetic ==' in out
+    assert out.count('strategy        MirroredStrategy, 2 replica(s)') == 2
+    assert out.count('batch           2 per replica, 4 global') == 2
+    # every stage (the script shows each stage's stderr in its output)
+    assert out.count('devices: 2 replicas on logical CPU devices (cpu_replicas = 2)') == 4
     summary = out[out.index('=== summary ==='):]
     for label in ('MTL RMSE', 'MTL+DAE RMSE', 'baseline RMSE', 'MTL mIoU', 'verdict',
                   'outputs', 'training plots', 'total time'):
@@ -47,6 +76,9 @@ def test_run_train_test_writes_every_artifact(tmp_path, synthetic_root):
         assert [record['epoch'] for record in history] == [1]   # max_steps=3 ends in epoch 1
         assert np.isfinite(history[0]['val_rmse'])
     codes = set(config.dataset_settings('synthetic')['label_codes'])
+    from utils import datasets
+    config.shortcut_path = synthetic_root
+    samples = datasets.find_split('test')
     for test_run, label in (('mtl', 'MTL RMSE'), ('mtl_dae', 'MTL+DAE RMSE')):
         folder = tmp_path / 'out' / 'synthetic' / test_run
         with open(folder / 'metrics.json') as f:
@@ -54,6 +86,11 @@ def test_run_train_test_writes_every_artifact(tmp_path, synthetic_root):
         printed = next(line for line in summary.splitlines() if line.startswith(label + ' '))
         assert float(printed.split()[-1]) == round(metrics['overall']['rmse'], 4)
         assert metrics['overall']['images'] == 10 == len(metrics['per_image'])
+        # The heights written are those scored: float32 files, float64 sums
+        overall, per_image = rmse_from_files(folder, samples)
+        assert metrics['overall']['rmse'] == pytest.approx(overall, rel=1e-9)
+        assert {row['name']: row['rmse'] for row in metrics['per_image']} == \
+            pytest.approx(per_image, rel=1e-9)
         heights = sorted(glob.glob(str(folder / '*_height.tif')))
         assert len(heights) == 10 and len(glob.glob(str(folder / '*_sem.tif'))) == 10
         for path in heights:        # every test image, at its size, every pixel predicted

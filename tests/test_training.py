@@ -10,11 +10,16 @@ from conftest import ROOT, TINY, run_python, small_encoder
 REPLICA_RUN = os.path.join(ROOT, 'tests', 'replica_run.py')
 
 
-def replica_run(tmp_path, stage, replicas, steps=3):
+def replica_run(tmp_path, stage, replicas, steps=2, extra=(), gpus=False):
+    """tests/replica_run.py on `replicas` logical CPUs (or GPUs with `gpus`)."""
     out = tmp_path / f'{stage}_{replicas}.npz'
-    sets = ['batch_size=8'] if replicas == 1 else \
-        [f'batch_size={8 // replicas}', 'multi_gpu_enabled=True', f'cpu_replicas={replicas}']
-    result = run_python([REPLICA_RUN, str(out), stage, str(steps), *sets])
+    if replicas == 1:
+        sets = ['batch_size=8']
+    else:
+        sets = [f'batch_size={8 // replicas}', 'multi_gpu_enabled=True',
+                'gpu_devices=0,1' if gpus else f'cpu_replicas={replicas}']
+    result = run_python([REPLICA_RUN, str(out), stage, str(steps), *sets, *extra], gpus=gpus,
+                        timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     return dict(np.load(out))
 
@@ -24,27 +29,79 @@ def weights(run, prefix='w_'):
                                    key=lambda k: int(k[len(prefix):]))]
 
 
+# The unit roundoff of float32: the arithmetic of this suite (GPUs hidden).
+FLOAT32_U = 2.0 ** -24
+# The largest sum in a step: a reduction over the global batch of 8 crops of
+# 32 x 32 pixels (a loss, a batch statistic, a kernel's gradient). Summing n
+# terms in another order (the all-reduce adds two half-batch sums, the
+# convolutions block batch 4 and 8 differently) changes it by at most n * u
+# relative to the sum of the terms' magnitudes (Higham, Accuracy and
+# Stability, 4.2): 8192 * 2^-24 = 4.9e-4.
+TERMS = 8 * 32 * 32
+
+
+def depth(run):
+    """The layers a step's error can pass through: those with a kernel."""
+    return sum(w.ndim >= 2 for w in weights(run, 'init_'))
+
+
+def adam_first_step(run):
+    """The weights after Adam's first step from the run's moments, computed as
+    Keras does (the same float32 constants: 1 - 0.999f is 1.3e-5 off 0.001,
+    which v's (1 - beta_2) is not) but in float64."""
+    f32 = np.float32
+    alpha = float(run['lr']) * np.sqrt(1 - np.float64(f32(run['beta_2']))) / (
+        1 - np.float64(f32(run['beta_1'])))
+    return [s - alpha * m / (np.sqrt(v.astype('float64')) + np.float64(f32(run['epsilon'])))
+            for s, m, v in zip(weights(run, 'init_'), weights(run, 'm_'), weights(run, 'v_'))]
+
+
+def assert_same_step(one, two, layer_error=TERMS * FLOAT32_U):
+    """2 replicas took the step of 1 replica on the same global batch: losses
+    and gradient equal to depth x `layer_error`, a first-order bound of the
+    rounding (each layer's relative error adds up along the path; float32 by
+    default).
+
+    At the published optimizer settings (config.py: Adam, epsilon 1e-7) the
+    weights are the wrong quantity to compare element by element: Adam's first
+    update is lr * g / (|g| + e), e = epsilon / sqrt(1 - beta_2) ~ 3e-6, about
+    lr * sign(g) wherever |g| >> e, so a gradient element within rounding of 0
+    may move its weight by +lr on one run and -lr on the other (a few percent
+    of the update norm, here). What must be equal is what distribution could
+    get wrong: each replica's share of the batch, the loss over the global
+    batch, and the all-reduced gradient (a loss averaged per replica, or a
+    batch seen twice, would double it: a relative difference of 1). Then each
+    run's weights must be Adam's step on its own gradient."""
+    assert int(one['replicas']) == 1 and int(two['replicas']) == 2
+    steps = len(one['losses'])
+    assert two['counts'].tolist() == [[4, 4]] * steps  # each replica half of each batch
+    assert one['counts'].tolist() == [[8]] * steps
+    assert int(one['iterations']) == int(two['iterations']) == steps
+    for a, b in zip(weights(one, 'init_'), weights(two, 'init_')):
+        np.testing.assert_array_equal(a, b)             # same start
+    tolerance = depth(one) * layer_error
+    assert tolerance < 0.5                      # still tells a doubled gradient
+    # The first step's loss (same weights), the next ones' (after it)
+    np.testing.assert_allclose(two['losses'], one['losses'], rtol=tolerance)
+    # m = (1 - beta_1) g: the all-reduced gradients, scaled alike
+    g1, g2 = (np.concatenate([m.ravel() for m in weights(run, 'm_')]) for run in (one, two))
+    norm = np.linalg.norm
+    assert norm(g1) > 0 and norm(g2 - g1) <= tolerance * norm(g1)
+    # Each run's weights: Adam's step, to float32 rounding of it (the weight's
+    # ulp, and a few u of the update from its handful of operations).
+    for run in (one, two):
+        for start, w, adam in zip(weights(run, 'init_'), weights(run), adam_first_step(run)):
+            np.testing.assert_array_less(
+                np.abs(w - adam), 2 * FLOAT32_U * np.abs(start)
+                + 16 * FLOAT32_U * np.abs(adam - start) + 1e-30)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('stage', ['mtl', 'dae'])
-def test_two_replicas_apply_the_same_updates_as_one(tmp_path, stage):
-    one, two = replica_run(tmp_path, stage, 1), replica_run(tmp_path, stage, 2)
-    assert int(one['replicas']) == 1 and int(two['replicas']) == 2
-    assert two['counts'].tolist() == [[4, 4]] * 3     # each replica saw half of each batch
-    assert one['counts'].tolist() == [[8]] * 3
-    assert int(one['iterations']) == int(two['iterations']) == 3
-    for a, b in zip(weights(one, 'init_'), weights(two, 'init_')):
-        np.testing.assert_array_equal(a, b)          # same start
-    np.testing.assert_allclose(one['losses'], two['losses'], rtol=1e-4)
-    norm = np.linalg.norm
-    for a, b in zip(weights(one), weights(two)):
-        assert norm(a - b) <= 1e-4 * norm(a)          # the same weights
-    # And the same updates: a loss averaged per replica instead of over the
-    # global batch would double every step (replica_run makes Adam linear).
-    start = weights(one, 'init_')
-    update_one = np.concatenate([(a - s).ravel() for a, s in zip(weights(one), start)])
-    update_two = np.concatenate([(b - s).ravel() for b, s in zip(weights(two), start)])
-    assert norm(update_one) > 1e-2 * norm(np.concatenate([s.ravel() for s in start]))
-    assert norm(update_one - update_two) < 1e-4 * norm(update_one)
+def test_two_replicas_take_the_step_of_one(tmp_path, stage):
+    """At the published settings (Adam's learning rate and epsilon, every
+    layer trained, batch statistics synchronised: sync_batchnorm=True)."""
+    assert_same_step(replica_run(tmp_path, stage, 1), replica_run(tmp_path, stage, 2))
 
 
 # ---------------------------------------------------------------- full runs
@@ -64,16 +121,18 @@ def checkpoint_values(path):
 
 @pytest.mark.slow
 def test_killed_run_resumes_where_it_stopped(tmp_path, synthetic_root):
-    """kill -9 after the first checkpoint, start again: same steps, same weights
-    as an uninterrupted run (two epochs, so Adam also survives an epoch end)."""
+    """kill -9 after the first checkpoint of a 2-replica training, start
+    again: same steps, same weights as an uninterrupted run (two epochs, so
+    Adam also survives an epoch end). One replica resumes by the same code
+    (test_max_steps_inside_an_epoch_is_resumed_within_that_epoch)."""
     import signal
     import subprocess
     import sys
     import tensorflow as tf
     # The encoder frozen: resuming restores every variable the same way, and
     # its graph builds in a third of the time three times over.
-    common = ['batch_size=32', 'mtl_numEpochs=2', 'checkpoint_every=5', 'deterministic=True',
-              'mtl_bb_freeze=True']
+    common = ['batch_size=16', 'multi_gpu_enabled=True', 'cpu_replicas=2', 'mtl_numEpochs=2',
+              'checkpoint_every=5', 'deterministic=True', 'mtl_bb_freeze=True']
     env = dict(os.environ, PYTHONUNBUFFERED='1', TF_CPP_MIN_LOG_LEVEL='2')
     train = os.path.join(ROOT, 'train_mtl.py')
 
@@ -97,11 +156,12 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, synthetic_root):
     resumed = run_python([train, *sets_for(synthetic_root, tmp_path / 'b', *common)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f'resuming from {state_b}/ckpt-{killed_at} at step {killed_at}' in resumed.stdout
+    assert 'strategy        MirroredStrategy, 2 replica(s)' in resumed.stdout
 
     state_a = tmp_path / 'a' / 'synthetic' / 'mtl' / 'train_state'
     final_a = tf.train.latest_checkpoint(str(state_a))
     final_b = tf.train.latest_checkpoint(str(state_b))
-    steps = 2 * (300 // 32)          # two epochs of the 300 training patches
+    steps = 2 * (300 // 32)          # two epochs of the 300 training patches, 32 a step
     assert final_a.endswith(f'-{steps}') and final_b.endswith(f'-{steps}')
     a, b = checkpoint_values(final_a), checkpoint_values(final_b)
     assert a.keys() == b.keys()

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import warnings
 
-from utils.errors import DeviceConfigError
+from utils.errors import DeviceConfigError, DeviceWarning
 
 # TensorFlow's C++ start-up chatter buries our output. Its log level applies
 # only once absl logging is set up, after the lines of the import itself and
@@ -80,40 +80,106 @@ def parse_gpu_devices(text):
     return [int(p) for p in str(text).split(',')]
 
 
-def _select_gpus(tf, gpus, cfg):
+def _cuda_visible():
+    value = os.environ.get('CUDA_VISIBLE_DEVICES')
+    return 'CUDA_VISIBLE_DEVICES unset' if value is None else f'CUDA_VISIBLE_DEVICES={value!r}'
+
+
+class Plan:
+    """Which devices this process uses and why (see device_plan)."""
+
+    def __init__(self, kind, where, ids, replicas, note, warning=None):
+        self.kind, self.where, self.ids, self.replicas = kind, where, ids, replicas
+        self.note, self.warning = note, warning
+
+
+def device_plan(cfg, visible_gpus):
+    """The one rule deciding the devices from the settings `cfg` and the
+    number of GPUs this process sees (README, Devices):
+
+    1. distribution (strategy_kind) decides the strategy: one device,
+       MirroredStrategy, or MultiWorkerMirroredStrategy.
+    2. Mirrored with cpu_replicas > 1: that many logical CPU devices, and the
+       GPUs hidden from the process, whether there are any or not (the same
+       float32 CPU arithmetic everywhere: what the tests and laptops ask for).
+    3. Otherwise, with GPUs: those of gpu_devices, all of them when
+       multi_gpu_enabled, else the first; ids count the GPUs that
+       CUDA_VISIBLE_DEVICES leaves visible. Without GPUs: CPU:0.
+
+    `note` says what was decided, naming the settings that decided it;
+    `warning` is set when a setting asks for something this rule cannot give.
+    A listed GPU that is not there is a DeviceConfigError."""
+    kind, n = strategy_kind(cfg), cfg.cpu_replicas
+    if kind == 'mirrored' and n > 1:
+        hidden = (f"; the {visible_gpus} visible GPU(s) are hidden from this process "
+                  f"({_cuda_visible()})" if visible_gpus else '')
+        return Plan(kind, 'CPU', list(range(n)), n,
+                    f"{n} replicas on logical CPU devices (cpu_replicas = {n}){hidden}")
+    warning = None
+    if n > 1:
+        decided = ("multi_gpu_enabled = False" if cfg.distribution == 'auto' and kind == 'default'
+                   else f"distribution = {kind!r}" + (' (TF_CONFIG is set)'
+                                                       if cfg.distribution == 'auto' else ''))
+        warning = (f"cpu_replicas = {n} has no effect while {decided}: it applies to "
+                   f"one machine's MirroredStrategy (multi_gpu_enabled = True)")
+    if not visible_gpus:
+        replicas = 1 if kind != 'multi_worker' else None
+        note = f"one replica on CPU:0 (no GPU visible, {_cuda_visible()})"
+        if kind == 'mirrored' and cfg.multi_gpu_enabled:
+            warning = (f"multi_gpu_enabled = True but no GPU is visible ({_cuda_visible()}): "
+                       f"training continues on one replica on CPU:0. Check nvidia-smi and "
+                       f"CUDA_VISIBLE_DEVICES, or set cpu_replicas = 2 to try two replicas "
+                       f"on the CPU.")
+        return Plan(kind, 'CPU', [0], replicas, note, warning)
     ids = parse_gpu_devices(cfg.gpu_devices)
     if not cfg.multi_gpu_enabled:
         ids = ids[:1]
-    missing = [i for i in ids if i >= len(gpus)]
+    missing = [i for i in ids if i >= visible_gpus]
     if missing:
         raise DeviceConfigError(
-            f"gpu_devices = {cfg.gpu_devices!r} asks for GPU {missing[0]}, but "
-            f"only {len(gpus)} GPU(s) are visible (ids 0..{len(gpus) - 1}; "
-            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). "
-            f"Set gpu_devices to ids below {len(gpus)}.")
-    chosen = [gpus[i] for i in ids]
-    tf.config.set_visible_devices(chosen, 'GPU')
-    for gpu in chosen:   # let replicas share a card with other processes
-        tf.config.experimental.set_memory_growth(gpu, True)
-
-
-def _split_cpu(tf, replicas):
-    cpu = tf.config.list_physical_devices('CPU')[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+            f"gpu_devices = {cfg.gpu_devices!r} asks for GPU {missing[0]}, but this "
+            f"process sees {visible_gpus} GPU(s), ids 0..{visible_gpus - 1} "
+            f"({_cuda_visible()}; gpu_devices counts the GPUs it leaves visible). "
+            f"Set gpu_devices to ids below {visible_gpus}.")
+    listed = f"gpu_devices = {cfg.gpu_devices!r}"
+    if cfg.multi_gpu_enabled:
+        why = f"multi_gpu_enabled = True: every GPU of {listed}"
+    else:
+        why = (f"multi_gpu_enabled = False: the first GPU of {listed}" if
+               len(parse_gpu_devices(cfg.gpu_devices)) > 1 else listed)
+    note = (f"GPU {', '.join(map(str, ids))} ({why}; {_cuda_visible()}), "
+            f"memory growth on")
+    if kind == 'mirrored' and len(ids) == 1 and cfg.multi_gpu_enabled:
+        warning = (f"multi_gpu_enabled = True but {listed} lists one GPU: training "
+                   f"continues on one replica. List more, e.g. gpu_devices = \"0,1\" "
+                   f"(nvidia-smi shows them).")
+    elif kind == 'mirrored' and not cfg.multi_gpu_enabled and cfg.distribution == 'mirrored':
+        note += ("; distribution = 'mirrored' with multi_gpu_enabled = False: "
+                 "MirroredStrategy on this one GPU")
+    return Plan(kind, 'GPU', ids, len(ids) if kind != 'multi_worker' else None, note, warning)
 
 
 def _configure_runtime(tf, cfg):
+    """Apply device_plan before anything starts the runtime; the plan."""
     import keras
     gpus = tf.config.list_physical_devices('GPU')
-    if gpus:
-        _select_gpus(tf, gpus, cfg)
-    elif cfg.cpu_replicas > 1:
-        _split_cpu(tf, cfg.cpu_replicas)
+    plan = device_plan(cfg, len(gpus))
+    if plan.where == 'CPU':
+        tf.config.set_visible_devices([], 'GPU')
+        if plan.replicas and plan.replicas > 1:
+            cpu = tf.config.list_physical_devices('CPU')[0]
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * plan.replicas)
+    else:
+        chosen = [gpus[i] for i in plan.ids]
+        tf.config.set_visible_devices(chosen, 'GPU')
+        for gpu in chosen:   # let replicas share a card with other processes
+            tf.config.experimental.set_memory_growth(gpu, True)
     keras.mixed_precision.set_global_policy(cfg.mixed_precision)
     keras.utils.set_random_seed(cfg.seed)
     if cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
+    return plan
 
 
 def strategy_kind(cfg):
@@ -129,23 +195,16 @@ def strategy_kind(cfg):
     return kind
 
 
-def _build(tf, cfg):
-    kind = strategy_kind(cfg)
-    if kind == 'multi_worker':   # TF_CONFIG is set and JSON: its rule in config.py
+def _build(tf, cfg, plan):
+    if plan.warning:
+        warnings.warn(plan.warning, DeviceWarning)
+    if plan.where == 'GPU' or (plan.replicas or 1) > 1:
+        print(f"devices: {plan.note}", file=sys.stderr, flush=True)
+    if plan.kind == 'multi_worker':   # TF_CONFIG is set and JSON: its rule in config.py
         return tf.distribute.MultiWorkerMirroredStrategy()
-    if kind == 'default':
-        if cfg.cpu_replicas > 1 and not tf.config.list_logical_devices('GPU'):
-            warnings.warn(f"cpu_replicas = {cfg.cpu_replicas} has no effect while "
-                          f"multi_gpu_enabled = False: running on one replica")
-        return tf.distribute.get_strategy()
-    devices = [d.name for d in tf.config.list_logical_devices('GPU')]
-    if not devices:
-        devices = [d.name for d in tf.config.list_logical_devices('CPU')]
-    if len(devices) < 2:
-        warnings.warn(f"multi_gpu_enabled = True but only one device is visible "
-                      f"({devices[0]}): training continues on one replica. Check "
-                      f"gpu_devices = {cfg.gpu_devices!r} and nvidia-smi, or set "
-                      f"cpu_replicas = 2 to try two replicas on the CPU.")
+    devices = [d.name for d in tf.config.list_logical_devices(plan.where)]
+    # One device: the default strategy, unless 'mirrored' was asked for by name.
+    if plan.kind == 'default' or (len(devices) < 2 and cfg.distribution != 'mirrored'):
         return tf.distribute.get_strategy()
     return tf.distribute.MirroredStrategy(devices)
 
@@ -157,8 +216,7 @@ def get_strategy(cfg):
     if _strategy is None:
         start_tensorflow()
         import tensorflow as tf
-        _configure_runtime(tf, cfg)
-        _strategy = _build(tf, cfg)
+        _strategy = _build(tf, cfg, _configure_runtime(tf, cfg))
     return _strategy
 
 

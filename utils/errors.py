@@ -38,3 +38,8 @@ class ImageryWarning(UserWarning):
     """An input read one way where another was possible (an undeclared bit
     depth, an impossible nodata value, statistics unlike the training
     images'): the message names the file and the setting that decides it."""
+
+
+class DeviceWarning(UserWarning):
+    """A device setting this machine cannot give as asked (two replicas
+    where one device is visible): the message names the setting."""

@@ -15,14 +15,14 @@ import warnings
 
 import config
 from utils import distribute, rules
-from utils.errors import ImageryWarning, SettingError, UserError
+from utils.errors import DeviceWarning, ImageryWarning, SettingError, UserError
 
 _formatwarning = warnings.formatwarning
 
 
 def _format_warning(message, category, *args, **kwargs):
-    """Our warnings about the user's files read as one line, like our errors."""
-    if issubclass(category, ImageryWarning):
+    """Our warnings about the user's files and devices read as one line, like our errors."""
+    if issubclass(category, (ImageryWarning, DeviceWarning)):
         return f"warning: {' '.join(str(message).splitlines())}\n"
     return _formatwarning(message, category, *args, **kwargs)
 
