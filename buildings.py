@@ -120,7 +120,8 @@ def main(argv=None):
     if len(outside):
         problems.append(f"{len(outside)} footprint(s) of {source} lie on no height map "
                         f"(e.g. footprint {outside[0] + 1}): kept with empty heights; "
-                        f"give the height maps that cover them")
+                        f"check that they are in the CRS their file declares, and give "
+                        f"the height maps that cover them")
     empty = int(np.sum(~np.isfinite(attrs['h_dak_lod1'])))
     metadata = {'UNITS': 'metres (heights), square metres (opp_grond)',
                 'HEIGHTS': ('above the ground (nDSM); h_maaiveld: ground of the DTM '

@@ -3,13 +3,15 @@
 Footprints come from a vector file (any format OGR reads, through pyogrio)
 or are traced from predict.py's class map (the building class polygonised,
 holes kept, specks dropped, simplified to the pixel size). Each footprint's
-heights are coverage-weighted (exactextract): a cell counts by the share of
-it inside the polygon. The weighted quantile is exactextract's (after
-https://stats.stackexchange.com/a/13223): values x_0 <= ... <= x_{n-1} with
-weights w_i, C_i = w_0 + ... + w_i, s_0 = 0, s_i = i w_i + (n - 1) C_{i-1};
-quantile q is x interpolated linearly in s at q (n - 1) C_{n-1}. With equal
-weights it is numpy's default (linear, "type 7") percentile. Minimum and
-maximum are over the cells the footprint touches, mean and spread weighted.
+heights are coverage-weighted: a cell counts by the share of it inside the
+polygon (exactextract's coverage fractions). The weighted quantile
+(weighted_quantiles): values sorted x_0 <= ... <= x_{n-1} with weights w_i,
+C_i = w_0 + ... + w_i, W = C_{n-1}; each value stands at the middle of its
+share of the weight, p_i = (C_i - w_i / 2) / W; quantile q is x interpolated
+linearly in p (x_0 below p_0, x_{n-1} above p_{n-1}). With equal weights it
+is the Hazen percentile (numpy's method='hazen'); a cell of small weight
+moves it little, however many there are. Minimum and maximum are over the
+cells the footprint touches, mean and spread (standard deviation) weighted.
 
 Outputs: a GeoPackage layer (write_layer) and CityJSON LoD1 (write_cityjson).
 """
@@ -44,12 +46,37 @@ NAMES = tuple(a[0] for a in ATTRIBUTES)
 # --roof: which statistic is the LoD1 roof height; 70p is 3DBAG's choice.
 ROOF_RULES = {'min': 'h_dak_min', '50p': 'h_dak_50p', '70p': 'h_dak_70p',
               'max': 'h_dak_max', 'mean': 'h_dak_mean'}
-_OPS = {'h_dak_min': 'min', 'h_dak_max': 'max', 'h_dak_mean': 'mean', 'h_dak_std': 'stdev',
-        'h_dak_50p': 'quantile(q=0.5)', 'h_dak_70p': 'quantile(q=0.7)',
-        'weight': 'count', 'n_pixels': 'n_pixels=count(coverage_weight=none)'}
-_RESULT = {'min': 'h_dak_min', 'max': 'h_dak_max', 'mean': 'h_dak_mean',
-           'stdev': 'h_dak_std', 'quantile_50': 'h_dak_50p', 'quantile_70': 'h_dak_70p',
-           'count': 'weight', 'n_pixels': 'n_pixels'}
+# Cells covered less than this are slivers of coordinate rounding (a
+# reprojected edge on a cell boundary): left out of n_pixels, minimum and maximum.
+MIN_COVERAGE = 1e-6
+_CUT = f'min_coverage_frac={MIN_COVERAGE}'
+STATISTICS = ('h_dak_min', 'h_dak_50p', 'h_dak_70p', 'h_dak_max', 'h_dak_mean', 'h_dak_std',
+              'n_pixels', 'weight')
+
+
+def weighted_quantiles(values, weights, qs):
+    """Quantiles `qs` of `values` weighted by `weights` (> 0), by the module
+    docstring's definition."""
+    order = np.argsort(values, kind='stable')
+    x, w = np.asarray(values, np.float64)[order], np.asarray(weights, np.float64)[order]
+    c = np.cumsum(w)
+    return np.interp(qs, (c - w / 2) / c[-1], x)
+
+
+def statistics(values, weights):
+    """{STATISTICS: value} of one footprint's valid cells and their coverage
+    ('weight': the summed coverage); NaN heights where it has none."""
+    if not len(values):
+        return dict.fromkeys(STATISTICS, np.nan) | {'n_pixels': 0, 'weight': 0.0}
+    w = np.asarray(weights, np.float64)
+    x = np.asarray(values, np.float64)
+    mean = float(np.sum(w * x) / np.sum(w))
+    median, p70 = weighted_quantiles(x, w, (0.5, 0.7))
+    return {'h_dak_min': x.min(), 'h_dak_50p': median, 'h_dak_70p': p70,
+            'h_dak_max': x.max(), 'h_dak_mean': mean,
+            'h_dak_std': math.sqrt(np.sum(w * (x - mean) ** 2) / np.sum(w)),
+            'n_pixels': len(x), 'weight': float(np.sum(w))}
+
 
 # The building class of the published datasets, as label codes (config.py).
 BUILDING_LABELS = {'Vaihingen': [(0, 0, 255)], 'DFC2018': [8, 9], 'DFC2019': [6],
@@ -83,14 +110,32 @@ def _crs_of(value):
 
 
 def reproject(geoms, src_crs, dst_crs):
-    """Shapely geometries from one CRS to another (GDAL's transformation)."""
+    """Shapely geometries from one CRS to another (GDAL's transformation):
+    (geometries, indices of those that cannot be placed in `dst_crs`, None
+    there, as for a CRS whose area is far from the other's)."""
     import shapely
     from rasterio.warp import transform
     if src_crs == dst_crs or not len(geoms):
-        return geoms
-    coords = shapely.get_coordinates(geoms)
-    xs, ys = transform(src_crs, dst_crs, coords[:, 0], coords[:, 1])
-    return shapely.set_coordinates(geoms.copy(), np.column_stack([xs, ys]))
+        return geoms, []
+
+    def moved(items):
+        coords = shapely.get_coordinates(items)
+        xs, ys = transform(src_crs, dst_crs, coords[:, 0], coords[:, 1])
+        if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+            raise ValueError('coordinates outside the target CRS')
+        return shapely.set_coordinates(items.copy(), np.column_stack([xs, ys]))
+
+    try:
+        return moved(geoms), []
+    except Exception:       # PROJ refused some (GDAL's errors have no public class)
+        out, failed = geoms.copy(), []
+        for i, g in enumerate(geoms):
+            try:
+                out[i] = moved(np.array([g], dtype=object))[0]
+            except Exception:
+                out[i] = None
+                failed.append(i)
+        return out, failed
 
 
 def read_footprints(path, crs):
@@ -109,13 +154,13 @@ def read_footprints(path, crs):
                            f"ogr2ogr -a_srs EPSG:XXXX fixed.gpkg {path}")
     geoms = shapely.from_wkb(wkb)
     geoms = shapely.force_2d(geoms)
-    geoms = reproject(geoms, _crs_of(meta['crs']), crs)
-    problems = []
+    geoms, failed = reproject(geoms, _crs_of(meta['crs']), crs)
+    problems = [(int(i), f"cannot be placed in {crs} from {meta['crs']}") for i in failed]
     polygonal = shapely.get_type_id(geoms) == 3
     polygonal |= shapely.get_type_id(geoms) == 6
-    for i in np.flatnonzero(~polygonal):
-        problems.append((int(i), f"a {shapely.get_type_id(geoms[i]) and geoms[i].geom_type}"
-                                 f", not a polygon"))
+    for i in np.flatnonzero(~polygonal & ~shapely.is_missing(geoms)):
+        problems.append((int(i), f"is a {geoms[i].geom_type}, not a polygon: kept, "
+                                 f"without heights"))
         geoms[i] = None
     invalid = np.flatnonzero(polygonal & ~shapely.is_valid(geoms))
     for i in invalid:
@@ -125,7 +170,8 @@ def read_footprints(path, crs):
                  if g.geom_type in ('Polygon', 'MultiPolygon')]
         geoms[i] = shapely.union_all(parts) if parts else None
         problems.append((int(i), f"invalid ({reason}): "
-                                 + ('repaired' if parts else 'nothing polygonal left')))
+                                 + ('repaired' if parts else 'nothing polygonal left, '
+                                    'kept without heights')))
     fields = dict(zip(meta['fields'], field_data))
     return geoms, fields, problems
 
@@ -161,18 +207,16 @@ def _feature(i, geom):
 
 
 def zonal_heights(path, geoms, indices, grid, block_px=2048, progress=None):
-    """{name: float64 array over `indices`} of the coverage-weighted height
-    statistics (NAMES' h_dak_* but lod1, n_pixels, 'weight': the valid cells'
-    summed coverage) of geoms[indices] on the height map `path`. Footprints
-    go in blocks by where their centre falls on a grid of block_px cells, and
-    each block reads only the cells under its footprints: memory follows the
-    block, not the map."""
+    """{STATISTICS: float64 array over `indices`} of geoms[indices] on the
+    height map `path` (statistics()). Footprints go in blocks by where their
+    centre falls on a grid of block_px cells, and each block reads only the
+    cells under its footprints: memory follows the block, not the map."""
     import shapely
     from exactextract import exact_extract
     from exactextract.feature import JSONFeatureSource
     from exactextract.raster import NumPyRasterSource
-    keys = list(_OPS)
-    out = {k: np.full(len(indices), np.nan) for k in keys}
+    out = {k: np.full(len(indices), np.nan) for k in STATISTICS}
+    out['n_pixels'][:], out['weight'][:] = 0, 0.0
     if not len(indices):
         return out
     left, _, _, top = grid['bounds']
@@ -188,14 +232,13 @@ def zonal_heights(path, geoms, indices, grid, block_px=2048, progress=None):
         bounds = shapely.total_bounds(geoms[indices[members]])
         values, extent = raster.read_map_area(path, tuple(bounds))
         if values is not None:
-            source = NumPyRasterSource(values, *extent)
             feats = JSONFeatureSource([_feature(m, geoms[indices[m]]) for m in members])
-            for row in exact_extract(source, feats, list(_OPS.values()),
+            for row in exact_extract(NumPyRasterSource(values, *extent), feats,
+                                     [f'values({_CUT})', f'coverage({_CUT})'],
                                      include_cols=['i'], output='geojson'):
                 p = row['properties']
-                for op, name in _RESULT.items():
-                    v = p.get(op)
-                    out[name][p['i']] = np.nan if v is None else v
+                for name, value in statistics(p['values'], p['coverage']).items():
+                    out[name][p['i']] = value
         done += len(members)
         if progress:
             progress(done)
@@ -235,7 +278,6 @@ def building_heights(height_paths, geoms, *, dtm=None, roof='70p', progress=None
             if name in attrs:
                 attrs[name][members] = stats[name]
         attrs['valid_fraction'][members] = stats['weight'] * cell / attrs['opp_grond'][members]
-        attrs['n_pixels'][members] = np.nan_to_num(stats['n_pixels'])
         attrs['height_map'][members] = os.path.basename(path)
         if dtm is not None:
             ground = zonal_heights(dtm, geoms, members, raster.map_grid(dtm))
@@ -365,14 +407,14 @@ def instances(labels, classes):
 
 
 def _group_percentiles(ids, values, qs):
-    """{q: per-id percentile} of `values` grouped by `ids` (ids 1..), numpy's
-    linear percentile (type 7) per group: [groups] and the group ids."""
+    """{q: per-id quantile} of `values` grouped by `ids` (ids 1..), each the
+    weighted_quantiles of equal weights (Hazen's), and the group ids."""
     order = np.lexsort((values, ids))
     ids, values = ids[order], values[order]
     groups, starts, counts = np.unique(ids, return_index=True, return_counts=True)
     out = {}
     for q in qs:
-        pos = q * (counts - 1)
+        pos = np.clip(q * counts - 0.5, 0, counts - 1)
         lo = np.floor(pos).astype(np.int64)
         hi = np.minimum(lo + 1, counts - 1)
         frac = pos - lo
