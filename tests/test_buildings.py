@@ -287,7 +287,8 @@ def test_bad_input_one_line_each(tmp_path):
     write_map(heights, HEIGHTS)
     # footprints without a CRS: a Shapefile without its .prj
     nocrs = tmp_path / 'nocrs.shp'
-    write_footprints(nocrs, [HALF], ['half'], crs=None, driver='ESRI Shapefile')
+    with pytest.warns(UserWarning, match="'crs' was not provided"):
+        write_footprints(nocrs, [HALF], ['half'], crs=None, driver='ESRI Shapefile')
     assert not (tmp_path / 'nocrs.prj').exists()
     proc = run_buildings(heights, '--out', tmp_path / 'x.gpkg', '--footprints', nocrs)
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
