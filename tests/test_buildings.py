@@ -352,3 +352,50 @@ def test_building_errors_by_hand():
     assert b['pixel_mae'] == pytest.approx((11 + 8) / 12)
     assert b['pixel_rmse'] == pytest.approx(math.sqrt((11 + 64) / 12))
     assert a['pixel_bias'] == pytest.approx((ground - 5) / (ground + 5))
+
+
+def test_buildings_py_heights_give_test_dsm_errors(tmp_path):
+    """A synthetic scene whose heights are known, a prediction of it with
+    known errors (tall buildings 10% low, noise), and the buildings of its
+    labels as footprints (polygonised by GDAL, written by OGR): the heights
+    buildings.py measures on the prediction and on the truth give exactly
+    the errors per building test_dsm.py reports (BuildingErrors), since a
+    footprint of whole cells weights them equally."""
+    import rasterio.features
+    import shapely
+    from rasterio.transform import Affine
+    from utils import buildings, synthetic
+    rng = np.random.default_rng(5)
+    _, truth, sem = synthetic.make_scene(rng, 192)
+    pred = (truth * np.where(truth > 10, 0.9, 1.0)
+            + rng.normal(0, 0.3, truth.shape)).astype(np.float32)
+    cell = synthetic.GSD
+    write_map(tmp_path / 'pred_height.tif', pred, cell=cell)
+    write_map(tmp_path / 'truth_height.tif', truth, cell=cell)
+    count, ids = buildings.instances(sem, [synthetic.BUILDING])
+    t = Affine(cell, 0, X0, 0, -cell, Y0)
+    polygons = {int(v): shapely.geometry.shape(g) for g, v in rasterio.features.shapes(
+        ids.astype(np.int32), mask=ids > 0, connectivity=4, transform=t)}
+    assert sorted(polygons) == list(range(1, count + 1))
+    feet = tmp_path / 'feet.gpkg'
+    write_footprints(feet, [polygons[k] for k in range(1, count + 1)],
+                     [f'b{k}' for k in range(1, count + 1)])
+    measured = {}
+    for name in ('pred', 'truth'):
+        proc = run_buildings(tmp_path / f'{name}_height.tif', '--out', tmp_path / f'{name}.gpkg',
+                             '--footprints', feet)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        measured[name] = read_layer(tmp_path / f'{name}.gpkg')[2]
+    errors = buildings.BuildingErrors([synthetic.BUILDING])
+    errors.add(pred, truth, sem)
+    reported = errors.results()
+    assert reported['buildings'] == count >= 2
+    for key, column in (('median', 'h_dak_50p'), ('p70', 'h_dak_70p')):
+        error = measured['pred'][column] - measured['truth'][column]
+        assert reported[key]['mae'] == pytest.approx(np.mean(np.abs(error)), rel=1e-9)
+        assert reported[key]['bias'] == pytest.approx(np.mean(error), rel=1e-9, abs=1e-12)
+    # the tall buildings' 10% shows in their bins: at least 1 m low at 10 m and
+    # above, against noise of 0.3 m / sqrt(cells) on a percentile
+    for name in ('10-20', '>20'):
+        row = reported['by_height'][name]
+        assert row['buildings'] == 0 or row['p70_bias'] < -0.9
