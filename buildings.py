@@ -84,6 +84,9 @@ def main(argv=None):
     args = parse(argv)
     paths = height_maps(args.heights)
     crs = _crs_check(paths)
+    if args.dtm and (dtm_crs := raster.map_grid(args.dtm)['crs']) != crs:
+        raise DatasetError(f"--dtm {args.dtm} is in {dtm_crs}, the height maps in {crs}: "
+                           f"warp it to theirs (gdalwarp -t_srs {crs} {args.dtm} dtm.tif)")
     problems = []
     if args.footprints:
         geoms, fields, listed = buildings.read_footprints(args.footprints, crs)

@@ -18,12 +18,11 @@ Outputs: a GeoPackage layer (write_layer) and CityJSON LoD1 (write_cityjson).
 import json
 import math
 import os
-import sys
 
 import numpy as np
 
 from utils import raster
-from utils.errors import DatasetError, SettingError
+from utils.errors import DatasetError
 
 # Attribute names in the style of the Dutch 3D building register (3DBAG):
 # (name, unit, meaning). Heights are metres above the ground (the height
@@ -98,10 +97,6 @@ def building_classes(dataset_name, label_codes):
     return [codes.index(w) for w in wanted if w in codes]
 
 
-def warn(message):
-    print(f"warning: {message}", file=sys.stderr)
-
-
 # ----------------------------------------------------------------- footprints
 
 def _crs_of(value):
@@ -156,6 +151,8 @@ def read_footprints(path, crs):
     geoms = shapely.force_2d(geoms)
     geoms, failed = reproject(geoms, _crs_of(meta['crs']), crs)
     problems = [(int(i), f"cannot be placed in {crs} from {meta['crs']}") for i in failed]
+    problems += [(int(i), "has no geometry: kept, without heights")
+                 for i in np.flatnonzero(shapely.is_missing(geoms)) if i not in failed]
     polygonal = shapely.get_type_id(geoms) == 3
     polygonal |= shapely.get_type_id(geoms) == 6
     for i in np.flatnonzero(~polygonal & ~shapely.is_missing(geoms)):
