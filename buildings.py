@@ -44,6 +44,8 @@ def parse(argv=None):
                    help='statistic of the LoD1 roof height (default 70p)')
     p.add_argument('--dtm', help='terrain heights (a raster in the same CRS) for the ground')
     args = settings.parse_args(p, argv)
+    if args.min_area < 0:
+        raise SettingError(f"--min-area {args.min_area:g}: use an area >= 0 (m^2)")
     if not args.out.lower().endswith('.gpkg'):
         raise SettingError(f"--out {args.out}: name a GeoPackage, e.g. --out buildings.gpkg")
     return args
@@ -71,6 +73,10 @@ def _crs_check(paths):
             raise DatasetError(f"{path}: the height map has no CRS; predict from a "
                                f"georeferenced image, or set one (gdal_edit.py -a_srs "
                                f"EPSG:XXXX {path})")
+        if grid['crs'].is_geographic:
+            raise DatasetError(f"{path} is in degrees ({grid['crs']}): areas and heights per "
+                               f"metre need a projected CRS; warp it (gdalwarp -t_srs "
+                               f"EPSG:<UTM zone> {path} out.tif)")
         if grid['crs'] != grids[0]['crs']:
             raise DatasetError(f"{path} is in {grid['crs']}, {paths[0]} in "
                                f"{grids[0]['crs']}: give height maps of one CRS per run")

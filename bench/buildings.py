@@ -7,11 +7,12 @@ footprints or the map.
 Writes a SIZE x SIZE px height map (float32, 0.5 m cells, UTM, a tiled
 deflate GeoTIFF written band by band) and FOOTPRINTS rotated rectangles of
 8-30 m on a jittered grid over it (a GeoPackage), then runs buildings.py on
-them in its own process, and again on a map of half the side with a quarter
-of the footprints (the same density) in another: each reports its time and
-its peak resident memory (the child's ru_maxrss). Memory bounded by the
-blocks gives about the same peak for both, although the larger map holds
-four times the cells; reading the map whole would need SIZE^2 x 8 bytes.
+them in its own process; and two more runs: a map of half the side with a
+quarter of the footprints (the same density), and the full map with that
+quarter spread over it. Each reports its time and its peak resident memory
+(the child's ru_maxrss). Memory bounded by the blocks of footprints gives
+the same peak for the same footprint count on maps of 1x and 4x the cells;
+reading the map whole would need SIZE^2 x 8 bytes.
 """
 import argparse
 import os
@@ -94,9 +95,11 @@ def main():
     work = args.keep or tempfile.mkdtemp(prefix='bench_buildings_')
     os.makedirs(work, exist_ok=True)
     rows = []
-    for size, count in ((args.size // 2, args.footprints // 4), (args.size, args.footprints)):
+    variants = ((args.size // 2, args.footprints // 4), (args.size, args.footprints // 4),
+                (args.size, args.footprints))
+    for size, count in variants:
         heights = os.path.join(work, f'map{size}_height.tif')
-        feet = os.path.join(work, f'feet{count}.gpkg')
+        feet = os.path.join(work, f'feet{size}_{count}.gpkg')
         t = time.perf_counter()
         if not os.path.exists(heights):
             write_height_map(heights, size)
@@ -108,9 +111,10 @@ def main():
         print(f"{size} x {size} px ({size * size * 8 / 2 ** 20:.0f} MB as float64), {count} "
               f"footprints (inputs made in {made:.0f} s): {seconds:.1f} s, "
               f"{count / seconds:.0f} buildings/s, peak RSS {peak:.0f} MB", flush=True)
-    (s0, _, _, m0), (s1, _, _, m1) = rows
+    (s0, n0, _, m0), (s1, _, _, m1), (_, n2, _, m2) = rows
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"ratio: peak RSS {m1 / m0:.2f}x for {(s1 / s0) ** 2:.0f}x the cells")
+    print(f"ratio: peak RSS {m1 / m0:.2f}x for {(s1 / s0) ** 2:.0f}x the cells "
+          f"({n0} footprints); {m2 / m1:.2f}x for {n2 / n0:.0f}x the footprints")
 
 
 if __name__ == '__main__':
