@@ -38,6 +38,9 @@ def parse(argv=None):
     p.add_argument('--out', required=True, help='the GeoPackage to write (FILE.gpkg)')
     p.add_argument('--footprints', help='vector file of footprints (default: traced '
                                         'from the class maps)')
+    p.add_argument('--building-class', metavar='VALUES',
+                   help="class-map values of buildings, comma-separated (default: the "
+                        "dataset_name's building class)")
     p.add_argument('--min-area', type=float, default=10.0,
                    help='traced footprints smaller than this are dropped (m^2, default 10)')
     p.add_argument('--roof', choices=sorted(buildings.ROOF_RULES), default='70p',
@@ -49,6 +52,14 @@ def parse(argv=None):
     if not args.out.lower().endswith('.gpkg'):
         raise SettingError(f"--out {args.out}: name a GeoPackage, e.g. --out buildings.gpkg")
     return args
+
+
+def parse_classes(text):
+    try:
+        return [int(v) for v in text.split(',') if v.strip()]
+    except ValueError:
+        raise SettingError(f"--building-class {text}: give class-map values as whole "
+                           f"numbers, e.g. --building-class 8,9")
 
 
 def height_maps(inputs):
@@ -99,12 +110,14 @@ def main(argv=None):
         problems += [f"{args.footprints}: footprint {i + 1} {why}" for i, why in listed]
         source = args.footprints
     else:
-        classes = buildings.building_classes(config.dataset_name, config.label_codes)
-        values = raster.class_map(config.label_codes)['values'][classes].tolist()
+        values = parse_classes(args.building_class) if args.building_class else \
+            raster.class_map(config.label_codes)['values'][buildings.building_classes(
+                config.dataset_name, config.label_codes)].tolist()
         if not values:
             raise SettingError(f"dataset_name {config.dataset_name!r} has no building "
-                               f"class to trace: give --footprints FILE, or the dataset "
-                               f"the weights were trained on (--set dataset_name=...)")
+                               f"class to trace: give --footprints FILE, --building-class "
+                               f"VALUES, or the dataset the weights were trained on "
+                               f"(--set dataset_name=...)")
         parts, origin = [], []
         for path in paths:
             class_path = path[:-len(HEIGHT_SUFFIX)] + CLASS_SUFFIX \
@@ -145,7 +158,8 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     buildings.write_layer(args.out, geoms, fields, attrs, crs, metadata)
     city = args.out[:-len('.gpkg')] + '.city.json'
-    buildings.write_cityjson(city, geoms, attrs, crs, fields)
+    buildings.write_cityjson(city, geoms, attrs, crs, fields,
+                             title=f"LoD1 buildings, roofs at {args.roof} ({source})")
     for line in problems:
         print(f"warning: {line}", file=sys.stderr)
     valid = np.isfinite(attrs['h_dak_lod1'])

@@ -313,6 +313,13 @@ def test_bad_input_one_line_each(tmp_path):
                          '--set', 'dataset_name=Unknown')
     assert proc.returncode == 1 and '--footprints FILE' in proc.stderr
     assert 'Traceback' not in proc.stderr
+    # ... unless --building-class names it: class 0 is everywhere, one footprint
+    proc = run_buildings(heights, '--out', tmp_path / 'all.gpkg', '--building-class', '0',
+                         '--min-area', 0, '--set', 'dataset_name=Unknown')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _, geoms, f = read_layer(tmp_path / 'all.gpkg')
+    assert len(geoms) == 1 and f['opp_grond'][0] == pytest.approx(16.0)
+    assert f['n_pixels'][0] == 15       # the nodata cell left out
 
 
 # ------------------------------------------------------- errors per building

@@ -328,7 +328,7 @@ def _solid(polygon, ground, roof, vertex):
     return [shell]
 
 
-def write_cityjson(path, geoms, attrs, crs, fields=None, metadata=None):
+def write_cityjson(path, geoms, attrs, crs, fields=None, title='LoD1 buildings'):
     """CityJSON 2.0 LoD1: each footprint a Building whose geometry is its
     polygon(s) extruded from the ground (h_maaiveld, else 0) to the ground
     plus h_dak_lod1 (a Solid, a MultiSolid for several parts); footprints
@@ -374,7 +374,7 @@ def write_cityjson(path, geoms, attrs, crs, fields=None, metadata=None):
     doc = {'type': 'CityJSON', 'version': '2.0',
            'transform': {'scale': [0.001, 0.001, 0.001],
                          'translate': [float(v) / 1000 for v in lowest]},
-           'metadata': {'title': (metadata or {}).get('title', 'LoD1 buildings')},
+           'metadata': {'title': title},
            'CityObjects': objects,
            'vertices': (np.asarray(vertices, np.int64) - lowest).tolist() if vertices else []}
     epsg = crs.to_epsg() if crs is not None else None
