@@ -1,15 +1,16 @@
 """Heights of buildings from predicted height maps: LoD1 buildings out.
 
     python buildings.py HEIGHTS [HEIGHTS ...] --out FILE.gpkg
-        [--footprints FILE] [--min-area M2] [--roof 70p] [--dtm FILE]
-        [--set NAME=VALUE ...]
+        [--footprints FILE | --building-class VALUES] [--min-area M2]
+        [--roof 70p] [--dtm FILE] [--set NAME=VALUE ...]
 
 HEIGHTS: height maps predict.py wrote (<name>_height.tif) or folders of
 them. Footprints: --footprints, any vector file OGR reads (GeoPackage,
 GeoJSON, Shapefile, FlatGeobuf), reprojected to the height maps' CRS; or,
 without it, traced from the class maps beside the height maps
-(<name>_sem.tif, the dataset_name's building class): polygonised with
-holes, regions under --min-area m^2 dropped, simplified to the pixel size.
+(<name>_sem.tif, the dataset_name's building class or --building-class
+values): polygonised with holes, regions under --min-area m^2 dropped,
+simplified to the pixel size.
 Per building, coverage-weighted (a cell counts by its share inside the
 footprint): minimum, median, 70th percentile, maximum, mean and spread of
 height, cells used, share with valid heights, area; the LoD1 roof is the
