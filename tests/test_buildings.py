@@ -406,3 +406,25 @@ def test_buildings_py_heights_give_test_dsm_errors(tmp_path):
     for name in ('10-20', '>20'):
         row = reported['by_height'][name]
         assert row['buildings'] == 0 or row['p70_bias'] < -0.9
+
+
+def test_several_height_maps_each_footprint_on_the_one_it_overlaps_most(tmp_path):
+    """A folder of two side-by-side maps (and a class map, not a height
+    map): a footprint across both is measured on the one holding more of it."""
+    write_map(tmp_path / 'west_height.tif', np.full((4, 4), 3.0, np.float32))
+    write_map(tmp_path / 'east_height.tif', np.full((4, 4), 9.0, np.float32), x0=X0 + 4)
+    write_map(tmp_path / 'west_sem.tif', np.ones((4, 4), np.uint8), nodata=255)
+    feet = tmp_path / 'feet.fgb'
+    write_footprints(feet, [box(1, 0, 4.5, 2), box(3, 0, 7, 2)], ['mostly west', 'mostly east'],
+                     driver='FlatGeobuf')
+    out = tmp_path / 'b.gpkg'
+    proc = run_buildings(tmp_path, '--out', out, '--footprints', feet)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'on 2 height map(s)' in proc.stdout
+    _, _, f = read_layer(out)
+    # (FlatGeobuf's spatial index may reorder the features: by name)
+    got = {name: (m, h, v) for name, m, h, v in zip(f['name'], f['height_map'],
+                                                    f['h_dak_70p'], f['valid_fraction'])}
+    # the part on the other map is not measured: valid_fraction is the share on this one
+    assert got['mostly west'] == ('west_height.tif', 3.0, pytest.approx(3 / 3.5))
+    assert got['mostly east'] == ('east_height.tif', 9.0, pytest.approx(3 / 4))
