@@ -282,6 +282,7 @@ def test_traced_footprints_of_a_synthetic_scene(tmp_path):
     assert set(f['traced_from']) == {'s_sem.tif'}
 
 
+@pytest.mark.slow       # five runs of buildings.py
 def test_bad_input_one_line_each(tmp_path):
     heights = tmp_path / 'a_height.tif'
     write_map(heights, HEIGHTS)
@@ -361,6 +362,7 @@ def test_building_errors_by_hand():
     assert a['pixel_bias'] == pytest.approx((ground - 5) / (ground + 5))
 
 
+@pytest.mark.slow       # two runs on a scene
 def test_buildings_py_heights_give_test_dsm_errors(tmp_path):
     """A synthetic scene whose heights are known, a prediction of it with
     known errors (tall buildings 10% low, noise), and the buildings of its
