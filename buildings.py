@@ -127,7 +127,16 @@ def main(argv=None):
                 problems.append(f"{path}: no class map beside it ({class_path}); predict "
                                 f"with --outputs height,sem or give --footprints")
                 continue
-            traced, grid = buildings.trace_footprints(class_path, values, args.min_area)
+            traced, grid, colours = buildings.trace_footprints(class_path, values,
+                                                               args.min_area)
+            expected = raster.class_map(config.label_codes)['colormap']
+            if not args.building_class and colours and any(
+                    v < len(expected) and v in colours and
+                    tuple(colours[v]) != tuple(expected[v]) for v in values):
+                problems.append(f"{class_path}: its colour table is not dataset_name "
+                                f"{config.dataset_name!r}'s: traced {values} as that "
+                                f"dataset's buildings; set the dataset of the weights "
+                                f"(--set dataset_name=...) or --building-class")
             if not len(traced):
                 problems.append(f"{class_path}: no building class ({values}) in it: "
                                 f"nothing traced; give --footprints FILE if it has buildings")

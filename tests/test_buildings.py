@@ -237,18 +237,21 @@ def test_traced_footprints_of_a_synthetic_scene(tmp_path):
     heights those of the region's cells."""
     import cv2
     import shapely
-    from utils import synthetic
+    import config
+    from utils import raster, synthetic
     rng = np.random.default_rng(3)
     _, height, sem = synthetic.make_scene(rng, 192)
     cell = synthetic.GSD
     write_map(tmp_path / 's_height.tif', height, cell=cell)
-    write_map(tmp_path / 's_sem.tif', sem, cell=cell, nodata=255,
-              colours={i: (i * 40, 0, 0, 255) for i in range(6)})
+    table = raster.class_map(config.dataset_settings('synthetic')['label_codes'])
+    write_map(tmp_path / 's_sem.tif', sem, cell=cell, nodata=int(table['nodata']),
+              colours={i: tuple(c) + (255,) for i, c in enumerate(table['colormap'])})
     min_area = 20.0
     out = tmp_path / 'traced.gpkg'
     proc = run_buildings(tmp_path / 's_height.tif', '--out', out, '--min-area', min_area,
                          '--set', 'dataset_name=synthetic')
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'colour table' not in proc.stderr        # predict.py's table, as written
     _, geoms, f = read_layer(out)
     count, ids = cv2.connectedComponents((sem == synthetic.BUILDING).astype(np.uint8),
                                          connectivity=4)
@@ -303,12 +306,15 @@ def test_bad_input_one_line_each(tmp_path):
     assert '1 footprint(s)' in proc.stderr and 'on no height map' in proc.stderr
     _, _, f = read_layer(tmp_path / 'far_out.gpkg')
     assert np.isnan(f['h_dak_70p'][0]) and list(f['name']) == ['far']
-    # a class map without the building class: traced nothing, said so
-    write_map(tmp_path / 'a_sem.tif', np.zeros((4, 4), np.uint8), nodata=255)
+    # a class map without the building class: traced nothing, said so; its
+    # colour table is not the synthetic dataset's: said so too
+    write_map(tmp_path / 'a_sem.tif', np.zeros((4, 4), np.uint8), nodata=255,
+              colours={0: (0, 0, 0, 255), 1: (1, 2, 3, 255)})
     proc = run_buildings(heights, '--out', tmp_path / 'none.gpkg',
                          '--set', 'dataset_name=synthetic')
     assert proc.returncode == 0 and 'no building class' in proc.stderr
     assert 'a_sem.tif' in proc.stderr and '--footprints' in proc.stderr
+    assert "colour table is not dataset_name 'synthetic'" in proc.stderr
     # a dataset without a building class and no footprints
     proc = run_buildings(heights, '--out', tmp_path / 'none.gpkg',
                          '--set', 'dataset_name=Unknown')

@@ -177,10 +177,10 @@ def trace_footprints(class_path, classes, min_area):
     """Footprints of the building class values `classes` in a class map:
     4-connected regions polygonised with holes, those under `min_area` (in
     the map's units squared) dropped, simplified to the pixel size.
-    Returns (geometries, grid)."""
+    Returns (geometries, grid, the class map's colour table or None)."""
     import shapely
     from rasterio import features
-    values, nodata, _, grid = raster.read_class_map(class_path)
+    values, nodata, colours, grid = raster.read_class_map(class_path)
     mask = np.isin(values, classes)
     if nodata is not None:
         mask &= values != nodata
@@ -192,7 +192,7 @@ def trace_footprints(class_path, classes, min_area):
     if len(geoms):
         geoms = geoms[shapely.area(geoms) >= min_area]
         geoms = shapely.simplify(geoms, min(grid['res']), preserve_topology=True)
-    return geoms, grid
+    return geoms, grid, colours
 
 
 # ------------------------------------------------------------------- heights
