@@ -255,12 +255,13 @@ def building_heights(height_paths, geoms, *, dtm=None, roof='70p', progress=None
     attrs['opp_grond'][present] = shapely.area(geoms[present])
     best, overlap = np.full(n, -1), np.zeros(n)
     grids = [raster.map_grid(p) for p in height_paths]
+    tree = shapely.STRtree(geoms[present])
     for k, grid in enumerate(grids):
-        share = np.zeros(n)
-        share[present] = shapely.area(shapely.intersection(
-            geoms[present], shapely.box(*grid['bounds'])))
-        better = share > overlap
-        best[better], overlap[better] = k, share[better]
+        extent = shapely.box(*grid['bounds'])
+        near = present[tree.query(extent, predicate='intersects')]
+        share = shapely.area(shapely.intersection(geoms[near], extent))
+        better = share > overlap[near]
+        best[near[better]], overlap[near[better]] = k, share[better]
     done = [0]
 
     def step(count):
@@ -282,7 +283,7 @@ def building_heights(height_paths, geoms, *, dtm=None, roof='70p', progress=None
             attrs['h_maaiveld'][members] = ground['h_dak_50p']
     attrs['h_dak_lod1'] = attrs[ROOF_RULES[roof]].copy()
     outside = np.flatnonzero(best < 0)
-    attrs['n_pixels'][outside] = 0
+    attrs['n_pixels'] = np.nan_to_num(attrs['n_pixels']).astype(np.int64)
     return attrs, outside
 
 
