@@ -142,6 +142,7 @@ def test_heights_by_hand_and_outputs_read_back(tmp_path):
     # no valid heights, or on no map: kept, empty, counted
     for i in (2, 3):
         assert np.isnan(f['h_dak_70p'][i]) and f['n_pixels'][i] == 0
+    assert np.isnan(f['h_maaiveld']).all() and np.isnan(f['h_dak_abs']).all()   # no DTM
     assert 'done: 5 building(s), 2 without valid heights' in proc.stdout
     # the bowtie repaired into its two triangles: 4 cells of 1 m, half of each
     assert f['opp_grond'][4] == pytest.approx(2.0) and f['n_pixels'][4] == 4
@@ -226,7 +227,7 @@ def test_footprints_reprojected_and_ground_from_dtm(tmp_path):
     # the DTM's cells 100 + column under HALF: column 0 (shares .25 .5 .5) and
     # 1 (.5 1 1): p x 3.75 = .125 .5 1 | 1.5 2.25 3.25; the median (1.875) is 101
     assert f['h_maaiveld'][0] == pytest.approx(101.0, abs=1e-4)
-    assert f['h_dak_lod1'][0] == 10.0
+    assert f['h_dak_lod1'][0] == 10.0 and f['h_dak_abs'][0] == pytest.approx(111.0, abs=1e-4)
     check_cityjson(tmp_path / 'b.city.json', geoms, f, ground=f['h_maaiveld'])
 
 

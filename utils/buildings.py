@@ -36,6 +36,7 @@ ATTRIBUTES = (
     ('h_dak_std', 'm', 'spread of the heights (coverage-weighted standard deviation)'),
     ('h_dak_lod1', 'm', 'roof height of the LoD1 block above the ground (--roof)'),
     ('h_maaiveld', 'm', 'ground height (coverage-weighted median of --dtm; empty without)'),
+    ('h_dak_abs', 'm', 'absolute roof height: h_maaiveld + h_dak_lod1 (empty without --dtm)'),
     ('n_pixels', 'count', 'cells with a valid height the footprint touches'),
     ('valid_fraction', 'share', 'share of the footprint covered by valid heights'),
     ('opp_grond', 'm2', 'footprint area'),
@@ -282,6 +283,7 @@ def building_heights(height_paths, geoms, *, dtm=None, roof='70p', progress=None
             ground = zonal_heights(dtm, geoms, members, raster.map_grid(dtm))
             attrs['h_maaiveld'][members] = ground['h_dak_50p']
     attrs['h_dak_lod1'] = attrs[ROOF_RULES[roof]].copy()
+    attrs['h_dak_abs'] = attrs['h_maaiveld'] + attrs['h_dak_lod1']
     outside = np.flatnonzero(best < 0)
     attrs['n_pixels'] = np.nan_to_num(attrs['n_pixels']).astype(np.int64)
     return attrs, outside
