@@ -437,3 +437,17 @@ def test_several_height_maps_each_footprint_on_the_one_it_overlaps_most(tmp_path
     # the part on the other map is not measured: valid_fraction is the share on this one
     assert got['mostly west'] == ('west_height.tif', 3.0, pytest.approx(3 / 3.5))
     assert got['mostly east'] == ('east_height.tif', 9.0, pytest.approx(3 / 4))
+
+
+def test_building_class_of_each_published_dataset():
+    """The building class as each dataset's documentation names it: ISPRS
+    Vaihingen's blue, DFC2018's residential (8) and non-residential (9)
+    buildings, ASPRS code 6 in DFC2019, the 1 of binary building masks."""
+    import config
+    from utils import buildings
+    expected = {'Vaihingen': [(0, 0, 255)], 'Vaihingen_crp256': [(0, 0, 255)],
+                'DFC2018': [8, 9], 'DFC2019_crp512': [6], 'DFC2023': [1],
+                'Vaihingen_bin': [1], 'synthetic': [1], 'SomeOtherCity': []}
+    for name, labels in expected.items():
+        codes = config.dataset_settings(name)['label_codes']
+        assert [codes[i] for i in buildings.building_classes(name, codes)] == labels, name
