@@ -1,7 +1,8 @@
 """Test trained DSMNet weights on a split of the configured dataset.
 
 Tiled prediction of every image, height and segmentation metrics, a
-mean-height baseline, predicted GeoTIFFs and figures. Writes
+mean-height baseline, predicted GeoTIFFs and figures; for datasets with a
+building class, errors per building and by height bin. Writes
 output/<dataset>/<run>/metrics.json (<run>: 'mtl', or 'mtl_dae' with
 --correction) and ends with one line a script can grep:
 
@@ -64,7 +65,32 @@ def report(result, correction):
         if correction and key in result and f'mtl_{key}' in result:
             line += f"{_fmt(result[f'mtl_{key}']):>10}"
         print(line)
+    if result.get('buildings'):
+        report_buildings(result['buildings'])
     print('RESULT ' + ' '.join(f"{k}={_fmt(result.get(k))}" for k in RESULT_KEYS))
+
+
+BUILDING_COLUMNS = [('buildings', 'buildings'), ('med MAE', 'median_mae'),
+                    ('med bias', 'median_bias'), ('p70 MAE', 'p70_mae'),
+                    ('p70 RMSE', 'p70_rmse'), ('p70 bias', 'p70_bias'), ('pixels', 'pixels'),
+                    ('px MAE', 'pixel_mae'), ('px RMSE', 'pixel_rmse'), ('px bias', 'pixel_bias')]
+
+
+def report_buildings(errors):
+    """Errors per building (predicted - reference median and 70th percentile
+    height of each building of the reference labels), overall and by
+    reference height bin, with the pixel errors of each bin."""
+    print(f"\nbuildings of the reference labels: {errors['buildings']} "
+          f"(errors in m, predicted - reference)")
+    print(f"{'height':<9}" + ''.join(f"{label:>10}" for label, _ in BUILDING_COLUMNS))
+    rows = {'all': dict(buildings=errors['buildings'],
+                        **{f'median_{k}': v for k, v in errors['median'].items()},
+                        **{f'p70_{k}': v for k, v in errors['p70'].items()})}
+    rows.update({f'{name} m': row for name, row in errors['by_height'].items()})
+    for name, row in rows.items():
+        cells = [row.get(key, '') for _, key in BUILDING_COLUMNS]
+        print(f"{name:<9}" + ''.join(f"{v if isinstance(v, (int, str)) else _fmt(v):>10}"
+                                     for v in cells))
 
 
 def run_test(args):
@@ -84,7 +110,7 @@ def run_test(args):
                                  split=args.split, out_dir=run, max_images=args.max_images)
 
     if distribute.is_chief(strategy):
-        overall = {k: v for k, v in result.items() if k != 'per_image'}
+        overall = {k: v for k, v in result.items() if k not in ('per_image', 'buildings')}
         record = {'dataset': config.dataset_name, 'split': args.split,
                   'correction': args.correction,
                   'checkpoints': {'mtl': mtl_path, 'dae': dae_path},
@@ -92,6 +118,7 @@ def run_test(args):
                   'baseline': {'height': result['baseline_height'],
                                'rmse': result['baseline_rmse'],
                                'mae': result['baseline_mae']},
+                  'buildings': result['buildings'],
                   'per_image': result['per_image'],
                   'settings': used}
         path = os.path.join(run, 'metrics.json')

@@ -203,6 +203,8 @@ def synthetic_weights(tiny_trained, tmp_path):
 @pytest.mark.xdist_group('tiny_trained')
 def test_dsm_script_writes_every_metric(synthetic_weights, capsys):
     import json
+
+    import cv2
     import test_dsm
     base, sets = synthetic_weights
     code = test_dsm.main(['--correction', '--max-images', '2'] + sets)
@@ -218,6 +220,7 @@ def test_dsm_script_writes_every_metric(synthetic_weights, capsys):
     settings.apply(sets[1::2])         # the run's --set values
     samples = {s.name: s for s in datasets.find_split('test')}
     hits = pixels = 0
+    pairs, binned = [], {}
     for entry in record['per_image']:
         sample = samples[entry['name']]
         predicted = tifffile.imread(run / f"{entry['name']}_height.tif")
@@ -228,7 +231,32 @@ def test_dsm_script_writes_every_metric(synthetic_weights, capsys):
         classes = tifffile.imread(run / f"{entry['name']}_sem.tif")   # codes 0..5 = indices
         labels = datasets.read_labels(sample.labels)
         hits, pixels = hits + np.sum(classes == labels), pixels + labels.size
+        # per building (4-connected regions of the building class, 1): Hazen's
+        # median and 70th percentile of the written height and of the truth
+        count, ids = cv2.connectedComponents((labels == 1).astype(np.uint8), connectivity=4)
+        predicted, truth = predicted.astype(np.float64), np.asarray(truth, np.float64)
+        for k in range(1, count):
+            cells = (ids == k) & np.isfinite(truth)
+            if cells.any():
+                pairs.append([np.percentile(v[cells], q, method='hazen')
+                              for q in (50, 70) for v in (predicted, truth)])
+        for name, lo, hi in (('0-5', -np.inf, 5), ('>20', 20, np.inf)):
+            cells = np.isfinite(truth) & (truth >= lo) & (truth < hi)
+            binned.setdefault(name, []).extend((predicted - truth)[cells].tolist())
     assert overall['oa'] == pytest.approx(hits / pixels, rel=1e-9)
+    pairs = np.array(pairs)
+    per_building = record['buildings']
+    assert per_building['buildings'] == len(pairs) > 0
+    for key, (p, r) in (('median', (0, 1)), ('p70', (2, 3))):
+        error = pairs[:, p] - pairs[:, r]
+        assert per_building[key]['mae'] == pytest.approx(np.mean(np.abs(error)), rel=1e-5)
+        assert per_building[key]['bias'] == pytest.approx(np.mean(error), rel=1e-5, abs=1e-6)
+    for name, errors in binned.items():
+        row = per_building['by_height'][name]
+        assert row['pixels'] == len(errors)
+        if errors:
+            assert row['pixel_mae'] == pytest.approx(np.mean(np.abs(errors)), rel=1e-5)
+    assert 'buildings of the reference labels' in out.out
     for key in ('iou', 'precision', 'recall', 'f1'):
         assert len(overall[key]) == 6, key
     assert record['baseline']['rmse'] == overall['baseline_rmse']

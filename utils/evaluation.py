@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from utils import datasets, distribute, heads, inference, metrics, progress, raster
+from utils import buildings, datasets, distribute, heads, inference, metrics, progress, raster
 
 SUMMARY_KEYS = metrics.HEIGHT_KEYS + ('miou', 'oa', 'fwiou', 'baseline_rmse', 'baseline_mae')
 
@@ -91,7 +91,7 @@ def _mean(values):
 
 
 def evaluate(mtl, dae=None, *, cfg, strategy, split='valid', out_dir=None, max_images=None,
-             verbose=1, stride=None):
+             verbose=1, stride=None, per_building=True):
     """Metrics of the networks on `split` (a dict, see module docstring), with
     windows every `stride` px (None: cfg.test_stride, as published).
 
@@ -99,8 +99,10 @@ def evaluate(mtl, dae=None, *, cfg, strategy, split='valid', out_dir=None, max_i
     mtl_* the same for the MTL's own height (with `dae`), baseline_rmse and
     baseline_mae, baseline_height; segmentation miou, oa, fwiou, mean_f1 and
     per-class iou, precision, recall, f1, confusion_matrix (None without
-    semantics); <head>_mae and <head>_rmse of every other scored head the MTL
-    has; 'per_image' (one dict per image); 'images', 'split'.
+    semantics); 'buildings' (with `per_building`): errors per building of
+    the reference labels and pixel errors by height bin (buildings.py's
+    BuildingErrors.results; None for datasets without a building class);
+    <head>_mae and <head>_rmse of every other scored head the MTL has; 'per_image' (one dict per image); 'images', 'split'.
     Binary datasets (label codes {0, 1}) score heights on class 1 only
     (metrics.mask_binary_heights), the baseline against the same masked truth.
     With out_dir: <name>_height.tif (float32, the input's georeferencing),
@@ -125,6 +127,8 @@ def evaluate(mtl, dae=None, *, cfg, strategy, split='valid', out_dir=None, max_i
     # rmse shown is the running mean over images, i.e. the overall figure so far
     bar = progress.Progress(len(samples), unit='image') if verbose else None
     per_image = []
+    classes = buildings.building_classes(cfg.dataset_name, cfg.label_codes)
+    per_building = buildings.BuildingErrors(classes) if classes and per_building else None
     for index, sample in enumerate(samples):
         data = datasets.load_sample(sample)
         out = inference.predict_tile(predict_fn, data.image, cfg.cropSize,
@@ -138,6 +142,8 @@ def evaluate(mtl, dae=None, *, cfg, strategy, split='valid', out_dir=None, max_i
         if labeled:
             has_sem = True
             confusion.update(pred_idx, data.labels)
+        if per_building is not None and data.labels is not None:
+            per_building.add(out['height'], gt, data.labels)
         heights = {'': out['height']}
         if dae is not None:
             heights['mtl_'] = out['height_mtl']
@@ -173,7 +179,8 @@ def evaluate(mtl, dae=None, *, cfg, strategy, split='valid', out_dir=None, max_i
     result.update(seg)
     result.update(confusion_matrix=confusion.matrix.tolist() if has_sem else None,
                   baseline_height=baseline, images=len(per_image), split=split,
-                  per_image=per_image)
+                  per_image=per_image, buildings=per_building.results()
+                  if per_building is not None and per_building.pairs else None)
     return result
 
 
@@ -182,4 +189,4 @@ def validate(mtl, dae=None, *, cfg, strategy):
     with cfg.valid_stride, coarser than the published test stride, since it
     only ranks epochs to keep the best weights."""
     return evaluate(mtl, dae, cfg=cfg, strategy=strategy, split='valid', verbose=0,
-                    stride=cfg.valid_stride)
+                    stride=cfg.valid_stride, per_building=False)

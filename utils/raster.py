@@ -33,7 +33,7 @@ import rasterio
 import rasterio.shutil
 from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
-from rasterio.windows import Window
+from rasterio.windows import Window, from_bounds
 
 from utils.errors import DatasetError, ImageryWarning, SettingError
 
@@ -476,6 +476,54 @@ def class_map(label_codes):
     colormap[values] = colours
     dtype = np.uint8 if len(colormap) <= 256 else np.uint16
     return dict(values=values, colours=colours, colormap=colormap, nodata=nodata, dtype=dtype)
+
+
+# ------------------------------------------------- height and class maps by area
+# For buildings.py: a map's grid, and the part of it under some footprints, read
+# with the file's own nodata, CRS and transform.
+def map_grid(path):
+    """{crs (rasterio CRS or None), transform, width, height, nodata, res,
+    bounds (left, bottom, right, top)} of a one-band map. Only north-up grids
+    (no rotation): their cells are rectangles in the map's CRS."""
+    with open_raster(path) as ds:
+        t = ds.transform
+        if t.b != 0 or t.d != 0 or t.e >= 0:
+            raise DatasetError(f"{path}: a rotated or south-up grid ({tuple(t)[:6]}); "
+                               f"warp it north-up first (gdalwarp {path} out.tif)")
+        return dict(crs=ds.crs, transform=t, width=ds.width, height=ds.height,
+                    nodata=ds.nodata, res=(t.a, -t.e), bounds=tuple(ds.bounds))
+
+
+def read_map_area(path, bounds):
+    """The cells of band 1 of `path` under `bounds` (left, bottom, right, top in
+    the map's CRS), cells partly inside included: (float64 values with NaN where
+    the file has nodata or a mask of 0, (left, bottom, right, top) of the cells
+    read), or (None, None) where the map has no cell there."""
+    with open_raster(path) as ds:
+        w = from_bounds(*bounds, transform=ds.transform)
+        c0, r0 = max(0, math.floor(w.col_off)), max(0, math.floor(w.row_off))
+        c1 = min(ds.width, math.ceil(w.col_off + w.width))
+        r1 = min(ds.height, math.ceil(w.row_off + w.height))
+        if c1 <= c0 or r1 <= r0:
+            return None, None
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+        values = ds.read(1, window=window, masked=True)
+        out = np.ma.filled(values.astype(np.float64), np.nan)
+        t = ds.window_transform(window)
+        return out, (t.c, t.f + t.e * out.shape[0], t.c + t.a * out.shape[1], t.f)
+
+
+def read_class_map(path):
+    """(band 1 of a class map, its nodata or None, its colour table
+    {value: (r, g, b)} or None, its grid as map_grid gives it)."""
+    grid = map_grid(path)
+    with open_raster(path) as ds:
+        values = ds.read(1)
+        try:
+            colours = {k: tuple(v[:3]) for k, v in ds.colormap(1).items()}
+        except ValueError:      # no colour table
+            colours = None
+        return values, ds.nodata, colours, grid
 
 
 # ---------------------------------------------------------------- writing

@@ -1,0 +1,453 @@
+"""buildings.py on height maps GDAL wrote and footprints OGR wrote: heights
+per building against hand computations, traced footprints against the labels
+of a synthetic scene, the outputs read back by OGR (pyogrio) and cjio, bad
+input; and the errors per building test_dsm.py reports, against a second
+computation.
+
+The weighted quantile (utils/buildings.py docstring): values x_0 <= ... <=
+x_{n-1}, weights w_i (the cell's share inside the footprint), C_i = w_0 +
+... + w_i, W = C_{n-1}; x_i stands at p_i = (C_i - w_i / 2) / W; quantile q
+interpolates x linearly in p, x_0 below p_0 and x_{n-1} above p_{n-1}.
+"""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import run_python
+
+CRS = 'EPSG:32632'
+X0, Y0 = 500000.0, 5400004.0            # the 4 x 4 map's top-left corner, 1 m cells
+HEIGHTS = np.array([[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12], [13, 14, 15, -9999]],
+                   np.float32)
+
+
+def write_map(path, values, x0=X0, y0=Y0, cell=1.0, nodata=-9999.0, crs=CRS, colours=None):
+    import rasterio
+    from rasterio.transform import Affine
+    with rasterio.open(path, 'w', driver='GTiff', width=values.shape[1],
+                       height=values.shape[0], count=1, dtype=values.dtype, nodata=nodata,
+                       crs=crs, transform=Affine(cell, 0, x0, 0, -cell, y0)) as ds:
+        ds.write(values, 1)
+        if colours:
+            ds.write_colormap(1, colours)
+
+
+def box(left, top, right, bottom):
+    """A box in map coordinates from offsets in cells from the map's corner
+    (x to the right, y downwards)."""
+    import shapely
+    return shapely.box(X0 + left, Y0 - bottom, X0 + right, Y0 - top)
+
+
+def write_footprints(path, geoms, names, crs=CRS, driver='GPKG'):
+    import pyogrio
+    import shapely
+    pyogrio.raw.write(str(path), shapely.to_wkb(np.array(geoms, dtype=object)),
+                      [np.array(names, dtype=object)], ['name'], driver=driver,
+                      geometry_type='Unknown', crs=crs)
+
+
+def read_layer(path):
+    import pyogrio
+    import shapely
+    meta, _, wkb, data = pyogrio.raw.read(str(path))
+    return meta, shapely.from_wkb(wkb), dict(zip(meta['fields'], data))
+
+
+def run_buildings(*args):
+    return run_python(['buildings.py', *map(str, args)], timeout=300)
+
+
+def quantile_by_definition(values, weights, q):
+    """The module docstring's definition, step by step."""
+    pairs = sorted(zip(values, weights))
+    total = sum(w for _, w in pairs)
+    points, below = [], 0.0
+    for x, w in pairs:
+        points.append(((below + w / 2) / total, x))
+        below += w
+    if q <= points[0][0]:
+        return points[0][1]
+    for (p0, x0), (p1, x1) in zip(points, points[1:]):
+        if p0 <= q <= p1:
+            return x0 + (q - p0) * (x1 - x0) / (p1 - p0)
+    return points[-1][1]
+
+
+# Footprints on the 4 x 4 map (offsets in cells from its top-left corner), and
+# the cells each covers with the share inside (counted by hand):
+HALF = box(0.5, 0.5, 2.0, 3.0)        # half cells on its left and top edges
+HALF_CELLS = ([1, 2, 5, 6, 9, 10], [0.25, 0.5, 0.5, 1, 0.5, 1])
+EDGE = box(2.5, 2.0, 4.0, 4.0)        # half cells, and the nodata cell (3, 3)
+EDGE_CELLS = ([11, 12, 15], [0.5, 1, 0.5])      # the nodata cell's share 1 not counted
+
+
+def test_quantile_definition_by_hand():
+    # HALF: values 1 2 5 6 9 10, W = 3.75, p x 3.75 = .125 .5 1 1.75 2.5 3.25;
+    # q 0.5 (1.875 / 3.75) between 6 (1.75) and 9 (2.5): 6 + 3 x .125 / .75
+    assert quantile_by_definition(*HALF_CELLS, 0.5) == pytest.approx(6.5)
+    # q 0.7 (2.625) between 9 (2.5) and 10 (3.25): 9 + .125 / .75
+    assert quantile_by_definition(*HALF_CELLS, 0.7) == pytest.approx(9 + 1 / 6)
+    # equal weights: Hazen's percentile, numpy's method='hazen'
+    v = [3.0, 1.0, 7.0, 4.0, 10.0]
+    for q in (0.05, 0.5, 0.7, 0.95):
+        assert quantile_by_definition(v, [1] * 5, q) == pytest.approx(
+            np.percentile(v, q * 100, method='hazen'))
+    from utils import buildings
+    assert buildings.weighted_quantiles(*HALF_CELLS, [0.5, 0.7]) == pytest.approx(
+        [6.5, 9 + 1 / 6])
+
+
+def test_heights_by_hand_and_outputs_read_back(tmp_path):
+    import shapely
+    heights = tmp_path / 'maps' / 'a_height.tif'
+    heights.parent.mkdir()
+    write_map(heights, HEIGHTS)
+    only_nodata = box(3.2, 3.2, 3.8, 3.8)
+    outside = box(100, 100, 110, 110)
+    bowtie = shapely.Polygon([(X0 + 0, Y0 - 0), (X0 + 2, Y0 - 2), (X0 + 2, Y0 - 0),
+                              (X0 + 0, Y0 - 2)])    # self-intersecting
+    feet = tmp_path / 'feet.gpkg'
+    write_footprints(feet, [HALF, EDGE, only_nodata, outside, bowtie],
+                     ['half', 'edge', 'nodata', 'outside', 'bowtie'])
+    out = tmp_path / 'out' / 'b.gpkg'
+    proc = run_buildings(heights.parent, '--out', out, '--footprints', feet)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'footprint 5 invalid' in proc.stderr and 'repaired' in proc.stderr
+    assert '1 footprint(s)' in proc.stderr and 'on no height map' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+    meta, geoms, f = read_layer(out)
+    assert meta['crs'] == CRS and list(f['name']) == ['half', 'edge', 'nodata', 'outside',
+                                                      'bowtie']
+    assert meta['geometry_type'] == 'MultiPolygon'
+    for i, (values, weights) in enumerate([HALF_CELLS, EDGE_CELLS]):
+        x, w = np.array(values, float), np.array(weights)
+        mean = np.sum(w * x) / np.sum(w)
+        assert f['h_dak_50p'][i] == pytest.approx(quantile_by_definition(x, w, 0.5))
+        assert f['h_dak_70p'][i] == pytest.approx(quantile_by_definition(x, w, 0.7))
+        assert f['h_dak_lod1'][i] == f['h_dak_70p'][i]
+        assert f['h_dak_mean'][i] == pytest.approx(mean)
+        assert f['h_dak_std'][i] == pytest.approx(math.sqrt(np.sum(w * (x - mean) ** 2)
+                                                            / np.sum(w)))
+        assert (f['h_dak_min'][i], f['h_dak_max'][i]) == (x.min(), x.max())
+        assert f['n_pixels'][i] == len(x)
+        assert f['valid_fraction'][i] == pytest.approx(np.sum(w) / shapely.area(geoms[i]))
+    assert f['opp_grond'][:2] == pytest.approx([1.5 * 2.5, 1.5 * 2.0])
+    # by hand: values 11 12 15, W = 2, p x 2 = .25 1 1.75; q 0.7 (1.4): 12 + 3 x .4 / .75
+    assert f['h_dak_50p'][1] == pytest.approx(12.0) and f['h_dak_70p'][1] == \
+        pytest.approx(13.6)
+    assert f['valid_fraction'][1] == pytest.approx(2 / 3)
+    # no valid heights, or on no map: kept, empty, counted
+    for i in (2, 3):
+        assert np.isnan(f['h_dak_70p'][i]) and f['n_pixels'][i] == 0
+    assert np.isnan(f['h_maaiveld']).all() and np.isnan(f['h_dak_abs']).all()   # no DTM
+    assert 'done: 5 building(s), 2 without valid heights' in proc.stdout
+    # the bowtie repaired into its two triangles: 4 cells of 1 m, half of each
+    assert f['opp_grond'][4] == pytest.approx(2.0) and f['n_pixels'][4] == 4
+    import pyogrio
+    recorded = pyogrio.read_info(str(out))['layer_metadata']
+    assert recorded['ROOF'] == 'h_dak_lod1 = h_dak_70p' and 'metres' in recorded['UNITS']
+
+    city = json.loads((tmp_path / 'out' / 'b.city.json').read_text())
+    check_cityjson(tmp_path / 'out' / 'b.city.json', geoms, f, ground=np.zeros(5))
+    assert city['metadata']['referenceSystem'].endswith('/32632')
+    assert city['CityObjects']['building_3']['geometry'] == []
+    assert city['CityObjects']['building_1']['attributes']['name'] == 'half'
+
+
+def check_cityjson(path, geoms, fields, ground):
+    """The file cjio reads, and each Building's LoD1 solid as a solid must be:
+    every edge of its shell used once in each direction (closed, consistently
+    oriented), and its volume by the divergence theorem positive (faces
+    outwards) and equal to footprint area x roof height."""
+    from cjio import cityjson
+    with open(path) as f:
+        cm = cityjson.reader(f)
+    assert cm.get_version() == '2.0'
+    assert cm.number_city_objects_level1() == len(geoms)
+    scale = np.array(cm.j['transform']['scale'])
+    points = np.array(cm.j['vertices']) * scale + cm.j['transform']['translate']
+    for i, geom in enumerate(geoms):
+        obj = cm.j['CityObjects'][f'building_{i + 1}']
+        if not np.isfinite(fields['h_dak_lod1'][i]):
+            assert obj['geometry'] == []
+            continue
+        g, = obj['geometry']
+        assert g['lod'] == '1'
+        solids = [g['boundaries']] if g['type'] == 'Solid' else g['boundaries']
+        volume = 0.0
+        for solid in solids:
+            shell, = solid
+            edges = {}
+            for surface in shell:
+                for ring in surface:
+                    for a, b in zip(ring, ring[1:] + ring[:1]):
+                        edges[(a, b)] = edges.get((a, b), 0) + 1
+                    # volume: the fan of each ring from its first point
+                    p = points[ring]
+                    for k in range(1, len(p) - 1):
+                        volume += np.dot(p[0], np.cross(p[k], p[k + 1])) / 6
+            assert all(n == 1 for n in edges.values())
+            assert all((b, a) in edges for a, b in edges)
+        roof = max(fields['h_dak_lod1'][i], 0.001)
+        # vertices are in mm: each coordinate within 0.5 mm
+        assert volume == pytest.approx(geom.area * roof, rel=1e-3, abs=1e-3 * geom.length)
+        zs = points[np.unique([v for s in solids for surface in s[0] for r in surface
+                               for v in r])][:, 2]
+        assert zs.min() == pytest.approx(ground[i], abs=5e-4)
+        assert zs.max() == pytest.approx(ground[i] + roof, abs=5e-4)
+
+
+def test_footprints_reprojected_and_ground_from_dtm(tmp_path):
+    """The same footprints in WGS 84 (GeoJSON) give the same heights; --dtm
+    raises each block to its ground."""
+    import shapely
+    from rasterio.warp import transform
+    heights = tmp_path / 'a_height.tif'
+    write_map(heights, HEIGHTS)
+    dtm = tmp_path / 'dtm.tif'
+    write_map(dtm, np.full((4, 4), 100.0, np.float32) + np.arange(4, dtype=np.float32))
+    coords = shapely.get_coordinates([HALF])
+    lon, lat = transform(CRS, 'EPSG:4326', coords[:, 0], coords[:, 1])
+    feet = tmp_path / 'feet.geojson'
+    write_footprints(feet, [shapely.Polygon(np.column_stack([lon, lat]))], ['half'],
+                     crs='EPSG:4326', driver='GeoJSON')
+    out = tmp_path / 'b.gpkg'
+    proc = run_buildings(heights, '--out', out, '--footprints', feet, '--dtm', dtm,
+                         '--roof', 'max')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, geoms, f = read_layer(out)
+    # UTM -> WGS 84 -> UTM over metres: the corners come back within 1e-6 m,
+    # moving a coverage share by ~1e-6 at most (slivers below MIN_COVERAGE
+    # left out)
+    assert f['h_dak_70p'][0] == pytest.approx(quantile_by_definition(*HALF_CELLS, 0.7),
+                                              abs=1e-4)
+    # the DTM's cells 100 + column under HALF: column 0 (shares .25 .5 .5) and
+    # 1 (.5 1 1): p x 3.75 = .125 .5 1 | 1.5 2.25 3.25; the median (1.875) is 101
+    assert f['h_maaiveld'][0] == pytest.approx(101.0, abs=1e-4)
+    assert f['h_dak_lod1'][0] == 10.0 and f['h_dak_abs'][0] == pytest.approx(111.0, abs=1e-4)
+    check_cityjson(tmp_path / 'b.city.json', geoms, f, ground=f['h_maaiveld'])
+
+
+def test_traced_footprints_of_a_synthetic_scene(tmp_path):
+    """Without --footprints, the building class of a synthetic scene traced:
+    one footprint per 4-connected building region of at least --min-area,
+    its area within the simplification's reach of the region's, and its
+    heights those of the region's cells."""
+    import cv2
+    import shapely
+    import config
+    from utils import raster, synthetic
+    rng = np.random.default_rng(3)
+    _, height, sem = synthetic.make_scene(rng, 192)
+    cell = synthetic.GSD
+    write_map(tmp_path / 's_height.tif', height, cell=cell)
+    table = raster.class_map(config.dataset_settings('synthetic')['label_codes'])
+    write_map(tmp_path / 's_sem.tif', sem, cell=cell, nodata=int(table['nodata']),
+              colours={i: tuple(c) + (255,) for i, c in enumerate(table['colormap'])})
+    min_area = 20.0
+    out = tmp_path / 'traced.gpkg'
+    proc = run_buildings(tmp_path / 's_height.tif', '--out', out, '--min-area', min_area,
+                         '--set', 'dataset_name=synthetic')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'colour table' not in proc.stderr        # predict.py's table, as written
+    _, geoms, f = read_layer(out)
+    count, ids = cv2.connectedComponents((sem == synthetic.BUILDING).astype(np.uint8),
+                                         connectivity=4)
+    regions = [ids == k for k in range(1, count)]
+    regions = [r for r in regions if r.sum() * cell ** 2 >= min_area]
+    assert len(regions) >= 2 and len(geoms) == len(regions)
+    rows, cols = np.mgrid[0:192, 0:192]
+    for region in regions:
+        # the footprint holding the region's innermost cell centre
+        inner = cv2.distanceTransform(region.astype(np.uint8), cv2.DIST_L2, 3)
+        r, c = np.unravel_index(np.argmax(inner), inner.shape)
+        centre = shapely.Point(X0 + (c + 0.5) * cell, Y0 - (r + 0.5) * cell)
+        k, = [i for i, g in enumerate(geoms) if g.contains(centre)]
+        # simplification moves every edge by at most the tolerance (one cell):
+        # the area by at most perimeter x cell
+        edges = cv2.findContours(region.astype(np.uint8), cv2.RETR_CCOMP,
+                                 cv2.CHAIN_APPROX_NONE)[0]
+        perimeter = sum(len(e) for e in edges) * cell
+        area = region.sum() * cell ** 2
+        assert abs(f['opp_grond'][k] - area) <= perimeter * cell
+        # The footprint's cells are the region's but for a band of width one
+        # cell along its edge: a share of at most perimeter x cell / area of
+        # the weight in, as much out, so its weighted CDF is within d of the
+        # region's; the quantile's definition places a cell up to w_i / W
+        # (<= one cell's share) from the weighted CDF: its 70th percentile
+        # lies between the region's at 0.7 -+ (d + cell^2 / area).
+        d = 2 * perimeter * cell / area + cell ** 2 / area
+        lo = np.percentile(height[region], max(0.0, 0.7 - d) * 100, method='hazen')
+        hi = np.percentile(height[region], min(1.0, 0.7 + d) * 100, method='hazen')
+        assert lo - 1e-4 <= f['h_dak_70p'][k] <= hi + 1e-4
+    assert set(f['traced_from']) == {'s_sem.tif'}
+
+
+@pytest.mark.slow       # five runs of buildings.py
+def test_bad_input_one_line_each(tmp_path):
+    heights = tmp_path / 'a_height.tif'
+    write_map(heights, HEIGHTS)
+    # footprints without a CRS: a Shapefile without its .prj
+    nocrs = tmp_path / 'nocrs.shp'
+    with pytest.warns(UserWarning, match="'crs' was not provided"):
+        write_footprints(nocrs, [HALF], ['half'], crs=None, driver='ESRI Shapefile')
+    assert not (tmp_path / 'nocrs.prj').exists()
+    proc = run_buildings(heights, '--out', tmp_path / 'x.gpkg', '--footprints', nocrs)
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    line, = proc.stderr.strip().splitlines()
+    assert str(nocrs) in line and 'no CRS' in line and 'ogr2ogr -a_srs' in line
+    # footprints in a CRS far from the map: all kept, empty, one line
+    far = tmp_path / 'far.gpkg'
+    write_footprints(far, [box(0, 0, 2, 2)], ['far'], crs='EPSG:32610')
+    proc = run_buildings(heights, '--out', tmp_path / 'far_out.gpkg', '--footprints', far)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert '1 footprint(s)' in proc.stderr and 'on no height map' in proc.stderr
+    _, _, f = read_layer(tmp_path / 'far_out.gpkg')
+    assert np.isnan(f['h_dak_70p'][0]) and list(f['name']) == ['far']
+    # a class map without the building class: traced nothing, said so; its
+    # colour table is not the synthetic dataset's: said so too
+    write_map(tmp_path / 'a_sem.tif', np.zeros((4, 4), np.uint8), nodata=255,
+              colours={0: (0, 0, 0, 255), 1: (1, 2, 3, 255)})
+    proc = run_buildings(heights, '--out', tmp_path / 'none.gpkg',
+                         '--set', 'dataset_name=synthetic')
+    assert proc.returncode == 0 and 'no building class' in proc.stderr
+    assert 'a_sem.tif' in proc.stderr and '--footprints' in proc.stderr
+    assert "colour table is not dataset_name 'synthetic'" in proc.stderr
+    # a dataset without a building class and no footprints
+    proc = run_buildings(heights, '--out', tmp_path / 'none.gpkg',
+                         '--set', 'dataset_name=Unknown')
+    assert proc.returncode == 1 and '--footprints FILE' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+    # ... unless --building-class names it: class 0 is everywhere, one footprint
+    proc = run_buildings(heights, '--out', tmp_path / 'all.gpkg', '--building-class', '0',
+                         '--min-area', 0, '--set', 'dataset_name=Unknown')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _, geoms, f = read_layer(tmp_path / 'all.gpkg')
+    assert len(geoms) == 1 and f['opp_grond'][0] == pytest.approx(16.0)
+    assert f['n_pixels'][0] == 15       # the nodata cell left out
+
+
+# ------------------------------------------------------- errors per building
+
+def test_building_errors_by_hand():
+    from utils import buildings
+    labels = np.zeros((6, 8), np.int32)
+    labels[0:2, 0:3] = 1                 # building A: 6 cells
+    labels[3:6, 4:8] = 1                 # building B: 12 cells
+    labels[4, 0] = 1                     # building C: 1 cell, reference height NaN
+    truth = np.zeros((6, 8))
+    truth[0:2, 0:3] = [[4, 4, 4], [4, 4, 5]]
+    truth[3:6, 4:8] = 22.0
+    truth[4, 0] = np.nan
+    pred = truth + 1.0
+    pred[0:2, 0:3] = [[3, 3, 3], [3, 3, 3]]
+    pred[3, 4] = 30.0
+    errors = buildings.BuildingErrors([1])
+    errors.add(pred, truth, labels)
+    r = errors.results()
+    # Hazen: quantile q at sorted position q n - 1/2
+    # A: reference sorted 4 4 4 4 4 5: median (2.5) 4, p70 (3.7) 4; predicted 3, 3
+    # B: reference 22, 22; predicted 23 (11 cells) and 30: median (5.5) 23, p70 (7.9) 23
+    assert r['buildings'] == 2
+    assert r['median'] == pytest.approx({'mae': 1.0, 'rmse': 1.0, 'bias': 0.0})
+    assert r['p70'] == pytest.approx({'mae': 1.0, 'rmse': 1.0, 'bias': 0.0})
+    a, b = r['by_height']['0-5'], r['by_height']['>20']
+    assert a['buildings'] == 1 and a['p70_bias'] == -1.0
+    assert b['buildings'] == 1 and b['p70_bias'] == 1.0
+    assert r['by_height']['5-10']['buildings'] == 0 and r['by_height']['5-10']['p70_mae'] is None
+    # pixels (bins are [lo, hi)): 0-5 m the 29 ground cells (+1) and A's five
+    # cells of 4 (-1); 5-10 m A's cell of 5 (-2); above 20 m B's 11 cells +1, one +8
+    ground = 48 - 6 - 12 - 1
+    assert a['pixels'] == ground + 5 and b['pixels'] == 12
+    assert r['by_height']['5-10']['pixels'] == 1
+    assert r['by_height']['5-10']['pixel_bias'] == -2.0
+    assert b['pixel_mae'] == pytest.approx((11 + 8) / 12)
+    assert b['pixel_rmse'] == pytest.approx(math.sqrt((11 + 64) / 12))
+    assert a['pixel_bias'] == pytest.approx((ground - 5) / (ground + 5))
+
+
+@pytest.mark.slow       # two runs on a scene
+def test_buildings_py_heights_give_test_dsm_errors(tmp_path):
+    """A synthetic scene whose heights are known, a prediction of it with
+    known errors (tall buildings 10% low, noise), and the buildings of its
+    labels as footprints (polygonised by GDAL, written by OGR): the heights
+    buildings.py measures on the prediction and on the truth give exactly
+    the errors per building test_dsm.py reports (BuildingErrors), since a
+    footprint of whole cells weights them equally."""
+    import rasterio.features
+    import shapely
+    from rasterio.transform import Affine
+    from utils import buildings, synthetic
+    rng = np.random.default_rng(5)
+    _, truth, sem = synthetic.make_scene(rng, 192)
+    pred = (truth * np.where(truth > 10, 0.9, 1.0)
+            + rng.normal(0, 0.3, truth.shape)).astype(np.float32)
+    cell = synthetic.GSD
+    write_map(tmp_path / 'pred_height.tif', pred, cell=cell)
+    write_map(tmp_path / 'truth_height.tif', truth, cell=cell)
+    count, ids = buildings.instances(sem, [synthetic.BUILDING])
+    t = Affine(cell, 0, X0, 0, -cell, Y0)
+    polygons = {int(v): shapely.geometry.shape(g) for g, v in rasterio.features.shapes(
+        ids.astype(np.int32), mask=ids > 0, connectivity=4, transform=t)}
+    assert sorted(polygons) == list(range(1, count + 1))
+    feet = tmp_path / 'feet.gpkg'
+    write_footprints(feet, [polygons[k] for k in range(1, count + 1)],
+                     [f'b{k}' for k in range(1, count + 1)])
+    measured = {}
+    for name in ('pred', 'truth'):
+        proc = run_buildings(tmp_path / f'{name}_height.tif', '--out', tmp_path / f'{name}.gpkg',
+                             '--footprints', feet)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        measured[name] = read_layer(tmp_path / f'{name}.gpkg')[2]
+    errors = buildings.BuildingErrors([synthetic.BUILDING])
+    errors.add(pred, truth, sem)
+    reported = errors.results()
+    assert reported['buildings'] == count >= 2
+    for key, column in (('median', 'h_dak_50p'), ('p70', 'h_dak_70p')):
+        error = measured['pred'][column] - measured['truth'][column]
+        assert reported[key]['mae'] == pytest.approx(np.mean(np.abs(error)), rel=1e-9)
+        assert reported[key]['bias'] == pytest.approx(np.mean(error), rel=1e-9, abs=1e-12)
+    # the tall buildings' 10% shows in their bins: at least 1 m low at 10 m and
+    # above, against noise of 0.3 m / sqrt(cells) on a percentile
+    for name in ('10-20', '>20'):
+        row = reported['by_height'][name]
+        assert row['buildings'] == 0 or row['p70_bias'] < -0.9
+
+
+def test_several_height_maps_each_footprint_on_the_one_it_overlaps_most(tmp_path):
+    """A folder of two side-by-side maps (and a class map, not a height
+    map): a footprint across both is measured on the one holding more of it."""
+    write_map(tmp_path / 'west_height.tif', np.full((4, 4), 3.0, np.float32))
+    write_map(tmp_path / 'east_height.tif', np.full((4, 4), 9.0, np.float32), x0=X0 + 4)
+    write_map(tmp_path / 'west_sem.tif', np.ones((4, 4), np.uint8), nodata=255)
+    feet = tmp_path / 'feet.fgb'
+    write_footprints(feet, [box(1, 0, 4.5, 2), box(3, 0, 7, 2)], ['mostly west', 'mostly east'],
+                     driver='FlatGeobuf')
+    out = tmp_path / 'b.gpkg'
+    proc = run_buildings(tmp_path, '--out', out, '--footprints', feet)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 'on 2 height map(s)' in proc.stdout
+    _, _, f = read_layer(out)
+    # (FlatGeobuf's spatial index may reorder the features: by name)
+    got = {name: (m, h, v) for name, m, h, v in zip(f['name'], f['height_map'],
+                                                    f['h_dak_70p'], f['valid_fraction'])}
+    # the part on the other map is not measured: valid_fraction is the share on this one
+    assert got['mostly west'] == ('west_height.tif', 3.0, pytest.approx(3 / 3.5))
+    assert got['mostly east'] == ('east_height.tif', 9.0, pytest.approx(3 / 4))
+
+
+def test_building_class_of_each_published_dataset():
+    """The building class as each dataset's documentation names it: ISPRS
+    Vaihingen's blue, DFC2018's residential (8) and non-residential (9)
+    buildings, ASPRS code 6 in DFC2019, the 1 of binary building masks."""
+    import config
+    from utils import buildings
+    expected = {'Vaihingen': [(0, 0, 255)], 'Vaihingen_crp256': [(0, 0, 255)],
+                'DFC2018': [8, 9], 'DFC2019_crp512': [6], 'DFC2023': [1],
+                'Vaihingen_bin': [1], 'synthetic': [1], 'SomeOtherCity': []}
+    for name, labels in expected.items():
+        codes = config.dataset_settings(name)['label_codes']
+        assert [codes[i] for i in buildings.building_classes(name, codes)] == labels, name
