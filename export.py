@@ -107,6 +107,8 @@ def main(argv=None):
         **{export.INPUT: tf.constant(windows)})['height'].numpy(),
            'model.onnx': export.onnx_session(os.path.join(tmp, 'model.onnx')).run(
         ['height'], {export.INPUT: windows})[0]}
+    export.check_onnx(os.path.join(tmp, 'model.onnx'),
+                      expect={k: card[k] for k in ('network', 'dataset', 'classes')})
     for name, heights in got.items():
         worst = float(np.abs(heights - expected).max())
         if not worst <= tolerance:
