@@ -208,6 +208,7 @@ def check_onnx(path, expect=None):
     facts a caller relies on. CheckpointError naming the file and the
     mismatch otherwise."""
     import onnxruntime as ort
+    from utils.checkpoints import _first_line
     try:
         session = onnx_session(path, threads=1)
     except (ort.capi.onnxruntime_pybind11_state.Fail,
@@ -238,10 +239,6 @@ def check_onnx(path, expect=None):
             raise CheckpointError(f"{path}: its model card has {key} = {card.get(key)!r}, "
                                   f"expected {value!r}")
     return card
-
-
-def _first_line(err):
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
 
 
 def onnx_predict_fn(session, batch_size, keys):
