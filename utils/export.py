@@ -285,8 +285,7 @@ def make_predict_fn(engine, mtl, dae, *, cfg, strategy, outputs):
     try:
         models = [m for m in (mtl, dae) if m is not None]
         serve = serving_function(mtl, dae, datasets.image_channels())
-        card = {'input': {'shape': ['batch', 'rows', 'cols', datasets.image_channels()]},
-                'outputs': {h.name: {'shape': []} for h in exported_heads(cfg)}}
+        card = model_card(cfg, trained={}, correction=dae is not None, weights={})
         card_path = os.path.join(folder, 'model_card.json')
         with open(card_path, 'w') as f:
             json.dump(card, f)
