@@ -217,3 +217,15 @@ def test_weights_of_another_network_are_refused_naming_the_file(weights, tmp_pat
     assert '\n' not in str(err.value) and weights['dae'] in str(err.value)
     assert 'does not fit the configured MTL' in str(err.value)
     assert not os.path.exists(tmp_path / 'out')      # nothing written
+
+
+def test_engine_choice_follows_the_measurement_and_the_devices():
+    import types
+    from utils.errors import SettingError
+    one, two = (types.SimpleNamespace(num_replicas_in_sync=n) for n in (1, 2))
+    # no GPU here: one CPU replica takes the measured CPU engine (bench/RESULTS.md)
+    assert exporting.choose_engine('auto', one) == exporting.CPU_ENGINE == 'tensorflow'
+    assert exporting.choose_engine('auto', two) == 'tensorflow'
+    assert exporting.choose_engine('onnxruntime', one) == 'onnxruntime'
+    with pytest.raises(SettingError, match='--engine onnxruntime runs on one CPU device'):
+        exporting.choose_engine('onnxruntime', two)
