@@ -15,6 +15,7 @@ largest height difference against utils/export.height_tolerance.
 """
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -80,37 +81,40 @@ def main():
     import keras
     from utils import checkpoints, tasks
     folder = tempfile.mkdtemp(prefix='bench_engines_')
-    keras.utils.set_random_seed(0)
-    paths = {'mtl': os.path.join(folder, 'mtl.weights.h5'),
-             'dae': None if args.no_correction else os.path.join(folder, 'dae.weights.h5')}
-    checkpoints.save_weights(tasks.build_mtl(config, pretrained=False), paths['mtl'], 'mtl')
-    if paths['dae']:
-        checkpoints.save_weights(tasks.build_dae(config), paths['dae'], 'dae')
-    json.dump(paths, open(os.path.join(folder, 'weights.json'), 'w'))
-    export.main(['--out', folder, '--mtl-weights', paths['mtl']]
-                + (['--correction', '--dae-weights', paths['dae']] if paths['dae'] else [])
-                + sum((['--set', s] for s in args.set), []))
-    print(machine.describe())
-    print(f"crop {config.cropSize}, {args.windows} windows x {args.rounds} rounds, batch "
-          f"{config.test_batch_size}, {'MTL' if args.no_correction else 'MTL + DAE'}")
-    cores = os.cpu_count()
-    for threads in (1, cores):
-        proc = subprocess.run(
-            [sys.executable, __file__, '--child', folder, '--threads', str(threads),
-             '--windows', str(args.windows), '--rounds', str(args.rounds)]
-            + sum((['--set', s] for s in args.set), []),
-            capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
-        line = [x for x in proc.stdout.splitlines() if x.startswith('RESULT ')]
-        if proc.returncode or not line:
-            sys.exit(f"the {threads}-thread run failed: {proc.stderr[-2000:]}")
-        r = json.loads(line[0][len('RESULT '):])
-        med = {k: statistics.median(v) for k, v in r['rates'].items()}
-        shown = ', '.join(f"{k} {med[k]:.2f} windows/s ({' / '.join(f'{x:.2f}' for x in v)})"
-                          for k, v in r['rates'].items())
-        print(f"{threads} thread(s): {shown}; height difference {r['difference']:.2g} m "
-              f"(tolerance {r['tolerance']:.2g}); ratio onnxruntime/tensorflow: "
-              f"{med['onnxruntime'] / med['tensorflow']:.2f}")
+    try:
+        keras.utils.set_random_seed(0)
+        paths = {'mtl': os.path.join(folder, 'mtl.weights.h5'),
+                 'dae': None if args.no_correction else os.path.join(folder, 'dae.weights.h5')}
+        checkpoints.save_weights(tasks.build_mtl(config, pretrained=False), paths['mtl'], 'mtl')
+        if paths['dae']:
+            checkpoints.save_weights(tasks.build_dae(config), paths['dae'], 'dae')
+        json.dump(paths, open(os.path.join(folder, 'weights.json'), 'w'))
+        export.main(['--out', folder, '--mtl-weights', paths['mtl']]
+                    + (['--correction', '--dae-weights', paths['dae']] if paths['dae'] else [])
+                    + sum((['--set', s] for s in args.set), []))
+        print(machine.describe())
+        print(f"crop {config.cropSize}, {args.windows} windows x {args.rounds} rounds, batch "
+              f"{config.test_batch_size}, {'MTL' if args.no_correction else 'MTL + DAE'}")
+        cores = os.cpu_count()
+        for threads in (1, cores):
+            proc = subprocess.run(
+                [sys.executable, __file__, '--child', folder, '--threads', str(threads),
+                 '--windows', str(args.windows), '--rounds', str(args.rounds)]
+                + sum((['--set', s] for s in args.set), []),
+                capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+            line = [x for x in proc.stdout.splitlines() if x.startswith('RESULT ')]
+            if proc.returncode or not line:
+                sys.exit(f"the {threads}-thread run failed: {proc.stderr[-2000:]}")
+            r = json.loads(line[0][len('RESULT '):])
+            med = {k: statistics.median(v) for k, v in r['rates'].items()}
+            shown = ', '.join(f"{k} {med[k]:.2f} windows/s ({' / '.join(f'{x:.2f}' for x in v)})"
+                              for k, v in r['rates'].items())
+            print(f"{threads} thread(s): {shown}; height difference {r['difference']:.2g} m "
+                  f"(tolerance {r['tolerance']:.2g}); ratio onnxruntime/tensorflow: "
+                  f"{med['onnxruntime'] / med['tensorflow']:.2f}")
 
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 def argparse_hidden():
     import argparse
