@@ -2,7 +2,8 @@
 
     python predict.py INPUT [INPUT ...] [--out DIR] [--correction]
         [--mtl-weights F] [--dae-weights F] [--outputs height,sem,norm]
-        [--bands 1,2,3] [--overwrite] [--ungeoreferenced] [--set NAME=VALUE ...]
+        [--bands 1,2,3] [--engine auto|tensorflow|onnxruntime] [--overwrite]
+        [--ungeoreferenced] [--set NAME=VALUE ...]
 
 INPUT: any raster GDAL opens (GeoTIFF/COG, JPEG 2000, VRT mosaic, ERDAS .img,
 PNG/JPEG with a world file, ...), an http(s):// or s3:// address of one
@@ -72,6 +73,10 @@ def parse(argv=None):
     p.add_argument('--bands', default=None,
                    help='1-based input bands in the order the network takes them '
                         '(default: 1,2,3)')
+    p.add_argument('--engine', default='auto', choices=('auto', 'tensorflow', 'onnxruntime'),
+                   help='what runs the networks: tensorflow, or onnxruntime (CPU, one '
+                        'device; the networks are converted first, as export.py does); '
+                        'auto: the faster on CPU (bench/RESULTS.md), TensorFlow on GPUs')
     p.add_argument('--overwrite', action='store_true', help='redo finished images')
     p.add_argument('--ungeoreferenced', action='store_true',
                    help='predict inputs without georeferencing too, on their pixel grid')
@@ -344,7 +349,8 @@ class Claim:
 def main(argv=None):
     args = parse(argv)
     # Imported after --set so the strategy and networks see the overrides.
-    from utils import checkpoints, datasets, distribute, inference, progress, raster, tasks
+    from utils import (checkpoints, datasets, distribute, export, inference, progress, raster,
+                       tasks)
     from utils.errors import DatasetError, UserError
 
     files = raster.find_images(args.inputs)
@@ -413,12 +419,13 @@ def main(argv=None):
     mtl = tasks.trained_mtl(config, strategy, mtl_path)
     dae = tasks.trained_dae(config, strategy, dae_path) if dae_path else None
     shown = preview_head()
+    engine = export.choose_engine(args.engine, strategy)
     predict_fn = inference.with_flips(
-        inference.make_predict_fn(mtl, dae, cfg=config, strategy=strategy,
-                                  outputs=args.outputs + ([shown.name] if shown else [])),
+        export.make_predict_fn(engine, mtl, dae, cfg=config, strategy=strategy,
+                               outputs=args.outputs + ([shown.name] if shown else [])),
         config.predict_flips, config)
     common = provenance(mtl_path, dae_path, bands)
-    print(f"{len(files)} image(s), {strategy.num_replicas_in_sync} replica(s), "
+    print(f"{len(files)} image(s), {engine}, {strategy.num_replicas_in_sync} replica(s), "
           f"crop {config.cropSize}, stride {config.predict_stride}, window "
           f"{config.predict_window}, flips {config.predict_flips}, "
           f"{predict_fn.batch_size} windows per call -> {out_dir}")

@@ -1,0 +1,125 @@
+"""CPU engines for prediction: TensorFlow (predict.py's Keras networks in a
+tf.function, utils/inference.py) against ONNX Runtime (the export of the
+same networks, utils/export.py), on the same windows, with 1 thread and
+with every core, in one run.
+
+    python bench/engines.py [--windows 32] [--rounds 3] [--no-correction] [--set NAME=VALUE ...]
+
+Untrained networks with random weights at the dataset's settings (default
+synthetic: 96 px windows, 1/4 widths), MTL + DAE unless --no-correction.
+Each thread count runs in a fresh process (TensorFlow's thread pools are
+fixed at start); inside it the engines alternate for --rounds rounds of
+--windows windows in batches of test_batch_size. Prints per thread count
+the median windows/s of each, the ratio onnxruntime / tensorflow, and the
+largest height difference against utils/export.height_tolerance.
+"""
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+import config  # noqa: E402
+import machine  # noqa: E402
+from utils import settings  # noqa: E402
+
+
+def measure(folder, threads, windows, rounds):
+    """In this process: windows/s of both engines, alternating."""
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1 if threads == 1 else 0)
+    from utils import datasets, export, inference, tasks
+    paths = json.load(open(os.path.join(folder, 'weights.json')))
+    strategy = tf.distribute.get_strategy()
+    mtl = tasks.trained_mtl(config, strategy, paths['mtl'])
+    dae = tasks.trained_dae(config, strategy, paths['dae']) if paths['dae'] else None
+    engines = {
+        'tensorflow': inference.make_predict_fn(mtl, dae, cfg=config, strategy=strategy,
+                                                outputs=['sem']),
+        'onnxruntime': export.onnx_predict_fn(
+            export.onnx_session(os.path.join(folder, 'model.onnx'), threads),
+            int(config.test_batch_size), {'height', 'sem'})}
+    batch = np.random.default_rng(0).random(
+        (windows, config.cropSize, config.cropSize, datasets.image_channels()), np.float32)
+    heights = {name: fn(batch[:config.test_batch_size])['height']     # warm-up, trace
+               for name, fn in engines.items()}
+    rates = {name: [] for name in engines}
+    for _ in range(rounds):
+        for name, fn in engines.items():
+            start = time.perf_counter()
+            fn(batch)
+            rates[name].append(windows / (time.perf_counter() - start))
+    tolerance = export.height_tolerance([m for m in (mtl, dae) if m is not None],
+                                        np.abs(heights['tensorflow']).max())
+    return dict(threads=threads, rates=rates,
+                difference=float(np.abs(heights['tensorflow'] - heights['onnxruntime']).max()),
+                tolerance=tolerance)
+
+
+def main():
+    p = settings.parser(__doc__.split('\n\n')[0])
+    p.add_argument('--windows', type=int, default=32)
+    p.add_argument('--rounds', type=int, default=3)
+    p.add_argument('--no-correction', action='store_true', help='MTL only, no DAE')
+    p.add_argument('--child', help=argparse_hidden(), default=None)
+    p.add_argument('--threads', type=int, default=0, help=argparse_hidden())
+    args = settings.parse_args(p)
+    if args.child:
+        print('RESULT ' + json.dumps(measure(args.child, args.threads, args.windows,
+                                             args.rounds)))
+        return
+
+    import export
+    import keras
+    from utils import checkpoints, tasks
+    folder = tempfile.mkdtemp(prefix='bench_engines_')
+    try:
+        keras.utils.set_random_seed(0)
+        paths = {'mtl': os.path.join(folder, 'mtl.weights.h5'),
+                 'dae': None if args.no_correction else os.path.join(folder, 'dae.weights.h5')}
+        checkpoints.save_weights(tasks.build_mtl(config, pretrained=False), paths['mtl'], 'mtl')
+        if paths['dae']:
+            checkpoints.save_weights(tasks.build_dae(config), paths['dae'], 'dae')
+        json.dump(paths, open(os.path.join(folder, 'weights.json'), 'w'))
+        export.main(['--out', folder, '--mtl-weights', paths['mtl']]
+                    + (['--correction', '--dae-weights', paths['dae']] if paths['dae'] else [])
+                    + sum((['--set', s] for s in args.set), []))
+        print(machine.describe())
+        print(f"crop {config.cropSize}, {args.windows} windows x {args.rounds} rounds, batch "
+              f"{config.test_batch_size}, {'MTL' if args.no_correction else 'MTL + DAE'}")
+        cores = os.cpu_count()
+        for threads in (1, cores):
+            proc = subprocess.run(
+                [sys.executable, __file__, '--child', folder, '--threads', str(threads),
+                 '--windows', str(args.windows), '--rounds', str(args.rounds)]
+                + sum((['--set', s] for s in args.set), []),
+                capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+            line = [x for x in proc.stdout.splitlines() if x.startswith('RESULT ')]
+            if proc.returncode or not line:
+                sys.exit(f"the {threads}-thread run failed: {proc.stderr[-2000:]}")
+            r = json.loads(line[0][len('RESULT '):])
+            med = {k: statistics.median(v) for k, v in r['rates'].items()}
+            shown = ', '.join(f"{k} {med[k]:.2f} windows/s ({' / '.join(f'{x:.2f}' for x in v)})"
+                              for k, v in r['rates'].items())
+            print(f"{threads} thread(s): {shown}; height difference {r['difference']:.2g} m "
+                  f"(tolerance {r['tolerance']:.2g}); ratio onnxruntime/tensorflow: "
+                  f"{med['onnxruntime'] / med['tensorflow']:.2f}")
+
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+def argparse_hidden():
+    import argparse
+    return argparse.SUPPRESS
+
+
+if __name__ == '__main__':
+    sys.exit(settings.run_main(main))

@@ -1,0 +1,132 @@
+"""Export trained networks for other tools: a SavedModel and an ONNX model with their model card.
+
+    python export.py --out DIR [--correction] [--mtl-weights F] [--dae-weights F]
+        [--gsd METRES] [--set NAME=VALUE ...]
+
+From the MTL weights (predCheckPointPath), and with --correction the DAE's
+(corrCheckPointPath) after them as one graph, in float32 whatever
+mixed_precision trained them, writes into DIR:
+
+    saved_model/      SavedModel, signature 'serving_default': image
+                      [batch, rows, cols, bands] float32 scaled to [0, 1] ->
+                      height [batch, rows, cols] metres, sem [..., classes]
+                      class probabilities (and norm with norm_flag);
+                      assets/model_card.json
+    model.onnx        the same graph for ONNX Runtime (opset 17), the card
+                      in its metadata under 'model_card'
+    model_card.json   the card: dataset, classes and colours, band order,
+                      image scale, ground sampling distance (--gsd), window
+                      size and the multiple rows and cols must be of,
+                      recommended stride and blending, output units
+
+rows and cols must be multiples of 32; windows of the card's size, blended
+as its `windows` say, give the heights predict.py gives. The export is
+checked before it is kept: the SavedModel and ONNX Runtime must give the
+Keras networks' heights on two windows.
+
+Example: python export.py --out exported/ --correction --set dataset_name=Vaihingen
+"""
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+
+import config
+from utils import settings
+from utils.errors import CheckpointError, SettingError
+
+
+def parse(argv=None):
+    p = settings.parser(__doc__.split('\n\n')[0])
+    p.add_argument('--out', required=True, help='folder to write the export into')
+    p.add_argument('--correction', action='store_true',
+                   help='the MTL and the DAE after it as one graph (also: --set correction=True)')
+    p.add_argument('--mtl-weights', help='MTL weights file (default: predCheckPointPath)')
+    p.add_argument('--dae-weights', help='DAE weights file (default: corrCheckPointPath)')
+    p.add_argument('--gsd', type=float, default=None,
+                   help='ground sampling distance of the training images in metres, '
+                        'for the model card (default: not stated)')
+    args = settings.parse_args(p, argv)
+    args.correction = args.correction or config.correction
+    if args.gsd is not None and not args.gsd > 0:
+        raise SettingError(f"--gsd {args.gsd}: give the training images' pixel size in "
+                           f"metres, e.g. --gsd 0.09")
+    args.explicit = {pair.split('=', 1)[0].strip() for pair in args.set}
+    return args
+
+
+def main(argv=None):
+    args = parse(argv)
+    import keras
+    import tensorflow as tf
+    import predict
+    from utils import checkpoints, datasets, export, tasks
+
+    mtl_path = args.mtl_weights or config.predCheckPointPath
+    dae_path = (args.dae_weights or config.corrCheckPointPath) if args.correction else None
+    trained = checkpoints.adopt_settings(mtl_path, 'mtl', args.explicit)
+    if dae_path:
+        checkpoints.adopt_settings(dae_path, 'dae', args.explicit)
+    # Mixed-precision weights are float32 variables: built in float32 they
+    # load as they are and the graph computes in float32.
+    settings.override('mixed_precision', 'float32')
+    keras.mixed_precision.set_global_policy('float32')
+    strategy = tf.distribute.get_strategy()
+    mtl = tasks.trained_mtl(config, strategy, mtl_path)
+    dae = tasks.trained_dae(config, strategy, dae_path) if dae_path else None
+    models = [m for m in (mtl, dae) if m is not None]
+
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    tmp = os.path.join(out, '.export.tmp')
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    card = export.model_card(config, trained=trained, correction=dae is not None,
+                             weights={'mtl': mtl_path, 'dae': dae_path}, gsd=args.gsd,
+                             version=predict.project_version())
+    card_path = os.path.join(tmp, 'model_card.json')
+    with open(card_path, 'w') as f:
+        json.dump(card, f, indent=2)
+    serve = export.serving_function(mtl, dae, datasets.image_channels())
+    print(f"{card['network']} ({card['dataset']}, {datasets.image_channels()} bands, "
+          f"outputs {', '.join(card['outputs'])}) -> {out}")
+    print("writing saved_model/ ...")
+    export.write_saved_model(serve, models, card_path, os.path.join(tmp, 'saved_model'))
+    print(f"converting to model.onnx (tf2onnx, opset {export.OPSET}) ...")
+    export.write_onnx(os.path.join(tmp, 'saved_model'), card, os.path.join(tmp, 'model.onnx'))
+
+    # Before anything is replaced: both files give the networks' heights.
+    windows = np.random.default_rng(0).random(
+        (2, config.cropSize, config.cropSize, datasets.image_channels()), np.float32)
+    expected = serve(tf.constant(windows))['height'].numpy()
+    tolerance = export.height_tolerance(models, np.abs(expected).max())
+    loaded = tf.saved_model.load(os.path.join(tmp, 'saved_model'))
+    got = {'saved_model/': loaded.signatures[export.SIGNATURE](
+        **{export.INPUT: tf.constant(windows)})['height'].numpy(),
+           'model.onnx': export.onnx_session(os.path.join(tmp, 'model.onnx')).run(
+        ['height'], {export.INPUT: windows})[0]}
+    export.check_onnx(os.path.join(tmp, 'model.onnx'),
+                      expect={k: card[k] for k in ('network', 'dataset', 'classes')})
+    for name, heights in got.items():
+        worst = float(np.abs(heights - expected).max())
+        if not worst <= tolerance:
+            raise CheckpointError(f"{os.path.join(out, name)}: heights differ from the "
+                                  f"Keras networks' by up to {worst:.3g} m (tolerance "
+                                  f"{tolerance:.3g}); the conversion is faulty, nothing "
+                                  f"was replaced")
+        print(f"  {name}: heights within {worst:.2g} m of the Keras networks' "
+              f"(tolerance {tolerance:.2g})")
+    for name in ('saved_model', 'model.onnx', 'model_card.json'):
+        final = os.path.join(out, name)
+        if os.path.isdir(final):
+            shutil.rmtree(final)
+        os.replace(os.path.join(tmp, name), final)
+    shutil.rmtree(tmp)
+    print(f"done: {out}/saved_model, model.onnx, model_card.json")
+    return card
+
+
+if __name__ == '__main__':
+    sys.exit(settings.run_main(main))

@@ -1,0 +1,231 @@
+"""export.py and predict.py --engine: the exported SavedModel and ONNX model
+give the Keras networks' heights in processes without our code, both
+engines give predict.py the same outputs, and files that are not an export
+are refused in one line naming them."""
+import json
+import os
+import textwrap
+
+import numpy as np
+import pytest
+import tifffile
+
+import config
+import export
+import predict
+from tests.conftest import run_python
+from utils import checkpoints, export as exporting, raster, settings
+from utils.errors import CheckpointError
+
+# Tiny networks (1/16 widths) on 32 px windows.
+TINY = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
+        'backbone_weights=None', 'dropout_rate=0', 'predict_stride=10', 'test_batch_size=4']
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory):
+    """Tiny MTL and DAE weights trained (saved) under mixed_bfloat16, as
+    train_*.py saves them, with their .json."""
+    import keras
+    from utils import tasks
+    folder = tmp_path_factory.mktemp('weights')
+    settings.apply(TINY)
+    keras.utils.set_random_seed(5)
+    keras.mixed_precision.set_global_policy('mixed_bfloat16')
+    try:
+        mtl, dae = tasks.build_mtl(config, pretrained=False), tasks.build_dae(config)
+        paths = {'mtl': str(folder / 'mtl.weights.h5'), 'dae': str(folder / 'dae.weights.h5')}
+        checkpoints.save_weights(mtl, paths['mtl'], 'mtl')
+        checkpoints.save_weights(dae, paths['dae'], 'dae')
+    finally:
+        keras.mixed_precision.set_global_policy('float32')
+    return paths
+
+
+def _keras(weights):
+    """The networks in float32 from the weights, as predict.py builds them."""
+    import tensorflow as tf
+    from utils import tasks
+    settings.apply(TINY)
+    strategy = tf.distribute.get_strategy()
+    return (tasks.trained_mtl(config, strategy, weights['mtl']),
+            tasks.trained_dae(config, strategy, weights['dae']))
+
+
+# Run with nothing of ours importable (cwd: the export, no sys.path entry):
+# what a serving stack or QGIS plugin does with the files.
+OUTSIDE = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import onnx, onnxruntime as ort, tensorflow as tf
+    folder = sys.argv[1]
+    windows = np.load('windows.npy')
+    sm = tf.saved_model.load(folder + '/saved_model')
+    out = sm.signatures['serving_default'](image=tf.constant(windows))
+    session = ort.InferenceSession(folder + '/model.onnx', providers=['CPUExecutionProvider'])
+    names = [o.name for o in session.get_outputs()]
+    onnx_out = dict(zip(names, session.run(names, {'image': windows})))
+    proto = onnx.load(folder + '/model.onnx')
+    np.savez('outside.npz', sm_height=out['height'].numpy(), sm_sem=out['sem'].numpy(),
+             onnx_height=onnx_out['height'], onnx_sem=onnx_out['sem'])
+    json.dump(dict(
+        card=session.get_modelmeta().custom_metadata_map['model_card'],
+        asset=open(folder + '/saved_model/assets/model_card.json').read(),
+        inputs=[(i.name, i.shape, i.type) for i in session.get_inputs()],
+        outputs=[(o.name, o.shape, o.type) for o in session.get_outputs()],
+        opset=[o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')],
+        sm_outputs=sorted(out)), open('outside.json', 'w'))
+    print('modules of ours:', [m for m in sys.modules if m.split('.')[0] in
+                               ('config', 'utils', 'nets', 'predict', 'export')])
+""")
+
+
+@pytest.mark.slow
+def test_export_gives_the_keras_heights_outside_the_project(weights, tmp_path):
+    out = tmp_path / 'exported'
+    proc = run_python(['export.py', '--out', str(out), '--correction', '--mtl-weights',
+                       weights['mtl'], '--dae-weights', weights['dae'], '--gsd', '0.09',
+                       '--set', 'mixed_precision=mixed_bfloat16', '--set', 'predict_stride=10'],
+                      timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(os.listdir(out)) == ['model.onnx', 'model_card.json', 'saved_model']
+
+    rng = np.random.default_rng(1)
+    windows = rng.random((3, 64, 96, 3), np.float32)    # any multiple of 32, not only the crop
+    np.save(tmp_path / 'windows.npy', windows)
+    (tmp_path / 'outside.py').write_text(OUTSIDE)
+    proc = run_python([str(tmp_path / 'outside.py'), str(out)], cwd=str(tmp_path),
+                      env={'PYTHONPATH': ''})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'modules of ours: []' in proc.stdout
+    got = dict(np.load(tmp_path / 'outside.npz'))
+    facts = json.loads((tmp_path / 'outside.json').read_text())
+
+    mtl, dae = _keras(weights)
+    from nets import dae as dae_net
+    keras_out = mtl(windows, training=False)
+    expected = (np.asarray(keras_out['height'])
+                - np.asarray(dae(dae_net.assemble_input(keras_out, windows), training=False))
+                )[..., 0]
+    tolerance = exporting.height_tolerance([mtl, dae], np.abs(expected).max())
+    assert tolerance < 0.05 * np.abs(expected).max()   # the bound still says something
+    for engine in ('sm', 'onnx'):
+        assert got[f'{engine}_height'].dtype == np.float32
+        np.testing.assert_allclose(got[f'{engine}_height'], expected, rtol=0, atol=tolerance)
+        # probabilities in [0, 1]: the same bound, with magnitude 1
+        np.testing.assert_allclose(got[f'{engine}_sem'], np.asarray(keras_out['sem']),
+                                   rtol=0, atol=exporting.height_tolerance([mtl], 1.0))
+
+    card = json.loads((out / 'model_card.json').read_text())
+    assert json.loads(facts['card']) == card == json.loads(facts['asset'])
+    assert facts['inputs'] == [['image', ['batch', 'rows', 'cols', 3], 'tensor(float)']]
+    assert sorted(o[0] for o in facts['outputs']) == ['height', 'norm', 'sem']
+    assert all(o[2] == 'tensor(float)' for o in facts['outputs'])   # float32, not bfloat16
+    assert facts['sm_outputs'] == ['height', 'norm', 'sem']
+    assert facts['opset'] == [card['onnx_opset']] == [exporting.OPSET]
+    classes_of = raster.class_map(config.label_codes)
+    assert [c['colour'] for c in card['classes']] == classes_of['colours'].tolist()
+    assert [c['code'] for c in card['classes']] == list(config.label_codes)
+    assert card['network'] == 'MTL + DAE' and card['dataset'] == config.dataset_name
+    assert card['input']['band_order'] == [1, 2, 3] and card['input']['multiple_of'] == 32
+    assert card['input']['image_scale'] == config.image_scale
+    assert card['ground_sampling_distance_m'] == 0.09
+    assert card['windows']['size'] == 32 and card['windows']['stride'] == 10
+    assert card['windows']['blending'] == config.predict_window
+    assert card['outputs']['height']['units'] == 'metres'
+
+
+def _geotiff(path, shape):
+    rng = np.random.RandomState(0)
+    image = (rng.rand(*shape) * 250).astype(np.uint8)
+    tags = [(33550, 'd', 3, (0.5, 0.5, 0.0), True),
+            (33922, 'd', 6, (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0), True),
+            (34735, 'H', 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32632),
+             True)]
+    tifffile.imwrite(path, image, photometric='rgb', extratags=tags)
+
+
+@pytest.mark.slow
+def test_both_engines_give_predict_py_the_same_outputs(weights, tmp_path):
+    import rasterio
+    _geotiff(tmp_path / 'area.tif', (45, 70, 3))
+    read = {}
+    for engine in ('tensorflow', 'onnxruntime'):
+        settings.apply(TINY)
+        predict.main([str(tmp_path / 'area.tif'), '--out', str(tmp_path / engine),
+                      '--engine', engine, '--correction', '--mtl-weights', weights['mtl'],
+                      '--dae-weights', weights['dae']] + sum((['--set', s] for s in TINY), []))
+        with rasterio.open(tmp_path / engine / 'area_height.tif') as src:
+            read[engine] = (src.read(1), src.transform, src.crs)
+        with rasterio.open(tmp_path / engine / 'area_sem.tif') as src:
+            read[engine + '_sem'] = src.read(1)
+    tf_h, tf_transform, tf_crs = read['tensorflow']
+    ort_h, ort_transform, ort_crs = read['onnxruntime']
+    assert ort_transform == tf_transform and ort_crs == tf_crs
+    mtl, dae = _keras(weights)
+    # blending averages windows with weights summing to 1: no larger than one window's
+    np.testing.assert_allclose(ort_h, tf_h, rtol=0, atol=exporting.height_tolerance(
+        [mtl, dae], np.abs(tf_h).max()))
+    # classes agree except where two probabilities are within rounding of a tie
+    assert np.mean(read['tensorflow_sem'] == read['onnxruntime_sem']) > 0.99
+
+
+def _onnx_file(path, inputs, card=None):
+    """An ONNX model of one Identity from the first input, written by onnx."""
+    import onnx
+    from onnx import TensorProto, helper
+    graph = helper.make_graph(
+        [helper.make_node('Identity', [inputs[0][0]], ['height'])], 'other',
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
+        [helper.make_tensor_value_info('height', TensorProto.FLOAT, inputs[0][1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
+    if card is not None:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = exporting.CARD_KEY, json.dumps(card)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_an_onnx_file_of_another_model_is_refused_naming_it(tmp_path):
+    path = _onnx_file(tmp_path / 'classifier.onnx', [('input', [1, 3, 224, 224])])
+    with pytest.raises(CheckpointError) as err:
+        exporting.check_onnx(path)
+    message = str(err.value)
+    assert '\n' not in message and path in message
+    assert "inputs input [1, 3, 224, 224]" in message and 'export.py' in message
+
+
+def test_an_onnx_file_without_its_model_card_is_refused_naming_it(tmp_path):
+    shape = ['batch', 'rows', 'cols', 3]
+    path = _onnx_file(tmp_path / 'bare.onnx', [('image', shape)])
+    with pytest.raises(CheckpointError) as err:
+        exporting.check_onnx(path)
+    assert '\n' not in str(err.value) and path in str(err.value)
+    assert 'no model card' in str(err.value)
+    carded = _onnx_file(tmp_path / 'carded.onnx', [('image', shape)],
+                        card={'input': {'shape': shape}, 'dataset': 'synthetic'})
+    assert exporting.check_onnx(carded, expect={'dataset': 'synthetic'})['dataset'] == 'synthetic'
+    with pytest.raises(CheckpointError, match=r"carded.onnx: its model card has dataset"):
+        exporting.check_onnx(carded, expect={'dataset': 'Vaihingen'})
+
+
+def test_weights_of_another_network_are_refused_naming_the_file(weights, tmp_path):
+    # the DAE's weights where the MTL's belong
+    with pytest.raises(CheckpointError) as err:
+        export.main(['--out', str(tmp_path / 'out'), '--mtl-weights', weights['dae']]
+                    + sum((['--set', s] for s in TINY), []))
+    assert '\n' not in str(err.value) and weights['dae'] in str(err.value)
+    assert 'does not fit the configured MTL' in str(err.value)
+    assert not os.path.exists(tmp_path / 'out')      # nothing written
+
+
+def test_engine_choice_follows_the_measurement_and_the_devices():
+    import types
+    from utils.errors import SettingError
+    one, two = (types.SimpleNamespace(num_replicas_in_sync=n) for n in (1, 2))
+    # no GPU here: one CPU replica takes the measured CPU engine (bench/RESULTS.md)
+    assert exporting.choose_engine('auto', one) == exporting.CPU_ENGINE == 'tensorflow'
+    assert exporting.choose_engine('auto', two) == 'tensorflow'
+    assert exporting.choose_engine('onnxruntime', one) == 'onnxruntime'
+    with pytest.raises(SettingError, match='--engine onnxruntime runs on one CPU device'):
+        exporting.choose_engine('onnxruntime', two)

@@ -1,0 +1,297 @@
+"""Trained networks as files other tools run, and the engines predict.py runs
+them on.
+
+An export holds the MTL (and the DAE after it, as one graph, with
+correction) in float32 as a SavedModel and as an ONNX model, each carrying
+the model card: what the network expects (bands, scale, window size and
+the multiple it must be of, blending) and what it returns (heights in
+metres, class probabilities with the dataset's classes and colours).
+
+The graph takes windows scaled as the training images were and returns
+their maps; the sliding windows and their blending (utils/inference.py)
+stay outside it, as the card's `windows` describe them.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+from utils import heads
+from utils.errors import CheckpointError, SettingError
+
+OPSET = 17          # ONNX opset: ONNX Runtime 1.12+ and QGIS' bundled runtimes run it
+INPUT = 'image'     # the graph's input: [batch, rows, cols, bands] float32
+SIGNATURE = 'serving_default'
+CARD_KEY = 'model_card'     # ONNX metadata_props key of the card (JSON)
+CARD_FORMAT = 'dsmnet-model-card/1'
+ENGINES = ('tensorflow', 'onnxruntime')
+# What bench/engines.py measured faster on CPU (bench/RESULTS.md, "Engines"),
+# with heights equal within height_tolerance; GPUs and several replicas
+# stay on TensorFlow.
+CPU_ENGINE = 'tensorflow'
+UNIT_ROUNDOFF = 2.0 ** -24      # float32
+
+
+def exported_heads(cfg):
+    """The heads an export returns: those predict.py can write that cfg's
+    networks have (the height first)."""
+    return [h for h in heads.from_config(cfg) if h.output]
+
+
+def serving_function(mtl, dae, channels):
+    """tf.function(image [n, rows, cols, channels] float32) -> {head name:
+    float32 maps}: 'height' [n, rows, cols] (refined by `dae` when given),
+    the other heads [n, rows, cols, channels]."""
+    import tensorflow as tf
+    from nets import dae as dae_net
+    height = heads.HEIGHT.name
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32,
+                                                name=INPUT)])
+    def serve(image):
+        out = mtl(image, training=False)
+        maps = {name: tf.cast(value, tf.float32) for name, value in out.items()
+                if heads.by_name(name) is not None and heads.by_name(name).output}
+        if dae is not None:
+            noise = dae(dae_net.assemble_input(out, image), training=False)
+            maps[height] = maps[height] - tf.cast(noise, tf.float32)
+        maps[height] = maps[height][..., 0]
+        return maps
+    return serve
+
+
+def height_tolerance(models, magnitude):
+    """How far two float32 engines' heights may differ: each layer's sums of
+    K products carry a relative rounding error of at most K u (u = 2^-24;
+    Higham, Accuracy and Stability, 3.1); summed over the layers that the
+    height passes through (to first order the errors add; BatchNormalization
+    keeps activations near unit scale, so none is amplified much), relative
+    to the heights' magnitude. Engines differ in summation order, fused
+    operations and vectorised exp/sqrt, all within these bounds."""
+    terms = 0
+    for model in models:
+        for layer in _leaf_layers(model):
+            kernel = getattr(layer, 'kernel', None)
+            if kernel is not None:
+                terms += int(np.prod(kernel.shape[:-1]))
+    return terms * UNIT_ROUNDOFF * max(float(magnitude), 1.0)
+
+
+def _leaf_layers(model):
+    for layer in model.layers:
+        if hasattr(layer, 'layers'):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+def model_card(cfg, *, trained, correction, weights, gsd=None, version='unknown'):
+    """The card: every fact a user of the files needs, as JSON-ready dicts.
+    trained: the MTL weights' imagery record (checkpoints.adopt_settings);
+    weights: {'mtl': path, 'dae': path or None}."""
+    from utils import datasets, raster
+    classes_of = raster.class_map(cfg.label_codes)
+    channels = datasets.image_channels()
+    bands = trained.get('bands', list(range(1, channels + 1)))
+    names = ['red', 'green', 'blue'] + (['SAR'] if cfg.sar_mode else [])
+    outputs = {}
+    for head in exported_heads(cfg):
+        if head is heads.HEIGHT:
+            outputs[head.name] = dict(
+                shape=['batch', 'rows', 'cols'], units='metres',
+                meaning='height above ground (nDSM)' + (', refined by the DAE'
+                                                       if correction else ''))
+        elif head.is_classes:
+            outputs[head.name] = dict(
+                shape=['batch', 'rows', 'cols', len(cfg.label_codes)], units='probability',
+                meaning='class probabilities (softmax) in the order of `classes`; '
+                        'the class is their argmax')
+        else:
+            outputs[head.name] = dict(
+                shape=['batch', 'rows', 'cols', head.channels],
+                units='unit normal (x along cols, y along rows, z up) stored as '
+                      + ('(n + 1) / 2' if cfg.normalize_flag else '255 (n + 1) / 2'),
+                meaning='surface normals')
+    scale = cfg.image_scale
+    scale_rule = {
+        'auto': 'integer images divided by the maximum of their bit depth (uint8: 255, '
+                'uint16: 65535 unless the file declares fewer bits); float images '
+                'already in [0, 1] kept, others min-max scaled per image',
+        'minmax': 'min-max scaled per image to [0, 1]'}.get(
+        scale, f'divided by {scale}') if isinstance(scale, str) else f'divided by {scale}'
+    return {
+        'format': CARD_FORMAT,
+        'network': 'MTL + DAE' if correction else 'MTL',
+        'dataset': cfg.dataset_name,
+        'classes': [dict(index=i, value=int(v),
+                         code=c if isinstance(c, int) else list(c),
+                         colour=[int(x) for x in classes_of['colours'][i]])
+                    for i, (v, c) in enumerate(zip(classes_of['values'], cfg.label_codes))],
+        'input': dict(
+            name=INPUT, shape=['batch', 'rows', 'cols', channels], dtype='float32',
+            bands=[f"{names[i]} (band {b} of the source image)"
+                   for i, b in enumerate(bands)],
+            band_order=bands, image_scale=scale, scale_rule=scale_rule,
+            value_range=[0.0, 1.0], multiple_of=cfg.CROP_MULTIPLE,
+            **{k: trained[k] for k in ('band_mean', 'band_spread') if k in trained}),
+        'ground_sampling_distance_m': gsd,
+        'windows': dict(size=cfg.cropSize, stride=cfg.predict_stride,
+                        blending=cfg.predict_window, flips=cfg.predict_flips,
+                        note='windows of `size` px every `stride` px, the last one '
+                             'at the border; overlaps blended with the `blending` '
+                             'weight (README, Predict)'),
+        'outputs': outputs,
+        'onnx_opset': OPSET,
+        'saved_model_signature': SIGNATURE,
+        'dtype': 'float32',
+        'weights': {k: os.path.basename(v) for k, v in weights.items() if v},
+        'version': version,
+    }
+
+
+def write_saved_model(serve, models, card_path, folder):
+    """A SavedModel of `serve` (signature SIGNATURE) in `folder`, the card
+    among its assets (assets/model_card.json)."""
+    import tensorflow as tf
+    module = tf.Module()
+    module.networks = list(models)
+    module.serve = serve
+    module.model_card = tf.saved_model.Asset(card_path)
+    tf.saved_model.save(module, folder, signatures={SIGNATURE: serve})
+
+
+def write_onnx(saved_model, card, path):
+    """Convert the SavedModel to ONNX (tf2onnx, opset OPSET) at `path`, name
+    its dimensions as the card does and put the card in its metadata."""
+    import onnx
+    tmp = path + '.tmp'
+    proc = subprocess.run([sys.executable, '-m', 'tf2onnx.convert', '--saved-model',
+                           saved_model, '--signature_def', SIGNATURE, '--opset', str(OPSET),
+                           '--output', tmp], capture_output=True, text=True,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ['no message'])[-1]
+        raise RuntimeError(f"tf2onnx could not convert {saved_model}: {last}")
+    model = onnx.load(tmp)
+    dims = {INPUT: card['input']['shape']} | {k: v['shape'] for k, v in card['outputs'].items()}
+    for value in list(model.graph.input) + list(model.graph.output):
+        for dim, name in zip(value.type.tensor_type.shape.dim, dims.get(value.name, ())):
+            if isinstance(name, str):
+                dim.dim_param = name
+    model.doc_string = (f"DSMNet {card['network']} trained on {card['dataset']}: "
+                        f"{INPUT} [batch, rows, cols, bands] scaled to [0, 1] -> height "
+                        f"(metres) and class probabilities; see metadata '{CARD_KEY}'")
+    entry = model.metadata_props.add()
+    entry.key, entry.value = CARD_KEY, json.dumps(card)
+    onnx.save(model, path)
+    os.remove(tmp)
+
+
+def onnx_session(path_or_bytes, threads=0):
+    """An ONNX Runtime CPU session (threads 0: every core)."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(path_or_bytes, options, providers=['CPUExecutionProvider'])
+
+
+def check_onnx(path, expect=None):
+    """The card of the exported ONNX file `path` after checking it is one:
+    an input INPUT [batch, rows, cols, bands] and a 'height' output, a card
+    in its metadata that fits them, and (expect: {card key: value}) the
+    facts a caller relies on. CheckpointError naming the file and the
+    mismatch otherwise."""
+    import onnxruntime as ort
+    from utils.checkpoints import _first_line
+    try:
+        session = onnx_session(path, threads=1)
+    except (ort.capi.onnxruntime_pybind11_state.Fail,
+            ort.capi.onnxruntime_pybind11_state.InvalidProtobuf, OSError) as err:
+        raise CheckpointError(f"{path}: not an ONNX model ONNX Runtime reads "
+                              f"({_first_line(err)}); export one with export.py") from err
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    if list(inputs) != [INPUT] or len(inputs[INPUT].shape) != 4 or \
+            inputs[INPUT].type != 'tensor(float)' or heads.HEIGHT.name not in outputs:
+        found = ', '.join(f"{i.name} {i.shape} {i.type}" for i in inputs.values())
+        raise CheckpointError(
+            f"{path}: inputs {found}, outputs {', '.join(sorted(outputs))}; an exported "
+            f"height model has one input {INPUT} [batch, rows, cols, bands] float and a "
+            f"{heads.HEIGHT.name} output: export one with export.py")
+    meta = session.get_modelmeta().custom_metadata_map
+    if CARD_KEY not in meta:
+        raise CheckpointError(f"{path}: no model card (metadata {CARD_KEY!r}); without it "
+                              f"bands, scale and window size are unknown: export the "
+                              f"model again with export.py")
+    card = json.loads(meta[CARD_KEY])
+    bands = inputs[INPUT].shape[3]
+    if isinstance(bands, int) and bands != card['input']['shape'][3]:
+        raise CheckpointError(f"{path}: its input has {bands} bands but its model card "
+                              f"says {card['input']['shape'][3]}: export it again")
+    for key, value in (expect or {}).items():
+        if card.get(key) != value:
+            raise CheckpointError(f"{path}: its model card has {key} = {card.get(key)!r}, "
+                                  f"expected {value!r}")
+    return card
+
+
+def onnx_predict_fn(session, batch_size, keys):
+    """fn(windows) -> {key: maps} like inference.make_predict_fn's, run by
+    the ONNX Runtime `session`, `batch_size` windows at a time."""
+    names = [o.name for o in session.get_outputs() if o.name in keys]
+
+    def predict(windows):
+        windows = np.asarray(windows, np.float32)
+        pieces = [dict(zip(names, session.run(names, {INPUT: windows[i:i + batch_size]})))
+                  for i in range(0, len(windows), batch_size)]
+        return {k: np.concatenate([p[k] for p in pieces]) for k in names}
+
+    predict.batch_size = batch_size
+    return predict
+
+
+def choose_engine(requested, strategy):
+    """The engine predict.py runs: `requested`, or for 'auto' CPU_ENGINE on
+    one CPU replica and TensorFlow on GPUs or several replicas. ONNX Runtime
+    runs one CPU device, so it refuses a strategy of several replicas."""
+    import tensorflow as tf
+    one_cpu = strategy.num_replicas_in_sync == 1 and not tf.config.list_logical_devices('GPU')
+    if requested == 'auto':
+        return CPU_ENGINE if one_cpu else 'tensorflow'
+    if requested not in ENGINES:
+        raise SettingError(f"--engine {requested}: use auto, {' or '.join(ENGINES)}")
+    if requested == 'onnxruntime' and strategy.num_replicas_in_sync > 1:
+        raise SettingError(f"--engine onnxruntime runs on one CPU device, not "
+                           f"{strategy.num_replicas_in_sync} replicas: leave out "
+                           f"--engine or set cpu_replicas / multi_gpu_enabled off")
+    return requested
+
+
+def make_predict_fn(engine, mtl, dae, *, cfg, strategy, outputs):
+    """The window function predict.py blends (inference.predict_rows): the
+    networks run by TensorFlow (inference.make_predict_fn), or converted to
+    ONNX in a temporary folder and run by ONNX Runtime on every core."""
+    from utils import datasets, inference
+    if engine == 'tensorflow':
+        return inference.make_predict_fn(mtl, dae, cfg=cfg, strategy=strategy,
+                                         outputs=outputs)
+    folder = tempfile.mkdtemp(prefix='dsmnet_onnx_')
+    try:
+        models = [m for m in (mtl, dae) if m is not None]
+        serve = serving_function(mtl, dae, datasets.image_channels())
+        card = model_card(cfg, trained={}, correction=dae is not None, weights={})
+        card_path = os.path.join(folder, 'model_card.json')
+        with open(card_path, 'w') as f:
+            json.dump(card, f)
+        write_saved_model(serve, models, card_path, os.path.join(folder, 'saved_model'))
+        write_onnx(os.path.join(folder, 'saved_model'), card, os.path.join(folder, 'model.onnx'))
+        session = onnx_session(os.path.join(folder, 'model.onnx'))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return onnx_predict_fn(session, int(cfg.test_batch_size), set(outputs) | {'height'})
