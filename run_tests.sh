@@ -2,5 +2,5 @@
 # Run the test suite (sets up .venv/ on first use). Extra arguments go to pytest.
 set -eu
 cd "$(dirname "$0")"
-source scripts/python_env.sh
+need=tests source scripts/python_env.sh
 exec "$PY" -m pytest "$@"

@@ -41,7 +41,6 @@ import time
 
 import cv2
 import numpy as np
-import tifffile
 
 import machine
 
@@ -55,6 +54,7 @@ def write_tile(root, area, rows, cols, rng):
     """One Vaihingen-like area (the folders exist): terrain and buildings in
     the NDSM, classes and colours to match."""
     import config
+    from utils import raster
     codes = np.array(config.VAIHINGEN_CODES, np.uint8)
     small = rng.random((rows // 50, cols // 50)).astype(np.float32)
     terrain = cv2.resize(small, (cols, rows), interpolation=cv2.INTER_CUBIC) * 10
@@ -75,10 +75,10 @@ def write_tile(root, area, rows, cols, rng):
     noise = rng.integers(0, 40, (rows, cols, 3), dtype=np.uint8)
     rgb = (codes[classes] // 2 + noise).astype(np.uint8)
     name = f'top_mosaic_09cm_area{area}'
-    tifffile.imwrite(os.path.join(root, 'RGB', name + '.tif'), rgb)
+    raster.write_geotiff(os.path.join(root, 'RGB', name + '.tif'), rgb)
     cv2.imwrite(os.path.join(root, 'NDSM', f'dsm_09cm_matching_area{area}.jpg'),
                 np.clip(height, 0, 255).astype(np.uint8))
-    tifffile.imwrite(os.path.join(root, 'SEM', name + '.tif'), colours)
+    raster.write_geotiff(os.path.join(root, 'SEM', name + '.tif'), colours)
 
 
 def write_tiles(root, areas, rows, cols, jitter, seed=0):
