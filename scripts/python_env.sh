@@ -1,7 +1,7 @@
 # Sourced by run_train_test.sh and run_tests.sh: sets PY to a Python that has
 # the requirements. $PYTHON wins; else the active python3 if it has them;
 # else .venv/, created and filled from requirements.txt on first use.
-check='import sys, tensorflow, tensorboard, cv2, tifffile, matplotlib, pytest, xdist, rasterio, rio_cogeo, pyogrio, shapely, exactextract, cjio, onnx, onnxruntime, tf2onnx; assert sys.version_info >= (3, 10)'
+check='import sys, tensorflow, tensorboard, cv2, tifffile, matplotlib, pytest, xdist, rasterio, rio_cogeo, pyogrio, shapely, exactextract, cjio, onnx, onnxruntime, tf2onnx, pyflakes; assert sys.version_info >= (3, 10)'
 if [ -n "${PYTHON:-}" ]; then
     PY=$PYTHON
 elif python3 -c "$check" 2>/dev/null; then

@@ -7,7 +7,7 @@ import pytest
 
 import config
 from conftest import ROOT, run_python
-from utils import distribute, settings
+from utils import distribute, rules, settings
 from utils.errors import SettingError
 
 
@@ -240,7 +240,7 @@ def test_every_setting_rejects_a_value_of_the_wrong_type():
 
 
 def test_every_rule_beyond_a_type_has_a_bad_value_in_the_table():
-    typed_only = {n for n in settings.names() if settings.rule(n) in config.TYPES.values()}
+    typed_only = {n for n in settings.names() if settings.rule(n) in rules.TYPES.values()}
     assert set(settings.names()) - typed_only == {n for n, _ in BAD}
     assert typed_only and all(isinstance(getattr(config, n), (bool, str)) for n in typed_only)
 

@@ -18,34 +18,14 @@ import tifffile
 
 import config
 import predict
-from tests.conftest import ROOT, run_python
+from tests.conftest import PREDICT_TINY as TINY, ROOT, run_python
 from utils import checkpoints, datasets, distribute, inference, raster, settings
 from utils.errors import CheckpointError, DatasetError, ImageryWarning, SettingError, UserError
 
-# Tiny networks (1/16 widths) on 32 px windows; test_stride 10 overlaps them.
-TINY = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
-        'backbone_weights=None', 'dropout_rate=0', 'test_stride=10', 'predict_stride=10',
-        'test_batch_size=3']
 GEO = [(33550, 'd', 3, (0.5, 0.5, 0.0), True),
        (33922, 'd', 6, (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0), True),
        (34735, 'H', 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32632), True),
        (34737, 's', 0, 'WGS 84 / UTM zone 32N|', True)]
-
-
-@pytest.fixture(scope='module')
-def weights(tmp_path_factory):
-    """Tiny MTL and DAE weights files with their .json, and the networks."""
-    import keras
-    from utils import tasks
-    folder = tmp_path_factory.mktemp('weights')
-    settings.apply(TINY)
-    keras.utils.set_random_seed(3)
-    mtl = tasks.build_mtl(config, pretrained=False)
-    dae = tasks.build_dae(config)
-    paths = {'mtl': str(folder / 'mtl.weights.h5'), 'dae': str(folder / 'dae.weights.h5')}
-    checkpoints.save_weights(mtl, paths['mtl'], 'mtl')
-    checkpoints.save_weights(dae, paths['dae'], 'dae')
-    return dict(paths, models=(mtl, dae))
 
 
 @pytest.fixture(scope='module')
