@@ -21,11 +21,10 @@ import os
 import sys
 from typing import Literal
 
-from utils.rules import (class_codes, encoder_weights, folder_name, gpu_ids, label_value,
-                         number, radiometric_scale, tf_config, validation_metric,
-                         weights_file, whole)
+from utils.rules import (CROP_MULTIPLE, class_codes, encoder_weights, folder_name, gpu_ids,
+                         label_value, number, radiometric_scale, tf_config,
+                         validation_metric, weights_file, whole)
 
-CROP_MULTIPLE = 32      # cropSize's rule; utils/inference.py checks windows against it too
 
 # ----------------------------------------------------------------- devices
 multi_gpu_enabled: bool = False     # True: MirroredStrategy over every GPU in gpu_devices
@@ -211,11 +210,13 @@ PUBLISHED = dict(layout='split_folders', folders=None, cropSize=256, batch_size=
                  mtl_training_samples=10000, dae_training_samples=10000)
 
 
-def prepared_settings(name):
-    """The settings prepare_dataset.py recorded in <shortcut_path>/<name>/dataset.json
-    (those PUBLISHED names), or None when the dataset has no such file."""
-    path = os.path.join(shortcut_path, name, 'dataset.json') \
-        if isinstance(shortcut_path, str) and name else None
+def prepared_settings(name, root=None):
+    """The settings prepare_dataset.py recorded in <root>/<name>/dataset.json
+    (those PUBLISHED names), or None when the dataset has no such file.
+    root: the datasets root, default shortcut_path."""
+    root = shortcut_path if root is None else root
+    path = os.path.join(root, name, 'dataset.json') \
+        if isinstance(root, str) and name else None
     if not path or not os.path.isfile(path):
         return None
     with open(path) as f:
@@ -226,11 +227,11 @@ def prepared_settings(name):
     return {k: v for k, v in recorded.items() if k in PUBLISHED}
 
 
-def dataset_settings(name):
-    """The settings of a dataset name: those its dataset.json records (a
-    dataset prepare_dataset.py made), else the published entry (longest
-    matching prefix)."""
-    prepared = prepared_settings(name)
+def dataset_settings(name, root=None):
+    """The settings of a dataset name: those its dataset.json under `root`
+    (default shortcut_path) records (a dataset prepare_dataset.py made), else
+    the published entry (longest matching prefix)."""
+    prepared = prepared_settings(name, root)
     if prepared is not None:
         return dict(PUBLISHED, **prepared)
     matches = [k for k in DATASETS if name.startswith(k)]
@@ -253,15 +254,15 @@ FROM_DATASET = dict.fromkeys(
     None)
 FROM_DATASET['backbone_weights'] = 'auto'
 FROM_DATASET['unlabelled_code'] = 'auto'    # None: no unlabelled value, on any dataset
-# The settings whose None is worked out from other settings, and how.
+# The settings whose None is worked out from the other settings `s`, and how.
 DERIVED = {
-    'mtl_batchSize': lambda: batch_size,
-    'dae_batchSize': lambda: batch_size,
-    'test_stride': lambda: max(1, cropSize // 6),
-    'valid_stride': lambda: max(1, cropSize // 2),
-    'predict_stride': lambda: max(1, cropSize // 3),
-    'predCheckPointPath': lambda: trained_weights('mtl'),
-    'corrCheckPointPath': lambda: trained_weights('dae'),
+    'mtl_batchSize': lambda s: s['batch_size'],
+    'dae_batchSize': lambda s: s['batch_size'],
+    'test_stride': lambda s: max(1, s['cropSize'] // 6),
+    'valid_stride': lambda s: max(1, s['cropSize'] // 2),
+    'predict_stride': lambda s: max(1, s['cropSize'] // 3),
+    'predCheckPointPath': lambda s: trained_weights('mtl', s),
+    'corrCheckPointPath': lambda s: trained_weights('dae', s),
 }
 # What a training run keeps in its folder: the best weights by validation, or
 # without validation (train_valid_flag = False) the weights of its last
@@ -269,37 +270,50 @@ DERIVED = {
 BEST_WEIGHTS, LAST_WEIGHTS = 'best.weights.h5', 'last.weights.h5'
 
 
-def trained_weights(stage):
+def trained_weights(stage, s=None):
     """The weights file a stage's run in its default folder kept: of
     best.weights.h5 and last.weights.h5 the one written last (best when
-    neither exists, so the error about it names the usual file)."""
-    run = os.path.join(checkpoint_root, dataset_name, stage)
+    neither exists, so the error about it names the usual file).
+    s: the settings, as a dict (default: this module's)."""
+    s = globals() if s is None else s
+    run = os.path.join(s['checkpoint_root'], s['dataset_name'], stage)
     files = [os.path.join(run, name) for name in (BEST_WEIGHTS, LAST_WEIGHTS)]
     found = [f for f in files if os.path.exists(f)]
     return max(found, key=os.path.getmtime) if found else files[0]
 
 
-def resolve():
-    """Fill the settings above that are left to the dataset or to other
-    settings, from what this file (or --set) declares for them in `declared`.
-    utils/settings.override runs it again after every change. A value of the
-    wrong type is left for its rule to name, never an error here."""
-    module = globals()
-    entry = dataset_settings(dataset_name if isinstance(dataset_name, str) else '')
+def resolved(values):
+    """The settings `values` ({name: value as declared or set}, every setting)
+    with those left to the dataset or to other settings filled in, and the
+    dataset's `layout` and `folders`. A value of the wrong type is left for
+    its rule to name, never an error here."""
+    s = dict(values)
+    name = s['dataset_name']
+    entry = dataset_settings(name if isinstance(name, str) else '', s['shortcut_path'])
     for key, ask in FROM_DATASET.items():
-        value = declared[key]
-        module[key] = entry[key] if value == ask else value
-    module['layout'] = entry['layout']
-    if isinstance(label_codes, (list, tuple)):   # colours may be written as lists
-        module['label_codes'] = [tuple(c) if isinstance(c, (list, tuple)) else c
-                                for c in label_codes]
-    if isinstance(unlabelled_code, list):
-        module['unlabelled_code'] = tuple(unlabelled_code)
+        if s[key] == ask:
+            s[key] = entry[key]
+    s['layout'], s['folders'] = entry['layout'], entry['folders']
+    if isinstance(s['label_codes'], (list, tuple)):   # colours may be written as lists
+        s['label_codes'] = [tuple(c) if isinstance(c, (list, tuple)) else c
+                            for c in s['label_codes']]
+    if isinstance(s['unlabelled_code'], list):
+        s['unlabelled_code'] = tuple(s['unlabelled_code'])
     for key, derive in DERIVED.items():
         try:
-            module[key] = derive() if declared[key] is None else declared[key]
+            s[key] = derive(s) if s[key] is None else s[key]
         except TypeError:
-            module[key] = None
+            s[key] = None
+    return s
+
+
+def resolve():
+    """Fill this module's settings that are left to the dataset or to other
+    settings, from what this file (or --set) declares for them in `declared`.
+    utils/settings.override runs it again after every change."""
+    asked = (*FROM_DATASET, *DERIVED)
+    globals().update(resolved({**{key: globals()[key] for key in __annotations__},
+                               **{key: declared[key] for key in asked}}))
 
 
 # Environment variables read with the settings, checked with them.

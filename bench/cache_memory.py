@@ -50,7 +50,7 @@ def measure(code, workdir, tiles, sets):
     from utils import datasets, distribute, pipeline, settings, tasks
     settings.apply(['dataset_name=Vaihingen', f'shortcut_path={workdir}'] + sets)
     datasets.VAIHINGEN_AREAS['train'] = datasets.VAIHINGEN_AREAS['train'][:tiles]
-    datasets.find_split('train')
+    datasets.find_split(config, 'train')
     strategy = distribute.get_strategy(config)  # the runtime and devices start before the baseline
     tf.constant(0)
     try:

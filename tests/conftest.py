@@ -61,8 +61,6 @@ def restore_config():
         setattr(config, key, copy.deepcopy(value))
     config.declared.update(copy.deepcopy(_ORIGINAL_DECLARED))
     config.resolve()
-    if 'utils.datasets' in sys.modules:     # the last checked training images' statistics
-        sys.modules['utils.datasets'].training_images.clear()
 
 
 @pytest.fixture(autouse=True)
@@ -122,8 +120,8 @@ def weights(tmp_path_factory):
     mtl = tasks.build_mtl(config, pretrained=False)
     dae = tasks.build_dae(config)
     paths = {'mtl': str(folder / 'mtl.weights.h5'), 'dae': str(folder / 'dae.weights.h5')}
-    checkpoints.save_weights(mtl, paths['mtl'], 'mtl')
-    checkpoints.save_weights(dae, paths['dae'], 'dae')
+    checkpoints.save_weights(mtl, paths['mtl'], 'mtl', config)
+    checkpoints.save_weights(dae, paths['dae'], 'dae', config)
     return dict(paths, models=(mtl, dae))
 
 
@@ -146,7 +144,7 @@ def synthetic_root(tmp_path_factory):
         fcntl.flock(lock, fcntl.LOCK_EX)
         saved, config.shortcut_path = config.shortcut_path, str(root)
         try:
-            datasets.find_split('train')     # generates it unless complete
+            datasets.find_split(config, 'train')     # generates it unless complete
         finally:
             config.shortcut_path = saved
     return str(root)

@@ -63,7 +63,7 @@ def test_streamed_equals_in_memory(predict_fn, tmp_path, shape, dtype, layout):
     paths = predict.output_paths(str(tmp_path), 'img', ('height', 'sem', 'norm'))
     predict.predict_image(fn, path, paths, [0, 1, 2])
 
-    image = datasets.read_image(path)    # the in-memory path: whole image, predict_tile
+    image = datasets.read_image(config, path)    # the in-memory path: whole image, predict_tile
     h, w = shape[:2]
     padded = np.pad(image, ((0, max(32 - h, 0)), (0, max(32 - w, 0)), (0, 0)), mode='reflect')
     ref = inference.predict_tile(fn, padded, 32, 10, window=config.predict_window)
@@ -312,10 +312,15 @@ def test_trained_settings_come_from_the_json(weights, tmp_path):
     """Only --set dataset_name-like options: cropSize and widths from the .json."""
     # The user's settings, whichever test built the weights first.
     settings.apply(['cropSize=96', 'mtl_decoder_scale=0.25', 'dae_width_scale=0.25'])
-    checkpoints.adopt_settings(weights['mtl'], 'mtl')
-    checkpoints.adopt_settings(weights['dae'], 'dae', keep={'dae_width_scale'})
-    assert config.cropSize == 32 and config.mtl_decoder_scale == 0.0625
-    assert config.dae_width_scale == 0.25      # kept: the user set it
+    user = settings.current()
+    cfg, imagery = checkpoints.trained_settings(user, weights['mtl'], weights['dae'],
+                                                keep={'dae_width_scale'})
+    assert cfg.cropSize == 32 and cfg.mtl_decoder_scale == 0.0625
+    assert cfg.dae_width_scale == 0.25      # kept: the user set it
+    assert cfg.predict_stride == 32 // 3    # derived from the adopted cropSize
+    assert imagery['bands'] == [1, 2, 3]
+    # Nothing global changed: config and the user's settings are as set.
+    assert config.cropSize == user.cropSize == 96 and config.mtl_decoder_scale == 0.25
 
 
 def test_only_chief_and_worker_tasks_predict(weights, tmp_path, monkeypatch, capsys):

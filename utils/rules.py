@@ -17,6 +17,10 @@ import typing
 
 from utils.errors import SettingError
 
+# cropSize's rule (the MTL's encoder halves the side 5 times); utils/inference.py
+# checks windows against it too.
+CROP_MULTIPLE = 32
+
 
 class Rule:
     """What a setting may be: `allowed`, in the words an error shows;

@@ -264,8 +264,8 @@ class Trainer:
             f"strategy        {type(self.strategy).__name__}, {replicas} replica(s)",
             f"batch           {self.global_batch // replicas} per replica, "
             f"{self.global_batch} global",
-            f"images          {len(datasets.find_split('train'))} train, "
-            f"{len(datasets.find_split('valid')) if cfg.train_valid_flag else 0} valid",
+            f"images          {len(datasets.find_split(cfg, 'train'))} train, "
+            f"{len(datasets.find_split(cfg, 'valid')) if cfg.train_valid_flag else 0} valid",
             f"samples/epoch   {steps * self.global_batch}",
             f"steps per epoch {steps}, epochs {self.task.epochs}",
             f"checkpoints     {os.path.join(self.dir, 'train_state')} "
@@ -292,6 +292,10 @@ class Trainer:
                     f"{os.path.join(self.dir, 'train_state')} is untouched. Look for "
                     f"NaN or extreme values in the data, or lower the learning rate.")
 
+    def _save_weights(self, extra=None):
+        checkpoints.save_weights(self.model, self.best_path, self.stage, self.cfg, extra,
+                                 self.task.imagery)
+
     def _improved(self, value):
         best = float(self.best.numpy())
         if math.isnan(best):
@@ -312,8 +316,7 @@ class Trainer:
         stop = False
         if metrics is None:   # nothing held out: keep the latest weights
             if self.chief:
-                checkpoints.save_weights(self.model, self.best_path, self.stage,
-                                         extra={'epoch': epoch + 1, 'kept': 'last'})
+                self._save_weights(extra={'epoch': epoch + 1, 'kept': 'last'})
         else:
             value = float(metrics[cfg.eval_metric])
             record.update({f'val_{k}': v for k, v in metrics.items()
@@ -322,8 +325,7 @@ class Trainer:
                 self.best.assign(value)
                 self.bad_epochs.assign(0)
                 if self.chief:
-                    checkpoints.save_weights(self.model, self.best_path, self.stage,
-                                             extra={'epoch': epoch + 1, 'metrics': record})
+                    self._save_weights(extra={'epoch': epoch + 1, 'metrics': record})
                     self.log.info(f"best {cfg.eval_metric} so far: {value:.4f}, "
                                   f"weights saved: {self.best_path}")
             elif finished:
@@ -412,7 +414,7 @@ class Trainer:
             self.log.info("interrupted: state saved; run the same command to resume")
             raise SystemExit(130)
         if self.chief and not os.path.exists(self.best_path):
-                checkpoints.save_weights(self.model, self.best_path, self.stage)
+                self._save_weights()
         self.log.info(f"done after {int(self.step.numpy())} steps; "
                       f"{'best' if self.validated else 'last'} weights: {self.best_path}")
         return self.history
