@@ -126,13 +126,18 @@ class Layout:
                                         # dataset's DATASETS entry names its own
 
 
+def layout_named(name):
+    """The row of LAYOUTS named `name`, or None."""
+    return next((row for row in LAYOUTS if row.name == name), None)
+
+
 def layout(cfg):
     """The row of LAYOUTS that cfg.layout names."""
-    for row in LAYOUTS:
-        if row.name == cfg.layout:
-            return row
-    raise DatasetError(f"Unknown layout {cfg.layout!r} for dataset {cfg.dataset_name!r}; "
-                       f"expected one of {', '.join(row.name for row in LAYOUTS)}.")
+    row = layout_named(cfg.layout)
+    if row is None:
+        raise DatasetError(f"Unknown layout {cfg.layout!r} for dataset {cfg.dataset_name!r}; "
+                           f"expected one of {', '.join(row.name for row in LAYOUTS)}.")
+    return row
 
 
 def is_tile_dataset(cfg):
