@@ -101,7 +101,7 @@ def test_a_run_without_validation_keeps_its_last_weights_where_the_next_stage_lo
     assert config.predCheckPointPath == best       # nothing trained yet: the usual name
     trainer = Trainer(tasks.MTLTask(config), distribute.get_strategy(config))
     assert trainer.best_path == last and not trainer.validated
-    assert trainer._kept().startswith(f"last weights    {last} (no validation, "
+    assert trainer.kept.describe().startswith(f"last weights    {last} (no validation, "
                                       f"train_valid_flag = False")
     os.makedirs(run)
     for path, seconds in ((best, 1), (last, 2)):    # last written after best

@@ -1,5 +1,5 @@
 """Best-weights files with the settings that shape the network beside them,
-and the training state a run resumes from.
+and the training state a run resumes from (TrainingState).
 
 `<path>` holds the Keras weights, `<path>.json` the settings; loading checks
 them against the run's settings `cfg` so a wrong flag is reported by name instead of as a
@@ -9,6 +9,9 @@ and renamed, so an interrupted write never replaces a good file.
 import glob
 import json
 import os
+import shutil
+import tempfile
+import time
 
 import tensorflow as tf
 
@@ -293,3 +296,56 @@ def restore_newest_readable(checkpoint, state, log, chief=True):
             f"put intact copies there, or set resume = False to start again "
             f"(the run folder is moved aside)")
     return None
+
+
+class TrainingState:
+    """What a run resumes from: `variables` (weights, optimizer, counters; the
+    names are the checkpoint's keys) in a tf.train.Checkpoint of which the
+    two newest are kept in <run_dir>/train_state, and the epoch records
+    (`history`) beside them in history.json. Only the chief keeps files; the
+    other workers take part in every save (it is collective) in a scratch
+    folder. save() works from construction on."""
+
+    def __init__(self, run_dir, chief, **variables):
+        self.dir, self.chief = run_dir, chief
+        self.folder = os.path.join(run_dir, 'train_state')
+        self.checkpoint = tf.train.Checkpoint(**variables)
+        self.history = []
+        self.manager = self._manager()
+
+    def _manager(self):
+        directory = self.folder if self.chief else tempfile.mkdtemp(prefix='dsmnet_worker_')
+        return tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
+
+    def set_aside(self, resume):
+        """With resume = False, a previous run's folder is moved aside (by the
+        chief) before this run writes anything."""
+        if saved_states(self.folder) and not resume:
+            aside = f"{self.dir}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+            if self.chief:
+                shutil.move(self.dir, aside)
+                print(f"resume = False: the previous run was moved to {aside}")
+
+    def restore(self, log, resume):
+        """With `resume`, restore the newest readable state and its history
+        (restore_newest_readable); its prefix, or None for a new run."""
+        restored = restore_newest_readable(
+            self.checkpoint, self.folder, log, self.chief) if resume else None
+        self.manager = self._manager()
+        history = os.path.join(self.dir, 'history.json')
+        if restored and os.path.exists(history):
+            with open(history) as f:
+                self.history = json.load(f)
+        return restored
+
+    def save(self, step, log):
+        path = self.manager.save(checkpoint_number=step)
+        if self.chief:
+            with open(os.path.join(self.dir, 'history.json.tmp'), 'w') as f:
+                json.dump(self.history, f, indent=1)
+            os.replace(os.path.join(self.dir, 'history.json.tmp'),
+                       os.path.join(self.dir, 'history.json'))
+            log.info(f"checkpoint saved: {path} (step {step})")
+        else:
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
+            self.manager = self._manager()

@@ -68,7 +68,8 @@ class Task:
 
     build_model() runs inside the strategy's scope (Trainer calls it there)
     and returns the network the stage trains; loss_fns() then gives
-    (terms_fn, total_fn) for it. imagery: the training images' band
+    (terms_fn, total_fn) for it, and gradients() the step's forward, losses
+    and backward, which the Trainer runs on every replica. imagery: the training images' band
     statistics (datasets.SplitSummary.imagery()), recorded beside the best
     weights.
     """
@@ -106,6 +107,34 @@ class Task:
     @property
     def run_dir(self):
         return os.path.join(self.cfg.checkpoint_root, self.cfg.dataset_name, self.stage)
+
+    def make_optimizer(self, model):
+        """Adam with the stage's settings, slots built now (inside the strategy scope)."""
+        import keras
+        optimizer = keras.optimizers.Adam(learning_rate=self.lr, beta_1=self.beta_1,
+                                          epsilon=self.cfg.adam_epsilon)
+        if self.cfg.mixed_precision == 'mixed_float16':
+            optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+        return optimizer
+
+    def gradients(self, model, optimizer, losses, batch, global_batch):
+        """The stage's step on one replica's batch, forward and backward:
+        (loss terms averaged over the global batch, 'loss' their total,
+        gradients of model's trainable variables). losses: loss_fns()."""
+        import tensorflow as tf
+        terms_fn, total_fn = losses
+        with tf.GradientTape() as tape:
+            terms = terms_fn(batch, training=True)
+            loss = tf.nn.compute_average_loss(total_fn(terms), global_batch_size=global_batch)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            scaled = optimizer.scale_loss(loss)   # identity unless float16
+        grads = tape.gradient(scaled, model.trainable_variables)
+        report = {k: tf.nn.compute_average_loss(v, global_batch_size=global_batch)
+                  for k, v in terms.items()}
+        report['loss'] = loss
+        return report, grads
 
     def steps_per_epoch(self, global_batch):
         return pipeline.steps_per_epoch(self, global_batch)
