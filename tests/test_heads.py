@@ -21,7 +21,7 @@ from utils import (checkpoints, datasets, distribute, evaluation, heads, inferen
 def test_the_table_is_the_published_heads():
     """Names, term names and settings are in weights files, logs and config.py:
     they and their order must not change."""
-    rows = [(h.name, h.term, h.weight, h.flag, h.default) for h in heads.HEADS]
+    rows = [(h.name, h.term, h.weight, h.flag, h.on_by_default) for h in heads.HEADS]
     assert rows == [('height', 'dsm', 'w1', None, True), ('sem', 'sem', 'w2', 'sem_flag', True),
                     ('norm', 'norm', 'w3', 'norm_flag', True),
                     ('edge', 'edge', 'w4', 'edge_flag', False)]

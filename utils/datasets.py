@@ -380,9 +380,9 @@ def _single_channel(array, path, what):
     return array
 
 
-def to_unit(array):
-    """An in-memory band stack scaled to float32 [0, 1] as image files are
-    with image_scale = 'minmax' for floats outside [0, 1] (SAR: averaged bands)."""
+def sar_to_unit(array):
+    """The SAR channel (read_sar: its bands averaged) scaled to float32 [0, 1]
+    as image files are with image_scale = 'minmax' for floats outside [0, 1]."""
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if array.dtype == np.uint16:
@@ -415,7 +415,7 @@ def read_sar(path):
     array, _ = read_raw(path)
     if array.ndim == 3:
         array = array.astype(np.float64).mean(axis=-1) if array.shape[2] > 1 else array[..., 0]
-    return to_unit(array)
+    return sar_to_unit(array)
 
 
 def read_height(path, nodata_to_nan=True):
