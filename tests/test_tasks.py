@@ -141,7 +141,8 @@ def test_two_settings_in_one_process_each_read_their_own_data(synthetic_root, tm
     """Two tasks of two Settings in one process, used in turn: each finds,
     checks and batches its own dataset (the second's heights are the first's
     raised by 100 m), the first's batches are the same before and after the
-    second's, and config itself is left as it was."""
+    second's, and config itself is left as it was. A third on the first's
+    files scales their values by its own image_scale."""
     settings.apply(TINY)
     a = settings.current().replace(shortcut_path=synthetic_root)
     for split, count in (('train', 2), ('valid', 1)):
@@ -165,6 +166,11 @@ def test_two_settings_in_one_process_each_read_their_own_data(synthetic_root, tm
     # The synthetic heights are 0-27 m (config.py's DATASETS entry).
     assert first.max() < 50 and raised.min() > 50
     np.testing.assert_array_equal(first, again)
+    # uint8 images: 'auto' divides by 255, image_scale = 510 by twice that
+    # (float32 division: the halves agree to one rounding, 2**-24 relative).
+    images = [next(iter(tasks.MTLTask(s).train_dataset(2, epoch=0)))['image'].numpy()
+              for s in (a, a.replace(image_scale=510))]
+    np.testing.assert_allclose(images[1], images[0] / 2, rtol=2 ** -23, atol=0)
     mean_a = datasets.check_training_splits(a).band_mean
     mean_b = datasets.check_training_splits(b).band_mean
     assert mean_a != mean_b     # all synthetic training images vs two of them

@@ -359,7 +359,8 @@ class _Cache:
 
 def _cache_key(samples, cfg):
     """Everything the decoded fields depend on (and cropSize, which _decode checks)."""
-    return (tuple(samples), cfg.sar_mode, tuple(cfg.label_codes), cfg.cropSize) + \
+    return (tuple(samples), cfg.sar_mode, tuple(cfg.label_codes), cfg.unlabelled_code,
+            cfg.image_scale, cfg.cropSize) + \
         tuple((h.name,) + tuple(getattr(cfg, k) for k in h.depends_on)
               for h in heads.from_config(cfg))
 
