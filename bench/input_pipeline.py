@@ -30,6 +30,7 @@ three files (datasets.load_sample), compute the normals of the whole tile
 (geometry.surface_normals), crop the batch in a Python loop; one thread.
 """
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -135,7 +136,9 @@ def child(code, workdir, tiles, sets):
     from utils import datasets, pipeline, settings, tasks
     settings.apply([f'shortcut_path={workdir}'] + SETTINGS + sets)
     datasets.VAIHINGEN_AREAS['train'] = datasets.VAIHINGEN_AREAS['train'][:tiles]
-    datasets.find_split(config, 'train')
+    # A checkout from before the settings were an argument reads config itself.
+    takes_settings = 'cfg' in inspect.signature(datasets.find_split).parameters
+    datasets.find_split(*([config] if takes_settings else []), 'train')
     batch = config.mtl_global_batch_size
     task = tasks.MTLTask(config)
     tf.constant(0)                      # the runtime starts before the baseline
