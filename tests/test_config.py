@@ -492,3 +492,16 @@ def test_seed_style_script(tmp_path, edited, sets, replicas):
     assert out['global_batch_size'] == out['mtl_global_batch_size'] == per_replica * replicas
     assert out['dae_global_batch_size'] == dae * replicas
     assert out['counts'] == [per_replica] * replicas    # each replica its own share
+
+
+def test_settings_are_frozen_and_replace_resolves_and_checks():
+    s = settings.current()
+    with pytest.raises(AttributeError, match='frozen'):
+        s.cropSize = 64
+    with pytest.raises(SettingError, match=r'cropSize = 100: use a multiple of 32'):
+        s.replace(cropSize=100)
+    with pytest.raises(SettingError, match="unknown setting 'cropsize'"):
+        s.replace(cropsize=64)
+    v = s.replace(dataset_name='Vaihingen')     # its published crop, and what derives from it
+    assert (v.cropSize, v.test_stride, v.layout) == (320, 320 // 6, 'vaihingen')
+    assert (s.cropSize, config.cropSize, config.dataset_name) == (96, 96, 'synthetic')
