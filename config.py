@@ -5,33 +5,36 @@ Edit the values below, or override any of them for one run with
 Settings marked "None: from the dataset" take the published value for
 `dataset_name` from the DATASETS table at the bottom.
 
-The annotation after each name is what the setting may be (its rule, see
-"Rules" at the bottom). Every rule is checked once, right after `--set` and
-before TensorFlow starts; a value that breaks one stops the run with one
-line naming the setting, its value and what is allowed.
+The annotation after each name is what the setting may be (its rule: a
+type, the strings a Literal lists, or a rule of utils/rules.py). Every rule
+is checked once, right after `--set` and before TensorFlow starts; a value
+that breaks one stops the run with one line naming the setting, its value
+and what is allowed.
 
 `strategy` and the `*global_batch_size` names are computed on first use,
 after any `--set` overrides, from the distribution settings; `from config
-import *` gives them too. Until then this file imports nothing of the
-project's, so `import config` alone never starts TensorFlow.
+import *` gives them too. Until then this file imports only utils/rules.py
+of the project's, so `import config` alone never starts TensorFlow.
 """
-from __future__ import annotations   # the rules are read when checked, not here
-
 import json
 import os
 import sys
+from typing import Literal
 
-CROP_MULTIPLE = 32      # cropSize's rule; utils/inference.py checks windows against it too
+from utils.rules import (CROP_MULTIPLE, class_codes, encoder_weights, folder_name, gpu_ids,
+                         label_value, number, radiometric_scale, tf_config,
+                         validation_metric, weights_file, whole)
+
 
 # ----------------------------------------------------------------- devices
 multi_gpu_enabled: bool = False     # True: MirroredStrategy over every GPU in gpu_devices
 gpu_devices: gpu_ids = "0"          # comma-separated GPU ids, e.g. "0,1"
 cpu_replicas: whole(at_least=0) = 0  # >1, mirrored: that many CPU replicas, GPUs hidden
-distribution: one_of('auto', 'default', 'mirrored', 'multi_worker') = 'auto'
+distribution: Literal['auto', 'default', 'mirrored', 'multi_worker'] = 'auto'
                             # 'auto': multi_worker when the TF_CONFIG environment
                             # variable is set, else mirrored when multi_gpu_enabled,
                             # else default; TF_CONFIG's rule: ENVIRONMENT below
-mixed_precision: one_of('float32', 'mixed_bfloat16', 'mixed_float16') = 'float32'
+mixed_precision: Literal['float32', 'mixed_bfloat16', 'mixed_float16'] = 'float32'
 jit_compile: bool = False           # XLA-compile the train and inference steps
 steps_per_execution: whole(at_least=1) = 1  # train steps run inside one tf.function call
 sync_batchnorm: bool = False        # BatchNormalization statistics over the global batch
@@ -69,7 +72,7 @@ backbone_weights: encoder_weights = 'auto'  # 'imagenet' | None (random init) | 
                             # path; 'auto': from the dataset (None for synthetic)
 mtl_decoder_scale: number(above=0) = None   # multiplies decoder widths (1.0 = paper);
                             # None: from the dataset
-mtl_head_mode: one_of('dsm', 'full') = 'dsm'    # 'dsm' (paper) | 'full'
+mtl_head_mode: Literal['dsm', 'full'] = 'dsm'    # 'dsm' (paper) | 'full'
 sem_flag: bool = None              # the semantics head; None: from the dataset (True;
                             # False for a region prepared without labels)
 norm_flag: bool = True
@@ -85,7 +88,7 @@ w1: number(at_least=0) = None       # height weight; None: from the dataset
 w2: number(at_least=0) = None       # semantics
 w3: number(at_least=0) = None       # normals
 w4: number(at_least=0) = None       # edges
-reg_loss: one_of('mse', 'huber') = 'mse'
+reg_loss: Literal['mse', 'huber'] = 'mse'
 huber_delta: number(above=0) = 1.0
 
 # ----------------------------------------------------------------- MTL training
@@ -148,7 +151,7 @@ test_batch_size: whole(at_least=1) = 8  # windows per inference call (global)
 # predict.py's windows (test_dsm.py keeps the published test_stride, Gaussian,
 # no flips): chosen from bench/predict_quality.py's table (README, Predict).
 predict_stride: whole(at_least=1, at_most='cropSize') = None   # None: cropSize // 3
-predict_window: one_of('gaussian', 'hann', 'triangle', 'trapezoid', 'flat') = 'trapezoid'
+predict_window: Literal['gaussian', 'hann', 'triangle', 'trapezoid', 'flat'] = 'trapezoid'
                             # blending weight: 'gaussian' as published, or the outer
                             # product of a sin^2 / triangular / trapezoidal / flat
                             # profile
@@ -207,11 +210,13 @@ PUBLISHED = dict(layout='split_folders', folders=None, cropSize=256, batch_size=
                  mtl_training_samples=10000, dae_training_samples=10000)
 
 
-def prepared_settings(name):
-    """The settings prepare_dataset.py recorded in <shortcut_path>/<name>/dataset.json
-    (those PUBLISHED names), or None when the dataset has no such file."""
-    path = os.path.join(shortcut_path, name, 'dataset.json') \
-        if isinstance(shortcut_path, str) and name else None
+def prepared_settings(name, root=None):
+    """The settings prepare_dataset.py recorded in <root>/<name>/dataset.json
+    (those PUBLISHED names), or None when the dataset has no such file.
+    root: the datasets root, default shortcut_path."""
+    root = shortcut_path if root is None else root
+    path = os.path.join(root, name, 'dataset.json') \
+        if isinstance(root, str) and name else None
     if not path or not os.path.isfile(path):
         return None
     with open(path) as f:
@@ -222,11 +227,11 @@ def prepared_settings(name):
     return {k: v for k, v in recorded.items() if k in PUBLISHED}
 
 
-def dataset_settings(name):
-    """The settings of a dataset name: those its dataset.json records (a
-    dataset prepare_dataset.py made), else the published entry (longest
-    matching prefix)."""
-    prepared = prepared_settings(name)
+def dataset_settings(name, root=None):
+    """The settings of a dataset name: those its dataset.json under `root`
+    (default shortcut_path) records (a dataset prepare_dataset.py made), else
+    the published entry (longest matching prefix)."""
+    prepared = prepared_settings(name, root)
     if prepared is not None:
         return dict(PUBLISHED, **prepared)
     matches = [k for k in DATASETS if name.startswith(k)]
@@ -249,15 +254,15 @@ FROM_DATASET = dict.fromkeys(
     None)
 FROM_DATASET['backbone_weights'] = 'auto'
 FROM_DATASET['unlabelled_code'] = 'auto'    # None: no unlabelled value, on any dataset
-# The settings whose None is worked out from other settings, and how.
+# The settings whose None is worked out from the other settings `s`, and how.
 DERIVED = {
-    'mtl_batchSize': lambda: batch_size,
-    'dae_batchSize': lambda: batch_size,
-    'test_stride': lambda: max(1, cropSize // 6),
-    'valid_stride': lambda: max(1, cropSize // 2),
-    'predict_stride': lambda: max(1, cropSize // 3),
-    'predCheckPointPath': lambda: trained_weights('mtl'),
-    'corrCheckPointPath': lambda: trained_weights('dae'),
+    'mtl_batchSize': lambda s: s['batch_size'],
+    'dae_batchSize': lambda s: s['batch_size'],
+    'test_stride': lambda s: max(1, s['cropSize'] // 6),
+    'valid_stride': lambda s: max(1, s['cropSize'] // 2),
+    'predict_stride': lambda s: max(1, s['cropSize'] // 3),
+    'predCheckPointPath': lambda s: trained_weights('mtl', s),
+    'corrCheckPointPath': lambda s: trained_weights('dae', s),
 }
 # What a training run keeps in its folder: the best weights by validation, or
 # without validation (train_valid_flag = False) the weights of its last
@@ -265,162 +270,54 @@ DERIVED = {
 BEST_WEIGHTS, LAST_WEIGHTS = 'best.weights.h5', 'last.weights.h5'
 
 
-def trained_weights(stage):
+def trained_weights(stage, s=None):
     """The weights file a stage's run in its default folder kept: of
     best.weights.h5 and last.weights.h5 the one written last (best when
-    neither exists, so the error about it names the usual file)."""
-    run = os.path.join(checkpoint_root, dataset_name, stage)
+    neither exists, so the error about it names the usual file).
+    s: the settings, as a dict (default: this module's)."""
+    s = globals() if s is None else s
+    run = os.path.join(s['checkpoint_root'], s['dataset_name'], stage)
     files = [os.path.join(run, name) for name in (BEST_WEIGHTS, LAST_WEIGHTS)]
     found = [f for f in files if os.path.exists(f)]
     return max(found, key=os.path.getmtime) if found else files[0]
 
 
-def resolve():
-    """Fill the settings above that are left to the dataset or to other
-    settings, from what this file (or --set) declares for them in `declared`.
-    utils/settings.override runs it again after every change. A value of the
-    wrong type is left for its rule to name, never an error here."""
-    module = globals()
-    entry = dataset_settings(dataset_name if isinstance(dataset_name, str) else '')
+def resolved(values):
+    """The settings `values` ({name: value as declared or set}, every setting)
+    with those left to the dataset or to other settings filled in, and the
+    dataset's `layout` and `folders`. A value of the wrong type is left for
+    its rule to name, never an error here."""
+    s = dict(values)
+    name = s['dataset_name']
+    entry = dataset_settings(name if isinstance(name, str) else '', s['shortcut_path'])
     for key, ask in FROM_DATASET.items():
-        value = declared[key]
-        module[key] = entry[key] if value == ask else value
-    module['layout'] = entry['layout']
-    if isinstance(label_codes, (list, tuple)):   # colours may be written as lists
-        module['label_codes'] = [tuple(c) if isinstance(c, (list, tuple)) else c
-                                for c in label_codes]
-    if isinstance(unlabelled_code, list):
-        module['unlabelled_code'] = tuple(unlabelled_code)
+        if s[key] == ask:
+            s[key] = entry[key]
+    s['layout'], s['folders'] = entry['layout'], entry['folders']
+    if isinstance(s['label_codes'], (list, tuple)):   # colours may be written as lists
+        s['label_codes'] = [tuple(c) if isinstance(c, (list, tuple)) else c
+                            for c in s['label_codes']]
+    if isinstance(s['unlabelled_code'], list):
+        s['unlabelled_code'] = tuple(s['unlabelled_code'])
     for key, derive in DERIVED.items():
         try:
-            module[key] = derive() if declared[key] is None else declared[key]
+            s[key] = derive(s) if s[key] is None else s[key]
         except TypeError:
-            module[key] = None
+            s[key] = None
+    return s
 
 
-# ----------------------------------------------------------------- rules
-# The words in the annotations above. utils/settings.py evaluates a
-# setting's annotation here when it checks the setting, tests the value and
-# reads `--set` text as the rule's kind.
-class Rule:
-    """What a setting may be: `allowed`, in the words an error shows;
-    `test(value)`, true for a value that works; `kind`, how `--set` reads
-    its text (bool, int, float, str, 'literal' for a Python value, or
-    'number_or_word': a number if the text is one, else the text)."""
-
-    def __init__(self, allowed, test, kind):
-        self.allowed, self.test, self.kind = allowed, test, kind
+def resolve():
+    """Fill this module's settings that are left to the dataset or to other
+    settings, from what this file (or --set) declares for them in `declared`.
+    utils/settings.override runs it again after every change."""
+    asked = (*FROM_DATASET, *DERIVED)
+    globals().update(resolved({**{key: globals()[key] for key in __annotations__},
+                               **{key: declared[key] for key in asked}}))
 
 
-def _is(value, kind):
-    return isinstance(value, kind) and not isinstance(value, bool)
-
-
-def _bounds(**bounds):
-    """(words, test) for bounds; a bound given as a string names another setting."""
-    ops = {'at_least': ('>=', lambda a, b: a >= b), 'above': ('>', lambda a, b: a > b),
-           'below': ('<', lambda a, b: a < b), 'at_most': ('<=', lambda a, b: a <= b)}
-    given = [(key, bound) for key, bound in bounds.items() if bound is not None]
-    words = ' and '.join(f'{ops[key][0]} {bound}' for key, bound in given)
-
-    def test(value):
-        return all(ops[key][1](value, globals()[bound] if isinstance(bound, str) else bound)
-                   for key, bound in given)
-    return (' ' + words if words else ''), test
-
-
-def _either(choices):
-    shown = [repr(c) for c in choices]
-    return ', '.join(shown[:-1]) + ' or ' + shown[-1] if len(shown) > 1 else shown[0]
-
-
-def whole(at_least=None, at_most=None, multiple_of=None):
-    """A whole number within the bounds, and a multiple of `multiple_of`."""
-    words, within = _bounds(at_least=at_least, at_most=at_most)
-    kind = f'a multiple of {multiple_of}' if multiple_of else 'a whole number'
-    return Rule(kind + words, lambda v: _is(v, int) and within(v) and
-                (not multiple_of or v % multiple_of == 0), int)
-
-
-def number(at_least=None, above=None, below=None, at_most=None):
-    """A number (whole or not) within the bounds."""
-    words, within = _bounds(at_least=at_least, above=above, below=below, at_most=at_most)
-    return Rule('a number' + words, lambda v: _is(v, (int, float)) and v == v and within(v),
-                float)
-
-
-def one_of(*choices):
-    """One of the strings `choices`."""
-    return Rule(_either(choices), lambda v: isinstance(v, str) and v in choices, str)
-
-
-def _gpu_ids(value):
-    if not _is(value, (str, int)):
-        return False
-    parts = [p.strip() for p in str(value).split(',')]
-    return all(p.isascii() and p.isdigit() for p in parts) and \
-        len({int(p) for p in parts}) == len(parts)
-
-
-def _colour(c):
-    return isinstance(c, tuple) and len(c) == 3 and all(_is(x, int) and 0 <= x <= 255
-                                                        for x in c)
-
-
-def _class_codes(codes):
-    return isinstance(codes, (list, tuple)) and len(codes) > 0 and \
-        len(set(codes)) == len(codes) and \
-        (all(_is(c, int) for c in codes) or all(_colour(c) for c in codes))
-
-
-def _label_value(value):
-    """None, or a value of the kind of label_codes that no class has."""
-    if value is None:
-        return True
-    colours = all(_colour(c) for c in label_codes)
-    return (_colour(value) if colours else _is(value, int)) and value not in label_codes
-
-
-def _tf_config(text):
-    if not text:
-        return distribution != 'multi_worker'
-    try:
-        return isinstance(json.loads(text), dict)
-    except ValueError:
-        return False
-
-
-HEIGHT_METRICS = ('rmse', 'mae', 'mse', 'delta1', 'delta2', 'delta3')
-SEGMENTATION_METRICS = ('miou', 'oa', 'fwiou', 'mean_f1')
-TYPES = {bool: Rule('True or False', lambda v: isinstance(v, bool), bool),
-         str: Rule('a string', lambda v: isinstance(v, str), str)}
-folder_name = Rule('a non-empty string (a DATASETS key, or your dataset folder name)',
-                   lambda v: isinstance(v, str) and v.strip() != '', str)
-gpu_ids = Rule('distinct GPU ids (whole numbers >= 0) separated by commas, e.g. "0,1"',
-               _gpu_ids, str)
-class_codes = Rule('a list of distinct class codes: whole numbers, or (r, g, b) colours '
-                   'of 0..255', _class_codes, 'literal')
-radiometric_scale = Rule(
-    "'auto' (the file's declared bit depth), 'minmax' (per image) or a number > 0 "
-    "(the value that becomes 1, e.g. 4095 for 12-bit imagery)",
-    lambda v: v in ('auto', 'minmax') or (_is(v, (int, float)) and v > 0), 'number_or_word')
-label_value = Rule("None, or a label value that is none of label_codes and of their kind "
-                    "(a whole number, or an (r, g, b) colour of 0..255); 'auto': the "
-                    "dataset's", _label_value, 'literal')
-encoder_weights = Rule("'auto', 'imagenet', None (random initial weights) or the path of "
-                       "an .h5 file", lambda v: v in (None, 'auto', 'imagenet') or
-                       (isinstance(v, str) and v.endswith('.h5')), str)
-weights_file = Rule("None, or the path of a .weights.h5 file (the best weights a training "
-                    "wrote)", lambda v: v is None or (isinstance(v, str) and
-                                                     v.endswith('.weights.h5')), str)
-validation_metric = Rule(
-    f"{_either(HEIGHT_METRICS)}, or with sem_flag = True {_either(SEGMENTATION_METRICS)}",
-    lambda v: v in HEIGHT_METRICS or (sem_flag and v in SEGMENTATION_METRICS), str)
 # Environment variables read with the settings, checked with them.
-ENVIRONMENT = {'TF_CONFIG': Rule(
-    'unset, or a JSON object like {"cluster": {"worker": ["hostA:12345", "hostB:12345"]}, '
-    '"task": {"type": "worker", "index": 0}} (README, Several machines); '
-    "distribution = 'multi_worker' needs it set", _tf_config, str)}
+ENVIRONMENT = {'TF_CONFIG': tf_config}
 
 
 # ----------------------------------------------------------------- computed
@@ -434,7 +331,7 @@ PER_REPLICA = {'global_batch_size': 'batch_size', 'mtl_global_batch_size': 'mtl_
 
 
 def __getattr__(attr):
-    if attr != 'strategy' and attr not in PER_REPLICA:
+    if attr not in COMPUTED:
         raise AttributeError(f"config has no setting {attr!r}")
     from utils import distribute, rules
     this = sys.modules[__name__]
@@ -446,6 +343,7 @@ def __getattr__(attr):
     return globals()[PER_REPLICA[attr]] * strategy.num_replicas_in_sync
 
 
-__all__ = [*__annotations__, 'strategy', *PER_REPLICA]
+COMPUTED = ('strategy', *PER_REPLICA)
+__all__ = [*__annotations__, *COMPUTED]
 declared = {key: globals()[key] for key in (*FROM_DATASET, *DERIVED)}
 resolve()

@@ -64,18 +64,17 @@ def main(argv=None):
     import predict
     from utils import checkpoints, datasets, export, tasks
 
-    mtl_path = args.mtl_weights or config.predCheckPointPath
-    dae_path = (args.dae_weights or config.corrCheckPointPath) if args.correction else None
-    trained = checkpoints.adopt_settings(mtl_path, 'mtl', args.explicit)
-    if dae_path:
-        checkpoints.adopt_settings(dae_path, 'dae', args.explicit)
+    cfg = settings.current()    # cfg.py after --set; the weights' .json below
+    mtl_path = args.mtl_weights or cfg.predCheckPointPath
+    dae_path = (args.dae_weights or cfg.corrCheckPointPath) if args.correction else None
+    cfg, trained = checkpoints.trained_settings(cfg, mtl_path, dae_path, args.explicit)
     # Mixed-precision weights are float32 variables: built in float32 they
     # load as they are and the graph computes in float32.
-    settings.override('mixed_precision', 'float32')
+    cfg = cfg.replace(mixed_precision='float32')
     keras.mixed_precision.set_global_policy('float32')
     strategy = tf.distribute.get_strategy()
-    mtl = tasks.trained_mtl(config, strategy, mtl_path)
-    dae = tasks.trained_dae(config, strategy, dae_path) if dae_path else None
+    mtl = tasks.trained_mtl(cfg, strategy, mtl_path)
+    dae = tasks.trained_dae(cfg, strategy, dae_path) if dae_path else None
     models = [m for m in (mtl, dae) if m is not None]
 
     out = os.path.abspath(args.out)
@@ -83,14 +82,14 @@ def main(argv=None):
     tmp = os.path.join(out, '.export.tmp')
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    card = export.model_card(config, trained=trained, correction=dae is not None,
+    card = export.model_card(cfg, trained=trained, correction=dae is not None,
                              weights={'mtl': mtl_path, 'dae': dae_path}, gsd=args.gsd,
                              version=predict.project_version())
     card_path = os.path.join(tmp, 'model_card.json')
     with open(card_path, 'w') as f:
         json.dump(card, f, indent=2)
-    serve = export.serving_function(mtl, dae, datasets.image_channels())
-    print(f"{card['network']} ({card['dataset']}, {datasets.image_channels()} bands, "
+    serve = export.serving_function(mtl, dae, datasets.image_channels(cfg))
+    print(f"{card['network']} ({card['dataset']}, {datasets.image_channels(cfg)} bands, "
           f"outputs {', '.join(card['outputs'])}) -> {out}")
     print("writing saved_model/ ...")
     export.write_saved_model(serve, models, card_path, os.path.join(tmp, 'saved_model'))
@@ -99,7 +98,7 @@ def main(argv=None):
 
     # Before anything is replaced: both files give the networks' heights.
     windows = np.random.default_rng(0).random(
-        (2, config.cropSize, config.cropSize, datasets.image_channels()), np.float32)
+        (2, cfg.cropSize, cfg.cropSize, datasets.image_channels(cfg)), np.float32)
     expected = serve(tf.constant(windows))['height'].numpy()
     tolerance = export.height_tolerance(models, np.abs(expected).max())
     loaded = tf.saved_model.load(os.path.join(tmp, 'saved_model'))

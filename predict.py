@@ -128,11 +128,13 @@ def preview_head():
     return next((h for h in heads.HEADS if h.is_classes), None)
 
 
-def predict_image(predict_fn, path, paths, bands, progress=None, trained=None, record=None):
+def predict_image(predict_fn, path, paths, bands, progress=None, trained=None, record=None,
+                  cfg=None):
     """Predict one image band by band and write `paths` (output -> file; see
     output_paths) under temporary names, renamed once all are complete; on
-    any error the temporary files are removed. Windows: config.cropSize,
-    predict_stride, predict_window (predict_fn applies any flips). Each head
+    any error the temporary files are removed. Windows: cfg.cropSize,
+    predict_stride, predict_window (predict_fn applies any flips); cfg: the
+    run's settings (default: cfg.py's now). Each head
     is written as its row says: a class head as one band of the dataset's
     label values with its colour table, any other as float32, a band per
     channel, nodata where the input has none.
@@ -140,11 +142,12 @@ def predict_image(predict_fn, path, paths, bands, progress=None, trained=None, r
     `record`: {name: value} written into every GeoTIFF (GDAL_METADATA).
     Returns the image's pixel count."""
     from utils import datasets, inference, plots, raster
+    cfg = settings.current() if cfg is None else cfg
     tmp = {key: p + '.tmp' for key, p in paths.items()}
-    classes_of = raster.class_map(config.label_codes)
+    classes_of = raster.class_map(cfg.label_codes)
     writers = {}
     try:
-        with raster.Image(path, bands, datasets.image_channels(), config.image_scale) as image:
+        with raster.Image(path, bands, datasets.image_channels(cfg), cfg.image_scale) as image:
             check_statistics(image, trained or {})
             h, w = image.height, image.width
             common = dict(crs=image.crs, transform=image.transform, metadata=record)
@@ -174,8 +177,8 @@ def predict_image(predict_fn, path, paths, bands, progress=None, trained=None, r
                 return pixels
 
             for r0, maps in inference.predict_rows(
-                    predict_fn, read_rows, (h, w), config.cropSize, config.predict_stride,
-                    keys=keys, progress=progress, window=config.predict_window):
+                    predict_fn, read_rows, (h, w), cfg.cropSize, cfg.predict_stride,
+                    keys=keys, progress=progress, window=cfg.predict_window):
                 n = len(maps[heads.HEIGHT.name])
                 held = np.concatenate(valid)
                 mask, valid[:] = held[:n], [held[n:]]
@@ -243,14 +246,14 @@ def project_version():
         return 'unknown'
 
 
-def provenance(mtl_path, dae_path, bands):
+def provenance(mtl_path, dae_path, bands, cfg):
     """What shaped the predictions, recorded in every output (GDAL_METADATA):
     the weights files' SHA-256, the prediction settings and the project
     version. Everything but the version must match for a rerun to keep an
     image's outputs."""
-    shaping = dict(crop=config.cropSize, stride=config.predict_stride,
-                   window=config.predict_window, flips=config.predict_flips,
-                   bands=[b + 1 for b in bands], image_scale=config.image_scale,
+    shaping = dict(crop=cfg.cropSize, stride=cfg.predict_stride,
+                   window=cfg.predict_window, flips=cfg.predict_flips,
+                   bands=[b + 1 for b in bands], image_scale=cfg.image_scale,
                    correction=dae_path is not None)
     return {'DSMNET_MTL_SHA256': file_sha256(mtl_path),
             'DSMNET_DAE_SHA256': file_sha256(dae_path) if dae_path else 'none',
@@ -353,6 +356,7 @@ def main(argv=None):
                        tasks)
     from utils.errors import DatasetError, UserError
 
+    cfg = settings.current()    # cfg.py after --set; the weights' .json below
     files = raster.find_images(args.inputs)
     names = {}
     for path in files:
@@ -361,7 +365,7 @@ def main(argv=None):
             raise SettingError(f"{names[name]} and {path} would both write {name}_*.tif: "
                                f"predict them in separate runs with different --out")
         names[name] = path
-    if distribute.strategy_kind(config) == 'multi_worker':
+    if distribute.strategy_kind(cfg) == 'multi_worker':
         # Every machine claims images one at a time and predicts them on its
         # own devices; tasks other than the chief and the workers take none.
         task = distribute.task_type()
@@ -369,15 +373,13 @@ def main(argv=None):
             print(f"TF_CONFIG task {task!r} takes no part in prediction (only "
                   f"{' and '.join(distribute.WORKING_TASKS)} tasks do): nothing to do")
             return
-        settings.override('distribution', 'mirrored' if config.multi_gpu_enabled
-                          else 'default')
-    mtl_path = args.mtl_weights or config.predCheckPointPath
-    dae_path = (args.dae_weights or config.corrCheckPointPath) if args.correction else None
-    trained = checkpoints.adopt_settings(mtl_path, 'mtl', args.explicit)
-    if dae_path:
-        checkpoints.adopt_settings(dae_path, 'dae', args.explicit)
+        cfg = cfg.replace(distribution='mirrored' if cfg.multi_gpu_enabled else 'default')
+    mtl_path = args.mtl_weights or cfg.predCheckPointPath
+    dae_path = (args.dae_weights or cfg.corrCheckPointPath) if args.correction else None
+    # The settings the weights were trained with, unless set on the command line.
+    cfg, trained = checkpoints.trained_settings(cfg, mtl_path, dae_path, args.explicit)
     for head in heads.HEADS:
-        if head.name in args.outputs and head.flag and not getattr(config, head.flag):
+        if head.name in args.outputs and head.flag and not getattr(cfg, head.flag):
             if not args.outputs_given:      # a default the weights cannot give
                 args.outputs.remove(head.name)
                 continue
@@ -386,14 +388,14 @@ def main(argv=None):
                                f"{head.name} out")
     # the band order the weights were trained on, unless --bands says otherwise
     bands = raster.parse_bands(args.bands or ','.join(map(str, trained.get(
-        'bands', range(1, datasets.image_channels() + 1)))))
+        'bands', range(1, datasets.image_channels(cfg) + 1)))))
     # Every input is opened before the networks are built; those that cannot
     # be predicted are listed together and skipped, the others predicted.
     problems = []
     for path in files:
         try:
-            with raster.Image(path, bands, datasets.image_channels(),
-                              config.image_scale) as image:
+            with raster.Image(path, bands, datasets.image_channels(cfg),
+                              cfg.image_scale) as image:
                 image.rows(0, 1)    # a file damaged from its first rows fails now
                 if (image.crs is None or image.transform is None) and \
                         not args.ungeoreferenced:
@@ -413,21 +415,21 @@ def main(argv=None):
     if not files:
         raise failed_inputs(problems)
 
-    out_dir = args.out or os.path.join(config.output_root, 'predict')
+    out_dir = args.out or os.path.join(cfg.output_root, 'predict')
     os.makedirs(out_dir, exist_ok=True)
-    strategy = distribute.get_strategy(config)
-    mtl = tasks.trained_mtl(config, strategy, mtl_path)
-    dae = tasks.trained_dae(config, strategy, dae_path) if dae_path else None
+    strategy = distribute.get_strategy(cfg)
+    mtl = tasks.trained_mtl(cfg, strategy, mtl_path)
+    dae = tasks.trained_dae(cfg, strategy, dae_path) if dae_path else None
     shown = preview_head()
     engine = export.choose_engine(args.engine, strategy)
     predict_fn = inference.with_flips(
-        export.make_predict_fn(engine, mtl, dae, cfg=config, strategy=strategy,
+        export.make_predict_fn(engine, mtl, dae, cfg=cfg, strategy=strategy,
                                outputs=args.outputs + ([shown.name] if shown else [])),
-        config.predict_flips, config)
-    common = provenance(mtl_path, dae_path, bands)
+        cfg.predict_flips, cfg)
+    common = provenance(mtl_path, dae_path, bands, cfg)
     print(f"{len(files)} image(s), {engine}, {strategy.num_replicas_in_sync} replica(s), "
-          f"crop {config.cropSize}, stride {config.predict_stride}, window "
-          f"{config.predict_window}, flips {config.predict_flips}, "
+          f"crop {cfg.cropSize}, stride {cfg.predict_stride}, window "
+          f"{cfg.predict_window}, flips {cfg.predict_flips}, "
           f"{predict_fn.batch_size} windows per call -> {out_dir}")
 
     start, megapixels, done, skipped, elsewhere = time.perf_counter(), 0.0, 0, 0, 0
@@ -462,7 +464,7 @@ def main(argv=None):
                 bar.update(windows, {'windows/s': rate, 'ETA s': (total - windows) / rate})
 
             megapixels += predict_image(predict_fn, path, paths, bands, progress=report,
-                                        trained=trained, record=record) / 1e6
+                                        trained=trained, record=record, cfg=cfg) / 1e6
             done += 1
         except DatasetError as err:     # e.g. a remote file cut off mid-way
             reason = ' '.join(str(err).splitlines())

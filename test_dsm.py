@@ -55,9 +55,9 @@ def _fmt(value):
     return 'n/a' if value is None else f'{value:.4f}'
 
 
-def report(result, correction):
+def report(result, correction, dataset_name):
     """The readable table, and the RESULT line last."""
-    print(f"\n{config.dataset_name}, split {result['split']}, {result['images']} images")
+    print(f"\n{dataset_name}, split {result['split']}, {result['images']} images")
     header = f"{'metric':<15}{'refined' if correction else 'MTL':>10}"
     print(header + (f"{'MTL only':>10}" if correction else ''))
     for label, key in TABLE:
@@ -95,23 +95,24 @@ def report_buildings(errors):
 
 def run_test(args):
     """Test, write metrics.json and the predictions, print the table."""
-    used = {k: getattr(config, k) for k in settings.names()}
+    cfg = settings.current()    # cfg.py after --set
+    used = cfg.as_dict()
     # Imported after --set so the strategy and networks see the overrides.
     from utils import distribute, evaluation, tasks
 
-    mtl_path = args.mtl_weights or config.predCheckPointPath
-    dae_path = (args.dae_weights or config.corrCheckPointPath) if args.correction else None
-    run = args.out or os.path.join(config.output_root, config.dataset_name,
+    mtl_path = args.mtl_weights or cfg.predCheckPointPath
+    dae_path = (args.dae_weights or cfg.corrCheckPointPath) if args.correction else None
+    run = args.out or os.path.join(cfg.output_root, cfg.dataset_name,
                                    'mtl_dae' if args.correction else 'mtl')
-    strategy = distribute.get_strategy(config)
-    mtl = tasks.trained_mtl(config, strategy, mtl_path)
-    dae = tasks.trained_dae(config, strategy, dae_path) if args.correction else None
-    result = evaluation.evaluate(mtl, dae, cfg=config, strategy=strategy,
+    strategy = distribute.get_strategy(cfg)
+    mtl = tasks.trained_mtl(cfg, strategy, mtl_path)
+    dae = tasks.trained_dae(cfg, strategy, dae_path) if args.correction else None
+    result = evaluation.evaluate(mtl, dae, cfg=cfg, strategy=strategy,
                                  split=args.split, out_dir=run, max_images=args.max_images)
 
     if distribute.is_chief(strategy):
         overall = {k: v for k, v in result.items() if k not in ('per_image', 'buildings')}
-        record = {'dataset': config.dataset_name, 'split': args.split,
+        record = {'dataset': cfg.dataset_name, 'split': args.split,
                   'correction': args.correction,
                   'checkpoints': {'mtl': mtl_path, 'dae': dae_path},
                   'overall': overall,
@@ -125,7 +126,7 @@ def run_test(args):
         with open(path, 'w') as f:
             json.dump(_finite(record), f, indent=2, default=str)
         print(f"\nmetrics and predictions: {run}")
-    report(result, args.correction)
+    report(result, args.correction, cfg.dataset_name)
 
 
 def main(argv=None):

@@ -48,11 +48,12 @@ if args.quick:
     settings.apply(['cropSize=64', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625']
                    + ([] if args.benchmark else ['mtl_bb_freeze=True']))
 config.backbone_weights = None
+cfg = settings.current()    # the settings handed to everything below
 
 
 def one_step(trainer):
     """One distributed step: (loss terms, examples each replica received)."""
-    batch = benchmark.synthetic_batch(trainer.global_batch, config)
+    batch = benchmark.synthetic_batch(trainer.global_batch, cfg)
     dataset = tf.data.Dataset.from_tensors(batch)
     iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
     return trainer.train_step(iterator)
@@ -60,29 +61,29 @@ def one_step(trainer):
 
 def device_plan():
     """What the settings ask for on this machine (distribute.device_plan's rule)."""
-    return distribute.device_plan(config, len(tf.config.list_physical_devices('GPU')))
+    return distribute.device_plan(cfg, len(tf.config.list_physical_devices('GPU')))
 
 
 def check():
     report = {'tensorflow': tf.__version__,
               'cuda_visible_devices': os.environ.get('CUDA_VISIBLE_DEVICES'),
               'physical_gpus': [d.name for d in tf.config.list_physical_devices('GPU')]}
-    strategy = distribute.get_strategy(config)
+    strategy = distribute.get_strategy(cfg)
     replicas = strategy.num_replicas_in_sync
     report.update({
         'logical_gpus': [d.name for d in tf.config.list_logical_devices('GPU')],
         'strategy': type(strategy).__name__, 'replicas': replicas,
         'devices': distribute.replica_devices(strategy),
-        'crop': config.cropSize, 'batch_size': config.batch_size,
+        'crop': cfg.cropSize, 'batch_size': cfg.batch_size,
         'global_batch_size': config.global_batch_size,
-        'mtl_batch_size': config.mtl_batchSize,
+        'mtl_batch_size': cfg.mtl_batchSize,
         'mtl_global_batch_size': config.mtl_global_batch_size,
-        'dae_batch_size': config.dae_batchSize,
+        'dae_batch_size': cfg.dae_batchSize,
         'dae_global_batch_size': config.dae_global_batch_size})
 
-    mtl_trainer = training.Trainer(tasks.MTLTask(config), strategy)
+    mtl_trainer = training.Trainer(tasks.MTLTask(cfg), strategy)
     mtl_losses, report['per_replica_examples'] = one_step(mtl_trainer)
-    dae_trainer = training.Trainer(tasks.DAETask(config, mtl=mtl_trainer.model), strategy)
+    dae_trainer = training.Trainer(tasks.DAETask(cfg, mtl=mtl_trainer.model), strategy)
     dae_losses, report['dae_per_replica_examples'] = one_step(dae_trainer)
     report['mtl_losses'], report['dae_losses'] = mtl_losses, dae_losses
 
@@ -134,7 +135,7 @@ def print_report(r):
 
 
 def run_benchmark():
-    report = benchmark.scaling(config, distribute.get_strategy(config), windows=args.windows)
+    report = benchmark.scaling(cfg, distribute.get_strategy(cfg), windows=args.windows)
     if args.json:
         print(json.dumps(report, indent=1))
     else:

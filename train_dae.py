@@ -14,12 +14,12 @@ from utils import settings
 def main():
     # Imported here, after the command line: a setting that breaks its rule
     # stops the script before TensorFlow loads.
-    import config
     from utils import datasets, distribute, tasks, training
 
-    datasets.check_training_splits()   # bad data fails before any step
-    strategy = distribute.get_strategy(config)
-    trainer = training.Trainer(tasks.DAETask(config), strategy)
+    cfg = settings.current()    # config.py after --set, handed to everything below
+    training_split = datasets.check_training_splits(cfg)   # bad data fails before any step
+    strategy = distribute.get_strategy(cfg)
+    trainer = training.Trainer(tasks.DAETask(cfg, imagery=training_split.imagery()), strategy)
     trainer.fit()
     return trainer
 

@@ -15,13 +15,13 @@ from utils import settings
 def main():
     # Imported here, after the command line: a setting that breaks its rule
     # stops the script before TensorFlow loads.
-    import config
     from utils import datasets, distribute, tasks, training
 
-    labels = datasets.check_training_splits()   # bad data fails before any step
-    strategy = distribute.get_strategy(config)
-    trainer = training.Trainer(tasks.MTLTask(config), strategy)
-    unlabelled = datasets.describe_unlabelled(labels)
+    cfg = settings.current()    # config.py after --set, handed to everything below
+    labels = datasets.check_training_splits(cfg)   # bad data fails before any step
+    strategy = distribute.get_strategy(cfg)
+    trainer = training.Trainer(tasks.MTLTask(cfg, imagery=labels.imagery()), strategy)
+    unlabelled = datasets.describe_unlabelled(cfg, labels)
     if unlabelled:
         trainer.notes.append(('unlabelled', unlabelled))
     trainer.fit()

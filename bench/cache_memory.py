@@ -20,6 +20,7 @@ strategy.experimental_distribute_dataset (with `--set multi_gpu_enabled=True
 build's time.
 """
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -50,7 +51,9 @@ def measure(code, workdir, tiles, sets):
     from utils import datasets, distribute, pipeline, settings, tasks
     settings.apply(['dataset_name=Vaihingen', f'shortcut_path={workdir}'] + sets)
     datasets.VAIHINGEN_AREAS['train'] = datasets.VAIHINGEN_AREAS['train'][:tiles]
-    datasets.find_split('train')
+    # A checkout from before the settings were an argument reads config itself.
+    takes_settings = 'cfg' in inspect.signature(datasets.find_split).parameters
+    datasets.find_split(*([config] if takes_settings else []), 'train')
     strategy = distribute.get_strategy(config)  # the runtime and devices start before the baseline
     tf.constant(0)
     try:

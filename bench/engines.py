@@ -48,7 +48,7 @@ def measure(folder, threads, windows, rounds):
             export.onnx_session(os.path.join(folder, 'model.onnx'), threads),
             int(config.test_batch_size), {'height', 'sem'})}
     batch = np.random.default_rng(0).random(
-        (windows, config.cropSize, config.cropSize, datasets.image_channels()), np.float32)
+        (windows, config.cropSize, config.cropSize, datasets.image_channels(config)), np.float32)
     heights = {name: fn(batch[:config.test_batch_size])['height']     # warm-up, trace
                for name, fn in engines.items()}
     rates = {name: [] for name in engines}
@@ -85,9 +85,9 @@ def main():
         keras.utils.set_random_seed(0)
         paths = {'mtl': os.path.join(folder, 'mtl.weights.h5'),
                  'dae': None if args.no_correction else os.path.join(folder, 'dae.weights.h5')}
-        checkpoints.save_weights(tasks.build_mtl(config, pretrained=False), paths['mtl'], 'mtl')
+        checkpoints.save_weights(tasks.build_mtl(config, pretrained=False), paths['mtl'], 'mtl', config)
         if paths['dae']:
-            checkpoints.save_weights(tasks.build_dae(config), paths['dae'], 'dae')
+            checkpoints.save_weights(tasks.build_dae(config), paths['dae'], 'dae', config)
         json.dump(paths, open(os.path.join(folder, 'weights.json'), 'w'))
         export.main(['--out', folder, '--mtl-weights', paths['mtl']]
                     + (['--correction', '--dae-weights', paths['dae']] if paths['dae'] else [])

@@ -30,6 +30,7 @@ three files (datasets.load_sample), compute the normals of the whole tile
 (geometry.surface_normals), crop the batch in a Python loop; one thread.
 """
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -135,7 +136,9 @@ def child(code, workdir, tiles, sets):
     from utils import datasets, pipeline, settings, tasks
     settings.apply([f'shortcut_path={workdir}'] + SETTINGS + sets)
     datasets.VAIHINGEN_AREAS['train'] = datasets.VAIHINGEN_AREAS['train'][:tiles]
-    datasets.find_split('train')
+    # A checkout from before the settings were an argument reads config itself.
+    takes_settings = 'cfg' in inspect.signature(datasets.find_split).parameters
+    datasets.find_split(*([config] if takes_settings else []), 'train')
     batch = config.mtl_global_batch_size
     task = tasks.MTLTask(config)
     tf.constant(0)                      # the runtime starts before the baseline
@@ -178,7 +181,7 @@ def reference_rate(samples, batch, count, rng):
     crop = config.cropSize
     start = time.perf_counter()
     for _ in range(count):
-        loaded = datasets.load_sample(samples[rng.integers(len(samples))])
+        loaded = datasets.load_sample(config, samples[rng.integers(len(samples))])
         normals = geometry.surface_normals(loaded.height, config.normalize_flag)
         rows, cols = loaded.height.shape
         fields = {'image': [], 'height': [], 'sem': [], 'norm': []}
@@ -264,7 +267,7 @@ def main():
               f"{len(os.sched_getaffinity(0))}")
         settings.apply([f'shortcut_path={workdir}'] + SETTINGS + args.set)
         datasets.VAIHINGEN_AREAS['train'] = areas
-        samples = datasets.find_split('train')
+        samples = datasets.find_split(config, 'train')
         batch = config.mtl_global_batch_size
         print(f"crop {config.cropSize}, global batch {batch}")
         children = []

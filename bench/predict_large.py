@@ -95,9 +95,9 @@ def networks(folder, make=False):
         if model is not None:
             path = os.path.join(folder, f'{kind}.weights.h5')
             if make:
-                checkpoints.save_weights(model, path, kind)
+                checkpoints.save_weights(model, path, kind, config)
             else:
-                checkpoints.load_weights(model, path, kind)
+                checkpoints.load_weights(model, path, kind, config)
     return mtl, dae
 
 
@@ -126,7 +126,7 @@ def variant(name, folder, image_path):
         os.makedirs(os.path.dirname(paths['height']), exist_ok=True)
         predict.predict_image(predict_fn, image_path, paths, [0, 1, 2])
     elif name == 'whole':
-        out = inference.predict_tile(predict_fn, datasets.read_image(image_path), crop,
+        out = inference.predict_tile(predict_fn, datasets.read_image(config, image_path), crop,
                                      config.predict_stride, window=config.predict_window)
         crs, transform = raster.grid(image_path)
         coding = raster.class_map(config.label_codes)

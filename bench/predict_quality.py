@@ -37,7 +37,6 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
-import config  # noqa: E402
 import machine  # noqa: E402
 from utils import settings  # noqa: E402
 
@@ -93,38 +92,38 @@ def main():
     args = settings.parse_args(p)
     sets = {pair.split('=', 1)[0] for pair in args.set}
     from utils import checkpoints
-    checkpoints.adopt_settings(config.predCheckPointPath, 'mtl', sets)
-    if args.correction:
-        checkpoints.adopt_settings(config.corrCheckPointPath, 'dae', sets)
-    crop = config.cropSize
+    cfg = settings.current()
+    cfg, _ = checkpoints.trained_settings(
+        cfg, cfg.predCheckPointPath, cfg.corrCheckPointPath if args.correction else None, sets)
+    crop = cfg.cropSize
     strides = [int(s) for s in args.strides.split(',')] if args.strides else \
         [crop // d for d in (6, 4, 3, 2, 1)]
     windows = args.windows.split(',')
     flips = [int(f) for f in args.flips.split(',')]
 
     from utils import datasets, distribute, inference, metrics, tasks
-    strategy = distribute.get_strategy(config)
-    mtl = tasks.trained_mtl(config, strategy)
-    dae = tasks.trained_dae(config, strategy) if args.correction else None
-    predict_fn = inference.make_predict_fn(mtl, dae, cfg=config, strategy=strategy)
+    strategy = distribute.get_strategy(cfg)
+    mtl = tasks.trained_mtl(cfg, strategy)
+    dae = tasks.trained_dae(cfg, strategy) if args.correction else None
+    predict_fn = inference.make_predict_fn(mtl, dae, cfg=cfg, strategy=strategy)
     rate_before, _ = network_rate(predict_fn, crop)
     shared = SharedWindows(predict_fn)
     grid = [(s, wk, f) for s in strides for wk in windows for f in flips]
-    samples = datasets.find_split(args.split)[:args.max_images]
-    classes = len(config.label_codes)
+    samples = datasets.find_split(cfg, args.split)[:args.max_images]
+    classes = len(cfg.label_codes)
     rows = {c: {'per_image': [], 'confusion': metrics.ConfusionMatrix(classes),
                 'blend_seconds': 0.0, 'windows': 0} for c in grid}
     print(f"machine: {machine.describe()}")
-    print(f"{config.dataset_name} {args.split}: {len(samples)} images, crop {crop}, "
-          f"weights {config.predCheckPointPath}"
-          + (f" + {config.corrCheckPointPath}" if dae else ''))
+    print(f"{cfg.dataset_name} {args.split}: {len(samples)} images, crop {crop}, "
+          f"weights {cfg.predCheckPointPath}"
+          + (f" + {cfg.corrCheckPointPath}" if dae else ''))
     start = time.perf_counter()
     for index, sample in enumerate(samples):
-        data = datasets.load_sample(sample)
+        data = datasets.load_sample(cfg, sample)
         gt = np.asarray(data.height, np.float32)
         for config_key in grid:
             stride, window, flip = config_key
-            fn = inference.with_flips(shared, flip, config)
+            fn = inference.with_flips(shared, flip, cfg)
             ny = len(inference.window_starts(gt.shape[0], crop, stride))
             nx = len(inference.window_starts(gt.shape[1], crop, stride))
             seconds_before, t0 = shared.network_seconds, time.perf_counter()
@@ -145,7 +144,7 @@ def main():
     rate_after, _ = network_rate(predict_fn, crop)
     rate = (rate_before + rate_after) / 2
 
-    published = (config.test_stride, 'gaussian', 1)
+    published = (cfg.test_stride, 'gaussian', 1)
     results = []
     for (stride, window, flip), row in rows.items():
         mean = {k: float(np.nanmean([r[k] for r in row['per_image']]))

@@ -61,8 +61,6 @@ def restore_config():
         setattr(config, key, copy.deepcopy(value))
     config.declared.update(copy.deepcopy(_ORIGINAL_DECLARED))
     config.resolve()
-    if 'utils.datasets' in sys.modules:     # the last checked training images' statistics
-        sys.modules['utils.datasets'].training_images.clear()
 
 
 @pytest.fixture(autouse=True)
@@ -104,6 +102,29 @@ TINY = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
         'plot_train_error=False']
 
 
+# predict.py's tests: tiny networks (1/16 widths) on 32 px windows;
+# test_stride 10 overlaps them.
+PREDICT_TINY = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
+                'backbone_weights=None', 'dropout_rate=0', 'test_stride=10',
+                'predict_stride=10', 'test_batch_size=3']
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory):
+    """Tiny MTL and DAE weights files (PREDICT_TINY) with their .json, and the networks."""
+    import keras
+    from utils import checkpoints, tasks
+    folder = tmp_path_factory.mktemp('weights')
+    settings.apply(PREDICT_TINY)
+    keras.utils.set_random_seed(3)
+    mtl = tasks.build_mtl(config, pretrained=False)
+    dae = tasks.build_dae(config)
+    paths = {'mtl': str(folder / 'mtl.weights.h5'), 'dae': str(folder / 'dae.weights.h5')}
+    checkpoints.save_weights(mtl, paths['mtl'], 'mtl', config)
+    checkpoints.save_weights(dae, paths['dae'], 'dae', config)
+    return dict(paths, models=(mtl, dae))
+
+
 def _shared(tmp_path_factory, name):
     """A folder all pytest-xdist workers of this run share, and a lock on it:
     the first worker to take the lock makes the content, the others find it."""
@@ -123,7 +144,7 @@ def synthetic_root(tmp_path_factory):
         fcntl.flock(lock, fcntl.LOCK_EX)
         saved, config.shortcut_path = config.shortcut_path, str(root)
         try:
-            datasets.find_split('train')     # generates it unless complete
+            datasets.find_split(config, 'train')     # generates it unless complete
         finally:
             config.shortcut_path = saved
     return str(root)

@@ -83,7 +83,7 @@ with small_encoder():
         # Unlike any fresh network: its height is off by metres.
         last = model.get_layer('height' if kind == 'mtl' else 'noise')
         last.bias.assign(last.bias + (7.0 if kind == 'mtl' else -3.0))
-        checkpoints.save_weights(model, path, kind)
+        checkpoints.save_weights(model, path, kind, config)
         saved[kind] = path
     results = {}
     for case, kind, codes in (('mtl', 'mtl', SIX), ('mtl_changed', 'mtl', THREE),

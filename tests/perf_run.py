@@ -91,7 +91,7 @@ def run(spec):
             else:
                 self.model = tasks.build_dae(config)
             if load:
-                checkpoints.load_weights(self.model, load, stage)
+                checkpoints.load_weights(self.model, load, stage, config)
             return self.model
 
         def loss_fns(self):
@@ -122,7 +122,7 @@ def run(spec):
         reports.append([report[k] for k in names])
         counts.append(count)
     if save:
-        checkpoints.save_weights(model, save, stage)
+        checkpoints.save_weights(model, save, stage, config)
     outputs = model(tf.constant(data['image'][:GLOBAL_BATCH]), training=False)
     if stage == 'dae':
         outputs = {'height': outputs}

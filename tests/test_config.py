@@ -7,7 +7,7 @@ import pytest
 
 import config
 from conftest import ROOT, run_python
-from utils import distribute, settings
+from utils import distribute, rules, settings
 from utils.errors import SettingError
 
 
@@ -240,7 +240,7 @@ def test_every_setting_rejects_a_value_of_the_wrong_type():
 
 
 def test_every_rule_beyond_a_type_has_a_bad_value_in_the_table():
-    typed_only = {n for n in settings.names() if settings.rule(n) in config.TYPES.values()}
+    typed_only = {n for n in settings.names() if settings.rule(n) in rules.TYPES.values()}
     assert set(settings.names()) - typed_only == {n for n, _ in BAD}
     assert typed_only and all(isinstance(getattr(config, n), (bool, str)) for n in typed_only)
 
@@ -492,3 +492,16 @@ def test_seed_style_script(tmp_path, edited, sets, replicas):
     assert out['global_batch_size'] == out['mtl_global_batch_size'] == per_replica * replicas
     assert out['dae_global_batch_size'] == dae * replicas
     assert out['counts'] == [per_replica] * replicas    # each replica its own share
+
+
+def test_settings_are_frozen_and_replace_resolves_and_checks():
+    s = settings.current()
+    with pytest.raises(AttributeError, match='frozen'):
+        s.cropSize = 64
+    with pytest.raises(SettingError, match=r'cropSize = 100: use a multiple of 32'):
+        s.replace(cropSize=100)
+    with pytest.raises(SettingError, match="unknown setting 'cropsize'"):
+        s.replace(cropsize=64)
+    v = s.replace(dataset_name='Vaihingen')     # its published crop, and what derives from it
+    assert (v.cropSize, v.test_stride, v.layout) == (320, 320 // 6, 'vaihingen')
+    assert (s.cropSize, config.cropSize, config.dataset_name) == (96, 96, 'synthetic')

@@ -66,8 +66,8 @@ def fake_split(tmp_path, monkeypatch):
     splits = {'test': [Sample('a', geo_image, '', ''), Sample('b', plain_image, '', '')],
               'train': [Sample('t', 't.png', '', '')]}
     splits['valid'] = splits['test']
-    fake = types.SimpleNamespace(find_split=lambda split: list(splits[split]),
-                                 load_sample=lambda sample: data[sample.name])
+    fake = types.SimpleNamespace(find_split=lambda cfg, split: list(splits[split]),
+                                 load_sample=lambda cfg, sample: data[sample.name])
     monkeypatch.setattr(evaluation, 'datasets', fake)
     evaluation._train_mean.clear()
     config.label_codes = [10, 20, 30]
@@ -218,7 +218,7 @@ def test_dsm_script_writes_every_metric(synthetic_weights, capsys):
         assert isinstance(overall[key], float), key
     # A second computation from the written maps and the ground-truth files.
     settings.apply(sets[1::2])         # the run's --set values
-    samples = {s.name: s for s in datasets.find_split('test')}
+    samples = {s.name: s for s in datasets.find_split(config, 'test')}
     hits = pixels = 0
     pairs, binned = [], {}
     for entry in record['per_image']:
@@ -229,7 +229,7 @@ def test_dsm_script_writes_every_metric(synthetic_weights, capsys):
         assert entry['rmse'] == pytest.approx(np.sqrt(np.mean(error ** 2)), rel=1e-6)
         assert entry['mae'] == pytest.approx(np.mean(np.abs(error)), rel=1e-6)
         classes = tifffile.imread(run / f"{entry['name']}_sem.tif")   # codes 0..5 = indices
-        labels = datasets.read_labels(sample.labels)
+        labels = datasets.read_labels(config, sample.labels)
         hits, pixels = hits + np.sum(classes == labels), pixels + labels.size
         # per building (4-connected regions of the building class, 1): Hazen's
         # median and 70th percentile of the written height and of the truth

@@ -35,8 +35,8 @@ def weights(tmp_path_factory):
     try:
         mtl, dae = tasks.build_mtl(config, pretrained=False), tasks.build_dae(config)
         paths = {'mtl': str(folder / 'mtl.weights.h5'), 'dae': str(folder / 'dae.weights.h5')}
-        checkpoints.save_weights(mtl, paths['mtl'], 'mtl')
-        checkpoints.save_weights(dae, paths['dae'], 'dae')
+        checkpoints.save_weights(mtl, paths['mtl'], 'mtl', config)
+        checkpoints.save_weights(dae, paths['dae'], 'dae', config)
     finally:
         keras.mixed_precision.set_global_policy('float32')
     return paths

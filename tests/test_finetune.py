@@ -72,7 +72,8 @@ def test_a_setting_that_shapes_the_network_must_match(tmp_path):
     settings.apply(TINY + [f'checkpoint_root={tmp_path}'])
     path = str(tmp_path / 'a.weights.h5')
     with small_encoder():
-        checkpoints.save_weights(Trainer(benchmark.steps_only_task('mtl', config), distribute.get_strategy(config)).model, path, 'mtl')
+        checkpoints.save_weights(Trainer(benchmark.steps_only_task('mtl', config), distribute.get_strategy(config)).model, path, 'mtl',
+                                 config)
         settings.apply([f'mtl_init_weights={path}', 'mtl_decoder_scale=0.125'])
         with pytest.raises(CheckpointError) as err:
             Trainer(benchmark.steps_only_task('mtl', config), distribute.get_strategy(config))

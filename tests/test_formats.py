@@ -15,7 +15,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 from tests.conftest import run_python
-from tests.test_predict import _cli, weights  # noqa: F401 (the tiny weights fixture)
+from tests.test_predict import _cli
 from utils import datasets, raster
 from utils.errors import DatasetError
 
@@ -238,7 +238,7 @@ def test_heights_and_labels_in_any_format(tmp_path):
 
 @pytest.mark.slow
 def test_predict_gives_each_format_the_heights_and_grid_of_the_plain_geotiff(
-        files, server, weights, tmp_path):  # noqa: F811
+        files, server, weights, tmp_path):
     """One predict.py run over every format and every bad input: the good
     ones predicted with the plain GeoTIFF's heights and grid, one line per
     bad one, exit status 1, no traceback."""

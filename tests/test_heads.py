@@ -15,13 +15,13 @@ import predict
 from nets import dae, mtl
 from tests.conftest import TINY, small_encoder
 from utils import (checkpoints, datasets, distribute, evaluation, heads, inference, losses,
-                   pipeline, settings, tasks, training)
+                   pipeline, rules, settings, tasks, training)
 
 
 def test_the_table_is_the_published_heads():
     """Names, term names and settings are in weights files, logs and config.py:
     they and their order must not change."""
-    rows = [(h.name, h.term, h.weight, h.flag, h.default) for h in heads.HEADS]
+    rows = [(h.name, h.term, h.weight, h.flag, h.on_by_default) for h in heads.HEADS]
     assert rows == [('height', 'dsm', 'w1', None, True), ('sem', 'sem', 'w2', 'sem_flag', True),
                     ('norm', 'norm', 'w3', 'norm_flag', True),
                     ('edge', 'edge', 'w4', 'edge_flag', False)]
@@ -57,6 +57,9 @@ def slope_head(monkeypatch):
     monkeypatch.setattr(heads, 'NAMES', tuple(h.name for h in table))
     monkeypatch.setattr(heads, 'TERMS', tuple(h.term for h in table))
     monkeypatch.setattr(training, 'TERM_ORDER', heads.TERMS + ('loss',))
+    # As config.py would declare them: each name with its rule.
+    monkeypatch.setitem(config.__annotations__, 'slope_flag', bool)
+    monkeypatch.setitem(config.__annotations__, 'w_slope', rules.number(at_least=0))
     monkeypatch.setattr(config, 'slope_flag', True, raising=False)
     monkeypatch.setattr(config, 'w_slope', 0.5, raising=False)
     return head
@@ -152,7 +155,7 @@ def test_a_new_head_trains_with_augmentation_and_is_evaluated(slope_head, synthe
         result = evaluation.evaluate(trainer.model, cfg=config, strategy=strategy,
                                      split='valid', max_images=1, verbose=0)
         # a second computation: the blended slope maps against the target
-        loaded = datasets.load_sample(datasets.find_split('valid')[0])
+        loaded = datasets.load_sample(config, datasets.find_split(config, 'valid')[0])
         fn = inference.make_predict_fn(trainer.model, cfg=config, strategy=strategy,
                                        outputs=('slope',))
         got = inference.predict_tile(fn, loaded.image, 32, config.test_stride)['slope']
@@ -188,13 +191,13 @@ def test_a_new_head_is_predicted_with_flips_and_written_by_predict_py(slope_head
     tifffile.imwrite(path, np.stack([ramp] * 3, -1), photometric='rgb')
     weights = tmp_path / 'mtl.weights.h5'
     weights.write_bytes(b'stand-in')
-    monkeypatch.setattr(checkpoints, 'adopt_settings', lambda *args: {})
+    monkeypatch.setattr(checkpoints, 'trained_settings', lambda cfg, *args: (cfg, {}))
     monkeypatch.setattr(tasks, 'trained_mtl', lambda cfg, strategy, path: RampNetwork())
     predict.main([str(path), '--out', str(tmp_path / 'out'), '--mtl-weights', str(weights),
                   '--outputs', 'height,slope', '--ungeoreferenced', '--set', 'cropSize=32', '--set',
                   'predict_stride=10', '--set', 'predict_flips=8'])
 
-    scaled = datasets.read_image(str(path))[..., 0].astype(np.float64)
+    scaled = datasets.read_image(config, str(path))[..., 0].astype(np.float64)
     step_rows, step_cols = np.diff(scaled, axis=0).mean(), np.diff(scaled, axis=1).mean()
     assert step_cols == pytest.approx(1.5 * step_rows) and step_rows > 0
     slope = tifffile.imread(tmp_path / 'out' / 'ramp_slope.tif')

@@ -108,7 +108,7 @@ def test_training_sample_leaves_out_masked_image_pixels(tmp_path):
     (root / 'sem').mkdir()
     _write(root / 'sem' / 'a.tif', np.ones((1, H, W), np.uint8))
     settings.apply(['dataset_name=MyCity', f'shortcut_path={tmp_path}'])
-    loaded = datasets.load_sample(datasets.find_split('train')[0])
+    loaded = datasets.load_sample(config, datasets.find_split(config, 'train')[0])
     np.testing.assert_array_equal(np.isnan(loaded.height), _collar() == 0)
     assert (loaded.image[_collar() == 0] == 0).all()
     # class 1 where valid, the unlabelled index (no class: no loss) elsewhere
@@ -218,11 +218,11 @@ def test_setting_image_scale_reaches_the_training_images(tmp_path):
     path = _write(tmp_path / 'u16.tif', values)
     settings.apply(['image_scale=4095'])
     assert config.image_scale == 4095
-    np.testing.assert_array_equal(datasets.read_image(path),
+    np.testing.assert_array_equal(datasets.read_image(config, path),
                                   values.transpose(1, 2, 0) / np.float32(4095))
     settings.apply(['image_scale=minmax'])
     low, high = values.min(), values.max()
-    np.testing.assert_allclose(datasets.read_image(path),
+    np.testing.assert_allclose(datasets.read_image(config, path),
                                (values.transpose(1, 2, 0) - low) / (high - low), atol=1e-7)
 
 
@@ -245,10 +245,10 @@ def test_best_weights_record_how_training_images_were_fed(tmp_path):
         _write(root / split / 'dsm' / 'a.tif', heights)
     settings.apply(['dataset_name=MyCity', f'shortcut_path={tmp_path}', 'sem_flag=False',
                     'cropSize=32', 'image_scale=minmax'])
-    datasets.check_training_splits()
+    statistics = datasets.check_training_splits(config).imagery()
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     path = str(tmp_path / 'm.weights.h5')
-    checkpoints.save_weights(model, path, 'mtl')
+    checkpoints.save_weights(model, path, 'mtl', config, imagery=statistics)
     with open(path + '.json') as f:
         meta = json.load(f)
     assert meta['settings']['image_scale'] == 'minmax'
@@ -266,4 +266,4 @@ def test_a_grey_training_image_is_named_with_the_fix(tmp_path):
     path = _write(tmp_path / 'grey.tif', _levels(bands=1))
     with pytest.raises(DatasetError, match=f'{path}: expected a colour image with 3 '
                                            f'channels, got 1. Fix: export it as RGB.'):
-        datasets.read_image(path)
+        datasets.read_image(config, path)

@@ -15,7 +15,7 @@ def test_unlabelled_pixels_add_nothing_to_the_loss_or_its_gradient(jit):
     labels = rng.integers(0, classes, (2, 3, 4)).astype(np.int32)
     unlabelled = np.zeros(labels.shape, bool)
     unlabelled[0, 1, :3] = unlabelled[1, 2, 3] = True
-    labels[unlabelled] = classes            # utils.datasets.unlabelled_index()
+    labels[unlabelled] = classes            # utils.datasets.unlabelled_index(config)
     variable = tf.Variable(probs)
 
     def loss_and_gradient():

@@ -58,8 +58,8 @@ def tiles(tmp_path):
         settings.apply(['dataset_name=DFC2018', f'shortcut_path={tmp_path}',
                         f'cropSize={CROP}', 'edge_flag=True', 'dae_training_samples=9',
                         'mtl_training_samples=26'])     # 6 batches of 4, 2 left over
-        assert datasets.is_tile_dataset()
-        return datasets.find_split('train')
+        assert datasets.is_tile_dataset(config)
+        return datasets.find_split(config, 'train')
     return make
 
 
@@ -80,8 +80,8 @@ def patches(tmp_path):
                              rng.integers(0, 2, shape).astype(np.uint8))
         settings.apply(['dataset_name=DFC2023_test', f'shortcut_path={tmp_path}',
                         f'cropSize={CROP}'])
-        assert not datasets.is_tile_dataset()
-        return datasets.find_split('train')
+        assert not datasets.is_tile_dataset(config)
+        return datasets.find_split(config, 'train')
     return make
 
 
@@ -89,7 +89,7 @@ def _references(samples):
     """Full-size expected fields of every sample, straight from the other modules."""
     refs = {}
     for sample in samples:
-        loaded = datasets.load_sample(sample)
+        loaded = datasets.load_sample(config, sample)
         valid = np.isfinite(loaded.height)
         ref = dict(image=loaded.image, height=np.where(valid, loaded.height, 0),
                    mask=valid.astype(np.float32), sem=loaded.labels,
@@ -245,7 +245,7 @@ def test_augmentation_turns_every_target_and_the_normals_with_the_image(tiles, n
 
 def test_tile_with_nodata_only_in_mask(tiles):
     samples = tiles()
-    loaded = datasets.load_sample(samples[0])
+    loaded = datasets.load_sample(config, samples[0])
     assert np.isnan(loaded.height).any()
     config.mtl_training_samples = 64
     batches = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=5))

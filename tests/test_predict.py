@@ -18,34 +18,14 @@ import tifffile
 
 import config
 import predict
-from tests.conftest import ROOT, run_python
+from tests.conftest import PREDICT_TINY as TINY, ROOT, run_python
 from utils import checkpoints, datasets, distribute, inference, raster, settings
 from utils.errors import CheckpointError, DatasetError, ImageryWarning, SettingError, UserError
 
-# Tiny networks (1/16 widths) on 32 px windows; test_stride 10 overlaps them.
-TINY = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
-        'backbone_weights=None', 'dropout_rate=0', 'test_stride=10', 'predict_stride=10',
-        'test_batch_size=3']
 GEO = [(33550, 'd', 3, (0.5, 0.5, 0.0), True),
        (33922, 'd', 6, (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0), True),
        (34735, 'H', 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32632), True),
        (34737, 's', 0, 'WGS 84 / UTM zone 32N|', True)]
-
-
-@pytest.fixture(scope='module')
-def weights(tmp_path_factory):
-    """Tiny MTL and DAE weights files with their .json, and the networks."""
-    import keras
-    from utils import tasks
-    folder = tmp_path_factory.mktemp('weights')
-    settings.apply(TINY)
-    keras.utils.set_random_seed(3)
-    mtl = tasks.build_mtl(config, pretrained=False)
-    dae = tasks.build_dae(config)
-    paths = {'mtl': str(folder / 'mtl.weights.h5'), 'dae': str(folder / 'dae.weights.h5')}
-    checkpoints.save_weights(mtl, paths['mtl'], 'mtl')
-    checkpoints.save_weights(dae, paths['dae'], 'dae')
-    return dict(paths, models=(mtl, dae))
 
 
 @pytest.fixture(scope='module')
@@ -83,7 +63,7 @@ def test_streamed_equals_in_memory(predict_fn, tmp_path, shape, dtype, layout):
     paths = predict.output_paths(str(tmp_path), 'img', ('height', 'sem', 'norm'))
     predict.predict_image(fn, path, paths, [0, 1, 2])
 
-    image = datasets.read_image(path)    # the in-memory path: whole image, predict_tile
+    image = datasets.read_image(config, path)    # the in-memory path: whole image, predict_tile
     h, w = shape[:2]
     padded = np.pad(image, ((0, max(32 - h, 0)), (0, max(32 - w, 0)), (0, 0)), mode='reflect')
     ref = inference.predict_tile(fn, padded, 32, 10, window=config.predict_window)
@@ -332,10 +312,15 @@ def test_trained_settings_come_from_the_json(weights, tmp_path):
     """Only --set dataset_name-like options: cropSize and widths from the .json."""
     # The user's settings, whichever test built the weights first.
     settings.apply(['cropSize=96', 'mtl_decoder_scale=0.25', 'dae_width_scale=0.25'])
-    checkpoints.adopt_settings(weights['mtl'], 'mtl')
-    checkpoints.adopt_settings(weights['dae'], 'dae', keep={'dae_width_scale'})
-    assert config.cropSize == 32 and config.mtl_decoder_scale == 0.0625
-    assert config.dae_width_scale == 0.25      # kept: the user set it
+    user = settings.current()
+    cfg, imagery = checkpoints.trained_settings(user, weights['mtl'], weights['dae'],
+                                                keep={'dae_width_scale'})
+    assert cfg.cropSize == 32 and cfg.mtl_decoder_scale == 0.0625
+    assert cfg.dae_width_scale == 0.25      # kept: the user set it
+    assert cfg.predict_stride == 32 // 3    # derived from the adopted cropSize
+    assert imagery['bands'] == [1, 2, 3]
+    # Nothing global changed: config and the user's settings are as set.
+    assert config.cropSize == user.cropSize == 96 and config.mtl_decoder_scale == 0.25
 
 
 def test_only_chief_and_worker_tasks_predict(weights, tmp_path, monkeypatch, capsys):

@@ -391,7 +391,7 @@ def test_a_region_without_labels_trains_without_validation_and_tests(tmp_path):
     assert config.sem_flag is False
     settings.apply(['sem_flag=True'])
     with pytest.raises(DatasetError, match=r"^Missing train/sem folder: .*set sem_flag=False"):
-        datasets.find_split('train')
+        datasets.find_split(config, 'train')
     command = printed_command(log)
     shrink = [f'--set={s}' for s in SHRINK]
     log = _script(tmp_path, *command, *shrink, '--set=train_valid_flag=False')

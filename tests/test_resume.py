@@ -127,6 +127,15 @@ def test_damaged_newest_checkpoint_resumes_from_the_one_before(
     assert all(checkpoints._damage(p) is None for p in trainer.manager.checkpoints)
 
 
+def test_a_trainer_saves_before_fit(tmp_path):
+    """Everything a save needs is built with the trainer."""
+    settings.apply(TINY + [f'checkpoint_root={tmp_path}'])
+    trainer = tiny_trainer(tmp_path)
+    trainer.save()
+    assert trainer.manager.checkpoints == [os.path.join(trainer.dir, 'train_state', 'ckpt-0')]
+    assert trainer.history == []
+
+
 def test_no_readable_checkpoint_is_a_one_line_error(two_checkpoints, tmp_path):
     state = str(two_checkpoints)
     spoil_index(os.path.join(state, 'ckpt-2'))

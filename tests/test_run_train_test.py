@@ -78,7 +78,7 @@ def test_run_train_test_on_two_replicas_writes_every_artifact(tmp_path, syntheti
     codes = set(config.dataset_settings('synthetic')['label_codes'])
     from utils import datasets
     config.shortcut_path = synthetic_root
-    samples = datasets.find_split('test')
+    samples = datasets.find_split(config, 'test')
     for test_run, label in (('mtl', 'MTL RMSE'), ('mtl_dae', 'MTL+DAE RMSE')):
         folder = tmp_path / 'out' / 'synthetic' / test_run
         with open(folder / 'metrics.json') as f:

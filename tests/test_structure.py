@@ -1,10 +1,14 @@
 """The project's import structure, read from the source: no import circle
 among our modules (imports inside functions included), and below the
-scripts only the modules the README names read config.py."""
+scripts only the modules the README names read config.py; pyflakes reads
+every file, config.py's rules included, without a report."""
 import ast
 import glob
+import io
 import os
 import re
+
+from pyflakes import api, reporter
 
 from conftest import ROOT
 
@@ -97,10 +101,27 @@ def test_below_the_scripts_only_the_modules_the_readme_names_read_config():
     readers = {m for m, targets in edges.items()
                if m.split('.')[0] in PACKAGES and 'config' in targets}
     assert readers == readers_in_readme()
-    # The loop, the input pipeline, the networks, the losses and inference
-    # take their settings as arguments.
-    assert not readers & {'utils.training', 'utils.pipeline', 'utils.losses',
-                          'utils.inference', 'utils.geometry', 'utils.tasks',
-                          'nets.mtl', 'nets.dae'}
+    # Every room below the scripts takes its settings as an argument; only
+    # the command line of config.py reads it.
+    assert readers == {'utils.settings'}
     assert not any(t.startswith('utils.datasets') for m in ('nets.mtl', 'nets.dae')
                    for t in edges[m])
+
+
+def pyflakes_reports(paths):
+    """pyflakes' report lines on the files and folders `paths`."""
+    out, err = io.StringIO(), io.StringIO()
+    api.checkRecursive(paths, reporter.Reporter(out, err))
+    return (out.getvalue() + err.getvalue()).splitlines()
+
+
+def test_pyflakes_finds_an_undefined_name(tmp_path):
+    (tmp_path / 'a.py').write_text("x: one_of('auto') = 'auto'\n")
+    assert [line.split(': ', 1)[1] for line in pyflakes_reports([str(tmp_path)])] == [
+        "undefined name 'one_of'", "undefined name 'auto'"]
+
+
+def test_pyflakes_reports_nothing():
+    paths = glob.glob(os.path.join(ROOT, '*.py')) + \
+        [os.path.join(ROOT, folder) for folder in (*PACKAGES, 'tests', 'bench')]
+    assert pyflakes_reports(paths) == []

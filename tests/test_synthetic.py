@@ -68,9 +68,9 @@ def test_foreign_folder_is_not_overwritten(tmp_path):
 
 def test_layout_and_sizes(full_root):
     use(full_root)
-    assert config.layout == 'split_folders' and not datasets.is_tile_dataset()
+    assert config.layout == 'split_folders' and not datasets.is_tile_dataset(config)
     for split, (count, side) in synthetic.SPLITS.items():
-        samples = datasets.find_split(split)
+        samples = datasets.find_split(config, split)
         assert len(samples) == count
         assert [s.name for s in samples] == [f'{split}_{i:04d}' for i in range(count)]
         sample = samples[0]
@@ -83,7 +83,7 @@ def test_layout_and_sizes(full_root):
         assert height.shape == (side, side) and height.dtype == np.float32
         assert sem.shape == (side, side) and sem.dtype == np.uint8
         assert side > config.cropSize or split == 'train'
-    datasets.check_split(datasets.find_split('train') + datasets.find_split('test'))
+    datasets.check_split(config, datasets.find_split(config, 'train') + datasets.find_split(config, 'test'))
 
 
 def test_heights_agree_with_classes(full_root):
@@ -91,8 +91,8 @@ def test_heights_agree_with_classes(full_root):
     assert config.label_codes == [0, 1, 2, 3, 4, 5]
     heights = {c: [] for c in range(6)}
     nodata_images = 0
-    for sample in datasets.find_split('train') + datasets.find_split('valid'):
-        loaded = datasets.load_sample(sample)
+    for sample in datasets.find_split(config, 'train') + datasets.find_split(config, 'valid'):
+        loaded = datasets.load_sample(config, sample)
         valid = np.isfinite(loaded.height)
         nodata_images += not valid.all()
         for c in range(6):
@@ -147,8 +147,8 @@ def test_shadow_matches_a_pixel_by_pixel_ray_march():
 def test_shadowed_ground_is_darker(full_root):
     use(full_root)
     lit, dark = [], []
-    for sample in datasets.find_split('valid'):
-        loaded = datasets.load_sample(sample)
+    for sample in datasets.find_split(config, 'valid'):
+        loaded = datasets.load_sample(config, sample)
         grass = loaded.labels == synthetic.LOW_VEG
         shadow = synthetic.cast_shadow(np.nan_to_num(loaded.height))
         brightness = loaded.image.mean(axis=-1)

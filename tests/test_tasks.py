@@ -28,7 +28,7 @@ def test_the_dae_stage_trains_the_dae_on_the_trained_mtl_frozen(tiny):
     with pytest.raises(CheckpointError, match='predCheckPointPath'):
         Trainer(tasks.DAETask(config), strategy)          # no MTL weights yet
     saved = Trainer(tasks.MTLTask(config), strategy).model
-    checkpoints.save_weights(saved, config.predCheckPointPath, 'mtl')
+    checkpoints.save_weights(saved, config.predCheckPointPath, 'mtl', config)
 
     trainer = Trainer(tasks.DAETask(config), strategy)
     assert trainer.model.name == 'dsmnet_dae' and trainer.best_path == config.corrCheckPointPath
@@ -80,8 +80,8 @@ def test_the_mtl_stage_validates_its_own_network_on_the_valid_split(tiny, synthe
     metrics = trainer.task.validate(strategy)
     predict_fn = inference.make_predict_fn(trainer.model, cfg=config, strategy=strategy)
     rmses = []
-    for sample in datasets.find_split('valid'):
-        loaded = datasets.load_sample(sample)
+    for sample in datasets.find_split(config, 'valid'):
+        loaded = datasets.load_sample(config, sample)
         height = inference.predict_tile(predict_fn, loaded.image, config.cropSize,
                                         config.valid_stride)['height']
         valid = np.isfinite(loaded.height)
@@ -101,7 +101,7 @@ def test_a_run_without_validation_keeps_its_last_weights_where_the_next_stage_lo
     assert config.predCheckPointPath == best       # nothing trained yet: the usual name
     trainer = Trainer(tasks.MTLTask(config), distribute.get_strategy(config))
     assert trainer.best_path == last and not trainer.validated
-    assert trainer._kept().startswith(f"last weights    {last} (no validation, "
+    assert trainer.kept.describe().startswith(f"last weights    {last} (no validation, "
                                       f"train_valid_flag = False")
     os.makedirs(run)
     for path, seconds in ((best, 1), (last, 2)):    # last written after best
@@ -116,3 +116,61 @@ def test_a_run_without_validation_keeps_its_last_weights_where_the_next_stage_lo
     settings.apply([f'predCheckPointPath={tmp_path}/mine.weights.h5'])
     assert tasks.make('mtl', config).weights_path(validated=False) == \
         f'{tmp_path}/mine.weights.h5'
+
+
+def _raised_copy(source, root, count, metres):
+    """`count` samples of `source` (datasets.Sample) copied into the
+    split_folders dataset `root`'s split, heights raised by `metres`."""
+    import rasterio
+    for sample in source[:count]:
+        for folder, path in (('rgb', sample.image), ('sem', sample.labels),
+                             ('dsm', sample.height)):
+            os.makedirs(os.path.join(root, folder), exist_ok=True)
+            with rasterio.open(path) as src:
+                profile, data = src.profile, src.read()
+            if folder == 'dsm':
+                data = data + np.float32(metres)    # NaN and -9999-like nodata stay nodata
+            profile.update(driver='GTiff')
+            with rasterio.open(os.path.join(root, folder, os.path.basename(path)), 'w',
+                               **profile) as dst:
+                dst.write(data)
+
+
+@pytest.mark.filterwarnings('ignore::rasterio.errors.NotGeoreferencedWarning')
+def test_two_settings_in_one_process_each_read_their_own_data(synthetic_root, tmp_path):
+    """Two tasks of two Settings in one process, used in turn: each finds,
+    checks and batches its own dataset (the second's heights are the first's
+    raised by 100 m), the first's batches are the same before and after the
+    second's, and config itself is left as it was. A third on the first's
+    files scales their values by its own image_scale."""
+    settings.apply(TINY)
+    a = settings.current().replace(shortcut_path=synthetic_root)
+    for split, count in (('train', 2), ('valid', 1)):
+        _raised_copy(datasets.find_split(a, split), str(tmp_path / 'MyCity' / split), count,
+                     100)
+    b = a.replace(dataset_name='MyCity', shortcut_path=str(tmp_path),
+                  label_codes=list(a.label_codes))
+    assert (config.dataset_name, config.shortcut_path) == ('synthetic', './datasets/')
+    assert (a.batch_size, b.batch_size) == (8, 2)   # each its dataset's published default
+    task_a, task_b = tasks.MTLTask(a), tasks.MTLTask(b)
+    assert [len(datasets.find_split(s, 'train')) for s in (a, b)] == [
+        len(os.listdir(os.path.join(synthetic_root, 'synthetic', 'train', 'rgb'))), 2]
+    assert [t.steps_per_epoch(2) for t in (task_a, task_b)][1] == 1
+
+    def heights(task):
+        batch = next(iter(task.train_dataset(2, epoch=0)))
+        mask = batch['mask'].numpy()[..., 0] > 0
+        return batch['height'].numpy()[..., 0][mask]
+
+    first, raised, again = heights(task_a), heights(task_b), heights(task_a)
+    # The synthetic heights are 0-27 m (config.py's DATASETS entry).
+    assert first.max() < 50 and raised.min() > 50
+    np.testing.assert_array_equal(first, again)
+    # uint8 images: 'auto' divides by 255, image_scale = 510 by twice that
+    # (float32 division: the halves agree to one rounding, 2**-24 relative).
+    images = [next(iter(tasks.MTLTask(s).train_dataset(2, epoch=0)))['image'].numpy()
+              for s in (a, a.replace(image_scale=510))]
+    np.testing.assert_allclose(images[1], images[0] / 2, rtol=2 ** -23, atol=0)
+    mean_a = datasets.check_training_splits(a).band_mean
+    mean_b = datasets.check_training_splits(b).band_mean
+    assert mean_a != mean_b     # all synthetic training images vs two of them

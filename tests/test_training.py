@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, TINY, run_python, small_encoder
+from utils import callbacks
+from utils.errors import TrainingDiverged
 
 REPLICA_RUN = os.path.join(ROOT, 'tests', 'replica_run.py')
 
@@ -22,6 +24,27 @@ def replica_run(tmp_path, stage, replicas, steps=2, extra=(), gpus=False):
                         timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     return dict(np.load(out))
+
+
+def test_early_stopping_counts_finished_epochs_without_improvement():
+    stop = callbacks.EarlyStopping(True, 2)
+    # (improved, finished) per epoch: an unfinished epoch (max_steps) does not
+    # count, an improvement starts the count again.
+    epochs = [(False, True), (False, False), (True, True), (False, True), (False, True)]
+    assert [stop.update(*e) for e in epochs] == [False, False, False, False, True]
+    assert not callbacks.EarlyStopping(False, 1).update(False, True)
+
+
+def test_best_weights_improve_by_more_than_delta():
+    rmse = callbacks.BestWeights('a.weights.h5', 'rmse', 0.1, True)
+    assert rmse.improved(5.0)           # nothing kept yet
+    rmse.best.assign(5.0)
+    assert not rmse.improved(4.95) and rmse.improved(4.85)     # lower is better
+    miou = callbacks.BestWeights('a.weights.h5', 'miou', 0.1, True)
+    miou.best.assign(0.5)
+    assert miou.improved(0.61) and not miou.improved(0.59)      # higher is better
+    assert callbacks.BestWeights('a.weights.h5', 'rmse', 0, False).describe().startswith(
+        'last weights    a.weights.h5 (no validation')
 
 
 def weights(run, prefix='w_'):
@@ -175,7 +198,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, synthetic_root, 
     import tensorflow as tf
     import config
     import train_mtl
-    from utils import pipeline, settings, training
+    from utils import pipeline, settings
     settings.apply(TINY + [f'shortcut_path={synthetic_root}', f'checkpoint_root={tmp_path}',
                            'batch_size=4', 'checkpoint_every=2'])
     real = pipeline.train_dataset
@@ -190,7 +213,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, synthetic_root, 
 
     monkeypatch.setattr(pipeline, 'train_dataset', poisoned)
     # The NaN guard is under test, not DenseNet121: the stand-in encoder.
-    with small_encoder(), pytest.raises(training.TrainingDiverged,
+    with small_encoder(), pytest.raises(TrainingDiverged,
                                         match=r"loss term 'dsm' is nan at step 4"):
         train_mtl.main()
     state = tmp_path / 'synthetic' / 'mtl' / 'train_state'

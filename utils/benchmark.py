@@ -21,7 +21,7 @@ def synthetic_batch(global_batch, cfg, seed=0):
     targets made from them."""
     rng = np.random.default_rng(seed)
     shape = (global_batch, cfg.cropSize, cfg.cropSize)
-    images = rng.uniform(0, 1, shape + (datasets.image_channels(),)).astype('float32')
+    images = rng.uniform(0, 1, shape + (datasets.image_channels(cfg),)).astype('float32')
     heights = rng.uniform(0, 30, shape).astype('float32')
     labels = rng.integers(0, len(cfg.label_codes), shape, dtype='int32')
     examples = [pipeline.make_fields(datasets.Loaded(*sample), cfg)

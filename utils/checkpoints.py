@@ -1,18 +1,20 @@
 """Best-weights files with the settings that shape the network beside them,
-and the training state a run resumes from.
+and the training state a run resumes from (TrainingState).
 
 `<path>` holds the Keras weights, `<path>.json` the settings; loading checks
-them against config.py so a wrong flag is reported by name instead of as a
+them against the run's settings `cfg` so a wrong flag is reported by name instead of as a
 shape error deep inside Keras. Both files are written to a temporary name
 and renamed, so an interrupted write never replaces a good file.
 """
 import glob
 import json
 import os
+import shutil
+import tempfile
+import time
 
 import tensorflow as tf
 
-import config
 from utils import heads
 from utils.errors import CheckpointError
 
@@ -30,55 +32,69 @@ SETTING_OF_INIT = {'mtl': 'mtl_init_weights', 'dae': 'dae_init_weights'}
 ADOPTED = ('cropSize', 'image_scale')
 
 
-def _settings(kind):
-    return {k: getattr(config, k) for k in ARCHITECTURE[kind] + ADOPTED} | {
-        'dataset_name': config.dataset_name}
+def _settings(cfg, kind):
+    return {k: getattr(cfg, k) for k in ARCHITECTURE[kind] + ADOPTED} | {
+        'dataset_name': cfg.dataset_name}
 
 
-def _imagery():
+def _imagery(cfg, statistics):
     """How the training images were fed: band order (1-based, as --bands)
-    and, when the training split was checked, their band statistics."""
+    and their band statistics (`statistics`, from the training split's
+    check: datasets.SplitSummary.imagery(); {} when it was not checked)."""
     from utils import datasets
-    channels = datasets.image_channels()
-    return {'bands': list(range(1, channels + 1)), **datasets.training_images}
+    channels = datasets.image_channels(cfg)
+    return {'bands': list(range(1, channels + 1)), **(statistics or {})}
 
 
 def _jsonable(value):
     return json.loads(json.dumps(value))
 
 
-def save_weights(model, path, kind, extra=None):
-    """Write weights and settings atomically; `extra` (e.g. metrics) goes in the JSON."""
+def save_weights(model, path, kind, cfg, extra=None, imagery=None):
+    """Write weights and the settings `cfg` atomically; `extra` (e.g. metrics)
+    goes in the JSON, `imagery` (the training images' band statistics) with
+    the band order."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path[:-len('.weights.h5')] + '.tmp.weights.h5'
     model.save_weights(tmp)
     with open(path + '.json.tmp', 'w') as f:
-        json.dump({'kind': kind, 'settings': _settings(kind), 'imagery': _imagery(),
+        json.dump({'kind': kind, 'settings': _settings(cfg, kind),
+                   'imagery': _imagery(cfg, imagery),
                    **(extra or {})}, f, indent=2, default=float)
     os.replace(tmp, path)
     os.replace(path + '.json.tmp', path + '.json')
 
 
-def adopt_settings(path, kind, keep=()):
-    """Take the architecture settings, cropSize and image_scale saved beside
-    the weights file `path` into config, except the names in `keep` (set by
-    the user, so load_weights reports a mismatch instead). Returns the
-    file's 'imagery' record ({} without one). No .json: nothing changes."""
-    from utils import settings
+def adopted_settings(path, kind, keep=()):
+    """(settings, imagery) saved beside the weights file `path`: the
+    architecture settings, cropSize and image_scale ({name: value}), except
+    the names in `keep` (set by the user, so load_weights reports a mismatch
+    instead), for Settings.replace; and the file's 'imagery' record. No
+    .json: ({}, {})."""
     meta_path = path + '.json'
     if not os.path.exists(meta_path):
-        return {}
+        return {}, {}
     with open(meta_path) as f:
         meta = json.load(f)
     trained = meta.get('settings', {})
-    for key in ARCHITECTURE[kind] + ADOPTED:
-        if key in trained and key not in keep:
-            settings.override(key, trained[key])
-    return meta.get('imagery', {})
+    adopted = {key: trained[key] for key in ARCHITECTURE[kind] + ADOPTED
+               if key in trained and key not in keep}
+    return adopted, meta.get('imagery', {})
 
 
-def load_weights(model, path, kind):
-    """Load weights saved by save_weights, checking the architecture settings first."""
+def trained_settings(cfg, mtl_path, dae_path=None, keep=()):
+    """(settings, imagery): `cfg` with the settings saved beside the MTL
+    weights and, if given, the DAE weights adopted (adopted_settings), and
+    the MTL weights' imagery record. predict.py and export.py run on them."""
+    adopted, imagery = adopted_settings(mtl_path, 'mtl', keep)
+    if dae_path:
+        adopted.update(adopted_settings(dae_path, 'dae', keep)[0])
+    return cfg.replace(**adopted), imagery
+
+
+def load_weights(model, path, kind, cfg):
+    """Load weights saved by save_weights, checking the architecture settings
+    (those of `cfg`) first."""
     setting = SETTING_OF_PATH[kind]
     if not os.path.exists(path):
         stage = 'train_mtl.py' if kind == 'mtl' else 'train_dae.py'
@@ -89,7 +105,7 @@ def load_weights(model, path, kind):
     if os.path.exists(meta_path):
         with open(meta_path) as f:
             trained = json.load(f).get('settings', {})
-        current = _jsonable(_settings(kind))
+        current = _jsonable(_settings(cfg, kind))
         for key in ARCHITECTURE[kind]:
             if key in trained and trained[key] != current[key]:
                 raise CheckpointError(
@@ -114,8 +130,8 @@ def _trained_settings(path):
         return json.load(f).get('settings', {})
 
 
-def init_weights(model, kind, build):
-    """Start `model` from the file config.<kind>_init_weights names
+def init_weights(model, kind, build, cfg):
+    """Start `model` from the file cfg.<kind>_init_weights names
     (fine-tuning); returns what it did, for the training log, or None when
     the setting is None. build(num_classes): the same network for another
     class count (utils/tasks.py), for a file of another class list.
@@ -125,14 +141,14 @@ def init_weights(model, kind, build):
     as built (the MTL's semantic output; the DAE's first convolution where it
     reads the semantic probabilities) and everything else is loaded."""
     setting = SETTING_OF_INIT[kind]
-    path = getattr(config, setting)
+    path = getattr(cfg, setting)
     if path is None:
         return None
     if not os.path.exists(path):
         raise CheckpointError(f"{setting} = {path!r}: no such file. Fix: point it at a "
                               f"best.weights.h5 written by train_{kind}.py, or set it to None.")
     trained = _trained_settings(path)
-    current = _jsonable(_settings(kind))
+    current = _jsonable(_settings(cfg, kind))
     for key in ARCHITECTURE[kind]:
         if key != 'label_codes' and key in trained and trained[key] != current[key]:
             raise CheckpointError(
@@ -140,12 +156,12 @@ def init_weights(model, kind, build):
                 f"has {key}={current[key]!r}. Fix: --set {key}={trained[key]!r} to start "
                 f"from it, or another {setting}.")
     codes = trained.get('label_codes', current['label_codes'])
-    if codes == current['label_codes'] or not config.sem_flag:
+    if codes == current['label_codes'] or not cfg.sem_flag:
         _load(model, path, setting, kind)
         return f"{path} (every layer)"
     donor = build(len(codes))
     _load(donor, path, setting, kind)
-    fresh = _transfer(donor, model, len(codes))
+    fresh = _transfer(donor, model, len(codes), cfg)
     return (f"{path}; label_codes differ from its {codes}: {', '.join(fresh)} "
             f"re-initialised, every other layer loaded")
 
@@ -160,7 +176,7 @@ def _load(model, path, setting, kind):
                               f"train_{kind}.py wrote.") from err
 
 
-def _transfer(donor, model, donor_classes):
+def _transfer(donor, model, donor_classes, cfg):
     """Copy every layer of `donor` whose weights have the shapes of `model`'s;
     the DAE's first convolution channel by channel except the semantic
     probabilities'. Returns what stays as built, in words."""
@@ -176,8 +192,8 @@ def _transfer(donor, model, donor_classes):
             layer.set_weights(source)
         elif layer.name == dae_net.FIRST_CONV:
             kernel, bias = target
-            parts = [dae_net.input_parts(n, datasets.image_channels(), **heads.switches(config))
-                     for n in (donor_classes, len(config.label_codes))]
+            parts = [dae_net.input_parts(n, datasets.image_channels(cfg), **heads.switches(cfg))
+                     for n in (donor_classes, len(cfg.label_codes))]
             start = [0, 0]
             for (name, old), (_, new) in zip(*parts):
                 if name != 'sem':
@@ -280,3 +296,56 @@ def restore_newest_readable(checkpoint, state, log, chief=True):
             f"put intact copies there, or set resume = False to start again "
             f"(the run folder is moved aside)")
     return None
+
+
+class TrainingState:
+    """What a run resumes from: `variables` (weights, optimizer, counters; the
+    names are the checkpoint's keys) in a tf.train.Checkpoint of which the
+    two newest are kept in <run_dir>/train_state, and the epoch records
+    (`history`) beside them in history.json. Only the chief keeps files; the
+    other workers take part in every save (it is collective) in a scratch
+    folder. save() works from construction on."""
+
+    def __init__(self, run_dir, chief, **variables):
+        self.dir, self.chief = run_dir, chief
+        self.folder = os.path.join(run_dir, 'train_state')
+        self.checkpoint = tf.train.Checkpoint(**variables)
+        self.history = []
+        self.manager = self._manager()
+
+    def _manager(self):
+        directory = self.folder if self.chief else tempfile.mkdtemp(prefix='dsmnet_worker_')
+        return tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
+
+    def set_aside(self, resume):
+        """With resume = False, a previous run's folder is moved aside (by the
+        chief) before this run writes anything."""
+        if saved_states(self.folder) and not resume:
+            aside = f"{self.dir}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+            if self.chief:
+                shutil.move(self.dir, aside)
+                print(f"resume = False: the previous run was moved to {aside}")
+
+    def restore(self, log, resume):
+        """With `resume`, restore the newest readable state and its history
+        (restore_newest_readable); its prefix, or None for a new run."""
+        restored = restore_newest_readable(
+            self.checkpoint, self.folder, log, self.chief) if resume else None
+        self.manager = self._manager()
+        history = os.path.join(self.dir, 'history.json')
+        if restored and os.path.exists(history):
+            with open(history) as f:
+                self.history = json.load(f)
+        return restored
+
+    def save(self, step, log):
+        path = self.manager.save(checkpoint_number=step)
+        if self.chief:
+            with open(os.path.join(self.dir, 'history.json.tmp'), 'w') as f:
+                json.dump(self.history, f, indent=1)
+            os.replace(os.path.join(self.dir, 'history.json.tmp'),
+                       os.path.join(self.dir, 'history.json'))
+            log.info(f"checkpoint saved: {path} (step {step})")
+        else:
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
+            self.manager = self._manager()

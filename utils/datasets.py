@@ -1,7 +1,9 @@
 """Finding and loading the images, heights and labels of every dataset.
 
-The datasets root is os.path.join(config.shortcut_path, config.dataset_name);
-config.layout (from the dataset table in config.py) names the row of LAYOUTS
+Every function takes the settings `cfg` (utils/settings.Settings, or the
+config module itself) as its first argument; nothing here reads config.py.
+The datasets root is os.path.join(cfg.shortcut_path, cfg.dataset_name);
+cfg.layout (from the dataset table in config.py) names the row of LAYOUTS
 below that says how it is organised:
 
   'vaihingen'      RGB/top_mosaic_09cm_area<N>.tif, NDSM/dsm_09cm_matching_area<N>.jpg,
@@ -12,7 +14,7 @@ below that says how it is organised:
                    without BOTH truths is skipped (published rule).
   'split_folders'  train/ valid/ test/, each with one folder per modality holding files
                    of the same name: rgb/ sar/ dsm/ sem/, or the folders the dataset's
-                   config.DATASETS entry names (Vaihingen_crp256 rgb/ ndsm/ sem/;
+                   DATASETS entry in config.py names (Vaihingen_crp256 rgb/ ndsm/ sem/;
                    synthetic rgb/ dsm/ sem/).
 
 A new layout is a row of LAYOUTS and its finder function.
@@ -25,7 +27,7 @@ names the height partner of top_mosaic_09cm_area<X> is dsm_09cm_matching_area<X>
 
 Loading conventions:
   image   float32 HxWx3 (HxWx4 with SAR) in [0, 1], read by utils/raster.Image:
-          scaled by config.image_scale (default: uint8 / 255, uint16 / 65535 or
+          scaled by cfg.image_scale (default: uint8 / 255, uint16 / 65535 or
           the declared bit depth, floats within [0, 1] kept, other types min-max
           scaled per image); a palette expanded through its colour map. Channels
           after the third (alpha, NIR) are dropped. Pixels the file marks invalid
@@ -36,8 +38,8 @@ Loading conventions:
           mask, and values below -1000 (e.g. -9999, -32768, -3.4e38). DFC2018
           instead applies its published outlier rule to DSM and DEM (see
           correct_dfc2018).
-  labels  int32 HxW indices into config.label_codes (RGB colour triplets for
-          Vaihingen, integer codes elsewhere); pixels holding config.unlabelled_code
+  labels  int32 HxW indices into cfg.label_codes (RGB colour triplets for
+          Vaihingen, integer codes elsewhere); pixels holding cfg.unlabelled_code
           (DFC2018's 0, the eroded Vaihingen reference's black) get the index
           len(label_codes), which the semantic loss and metrics leave out.
 Every file is read through utils/raster.py (GDAL).
@@ -48,9 +50,9 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-import config
 from utils import raster
 from utils.errors import DatasetError
+from utils.rules import CROP_MULTIPLE
 
 SPLITS = ('train', 'valid', 'test')
 NODATA_BELOW = -1000.0      # heights below this are nodata (DFC2018: outliers)
@@ -81,7 +83,7 @@ class Sample:
     height: str                 # path of the nDSM / AGL / dsm (DFC2018: the DSM)
     labels: str | None          # path of the semantic label image
     dem: str | None = None      # DFC2018 only
-    sar: str | None = None      # DFC2023 with config.sar_mode
+    sar: str | None = None      # DFC2023 with sar_mode
 
 
 class Loaded(NamedTuple):
@@ -90,9 +92,9 @@ class Loaded(NamedTuple):
     labels: np.ndarray | None   # int32 HxW class indices
 
 
-def image_channels():
+def image_channels(cfg):
     """Channels of a loaded image: RGB, and the SAR channel with sar_mode."""
-    return 4 if config.sar_mode else 3
+    return 4 if cfg.sar_mode else 3
 
 
 def check_crop_fits(what, shape, crop):
@@ -102,63 +104,67 @@ def check_crop_fits(what, shape, crop):
     windows out)."""
     if min(shape[:2]) < crop:
         size = 'x'.join(str(side) for side in reversed(shape[:2]))   # width x height
-        step = config.CROP_MULTIPLE
+        step = CROP_MULTIPLE
         fitting = min(shape[:2]) // step * step
         raise DatasetError(f"{what} is {size}, smaller than cropSize={crop}. Fix: set "
                            f"cropSize to at most {fitting} (a multiple of {step}), or remove "
                            f"the image.")
 
 
-def dataset_root():
-    return os.path.join(config.shortcut_path, config.dataset_name)
+def dataset_root(cfg):
+    return os.path.join(cfg.shortcut_path, cfg.dataset_name)
 
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """One way a dataset folder is organised: a row of LAYOUTS."""
-    name: str                           # config.layout's value
-    find: Callable[[str, str], list]    # (root, split) -> its Samples
-    tree: Callable[[], str]             # the folder tree under the root, for errors
+    name: str                           # the layout setting's value
+    find: Callable[..., list]           # (cfg, root, split) -> its Samples
+    tree: Callable[..., str]            # (cfg) -> the folder tree under the root, for errors
     tiles: bool = False                 # large tiles, trained on random crops
     folders: dict | None = None         # {modality: folder} in each split, unless the
-                                        # dataset's config.DATASETS entry names its own
+                                        # dataset's DATASETS entry names its own
 
 
-def layout(name=None):
-    """The row of LAYOUTS named `name` (default: config.layout)."""
-    name = config.layout if name is None else name
-    for row in LAYOUTS:
-        if row.name == name:
-            return row
-    raise DatasetError(f"Unknown layout {name!r} for dataset {config.dataset_name!r}; "
-                       f"expected one of {', '.join(row.name for row in LAYOUTS)}.")
+def layout_named(name):
+    """The row of LAYOUTS named `name`, or None."""
+    return next((row for row in LAYOUTS if row.name == name), None)
 
 
-def is_tile_dataset():
+def layout(cfg):
+    """The row of LAYOUTS that cfg.layout names."""
+    row = layout_named(cfg.layout)
+    if row is None:
+        raise DatasetError(f"Unknown layout {cfg.layout!r} for dataset {cfg.dataset_name!r}; "
+                           f"expected one of {', '.join(row.name for row in LAYOUTS)}.")
+    return row
+
+
+def is_tile_dataset(cfg):
     """True for the large-tile datasets that are trained on random crops."""
-    return layout().tiles
+    return layout(cfg).tiles
 
 
-def split_folder_names():
-    """{modality: folder} in each split of the current dataset."""
-    return config.dataset_settings(config.dataset_name)['folders'] or layout().folders
+def split_folder_names(cfg):
+    """{modality: folder} in each split of the dataset."""
+    return cfg.folders or layout(cfg).folders
 
 
-def expected_layout():
-    """The folder tree the current dataset should have, for error messages."""
-    return f"{dataset_root()}/\n{layout().tree()}"
+def expected_layout(cfg):
+    """The folder tree the dataset should have, for error messages."""
+    return f"{dataset_root(cfg)}/\n{layout(cfg).tree(cfg)}"
 
 
-def _layout_error(what):
-    return DatasetError(f"{what}\nExpected layout for dataset_name={config.dataset_name!r} "
-                        f"(layout {config.layout!r}):\n{expected_layout()}\n"
+def _layout_error(cfg, what):
+    return DatasetError(f"{what}\nExpected layout for dataset_name={cfg.dataset_name!r} "
+                        f"(layout {cfg.layout!r}):\n{expected_layout(cfg)}\n"
                         f"Fix: put the data there, or set shortcut_path (now "
-                        f"{config.shortcut_path!r}) / dataset_name to where it is.")
+                        f"{cfg.shortcut_path!r}) / dataset_name to where it is.")
 
 
-def _require_dir(path, what):
+def _require_dir(cfg, path, what):
     if not os.path.isdir(path):
-        raise _layout_error(f"Missing {what} folder: {path}")
+        raise _layout_error(cfg, f"Missing {what} folder: {path}")
 
 
 def _index(folder):
@@ -178,26 +184,26 @@ def _index(folder):
     return index
 
 
-def _raise_problems(problems, fix):
+def _raise_problems(cfg, problems, fix):
     if problems:
         listed = '\n  '.join(problems[:MAX_LISTED])
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" \
             if len(problems) > MAX_LISTED else ''
         raise DatasetError(f"{len(problems)} problem(s) in dataset "
-                           f"{config.dataset_name!r}:\n  {listed}{more}\nFix: {fix}")
+                           f"{cfg.dataset_name!r}:\n  {listed}{more}\nFix: {fix}")
 
 
-def _labels_needed(folder, what):
+def _labels_needed(cfg, folder, what):
     """Whether the label folder is used: required with sem_flag, optional without."""
     if os.path.isdir(folder):
         return True
-    if config.sem_flag:
-        raise _layout_error(f"Missing {what} folder: {folder} (needed because sem_flag=True; "
+    if cfg.sem_flag:
+        raise _layout_error(cfg, f"Missing {what} folder: {folder} (needed because sem_flag=True; "
                             f"set sem_flag=False to train without semantics)")
     return False
 
 
-def _find_named(root, split, stems, folders):
+def _find_named(cfg, root, split, stems, folders):
     """Samples of the fixed-name layouts (Vaihingen, DFC2018).
 
     stems: [(name, {modality: file stem or tuple of accepted stems})];
@@ -205,8 +211,8 @@ def _find_named(root, split, stems, folders):
     """
     for modality, folder in folders.items():
         if modality != 'labels':
-            _require_dir(os.path.join(root, folder), folder)
-    use_labels = _labels_needed(os.path.join(root, folders['labels']), folders['labels'])
+            _require_dir(cfg, os.path.join(root, folder), folder)
+    use_labels = _labels_needed(cfg, os.path.join(root, folders['labels']), folders['labels'])
     index = {m: _index(os.path.join(root, f)) for m, f in folders.items()}
     samples, problems = [], []
     for name, stem in stems:
@@ -223,32 +229,32 @@ def _find_named(root, split, stems, folders):
                 problems.append(f"{split}: missing {expected}.* ({modality} of {name})")
         samples.append(Sample(name=name, image=paths['image'], height=paths['height'],
                               labels=paths['labels'], dem=paths.get('dem')))
-    _raise_problems(problems, "the published split lists these files by name; add them "
+    _raise_problems(cfg, problems, "the published split lists these files by name; add them "
                               "(see the expected layout in utils/datasets.py).")
     return samples
 
 
-def _find_vaihingen(root, split):
+def _find_vaihingen(cfg, root, split):
     stems = [(f'top_mosaic_09cm_area{n}',
               # The ISPRS nDSM package adds '_normalized' to the name in README's Datasets table.
               dict(image=f'top_mosaic_09cm_area{n}',
                    height=(f'dsm_09cm_matching_area{n}', f'dsm_09cm_matching_area{n}_normalized'),
                    labels=f'top_mosaic_09cm_area{n}'))
              for n in VAIHINGEN_AREAS[split]]
-    return _find_named(root, split, stems, dict(image='RGB', height='NDSM', labels='SEM'))
+    return _find_named(cfg, root, split, stems, dict(image='RGB', height='NDSM', labels='SEM'))
 
 
-def _find_dfc2018(root, split):
+def _find_dfc2018(cfg, root, split):
     stems = [(t, dict(image=t, height=t, dem=t, labels=t)) for t in DFC2018_TILES[split]]
-    return _find_named(root, split, stems,
+    return _find_named(cfg, root, split, stems,
                        dict(image='RGB', height='DSM', dem='DEM', labels='SEM'))
 
 
-def _find_dfc2019(root, split):
+def _find_dfc2019(cfg, root, split):
     split_dir = os.path.join(root, DFC2019_SPLIT_DIRS[split])
-    _require_dir(split_dir, f"{DFC2019_SPLIT_DIRS[split]} split")
+    _require_dir(cfg, split_dir, f"{DFC2019_SPLIT_DIRS[split]} split")
     for sub in ('RGB', 'Truth'):
-        _require_dir(os.path.join(split_dir, sub), f"{DFC2019_SPLIT_DIRS[split]}/{sub}")
+        _require_dir(cfg, os.path.join(split_dir, sub), f"{DFC2019_SPLIT_DIRS[split]}/{sub}")
     truth = _index(os.path.join(split_dir, 'Truth'))
     samples, problems = [], []
     for stem, path in _index(os.path.join(split_dir, 'RGB')).items():
@@ -259,30 +265,30 @@ def _find_dfc2019(root, split):
         agl, cls = truth.get(f'{base}_AGL{suffix}'), truth.get(f'{base}_CLS{suffix}')
         if agl and cls:     # published rule: an image without both truths is skipped
             samples.append(Sample(name=stem, image=path, height=agl, labels=cls))
-    _raise_problems(problems, "rename the images to <base>_RGB_<n>.tif or move them out of RGB/.")
+    _raise_problems(cfg, problems, "rename the images to <base>_RGB_<n>.tif or move them out of RGB/.")
     if not samples:
-        raise _layout_error(f"No image in {split_dir}/RGB has both truths "
+        raise _layout_error(cfg, f"No image in {split_dir}/RGB has both truths "
                             f"(Truth/<base>_AGL_<n> and Truth/<base>_CLS_<n>).")
     return samples
 
 
-def _find_split_folders(root, split):
-    names = split_folder_names()
+def _find_split_folders(cfg, root, split):
+    names = split_folder_names(cfg)
     split_dir = os.path.join(root, split)
-    _require_dir(split_dir, f"{split} split")
+    _require_dir(cfg, split_dir, f"{split} split")
     for modality in ('image', 'height'):
-        _require_dir(os.path.join(split_dir, names[modality]), f"{split}/{names[modality]}")
-    if config.sar_mode:
+        _require_dir(cfg, os.path.join(split_dir, names[modality]), f"{split}/{names[modality]}")
+    if cfg.sar_mode:
         if not names['sar']:
-            raise DatasetError(f"sar_mode=True but dataset {config.dataset_name!r} has no SAR "
+            raise DatasetError(f"sar_mode=True but dataset {cfg.dataset_name!r} has no SAR "
                                f"images. Fix: set sar_mode=False.")
-        _require_dir(os.path.join(split_dir, names['sar']), f"{split}/{names['sar']}")
-    use_labels = _labels_needed(os.path.join(split_dir, names['labels']),
+        _require_dir(cfg, os.path.join(split_dir, names['sar']), f"{split}/{names['sar']}")
+    use_labels = _labels_needed(cfg, os.path.join(split_dir, names['labels']),
                                 f"{split}/{names['labels']}")
     index = {m: _index(os.path.join(split_dir, names[m]))
              for m in ('image', 'height', 'labels', 'sar') if names[m]}
     partners = ['height'] + (['labels'] if use_labels else []) + \
-        (['sar'] if config.sar_mode else [])
+        (['sar'] if cfg.sar_mode else [])
     samples, problems = [], []
     for stem, path in index['image'].items():
         found = {}
@@ -297,17 +303,17 @@ def _find_split_folders(root, split):
                                 f"{os.path.join(split_dir, names[modality], stem)}.*")
         samples.append(Sample(name=stem, image=path, height=found['height'],
                               labels=found.get('labels'), sar=found.get('sar')))
-    _raise_problems(problems, "add the partner file with the same name, or remove the image.")
+    _raise_problems(cfg, problems, "add the partner file with the same name, or remove the image.")
     if not samples:
-        raise _layout_error(f"The {split} split has no images in "
+        raise _layout_error(cfg, f"The {split} split has no images in "
                             f"{os.path.join(split_dir, names['image'])}.")
     return samples
 
 
-def _split_folders_tree():
-    names = split_folder_names()
+def _split_folders_tree(cfg):
+    names = split_folder_names(cfg)
     lines = [f"    {names[m]}/<name>.tif" for m in ('image', 'sar', 'height', 'labels')
-             if names[m] and (m != 'sar' or config.sar_mode)]
+             if names[m] and (m != 'sar' or cfg.sar_mode)]
     return "  train/ valid/ test/  each with\n" + '\n'.join(lines) + \
         "\n  (the same file name in every folder)"
 
@@ -319,39 +325,39 @@ def _split_lists(lists, prefix=''):
 
 LAYOUTS = (
     Layout('vaihingen', _find_vaihingen, tiles=True,
-           tree=lambda: "  RGB/top_mosaic_09cm_area<N>.tif\n"
+           tree=lambda cfg: "  RGB/top_mosaic_09cm_area<N>.tif\n"
                         "  NDSM/dsm_09cm_matching_area<N>.jpg\n  SEM/top_mosaic_09cm_area<N>.tif\n"
                         + _split_lists(VAIHINGEN_AREAS, 'areas ')),
     Layout('dfc2018', _find_dfc2018, tiles=True,
-           tree=lambda: "  RGB/<tile>.tif\n  DSM/<tile>.tif\n  DEM/<tile>.tif\n  SEM/<tile>.tif\n"
+           tree=lambda cfg: "  RGB/<tile>.tif\n  DSM/<tile>.tif\n  DEM/<tile>.tif\n  SEM/<tile>.tif\n"
                         + _split_lists(DFC2018_TILES)),
     Layout('dfc2019', _find_dfc2019,
-           tree=lambda: "  Train/ Valid/ Test/  each with\n    RGB/<base>_RGB_<n>.tif\n"
+           tree=lambda cfg: "  Train/ Valid/ Test/  each with\n    RGB/<base>_RGB_<n>.tif\n"
                         "    Truth/<base>_AGL_<n>.tif\n    Truth/<base>_CLS_<n>.tif"),
     Layout('split_folders', _find_split_folders, tree=_split_folders_tree,
            folders=dict(image='rgb', height='dsm', labels='sem', sar='sar')),
 )
 
 
-def find_split(split):
+def find_split(cfg, split):
     """The samples of 'train', 'valid' or 'test', sorted by name.
 
-    With config.train_valid_flag False, 'train' also returns the valid samples.
+    With cfg.train_valid_flag False, 'train' also returns the valid samples.
     For dataset_name 'synthetic' the data are generated on first use.
     """
     if split not in SPLITS:
         raise DatasetError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
-    root = dataset_root()
-    if config.dataset_name == 'synthetic':
+    root = dataset_root(cfg)
+    if cfg.dataset_name == 'synthetic':
         from utils import synthetic
-        synthetic.ensure_synthetic(root, config.seed)
+        synthetic.ensure_synthetic(root, cfg.seed)
     if not os.path.isdir(root):
-        raise _layout_error(f"Dataset folder not found: {root}")
-    find = layout().find
-    parts = [split] + (['valid'] if split == 'train' and not config.train_valid_flag else [])
+        raise _layout_error(cfg, f"Dataset folder not found: {root}")
+    find = layout(cfg).find
+    parts = [split] + (['valid'] if split == 'train' and not cfg.train_valid_flag else [])
     samples = []
     for part in parts:
-        samples += find(root, part)
+        samples += find(cfg, root, part)
     return samples
 
 
@@ -374,9 +380,9 @@ def _single_channel(array, path, what):
     return array
 
 
-def to_unit(array):
-    """An in-memory band stack scaled to float32 [0, 1] as image files are
-    with image_scale = 'minmax' for floats outside [0, 1] (SAR: averaged bands)."""
+def sar_to_unit(array):
+    """The SAR channel (read_sar: its bands averaged) scaled to float32 [0, 1]
+    as image files are with image_scale = 'minmax' for floats outside [0, 1]."""
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if array.dtype == np.uint16:
@@ -391,17 +397,17 @@ def to_unit(array):
     return np.where(finite, values, 0).astype(np.float32)
 
 
-def load_image(path):
-    """(float32 HxWx3 in [0, 1] scaled by config.image_scale, bool HxW valid):
+def load_image(cfg, path):
+    """(float32 HxWx3 in [0, 1] scaled by cfg.image_scale, bool HxW valid):
     the first three bands (a palette expanded), and where the file's mask,
     alpha, nodata value and finite values say the pixels are valid."""
-    with raster.Image(path, None, 3, config.image_scale) as image:
+    with raster.Image(path, None, 3, cfg.image_scale) as image:
         return image.read()
 
 
-def read_image(path):
+def read_image(cfg, path):
     """float32 HxWx3 in [0, 1] (invalid pixels 0)."""
-    return load_image(path)[0]
+    return load_image(cfg, path)[0]
 
 
 def read_sar(path):
@@ -409,7 +415,7 @@ def read_sar(path):
     array, _ = read_raw(path)
     if array.ndim == 3:
         array = array.astype(np.float64).mean(axis=-1) if array.shape[2] > 1 else array[..., 0]
-    return to_unit(array)
+    return sar_to_unit(array)
 
 
 def read_height(path, nodata_to_nan=True):
@@ -445,23 +451,23 @@ def correct_dfc2018(raster):
     return fixed.astype(np.float32)
 
 
-def unlabelled_index():
-    """The class index of config.unlabelled_code's pixels: len(label_codes).
+def unlabelled_index(cfg):
+    """The class index of cfg.unlabelled_code's pixels: len(label_codes).
 
     No class has it, and tf.one_hot makes an all-zero row of it, so these pixels
     add nothing to the cross-entropy (as in the published code, where a value
     matching no code gets an all-zero row); the confusion matrix skips it. It
     is non-negative, so the targets still pack into uint8 (utils/pipeline.py).
     """
-    return len(config.label_codes)
+    return len(cfg.label_codes)
 
 
-def read_labels(path):
-    """int32 HxW indices into config.label_codes, unlabelled_index() where the
-    file holds config.unlabelled_code; other values raise."""
+def read_labels(cfg, path):
+    """int32 HxW indices into cfg.label_codes, unlabelled_index() where the
+    file holds cfg.unlabelled_code; other values raise."""
     array, _ = read_raw(path)
-    codes = config.label_codes
-    unlabelled = config.unlabelled_code
+    codes = cfg.label_codes
+    unlabelled = cfg.unlabelled_code
     if isinstance(codes[0], tuple):     # colour triplets (Vaihingen)
         if array.ndim != 3 or array.shape[2] < 3:
             raise DatasetError(f"{path}: label_codes are RGB colours but the label image has "
@@ -495,19 +501,19 @@ def read_labels(path):
         raise DatasetError(f"{path}: label values {shown} are not in label_codes "
                            f"{list(codes)} ({int((~known).sum())} pixels). Fix: correct the "
                            f"labels, set label_codes for this dataset, or set "
-                           f"unlabelled_code (now {config.unlabelled_code!r}) to the value "
+                           f"unlabelled_code (now {cfg.unlabelled_code!r}) to the value "
                            f"of unlabelled pixels.")
     indices = order[position].astype(np.int32)
     if is_unlabelled is not None:
-        indices[is_unlabelled] = unlabelled_index()
+        indices[is_unlabelled] = unlabelled_index(cfg)
     return indices
 
 
-def load_sample(sample):
+def load_sample(cfg, sample):
     """Decode one sample: Loaded(image, height, labels). Pixels the image
     marks invalid (mask, alpha, nodata) get NaN heights and the unlabelled
     class index, so every loss and metric leaves them out."""
-    image, valid = load_image(sample.image)
+    image, valid = load_image(cfg, sample.image)
     sizes = {sample.image: image.shape[:2]}
     if sample.sar:
         sar = read_sar(sample.sar)
@@ -524,13 +530,13 @@ def load_sample(sample):
     sizes[sample.height] = height.shape
     labels = None
     if sample.labels:
-        labels = read_labels(sample.labels)
+        labels = read_labels(cfg, sample.labels)
         sizes[sample.labels] = labels.shape
     _check_sizes(sizes)
     if not valid.all():
         height = np.where(valid, height, np.float32(np.nan))
         if labels is not None:
-            labels = np.where(valid, labels, np.int32(unlabelled_index()))
+            labels = np.where(valid, labels, np.int32(unlabelled_index(cfg)))
     return Loaded(image, height, labels)
 
 
@@ -543,61 +549,57 @@ def _check_sizes(sizes):
 
 class SplitSummary(NamedTuple):
     pixels: int         # label pixels of a split
-    unlabelled: int     # of them, those holding config.unlabelled_code
+    unlabelled: int     # of them, those holding unlabelled_code
     band_mean: list     # per image band, over the valid pixels, in [0, 1] units
     band_spread: list
 
+    def imagery(self):
+        """The band statistics recorded beside the best weights."""
+        return dict(band_mean=self.band_mean, band_spread=self.band_spread)
 
-# The training images' band_mean and band_spread, set by check_training_splits
-# and recorded beside the best weights.
-training_images = {}
 
-
-def check_training_splits():
+def check_training_splits(cfg):
     """check_split on every split training reads: train, and valid unless it
     is merged into train (train_valid_flag = False). Returns the SplitSummary
-    of the split training learns from and keeps its band statistics in
-    `training_images`."""
-    summaries = {split: check_split(find_split(split))
-                 for split in (('train', 'valid') if config.train_valid_flag else ('train',))}
-    training_images.clear()
-    training_images.update(band_mean=summaries['train'].band_mean,
-                           band_spread=summaries['train'].band_spread)
+    of the split training learns from (its band statistics go beside the
+    best weights: Task.imagery)."""
+    summaries = {split: check_split(cfg, find_split(cfg, split))
+                 for split in (('train', 'valid') if cfg.train_valid_flag else ('train',))}
     return summaries['train']
 
 
-def describe_unlabelled(count):
+def describe_unlabelled(cfg, count):
     """For the training log: the share of the training label pixels left out
     of the semantic loss; None without semantics or an unlabelled value."""
-    if not config.sem_flag or config.unlabelled_code is None or not count.pixels:
+    if not cfg.sem_flag or cfg.unlabelled_code is None or not count.pixels:
         return None
     return (f"{count.unlabelled / count.pixels:.2%} of the training label pixels "
             f"({count.unlabelled:,} of {count.pixels:,}) are unlabelled_code "
-            f"{config.unlabelled_code!r}, left out of the semantic loss")
+            f"{cfg.unlabelled_code!r}, left out of the semantic loss")
 
 
-def check_split(samples, verbose=0):
+def check_split(cfg, samples, verbose=0):
     """Load every sample and raise DatasetError on anything training would trip over.
 
     Besides what load_sample checks (readable files, sizes, label values):
-    every image at least config.cropSize on both sides, and not all heights nodata.
+    every image at least cfg.cropSize on both sides, and not all heights nodata.
     Returns its SplitSummary.
     """
     if not samples:
-        raise _layout_error("The split has no samples.")
+        raise _layout_error(cfg, "The split has no samples.")
     progress = None
     if verbose:
         import keras
         progress = keras.utils.Progbar(len(samples), unit_name='file')
-    crop = config.cropSize
+    crop = cfg.cropSize
     pixels = unlabelled = count = 0
     total = squares = 0.0
     for i, sample in enumerate(samples):
-        loaded = load_sample(sample)
+        loaded = load_sample(cfg, sample)
         check_crop_fits(sample.image, loaded.height.shape, crop)
         if loaded.labels is not None:
             pixels += loaded.labels.size
-            unlabelled += int(np.count_nonzero(loaded.labels == unlabelled_index()))
+            unlabelled += int(np.count_nonzero(loaded.labels == unlabelled_index(cfg)))
         valid = np.isfinite(loaded.height)
         if not valid.any():
             files = sample.height + (f" and {sample.dem}" if sample.dem else '')

@@ -255,3 +255,29 @@ def replica_devices(strategy):
     else:
         names = list(strategy.extended.worker_devices)
     return [n.split('device:')[-1] for n in names]
+
+
+def has_synchronized_bn(model):
+    """True when the model, or a model inside it, has a synchronised BN layer."""
+    import keras
+    layers = list(model.layers)
+    while layers:
+        layer = layers.pop()
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized:
+            return True
+        layers.extend(getattr(layer, 'layers', []))
+    return False
+
+
+def share_overflow(grads):
+    """Make one replica's float16 overflow every replica's. Keras'
+    LossScaleOptimizer skips or applies a step by the first replica's own
+    gradients (before they are summed), so an overflow on another replica
+    would reach the weights; NaN on all replicas makes all of them skip."""
+    import tensorflow as tf
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads
+                            if g is not None])
+    overflows = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
+    poison = tf.where(overflows > 0, float('nan'), 0.0)
+    return [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]

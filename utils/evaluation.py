@@ -31,8 +31,8 @@ def train_mean_height(cfg):
            cfg.train_valid_flag, cfg.sar_mode)
     if key not in _train_mean:
         total, count = 0.0, 0
-        for sample in datasets.find_split('train'):
-            height = np.asarray(datasets.load_sample(sample).height, np.float64)
+        for sample in datasets.find_split(cfg, 'train'):
+            height = np.asarray(datasets.load_sample(cfg, sample).height, np.float64)
             valid = np.isfinite(height)
             total += float(height[valid].sum())
             count += int(valid.sum())
@@ -108,7 +108,7 @@ def evaluate(mtl, dae=None, *, cfg, strategy, split='valid', out_dir=None, max_i
     With out_dir: <name>_height.tif (float32, the input's georeferencing),
     <name>_sem.tif (one band of label values with the dataset's colour table),
     COGs, and, for the first cfg.test_plot_images images, <name>.png."""
-    samples = datasets.find_split(split)
+    samples = datasets.find_split(cfg, split)
     if max_images:
         samples = samples[:max_images]
     if not samples:
@@ -130,7 +130,7 @@ def evaluate(mtl, dae=None, *, cfg, strategy, split='valid', out_dir=None, max_i
     classes = buildings.building_classes(cfg.dataset_name, cfg.label_codes)
     per_building = buildings.BuildingErrors(classes) if classes and per_building else None
     for index, sample in enumerate(samples):
-        data = datasets.load_sample(sample)
+        data = datasets.load_sample(cfg, sample)
         out = inference.predict_tile(predict_fn, data.image, cfg.cropSize,
                                      stride or cfg.test_stride)
         gt = np.asarray(data.height, np.float32)

@@ -91,11 +91,11 @@ def _leaf_layers(model):
 
 def model_card(cfg, *, trained, correction, weights, gsd=None, version='unknown'):
     """The card: every fact a user of the files needs, as JSON-ready dicts.
-    trained: the MTL weights' imagery record (checkpoints.adopt_settings);
+    trained: the MTL weights' imagery record (checkpoints.adopted_settings);
     weights: {'mtl': path, 'dae': path or None}."""
     from utils import datasets, raster
     classes_of = raster.class_map(cfg.label_codes)
-    channels = datasets.image_channels()
+    channels = datasets.image_channels(cfg)
     bands = trained.get('bands', list(range(1, channels + 1)))
     names = ['red', 'green', 'blue'] + (['SAR'] if cfg.sar_mode else [])
     outputs = {}
@@ -284,7 +284,7 @@ def make_predict_fn(engine, mtl, dae, *, cfg, strategy, outputs):
     folder = tempfile.mkdtemp(prefix='dsmnet_onnx_')
     try:
         models = [m for m in (mtl, dae) if m is not None]
-        serve = serving_function(mtl, dae, datasets.image_channels())
+        serve = serving_function(mtl, dae, datasets.image_channels(cfg))
         card = model_card(cfg, trained={}, correction=dae is not None, weights={})
         card_path = os.path.join(folder, 'model_card.json')
         with open(card_path, 'w') as f:

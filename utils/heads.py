@@ -44,7 +44,7 @@ class Head:
     term: str               # name of the loss term in logs and reports
     weight: str             # config setting weighing the term in the MTL loss
     flag: str | None        # config setting switching the head on; None: always on
-    default: bool           # on when a network is built without naming the head
+    on_by_default: bool     # on when a network is built without naming the head
     target: Callable        # (datasets.Loaded, cfg) -> [H, W, ch] array over the whole sample
     depends_on: tuple = ()  # settings the target is computed with, besides the data
     # (value, transpose, flip_rows, flip_cols, cfg) -> value: the target's (or a
@@ -141,7 +141,7 @@ def select(**switches):
     if unknown:
         raise TypeError(f"no head to switch named {sorted(unknown)}: the switchable "
                         f"heads are {[h.name for h in HEADS if h.flag]}")
-    return [h for h in HEADS if h.flag is None or switches.get(h.name, h.default)]
+    return [h for h in HEADS if h.flag is None or switches.get(h.name, h.on_by_default)]
 
 
 def switches(cfg):

@@ -54,7 +54,9 @@ def mtl_terms(batch, outputs, cfg):
 
 
 def mtl_total(terms, cfg):
-    """w1*L_dsm + w2*L_sem + w3*L_norm + w4*L_edge (each head's weight setting), per example."""
+    """Per example, the sum over the heads in `terms` of each head's weight
+    setting times its loss (utils/heads.HEADS: w1 height, w2 semantics, w3
+    normals, w4 edges)."""
     weights = {h.term: getattr(cfg, h.weight) for h in heads.HEADS}
     return tf.add_n([weights[k] * v for k, v in terms.items()])
 

@@ -59,7 +59,7 @@ _cache = {}     # the one decoded training set kept in memory: {'key': ..., 'val
 
 def _field_specs(cfg):
     """(name, dtype, channels) of every element field, in a fixed order."""
-    return [('image', tf.float32, datasets.image_channels()), ('mask', tf.float32, 1)] + [
+    return [('image', tf.float32, datasets.image_channels(cfg)), ('mask', tf.float32, 1)] + [
         (h.name, tf.as_dtype(h.dtype), h.field_channels) for h in heads.from_config(cfg)]
 
 
@@ -74,14 +74,14 @@ def steps_per_epoch(task, global_batch):
     stage, cfg = task.stage, task.cfg
     if global_batch < 1:
         raise SettingError(f"global batch = {global_batch}: set {stage}_batchSize to 1 or more")
-    if datasets.is_tile_dataset():
+    if datasets.is_tile_dataset(cfg):
         count = task.training_samples
         if count < global_batch:
             raise _batch_error(count, f"{stage}_training_samples = {count}", global_batch,
                                stage, f"raise {stage}_training_samples or lower "
                                       f"{stage}_batchSize")
     else:
-        count = len(datasets.find_split('train'))
+        count = len(datasets.find_split(cfg, 'train'))
         if count < global_batch:
             raise _batch_error(
                 count, f"the 'train' split of {cfg.dataset_name} (under "
@@ -121,7 +121,7 @@ def drop_index_channel(fields, cfg):
 
 def _fields(sample, cfg):
     """iter_fields of one sample, each field checked as it comes."""
-    loaded = datasets.load_sample(sample)
+    loaded = datasets.load_sample(cfg, sample)
     shape = np.shape(loaded.image)[:2]
     datasets.check_crop_fits(sample.image, shape, cfg.cropSize)
     channels = {name: count for name, _, count in _field_specs(cfg)}
@@ -359,7 +359,8 @@ class _Cache:
 
 def _cache_key(samples, cfg):
     """Everything the decoded fields depend on (and cropSize, which _decode checks)."""
-    return (tuple(samples), cfg.sar_mode, tuple(cfg.label_codes), cfg.cropSize) + \
+    return (tuple(samples), cfg.sar_mode, tuple(cfg.label_codes), cfg.unlabelled_code,
+            cfg.image_scale, cfg.cropSize) + \
         tuple((h.name,) + tuple(getattr(cfg, k) for k in h.depends_on)
               for h in heads.from_config(cfg))
 
@@ -371,7 +372,7 @@ def _decode_all(samples, cfg, first=None):
     cache is one tile's working memory; many small patches go in threads.
     """
     todo = samples if first is None else samples[1:]
-    workers = 1 if datasets.is_tile_dataset() else max(1, min(len(todo), os.cpu_count() or 1))
+    workers = 1 if datasets.is_tile_dataset(cfg) else max(1, min(len(todo), os.cpu_count() or 1))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         done = list(pool.map(functools.partial(_decode_packed, cfg=cfg), todo))
     return done if first is None else [first] + done
@@ -499,9 +500,9 @@ def train_dataset(task, global_batch, epoch, skip_batches=0):
     if not 0 <= skip_batches <= steps:
         raise ValueError(f"skip_batches = {skip_batches}: an epoch of {task.stage} has "
                          f"{steps} batches of {global_batch}")
-    samples = datasets.find_split('train')
+    samples = datasets.find_split(cfg, 'train')
     sample_key = _epoch_key(cfg.seed, epoch, 1)
-    if datasets.is_tile_dataset():
+    if datasets.is_tile_dataset(cfg):
         cache = _cached(samples, cfg)
 
         def source(k, key):

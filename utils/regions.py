@@ -34,11 +34,11 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from utils import raster
-from utils.datasets import SPLITS, layout
+from utils.datasets import SPLITS, layout_named
 from utils.errors import DatasetError
 
 # The split_folders names utils/datasets.py expects of a dataset name matching no entry.
-FOLDERS = {k: v for k, v in layout('split_folders').folders.items() if k != 'sar'}
+FOLDERS = {k: v for k, v in layout_named('split_folders').folders.items() if k != 'sar'}
 # Cap on GDAL's block cache: its default (5% of the RAM) would grow with the area read.
 GDAL_CACHE_MB = 64
 

@@ -1,14 +1,18 @@
 """config.py's settings at run time: `--set NAME=VALUE`, the one check of
-every setting against its rule, and how the user scripts read their command
-line and end.
+every setting against its rule, the frozen Settings a script hands down, and
+how the user scripts read their command line and end.
 
 A setting's rule is the annotation after its name in config.py. The check
 runs once, right after --set is applied (parse_args); config.py runs it for
 a script that star-imports it and parses no command line. Overrides
-change config's attributes in memory; config.py itself is never written.
+change config's attributes in memory (what a star import of config then
+gives); config.py itself is never written. A script then takes one
+Settings (current()) and hands it to every room below it, which read no
+other settings.
 """
 import argparse
 import ast
+import copy
 import difflib
 import sys
 import warnings
@@ -28,6 +32,59 @@ def _format_warning(message, category, *args, **kwargs):
 
 
 warnings.formatwarning = _format_warning
+
+class Settings:
+    """One run's settings, frozen: every setting of config.py as resolved
+    (after --set), the dataset's `layout` and `folders`, and the constants
+    of config.py the rooms read. replace(**changes) gives other settings,
+    resolved and checked again; nothing changes this one."""
+    CONSTANTS = ('CROP_MULTIPLE', 'BEST_WEIGHTS', 'LAST_WEIGHTS')
+
+    def __init__(self, values, declared):
+        # values: every name resolved; declared: every setting as declared
+        # (None / 'auto' where it asks the dataset or other settings).
+        object.__setattr__(self, '_values', copy.deepcopy(values))
+        object.__setattr__(self, '_declared', copy.deepcopy(declared))
+
+    def __getattr__(self, name):
+        try:
+            return self.__dict__['_values'][name]
+        except KeyError:
+            raise AttributeError(f"no setting {name!r}") from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"settings are frozen: use .replace({name}=...)")
+
+    def __repr__(self):
+        return f"Settings(dataset_name={self.dataset_name!r}, ...)"
+
+    def replace(self, **changes):
+        """These settings with `changes` ({setting: value as config.py would
+        declare it}), resolved again (a new dataset_name brings its own
+        defaults) and checked against the rules."""
+        for name in changes:
+            if name not in names():
+                raise SettingError(f"unknown setting {name!r}")
+        declared = {**self._declared, **changes}
+        values = config.resolved(declared)
+        values.update({k: getattr(config, k) for k in self.CONSTANTS})
+        new = Settings(values, declared)
+        rules.check(config, new)
+        return new
+
+    def as_dict(self):
+        """{setting: value} of every setting config.py declares."""
+        return {name: self._values[name] for name in names()}
+
+
+def current():
+    """The settings config holds now (config.py after --set), frozen."""
+    values = {name: getattr(config, name)
+              for name in (*names(), 'layout', 'folders', *Settings.CONSTANTS)}
+    declared = {name: config.declared[name] if name in config.FROM_DATASET or
+                name in config.DERIVED else getattr(config, name) for name in names()}
+    return Settings(values, declared)
+
 
 def names():
     """Every user setting of config.py, in the order it declares them."""

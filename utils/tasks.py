@@ -9,8 +9,8 @@ of an MTL, frozen; it runs in inference mode inside the same replica step as
 the DAE. Either starts from a trained weights file when mtl_init_weights /
 dae_init_weights names one (fine-tuning, utils/checkpoints.init_weights).
 
-A task is built once at a script's edge from the settings module `cfg`
-(config.py itself, or any object with its names). train_mtl.py,
+A task is built once at a script's edge from the run's settings `cfg`
+(utils/settings.Settings; the config module itself works too). train_mtl.py,
 train_dae.py, test_multi_gpu.py and the benchmarks all make their tasks
 here, so they train the same thing.
 """
@@ -29,7 +29,7 @@ def build_mtl(cfg, pretrained=True, num_classes=None):
     num_classes: another class count than label_codes' (a weights file's)."""
     return mtl_net.build_mtl(
         num_classes=num_classes or len(cfg.label_codes),
-        in_channels=datasets.image_channels(),
+        in_channels=datasets.image_channels(cfg),
         head_mode=cfg.mtl_head_mode, decoder_scale=cfg.mtl_decoder_scale,
         backbone_weights=cfg.backbone_weights if pretrained else None,
         dropout=cfg.dropout_rate,
@@ -40,7 +40,7 @@ def build_mtl(cfg, pretrained=True, num_classes=None):
 def build_dae(cfg, num_classes=None):
     """The DAE with the settings `cfg` (num_classes: as for build_mtl)."""
     channels = dae_net.input_channels(num_classes or len(cfg.label_codes),
-                                      datasets.image_channels(), **heads.switches(cfg))
+                                      datasets.image_channels(cfg), **heads.switches(cfg))
     return dae_net.build_dae(channels, cfg.dae_width_scale, cfg.dropout_rate)
 
 
@@ -50,7 +50,7 @@ def trained_mtl(cfg, strategy, path=None):
     with strategy.scope():
         # The checkpoint replaces every weight: no backbone download.
         mtl = build_mtl(cfg, pretrained=False)
-        checkpoints.load_weights(mtl, path or cfg.predCheckPointPath, 'mtl')
+        checkpoints.load_weights(mtl, path or cfg.predCheckPointPath, 'mtl', cfg)
     return mtl
 
 
@@ -59,7 +59,7 @@ def trained_dae(cfg, strategy, path=None):
     corrCheckPointPath), under `strategy`."""
     with strategy.scope():
         dae = build_dae(cfg)
-        checkpoints.load_weights(dae, path or cfg.corrCheckPointPath, 'dae')
+        checkpoints.load_weights(dae, path or cfg.corrCheckPointPath, 'dae', cfg)
     return dae
 
 
@@ -68,12 +68,16 @@ class Task:
 
     build_model() runs inside the strategy's scope (Trainer calls it there)
     and returns the network the stage trains; loss_fns() then gives
-    (terms_fn, total_fn) for it.
+    (terms_fn, total_fn) for it, and gradients() the step's forward, losses
+    and backward, which the Trainer runs on every replica. imagery: the training images' band
+    statistics (datasets.SplitSummary.imagery()), recorded beside the best
+    weights.
     """
     stage = None
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, imagery=None):
         self.cfg = cfg
+        self.imagery = dict(imagery or {})
         self.notes = []     # (name, text) lines for the training log's header
 
     def _own(self, name):
@@ -104,6 +108,34 @@ class Task:
     def run_dir(self):
         return os.path.join(self.cfg.checkpoint_root, self.cfg.dataset_name, self.stage)
 
+    def make_optimizer(self, model):
+        """Adam with the stage's settings, slots built now (inside the strategy scope)."""
+        import keras
+        optimizer = keras.optimizers.Adam(learning_rate=self.lr, beta_1=self.beta_1,
+                                          epsilon=self.cfg.adam_epsilon)
+        if self.cfg.mixed_precision == 'mixed_float16':
+            optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+        optimizer.build(model.trainable_variables)
+        return optimizer
+
+    def gradients(self, model, optimizer, losses, batch, global_batch):
+        """The stage's step on one replica's batch, forward and backward:
+        (loss terms averaged over the global batch, 'loss' their total,
+        gradients of model's trainable variables). losses: loss_fns()."""
+        import tensorflow as tf
+        terms_fn, total_fn = losses
+        with tf.GradientTape() as tape:
+            terms = terms_fn(batch, training=True)
+            loss = tf.nn.compute_average_loss(total_fn(terms), global_batch_size=global_batch)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+            scaled = optimizer.scale_loss(loss)   # identity unless float16
+        grads = tape.gradient(scaled, model.trainable_variables)
+        report = {k: tf.nn.compute_average_loss(v, global_batch_size=global_batch)
+                  for k, v in terms.items()}
+        report['loss'] = loss
+        return report, grads
+
     def steps_per_epoch(self, global_batch):
         return pipeline.steps_per_epoch(self, global_batch)
 
@@ -111,7 +143,7 @@ class Task:
         return pipeline.train_dataset(self, global_batch, epoch, skip_batches)
 
     def _start_from_file(self, model, build):
-        start = checkpoints.init_weights(model, self.stage, build)
+        start = checkpoints.init_weights(model, self.stage, build, self.cfg)
         if start:
             self.notes.append(('starts from', start))
 
@@ -138,14 +170,14 @@ class DAETask(Task):
     freshly built one (checks and benchmarks that only time steps)."""
     stage = 'dae'
 
-    def __init__(self, cfg, mtl=None):
-        super().__init__(cfg)
+    def __init__(self, cfg, mtl=None, imagery=None):
+        super().__init__(cfg, imagery)
         self._mtl = mtl
 
     def build_model(self):
         if self._mtl is None:
             self.mtl = build_mtl(self.cfg, pretrained=False)
-            checkpoints.load_weights(self.mtl, self.cfg.predCheckPointPath, 'mtl')
+            checkpoints.load_weights(self.mtl, self.cfg.predCheckPointPath, 'mtl', self.cfg)
         elif isinstance(self._mtl, str):
             if self._mtl != 'untrained':
                 raise ValueError(f"mtl = {self._mtl!r}: use None, a Keras model or "

@@ -7,86 +7,33 @@ loss is averaged over the GLOBAL batch, so N replicas with B/N examples each
 apply the same update as one replica with B. Everything needed to continue
 (weights, Adam slots, dropout RNG, epoch and position in the epoch, best
 metric, early-stopping counter) is checkpointed, so a killed run resumes
-where it stopped and sees exactly the batches it would have seen.
+where it stopped and sees exactly the batches it would have seen
+(checkpoints.TrainingState); the weights kept, early stopping and the
+TensorBoard scalars are objects of utils/callbacks.py.
 """
-import json
 import logging
-import math
 import os
-import shutil
 import signal
-import sys
-import tempfile
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from utils import checkpoints, datasets, distribute, heads, plots, progress
-from utils.errors import SettingError, TrainingDiverged
+from utils import callbacks, checkpoints, distribute, heads, progress
+from utils.errors import SettingError
 
-LOWER_IS_BETTER = ('rmse', 'mae', 'mse')
 TERM_ORDER = heads.TERMS + ('loss',)   # as the step reports them
-
-
-def make_optimizer(task, model):
-    """Adam with the task's settings, slots built now (inside the strategy scope)."""
-    optimizer = keras.optimizers.Adam(learning_rate=task.lr, beta_1=task.beta_1,
-                                      epsilon=task.cfg.adam_epsilon)
-    if task.cfg.mixed_precision == 'mixed_float16':
-        optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
-    optimizer.build(model.trainable_variables)
-    return optimizer
-
-
-def _logger(directory, chief):
-    log = logging.getLogger('dsmnet')
-    log.handlers.clear()
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(logging.Formatter('%(message)s'))
-    log.addHandler(console)
-    if chief:
-        os.makedirs(directory, exist_ok=True)
-        handler = logging.FileHandler(os.path.join(directory, 'train.log'))
-        handler.setFormatter(logging.Formatter('%(asctime)s %(message)s'))
-        log.addHandler(handler)
-    return log
-
-
-def _has_synchronized_bn(model):
-    """True when the model, or a model inside it, has a synchronised BN layer."""
-    layers = list(model.layers)
-    while layers:
-        layer = layers.pop()
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized:
-            return True
-        layers.extend(getattr(layer, 'layers', []))
-    return False
-
-
-def _share_overflow(grads):
-    """Make one replica's float16 overflow every replica's. Keras'
-    LossScaleOptimizer skips or applies a step by the first replica's own
-    gradients (before they are summed), so an overflow on another replica
-    would reach the weights; NaN on all replicas makes all of them skip."""
-    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads
-                            if g is not None])
-    overflows = tf.distribute.get_replica_context().all_reduce(
-        tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
-    poison = tf.where(overflows > 0, float('nan'), 0.0)
-    return [None if g is None else g + tf.cast(poison, g.dtype) for g in grads]
 
 
 class Trainer:
     """Trains the network of `task` (utils/tasks.py) on `strategy`.
 
-    The task builds the network inside the strategy's scope and gives the
-    step its loss terms (terms_fn(batch, training) -> {term: per-example
-    loss}) and their per-example total; its validate(strategy) returns the
-    validation metrics.
+    The task builds the network and its optimizer inside the strategy's
+    scope, gives its loss terms (terms_fn(batch, training) -> {term:
+    per-example loss}) and their per-example total, and runs forward and
+    backward (task.gradients) on each replica; its validate(strategy)
+    returns the validation metrics. Every attribute is set here, so save()
+    works before fit().
     """
 
     def __init__(self, task, strategy):
@@ -94,7 +41,7 @@ class Trainer:
         self.stage = task.stage
         with strategy.scope():
             self.model = task.build_model()
-        self.terms_fn, self.total_fn = task.loss_fns()
+        self.losses = task.loss_fns()     # (terms_fn, total_fn)
         # Every layout refuses an empty or missing valid split (datasets.py), so
         # only train_valid_flag = False trains without validation images: the
         # run then keeps its last weights, under their own name.
@@ -104,41 +51,34 @@ class Trainer:
         self.dir = task.run_dir
         self.global_batch = task.batch_size * strategy.num_replicas_in_sync
         with strategy.scope():
-            self.optimizer = make_optimizer(task, self.model)
+            self.optimizer = task.make_optimizer(self.model)
+        cfg = self.cfg
+        self.kept = callbacks.BestWeights(self.best_path, cfg.eval_metric,
+                                          cfg.early_stop_delta, self.validated)
+        self.early_stop = callbacks.EarlyStopping(cfg.early_stop_flag, cfg.early_stop_patience)
+        self.board = callbacks.Board(self.dir, self.chief,
+                                     cfg.plot_metrics or cfg.plot_train_error)
         # The step counter moves inside the compiled step, together with the
         # weights, so an interrupt can never separate the two.
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.epoch_start = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.best = tf.Variable(np.nan, dtype=tf.float64, trainable=False)
-        self.bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False)
         # model.variables, not the model: Keras 3 models do not track their
         # dropout seed state for tf.train.Checkpoint, and resuming needs it.
-        self.checkpoint = tf.train.Checkpoint(
-            model_variables=list(self.model.variables), optimizer=self.optimizer,
-            step=self.step, epoch=self.epoch, epoch_start=self.epoch_start,
-            best=self.best, bad_epochs=self.bad_epochs)
-        self.history = []
+        self.state = checkpoints.TrainingState(
+            self.dir, self.chief, model_variables=list(self.model.variables),
+            optimizer=self.optimizer, step=self.step, epoch=self.epoch,
+            epoch_start=self.epoch_start, best=self.kept.best,
+            bad_epochs=self.early_stop.bad_epochs)
+        self.log = logging.getLogger('dsmnet')   # run_log adds the run's file in fit()
         self.notes = list(task.notes)   # (name, text) lines the run's description adds
         self._step_fns = {}   # one step, or a loop of n (built on first use)
 
-    # ------------------------------------------------------------ one step
-    def _gradients(self, batch):
-        """Forward and backward on one replica's batch: (loss terms, gradients)."""
-        variables = self.model.trainable_variables
-        with tf.GradientTape() as tape:
-            terms = self.terms_fn(batch, training=True)
-            loss = tf.nn.compute_average_loss(self.total_fn(terms),
-                                              global_batch_size=self.global_batch)
-            if self.model.losses:
-                loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
-            scaled = self.optimizer.scale_loss(loss)   # identity unless float16
-        grads = tape.gradient(scaled, variables)
-        report = {k: tf.nn.compute_average_loss(v, global_batch_size=self.global_batch)
-                  for k, v in terms.items()}
-        report['loss'] = loss
-        return report, grads
+    checkpoint = property(lambda self: self.state.checkpoint)
+    manager = property(lambda self: self.state.manager)
+    history = property(lambda self: self.state.history)
 
+    # ------------------------------------------------------------ one step
     def _replica_step(self, batch):
         # With jit_compile only the forward and backward are XLA-compiled: the
         # gradient all-reduce and the update stay with tf.distribute, which
@@ -146,7 +86,7 @@ class Trainer:
         report, grads = self._gradient_fn(batch)
         if isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer) and \
                 self.strategy.num_replicas_in_sync > 1:
-            grads = _share_overflow(grads)
+            grads = distribute.share_overflow(grads)
         # A float16 overflow makes the optimizer skip the update and halve the
         # loss scale (it unscales the gradients itself); the reported float32
         # loss terms stay finite, so that is no divergence.
@@ -162,15 +102,18 @@ class Trainer:
         (bench/RESULTS.md, test suite)."""
         strategy = self.strategy
         if self.cfg.jit_compile and strategy.num_replicas_in_sync > 1 and \
-                _has_synchronized_bn(self.model):
+                distribute.has_synchronized_bn(self.model):
             # Synchronised BN all-reduces inside the forward pass, which
             # tf.distribute cannot do from within a compiled function.
             raise SettingError(
                 "jit_compile = True and sync_batchnorm = True cannot be combined on "
                 f"{strategy.num_replicas_in_sync} replicas: set one of them to False "
                 "(compare both with python test_multi_gpu.py --benchmark)")
-        self._gradient_fn = (tf.function(self._gradients, jit_compile=True)
-                             if self.cfg.jit_compile else self._gradients)
+        def gradients(batch):
+            return self.task.gradients(self.model, self.optimizer, self.losses, batch,
+                                       self.global_batch)
+        self._gradient_fn = (tf.function(gradients, jit_compile=True)
+                             if self.cfg.jit_compile else gradients)
         local = len(strategy.extended.worker_devices) \
             if strategy.num_replicas_in_sync > 1 else 1
         names = []   # the loss terms the step reports, known once it is traced
@@ -217,132 +160,47 @@ class Trainer:
         return {k: float(v) for k, v in report.items()}, [int(c) for c in counts.numpy()]
 
     # ------------------------------------------------------------ saving
-    def _manager(self):
-        # Only the chief keeps files; the other workers must still take part
-        # in the save (it is collective), so they write to a scratch folder.
-        directory = os.path.join(self.dir, 'train_state')
-        if not self.chief:
-            directory = tempfile.mkdtemp(prefix='dsmnet_worker_')
-        return tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=2)
-
     def save(self):
-        step = int(self.step.numpy())
-        path = self.manager.save(checkpoint_number=step)
-        if self.chief:
-            with open(os.path.join(self.dir, 'history.json.tmp'), 'w') as f:
-                json.dump(self.history, f, indent=1)
-            os.replace(os.path.join(self.dir, 'history.json.tmp'),
-                       os.path.join(self.dir, 'history.json'))
-            self.log.info(f"checkpoint saved: {path} (step {step})")
-        else:
-            shutil.rmtree(self.manager.directory, ignore_errors=True)
-            self.manager = self._manager()
+        self.state.save(int(self.step.numpy()), self.log)
 
     def _restore_or_start(self):
-        state = os.path.join(self.dir, 'train_state')
-        if checkpoints.saved_states(state) and not self.cfg.resume:
-            aside = f"{self.dir}.old-{time.strftime('%Y%m%d-%H%M%S')}"
-            if self.chief:
-                shutil.move(self.dir, aside)
-                print(f"resume = False: the previous run was moved to {aside}")
-        self.log = _logger(self.dir, self.chief)
-        restored = checkpoints.restore_newest_readable(
-            self.checkpoint, state, self.log, self.chief) if self.cfg.resume else None
-        self.manager = self._manager()
+        self.state.set_aside(self.cfg.resume)
+        self.log = callbacks.run_log(self.dir, self.chief)
+        restored = self.state.restore(self.log, self.cfg.resume)
         if restored:
-            history = os.path.join(self.dir, 'history.json')
-            if os.path.exists(history):
-                with open(history) as f:
-                    self.history = json.load(f)
             self.log.info(f"resuming from {restored} at step {int(self.step.numpy())}")
 
     # ------------------------------------------------------------ the loop
-    def _describe(self, steps):
-        replicas, cfg = self.strategy.num_replicas_in_sync, self.cfg
-        lines = [
-            f"== {self.stage.upper()} training on {cfg.dataset_name} ==",
-            f"strategy        {type(self.strategy).__name__}, {replicas} replica(s)",
-            f"batch           {self.global_batch // replicas} per replica, "
-            f"{self.global_batch} global",
-            f"images          {len(datasets.find_split('train'))} train, "
-            f"{len(datasets.find_split('valid')) if cfg.train_valid_flag else 0} valid",
-            f"samples/epoch   {steps * self.global_batch}",
-            f"steps per epoch {steps}, epochs {self.task.epochs}",
-            f"checkpoints     {os.path.join(self.dir, 'train_state')} "
-            f"(every {cfg.checkpoint_every} steps and at epoch ends)",
-            self._kept(),
-            f"logs            {os.path.join(self.dir, 'train.log')}, TensorBoard: "
-            f"{os.path.join(self.dir, 'tensorboard')}",
-        ] + [f"{name:<16}{text}" for name, text in self.notes]
-        self.log.info('\n'.join(lines))
-
-    def _kept(self):
-        """The log line saying which weights the run keeps, and where."""
-        if self.validated:
-            return f"best weights    {self.best_path} (by validation {self.cfg.eval_metric})"
-        return (f"last weights    {self.best_path} (no validation, train_valid_flag = "
-                f"False: the weights at the end of each epoch replace them)")
-
-    def _check_finite(self, report, step):
-        for name in TERM_ORDER:
-            if name in report and not math.isfinite(report[name]):
-                raise TrainingDiverged(
-                    f"loss term '{name}' is {report[name]} at step {step}. Training "
-                    f"stopped; the last good checkpoint in "
-                    f"{os.path.join(self.dir, 'train_state')} is untouched. Look for "
-                    f"NaN or extreme values in the data, or lower the learning rate.")
-
-    def _improved(self, value):
-        best = float(self.best.numpy())
-        if math.isnan(best):
-            return True
-        cfg = self.cfg
-        if cfg.eval_metric in LOWER_IS_BETTER:
-            return value < best - cfg.early_stop_delta
-        return value > best + cfg.early_stop_delta
-
     def _end_epoch(self, epoch, train_means, finished=True):
         """Validate, keep the best weights, log; True to stop early. An
         unfinished epoch (max_steps) does not count towards early stopping,
         and its record is replaced once the epoch is resumed and ends."""
         record = {'epoch': epoch + 1, 'lr': float(self.optimizer.learning_rate.numpy()),
                   **{f'train_{k}': v for k, v in train_means.items()}}
-        cfg = self.cfg
         metrics = self.task.validate(self.strategy) if self.validated else None
         stop = False
         if metrics is None:   # nothing held out: keep the latest weights
             if self.chief:
-                checkpoints.save_weights(self.model, self.best_path, self.stage,
-                                         extra={'epoch': epoch + 1, 'kept': 'last'})
+                self.kept.keep(self.model, self.task, {'epoch': epoch + 1, 'kept': 'last'})
         else:
-            value = float(metrics[cfg.eval_metric])
+            value = float(metrics[self.cfg.eval_metric])
             record.update({f'val_{k}': v for k, v in metrics.items()
                            if isinstance(v, (int, float))})
-            if self._improved(value):
-                self.best.assign(value)
-                self.bad_epochs.assign(0)
-                if self.chief:
-                    checkpoints.save_weights(self.model, self.best_path, self.stage,
-                                             extra={'epoch': epoch + 1, 'metrics': record})
-                    self.log.info(f"best {cfg.eval_metric} so far: {value:.4f}, "
-                                  f"weights saved: {self.best_path}")
-            elif finished:
-                self.bad_epochs.assign_add(1)
-                stop = cfg.early_stop_flag and \
-                    int(self.bad_epochs.numpy()) >= cfg.early_stop_patience
+            improved = self.kept.improved(value)
+            if improved:
+                self.kept.best.assign(value)
+            stop = self.early_stop.update(improved, finished)
+            if improved and self.chief:
+                self.kept.keep(self.model, self.task, {'epoch': epoch + 1, 'metrics': record})
+                self.log.info(f"best {self.cfg.eval_metric} so far: {value:.4f}, "
+                              f"weights saved: {self.best_path}")
         if self.history and self.history[-1]['epoch'] == epoch + 1:
             self.history[-1] = record      # the same epoch, resumed after max_steps
         else:
             self.history.append(record)
         self.log.info('epoch %d: %s', epoch + 1, ', '.join(
             f"{k} {v:.4g}" for k, v in record.items() if k != 'epoch'))
-        if self.chief:
-            with self.writer.as_default(step=epoch + 1):
-                for k, v in record.items():
-                    if k.startswith('val_'):
-                        tf.summary.scalar(f'validation/{k[4:]}', v)
-            if cfg.plot_metrics or cfg.plot_train_error:
-                plots.plot_history(self.history, os.path.join(self.dir, 'metrics.png'))
+        self.board.epoch(epoch + 1, record, self.history)
         return stop
 
     def fit(self):
@@ -351,10 +209,8 @@ class Trainer:
         self._restore_or_start()
         steps = task.steps_per_epoch(self.global_batch)
         epochs = task.epochs
-        self._describe(steps)
-        self.writer = tf.summary.create_file_writer(
-            os.path.join(self.dir, 'tensorboard') if self.chief else
-            tempfile.mkdtemp(prefix='dsmnet_tb_'))
+        self.log.info(callbacks.describe_run(self, steps))
+        self.board.open()
         signal.signal(signal.SIGTERM, _interrupt)
         try:
             while int(self.epoch.numpy()) < epochs and not self._done():
@@ -377,17 +233,12 @@ class Trainer:
                     start = time.perf_counter()
                     report, _ = self.train_step(iterator, k)
                     step, done = int(self.step.numpy()), done + k
-                    self._check_finite(report, step)
+                    callbacks.check_finite(report, step, self.state.folder)
                     sums = {name: sums.get(name, 0.0) + v * k for name, v in report.items()}
                     n += k
                     rate = k * self.global_batch / max(time.perf_counter() - start, 1e-9)
                     bar.update(done, {**report, 'samples/s': rate})
-                    if self.chief:
-                        with self.writer.as_default(step=step):
-                            for name, v in report.items():
-                                tf.summary.scalar(f'train/{name}', v)
-                            tf.summary.scalar('train/learning_rate',
-                                              self.optimizer.learning_rate.numpy())
+                    self.board.train(step, report, self.optimizer.learning_rate.numpy())
                     every = cfg.checkpoint_every
                     crossed = step // every > (step - k) // every
                     if crossed and done < steps and not self._done():  # else the epoch end saves
@@ -412,7 +263,7 @@ class Trainer:
             self.log.info("interrupted: state saved; run the same command to resume")
             raise SystemExit(130)
         if self.chief and not os.path.exists(self.best_path):
-                checkpoints.save_weights(self.model, self.best_path, self.stage)
+            self.kept.keep(self.model, self.task)
         self.log.info(f"done after {int(self.step.numpy())} steps; "
                       f"{'best' if self.validated else 'last'} weights: {self.best_path}")
         return self.history
