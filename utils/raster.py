@@ -486,12 +486,16 @@ def map_grid(path):
     bounds (left, bottom, right, top)} of a one-band map. Only north-up grids
     (no rotation): their cells are rectangles in the map's CRS."""
     with open_raster(path) as ds:
-        t = ds.transform
-        if t.b != 0 or t.d != 0 or t.e >= 0:
-            raise DatasetError(f"{path}: a rotated or south-up grid ({tuple(t)[:6]}); "
-                               f"warp it north-up first (gdalwarp {path} out.tif)")
-        return dict(crs=ds.crs, transform=t, width=ds.width, height=ds.height,
-                    nodata=ds.nodata, res=(t.a, -t.e), bounds=tuple(ds.bounds))
+        return _map_grid(ds)
+
+
+def _map_grid(ds):
+    t = ds.transform
+    if t.b != 0 or t.d != 0 or t.e >= 0:
+        raise DatasetError(f"{ds.name}: a rotated or south-up grid ({tuple(t)[:6]}); "
+                           f"warp it north-up first (gdalwarp {ds.name} out.tif)")
+    return dict(crs=ds.crs, transform=t, width=ds.width, height=ds.height,
+                nodata=ds.nodata, res=(t.a, -t.e), bounds=tuple(ds.bounds))
 
 
 def read_map_area(path, bounds):
@@ -516,8 +520,8 @@ def read_map_area(path, bounds):
 def read_class_map(path):
     """(band 1 of a class map, its nodata or None, its colour table
     {value: (r, g, b)} or None, its grid as map_grid gives it)."""
-    grid = map_grid(path)
     with open_raster(path) as ds:
+        grid = _map_grid(ds)
         values = ds.read(1)
         try:
             colours = {k: tuple(v[:3]) for k, v in ds.colormap(1).items()}
