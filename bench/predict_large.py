@@ -129,13 +129,11 @@ def variant(name, folder, image_path):
         out = inference.predict_tile(predict_fn, datasets.read_image(config, image_path), crop,
                                      config.predict_stride, window=config.predict_window)
         crs, transform = raster.grid(image_path)
-        coding = raster.class_map(config.label_codes)
         raster.write_cog(os.path.join(folder, 'whole_height.tif'), out['height'], crs=crs,
                          transform=transform)
-        raster.write_cog(os.path.join(folder, 'whole_sem.tif'),
-                         coding['values'][np.argmax(out['sem'], -1)].astype(coding['dtype']),
-                         crs=crs, transform=transform, nodata=coding['nodata'],
-                         colormap=coding['colormap'], resampling='nearest')
+        raster.write_class_map(os.path.join(folder, 'whole_sem.tif'),
+                               np.argmax(out['sem'], -1), config.label_codes, crs=crs,
+                               transform=transform)
     print(json.dumps({'seconds': time.perf_counter() - start, 'peak_mb': peak_rss_mb()}))
 
 

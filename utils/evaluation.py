@@ -51,12 +51,9 @@ def _write_outputs(out_dir, sample, pred_height, classes, label_codes, plot_args
     crs, transform = raster.grid(sample.image)
     raster.write_cog(os.path.join(out_dir, f'{sample.name}_{heads.HEIGHT.name}.tif'),
                      np.asarray(pred_height, np.float32), crs=crs, transform=transform)
-    coding = raster.class_map(label_codes)
     for name, pred_idx in classes.items():
-        raster.write_cog(os.path.join(out_dir, f'{sample.name}_{name}.tif'),
-                         coding['values'][pred_idx].astype(coding['dtype']), crs=crs,
-                         transform=transform, nodata=coding['nodata'],
-                         colormap=coding['colormap'], resampling='nearest')
+        raster.write_class_map(os.path.join(out_dir, f'{sample.name}_{name}.tif'), pred_idx,
+                               label_codes, crs=crs, transform=transform)
     if plot_args is not None:
         from utils import plots     # matplotlib only when figures are wanted
         plots.plot_test_image(os.path.join(out_dir, f'{sample.name}.png'), **plot_args)

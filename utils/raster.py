@@ -696,6 +696,15 @@ def write_cog(path, array, valid=None, **kwargs):
         writer.write(array, valid)
 
 
+def write_class_map(path, indices, label_codes, **kwargs):
+    """Class indices [H, W] as a COG coded as class_map(label_codes) says,
+    with its colour table and nodata (CogWriter's keywords: crs, transform)."""
+    coding = class_map(label_codes)
+    write_cog(path, coding['values'][indices].astype(coding['dtype']),
+              nodata=coding['nodata'], colormap=coding['colormap'], resampling='nearest',
+              **kwargs)
+
+
 def write_geotiff(path, array):
     """A whole array [H, W] or [H, W, bands] as a plain GeoTIFF (strips, no
     compression, no georeferencing): generated training data, which only
