@@ -272,23 +272,18 @@ def input_record(path):
                        'modified_ns': stat.st_mtime_ns}, sort_keys=True)
 
 
-def recorded(path):
-    """The metadata items of an output GeoTIFF ({} without any, or unreadable:
-    not a match, the image is redone)."""
-    from utils import raster
-    return raster.metadata(path)
-
-
 def stale_outputs(paths, record):
     """None when every output exists and records `record` (the version
-    aside), else why the image must be predicted again."""
+    aside), else why the image must be predicted again (an unreadable
+    output records nothing: redone)."""
+    from utils import raster
     missing = [p for p in paths.values() if not os.path.exists(p)]
     if missing:
         return f"{os.path.basename(missing[0])} is missing"
     for key, path in paths.items():
         if key == 'preview':
             continue
-        found = recorded(path)
+        found = raster.metadata(path)
         differ = [k for k in record if k != 'DSMNET_VERSION' and found.get(k) != record[k]]
         if differ:
             return (f"{os.path.basename(path)} was made with other "
