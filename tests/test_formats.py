@@ -7,6 +7,7 @@ pixels as a plain GeoTIFF; bad inputs (404, a server stopping mid-file, a
 VRT naming a missing tile, a JPEG 2000 without georeferencing) one line each."""
 import http.server
 import os
+import shutil
 import threading
 
 import numpy as np
@@ -109,8 +110,10 @@ def test_each_format_reads_as_the_plain_geotiff(files, kind):
     assert grid == (rasterio.crs.CRS.from_string(CRS), TRANSFORM)
 
 
-def test_a_folder_is_scanned_for_what_gdal_opens(files):
-    """Every image, whatever its extension; no sidecar, no text file."""
+def test_a_folder_is_scanned_for_what_gdal_opens(files, tmp_path):
+    """Every image, whatever its extension; no sidecar, no text file. A file
+    named as an image is taken without opening it, so one GDAL cannot read
+    is named when read, not left out unseen."""
     folder = os.path.dirname(files['plain'])
     with open(os.path.join(folder, 'notes.txt'), 'w') as f:
         f.write('not a raster')
@@ -119,6 +122,13 @@ def test_a_folder_is_scanned_for_what_gdal_opens(files):
         'big_cog.tif', 'mosaic.vrt', 'ortho_cog.tif', 'ortho_jp2.jp2', 'ortho_png.png',
         'plain.tif',
         'tile_0.tif', 'tile_1.tif', 'tile_2.tif', 'tile_3.tif']
+    shutil.copy(files['png'], tmp_path / 'image_without_extension')
+    broken = tmp_path / 'broken.tif'
+    broken.write_text('not a raster')
+    assert raster.find_images([tmp_path]) == [str(broken),
+                                              str(tmp_path / 'image_without_extension')]
+    with pytest.raises(DatasetError, match=f'Cannot read {broken} '):
+        raster.open_raster(broken)
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):

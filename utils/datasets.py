@@ -175,7 +175,7 @@ def _index(folder):
     for entry in sorted(os.listdir(folder)):
         stem = os.path.splitext(entry)[0]
         path = os.path.join(folder, entry)
-        if not os.path.isfile(path) or not raster.opens(path):
+        if not os.path.isfile(path) or not raster.is_image_file(path):
             continue
         if stem in index:
             raise DatasetError(f"Two files with the name {stem!r}: {index[stem]} and {path}. "
