@@ -6,7 +6,6 @@ GPUs are hidden from pytest and every process it starts (CUDA_VISIBLE_DEVICES
 empty), except in the `gpu` tier (tests/test_gpu.py), which runs where GPUs
 are visible and is skipped with its reason elsewhere.
 """
-import contextlib
 import copy
 import glob
 import os
@@ -70,30 +69,17 @@ def fresh_config():
     restore_config()
 
 
-def run_python(args, timeout=600, env=None, cwd=ROOT, gpus=False):
+STAND_IN = os.path.join(ROOT, 'tests', 'stand_in.py')
+
+
+def run_python(args, timeout=600, env=None, cwd=ROOT, gpus=False, stand_in=False):
     """Run `python args...` in a fresh process (its own device configuration;
-    GPUs hidden unless `gpus`)."""
+    GPUs hidden unless `gpus`); with `stand_in` the script's MTL is built on
+    tests/stand_in.py's encoder."""
+    args = [STAND_IN, *args] if stand_in else list(args)
     full_env = dict(gpu_env() if gpus else os.environ, TF_CPP_MIN_LOG_LEVEL='2', **(env or {}))
-    return subprocess.run([sys.executable] + list(args), cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable] + args, cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
-
-
-@contextlib.contextmanager
-def small_encoder():
-    """Inside the block the MTL is built on a stand-in for DenseNet121 with
-    the same output (1024 channels at 1/32 of the input, a BatchNormalization
-    inside) from two layers: for tests of what sits around the encoder
-    (heads, decoder, tiled inference), where building and running DenseNet's
-    120 layers only costs time. DenseNet121 itself is counted in test_nets.py."""
-    from unittest import mock
-    import keras
-    from nets import mtl
-
-    def stand_in(weights, freeze):
-        return keras.Sequential([keras.layers.Conv2D(1024, 32, strides=32),
-                                 keras.layers.BatchNormalization()])
-    with mock.patch.object(mtl, '_encoder', stand_in):
-        yield
 
 
 # Tiny settings on the built-in synthetic dataset: 32 px crops, 1/16 widths.
@@ -152,8 +138,9 @@ def synthetic_root(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def tiny_trained(tmp_path_factory, synthetic_root):
-    """A tiny MTL, then a DAE on it, each trained 2 steps by train_mtl.main()
-    and train_dae.main(), once per test run: the worker that comes first
+    """A tiny MTL on the stand-in encoder (tests/stand_in.py; its users build
+    it too), then a DAE on it, each trained 2 steps by train_mtl.main() and
+    train_dae.main(), once per test run: the worker that comes first
     trains them and writes trained.json; the others read it (pytest-xdist
     groups cannot be relied on to keep the tests on one worker)."""
     import fcntl
@@ -166,15 +153,14 @@ def tiny_trained(tmp_path_factory, synthetic_root):
         if not summary.exists():
             import train_dae
             import train_mtl
-            # Frozen encoder: a third of the graph to build; the tests using
-            # these weights check the DAE stage and test_dsm.py.
+            from stand_in import small_encoder
             sets = TINY + [f'shortcut_path={synthetic_root}', f'checkpoint_root={ckpt}',
-                           f'output_root={ckpt / "output"}', 'batch_size=4', 'max_steps=2',
-                           'mtl_bb_freeze=True']
+                           f'output_root={ckpt / "output"}', 'batch_size=4', 'max_steps=2']
             settings.apply(sets)
             try:
-                mtl = train_mtl.main()
-                dae = train_dae.main()
+                with small_encoder():
+                    mtl = train_mtl.main()
+                    dae = train_dae.main()
                 trained = dict(
                     sets=sets, mtl_weights=config.predCheckPointPath,
                     dae_weights=config.corrCheckPointPath,

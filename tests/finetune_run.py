@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import config  # noqa: E402
-from conftest import small_encoder  # noqa: E402
+from stand_in import small_encoder  # noqa: E402
 from utils import benchmark, checkpoints, distribute, losses, tasks  # noqa: E402
 from utils.tasks import build_dae, build_mtl  # noqa: E402
 from utils.training import Trainer  # noqa: E402

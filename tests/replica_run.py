@@ -1,7 +1,9 @@
 """Train a few steps on fixed global batches and save the initial weights,
 the all-reduced gradient and the weights after the first step, and every
 step's loss (run by test_training.py and test_gpu.py in their own
-processes, since devices are configured once).
+processes, since devices are configured once). The MTL is built on the
+stand-in encoder (tests/stand_in.py): distribution is under test, and
+DenseNet121 took four fifths of the MTL runs' time.
 
     python tests/replica_run.py OUT.npz mtl|dae STEPS [NAME=VALUE ...]
 """
@@ -22,6 +24,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import config  # noqa: E402
+from stand_in import small_encoder  # noqa: E402
 from utils import distribute, tasks, training  # noqa: E402
 
 GLOBAL_BATCH = 8
@@ -35,9 +38,10 @@ data = {'image': rng.uniform(0, 1, (n, c, c, 3)).astype('float32'), 'height': he
 
 strategy = distribute.get_strategy(config)
 assert getattr(config, f'{stage}_global_batch_size') == GLOBAL_BATCH, 'set batch_size'
-trainer = training.Trainer(
-    (tasks.MTLTask(config) if stage == 'mtl' else tasks.DAETask(config, mtl='untrained')),
-    strategy)
+with small_encoder():
+    trainer = training.Trainer(
+        (tasks.MTLTask(config) if stage == 'mtl' else tasks.DAETask(config, mtl='untrained')),
+        strategy)
 model = trainer.model
 initial = [v.numpy() for v in model.trainable_variables]
 dataset = tf.data.Dataset.from_tensor_slices(data).batch(GLOBAL_BATCH)

@@ -13,6 +13,7 @@ import tensorflow as tf
 import tifffile
 
 import config
+from stand_in import small_encoder
 from utils import datasets, evaluation, settings
 
 Sample = namedtuple('Sample', 'name image height labels')
@@ -207,7 +208,8 @@ def test_dsm_script_writes_every_metric(synthetic_weights, capsys):
     import cv2
     import test_dsm
     base, sets = synthetic_weights
-    code = test_dsm.main(['--correction', '--max-images', '2'] + sets)
+    with small_encoder():
+        code = test_dsm.main(['--correction', '--max-images', '2'] + sets)
     out = capsys.readouterr()
     assert code == 0, out.err[-3000:]
     run = base / 'output' / 'synthetic' / 'mtl_dae'
@@ -280,10 +282,11 @@ def test_dsm_script_weight_errors_are_clear(synthetic_weights, tmp_path, capsys)
     import test_dsm
     _, sets = synthetic_weights
     missing = str(tmp_path / 'none.weights.h5')
-    assert test_dsm.main(['--mtl-weights', missing] + sets) == 1
-    err = capsys.readouterr().err
-    assert err.startswith('error: ') and missing in err
-    assert test_dsm.main(sets + ['--set', 'mtl_decoder_scale=0.125']) == 1
+    with small_encoder():
+        assert test_dsm.main(['--mtl-weights', missing] + sets) == 1
+        err = capsys.readouterr().err
+        assert err.startswith('error: ') and missing in err
+        assert test_dsm.main(sets + ['--set', 'mtl_decoder_scale=0.125']) == 1
     err = capsys.readouterr().err
     assert err.startswith('error: ') and 'mtl_decoder_scale=0.0625' in err
 
@@ -293,6 +296,7 @@ def test_dsm_script_exits_1_without_traceback(synthetic_weights, tmp_path):
     from tests.conftest import run_python
     _, sets = synthetic_weights
     proc = run_python(['test_dsm.py', '--correction', '--dae-weights',
-                       str(tmp_path / 'no_dae.weights.h5')] + sets, timeout=300)
+                       str(tmp_path / 'no_dae.weights.h5')] + sets, timeout=300,
+                      stand_in=True)
     assert proc.returncode == 1
     assert 'no_dae.weights.h5' in proc.stderr and 'Traceback' not in proc.stderr

@@ -14,7 +14,8 @@ import os
 
 import pytest
 
-from conftest import ROOT, TINY, run_python, small_encoder
+from conftest import ROOT, TINY, run_python
+from stand_in import small_encoder
 import config
 from utils import benchmark, checkpoints, distribute, settings
 from utils.training import Trainer

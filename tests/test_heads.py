@@ -13,7 +13,8 @@ import tifffile
 import config
 import predict
 from nets import dae, mtl
-from tests.conftest import TINY, small_encoder
+from tests.conftest import TINY
+from tests.stand_in import small_encoder
 from utils import (checkpoints, datasets, distribute, evaluation, heads, inference, losses,
                    pipeline, rules, settings, tasks, training)
 

@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 import config
-from tests.conftest import run_python, small_encoder
+from tests.conftest import run_python
+from tests.stand_in import small_encoder
 from utils import inference, settings
 from utils.errors import SettingError
 

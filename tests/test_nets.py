@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import small_encoder
+from stand_in import small_encoder
 from nets import dae, mtl
 from utils import tasks
 

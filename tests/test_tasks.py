@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 import config
-from conftest import TINY, small_encoder
+from conftest import TINY
+from stand_in import small_encoder
 from utils import benchmark, checkpoints, datasets, distribute, inference, settings, tasks
 from utils.training import Trainer
 from utils.errors import CheckpointError

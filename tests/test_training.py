@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY, run_python, small_encoder
+from conftest import ROOT, STAND_IN, TINY, run_python
+from stand_in import small_encoder
 from utils import callbacks
 from utils.errors import TrainingDiverged
 
@@ -152,17 +153,17 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, synthetic_root):
     import subprocess
     import sys
     import tensorflow as tf
-    # The encoder frozen: resuming restores every variable the same way, and
-    # its graph builds in a third of the time three times over.
+    # On the stand-in encoder: resuming restores every variable the same way
+    # (DenseNet121 trains on 2 replicas in test_run_train_test.py).
     common = ['batch_size=16', 'multi_gpu_enabled=True', 'cpu_replicas=2', 'mtl_numEpochs=2',
-              'checkpoint_every=5', 'deterministic=True', 'mtl_bb_freeze=True']
+              'checkpoint_every=5', 'deterministic=True']
     env = dict(os.environ, PYTHONUNBUFFERED='1', TF_CPP_MIN_LOG_LEVEL='2')
     train = os.path.join(ROOT, 'train_mtl.py')
 
-    full = run_python([train, *sets_for(synthetic_root, tmp_path / 'a', *common)])
+    full = run_python([train, *sets_for(synthetic_root, tmp_path / 'a', *common)], stand_in=True)
     assert full.returncode == 0, full.stderr[-3000:]
 
-    proc = subprocess.Popen([sys.executable, train,
+    proc = subprocess.Popen([sys.executable, STAND_IN, train,
                              *sets_for(synthetic_root, tmp_path / 'b', *common)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
@@ -176,7 +177,8 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, synthetic_root):
     killed_at = int(tf.train.latest_checkpoint(str(state_b)).rsplit('-', 1)[1])
     assert killed_at >= 5
 
-    resumed = run_python([train, *sets_for(synthetic_root, tmp_path / 'b', *common)])
+    resumed = run_python([train, *sets_for(synthetic_root, tmp_path / 'b', *common)],
+                         stand_in=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f'resuming from {state_b}/ckpt-{killed_at} at step {killed_at}' in resumed.stdout
     assert 'strategy        MirroredStrategy, 2 replica(s)' in resumed.stdout
@@ -240,8 +242,8 @@ def test_two_workers_train_like_one_process(tmp_path, synthetic_root):
             s.bind(('127.0.0.1', 0))
             ports.append(s.getsockname()[1])
     cluster = {'worker': [f'127.0.0.1:{p}' for p in ports]}
-    # The encoder is frozen so its BatchNorm runs on fixed statistics (see
-    # replica_run.py); decoder, our BN and the optimizer are compared.
+    # The (stand-in) encoder is frozen so its BatchNorm runs on fixed
+    # statistics; decoder, our BN and the optimizer are compared.
     common = [f'shortcut_path={synthetic_root}', 'max_steps=2', 'mtl_bb_freeze=True',
               'dropout_rate=0', 'sync_batchnorm=True', 'deterministic=True'] + TINY
     workers = []
@@ -265,9 +267,17 @@ def test_two_workers_train_like_one_process(tmp_path, synthetic_root):
                    ('worker0.npz', 'worker1.npz', 'single.npz'))
     assert int(w0['replicas']) == int(w1['replicas']) == 2 and int(one['replicas']) == 1
     assert int(w0['step']) == int(w1['step']) == int(one['step']) == 2
-    for a, b, c in zip(weights(w0), weights(w1), weights(one)):
+    for a, b in zip(weights(w0), weights(w1)):
         np.testing.assert_array_equal(a, b)
-        assert np.linalg.norm(a - c) <= 1e-4 * np.linalg.norm(c)
+    for a, b in zip(weights(w0, 'init_'), weights(one, 'init_')):
+        np.testing.assert_array_equal(a, b)
+    # The weights as one vector against the update (measured: 1.2e-6 of it):
+    # a variable whose gradient is rounding noise (a bias before a
+    # normalisation) moves by Adam's lr g / (|g| + epsilon) of that noise, so
+    # variable by variable there is nothing to compare.
+    two, single, start = (np.concatenate([w.ravel() for w in weights(run, prefix)])
+                          for run, prefix in ((w0, 'w_'), (one, 'w_'), (one, 'init_')))
+    assert np.linalg.norm(two - single) <= 1e-4 * np.linalg.norm(single - start)
     chief_files = os.listdir(tmp_path / 'ckpt0' / 'synthetic' / 'mtl')
     assert {'train_state', 'train.log', 'best.weights.h5'} <= set(chief_files)
     assert not os.path.exists(tmp_path / 'ckpt1')

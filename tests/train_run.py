@@ -1,4 +1,5 @@
-"""Run train_mtl.main() with NAME=VALUE settings and save the final weights
+"""Run train_mtl.main() with NAME=VALUE settings, the MTL on the stand-in
+encoder (tests/stand_in.py), and save the initial and final weights
 (used by test_training.py for multi-worker runs, one process per worker).
 
     python tests/train_run.py OUT.npz NAME=VALUE ...
@@ -14,8 +15,22 @@ settings.apply(sys.argv[2:])
 import numpy as np  # noqa: E402
 
 import train_mtl  # noqa: E402
+from stand_in import small_encoder  # noqa: E402
+from utils import training  # noqa: E402
 
-trainer = train_mtl.main()
+initial = {}
+fit = training.Trainer.fit
+
+
+def recorded_fit(trainer):
+    initial.update({f'init_{i}': v.numpy()
+                    for i, v in enumerate(trainer.model.trainable_variables)})
+    return fit(trainer)
+
+
+training.Trainer.fit = recorded_fit
+with small_encoder():
+    trainer = train_mtl.main()
 np.savez(sys.argv[1], replicas=trainer.strategy.num_replicas_in_sync,
-         step=int(trainer.step.numpy()),
+         step=int(trainer.step.numpy()), **initial,
          **{f'w_{i}': v.numpy() for i, v in enumerate(trainer.model.trainable_variables)})
