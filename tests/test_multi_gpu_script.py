@@ -14,8 +14,9 @@ from conftest import run_python
     (['multi_gpu_enabled=True', 'cpu_replicas=2'], 2, 'MirroredStrategy',
      "2 replicas on logical CPU devices (cpu_replicas = 2)")])
 def test_quick_check_reports_the_replicas_and_the_split(sets, replicas, strategy, rule):
+    # The MTL on the stand-in encoder: the devices and the split are under test.
     result = run_python(['test_multi_gpu.py', '--json', '--quick', '--set', 'batch_size=3',
-                         *[a for s in sets for a in ('--set', s)]])
+                         *[a for s in sets for a in ('--set', s)]], stand_in=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert 'multi_gpu_enabled = True' not in result.stderr, result.stderr
     report = json.loads(result.stdout)

@@ -165,7 +165,7 @@ def test_script_stops_with_the_error_line(tmp_path, synthetic_root):
     (state / 'ckpt-5.data-00000-of-00001').write_bytes(b'\0' * 100)
     result = run_python([os.path.join(ROOT, 'train_mtl.py'), *[
         f'--set={s}' for s in TINY + [f'shortcut_path={synthetic_root}',
-                                      f'checkpoint_root={tmp_path}']]])
+                                      f'checkpoint_root={tmp_path}']]], stand_in=True)
     assert result.returncode == 1, result.stderr[-3000:]
     assert 'Traceback' not in result.stderr
     error = [line for line in result.stderr.splitlines() if line.startswith('error: ')]

@@ -290,9 +290,8 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, synthetic_root):
     import sys
     import tensorflow as tf
     env = dict(os.environ, PYTHONUNBUFFERED='1', TF_CPP_MIN_LOG_LEVEL='2')
-    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'train_mtl.py'),
-                             *sets_for(synthetic_root, tmp_path, 'batch_size=4',
-                                       'mtl_bb_freeze=True')],   # starts sooner
+    proc = subprocess.Popen([sys.executable, STAND_IN, os.path.join(ROOT, 'train_mtl.py'),
+                             *sets_for(synthetic_root, tmp_path, 'batch_size=4')],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True,
                             # a suite started in the background (`cmd &`) ignores
