@@ -39,5 +39,7 @@ if __name__ == '__main__':
     sys.argv = sys.argv[1:]
     # As `python SCRIPT` sets it up: the script's folder first on the path.
     sys.path[0] = os.path.dirname(os.path.abspath(script))
+    from utils import distribute
+    distribute.start_tensorflow()   # as quietly as the script would
     with small_encoder():
         runpy.run_path(script, run_name='__main__')

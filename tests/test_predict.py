@@ -18,7 +18,8 @@ import tifffile
 
 import config
 import predict
-from tests.conftest import PREDICT_TINY as TINY, ROOT, run_python
+from tests.conftest import PREDICT_TINY as TINY, ROOT, STAND_IN, run_python
+from tests.stand_in import small_encoder
 from utils import checkpoints, datasets, distribute, inference, raster, settings
 from utils.errors import CheckpointError, DatasetError, ImageryWarning, SettingError, UserError
 
@@ -26,6 +27,16 @@ GEO = [(33550, 'd', 3, (0.5, 0.5, 0.0), True),
        (33922, 'd', 6, (0.0, 0.0, 0.0, 500000.0, 4000000.0, 0.0), True),
        (34735, 'H', 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32632), True),
        (34737, 's', 0, 'WGS 84 / UTM zone 32N|', True)]
+
+
+@pytest.fixture(scope='module', autouse=True)
+def stand_in_encoder():
+    """This module's networks on the stand-in encoder (tests/stand_in.py), in
+    this process and in the predict.py processes it starts: prediction is
+    under test, not DenseNet121 (test_formats.py and test_export.py predict
+    with it)."""
+    with small_encoder():
+        yield
 
 
 @pytest.fixture(scope='module')
@@ -216,7 +227,7 @@ def test_two_replicas_match_one(weights, tmp_path):
     folder.mkdir()
     tifffile.imwrite(folder / 'a.tif', _image((70, 90, 3)), photometric='rgb')
     proc = run_python(['predict.py', str(folder), '--out', str(tmp_path / 'two'),
-                       *_cli(weights), *TWO_REPLICAS_ARGS], timeout=600)
+                       *_cli(weights), *TWO_REPLICAS_ARGS], timeout=600, stand_in=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert '2 replica(s)' in proc.stdout
     predict.main([str(folder), '--out', str(tmp_path / 'one'), *_cli(weights)])
@@ -236,8 +247,8 @@ def test_killed_batch_leaves_no_partial_output_and_rerun_completes(weights, tmp_
         tifffile.imwrite(folder / f'{name}.tif', _image((200, 200, 3), seed=i),
                          photometric='rgb')
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
-    proc = subprocess.Popen([sys.executable, 'predict.py', str(folder), '--out', str(out),
-                             *_cli(weights)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, STAND_IN, 'predict.py', str(folder), '--out',
+                             str(out), *_cli(weights)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     # the writer's streamed file: image b has begun
@@ -485,7 +496,7 @@ def test_unreadable_inputs_print_our_lines_only(weights, tmp_path):
     cv2.imwrite(str(tmp_path / 'ok.jpg'), _image((40, 56, 3)))
     (folder / 'c.jpg').write_bytes(open(tmp_path / 'ok.jpg', 'rb').read()[:400])
     proc = run_python(['predict.py', str(folder), '--out', str(tmp_path / 'out'),
-                       *_cli(weights)])
+                       *_cli(weights)], stand_in=True)
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[0] == '2 of 3 input(s) cannot be predicted and are skipped:'
@@ -623,7 +634,7 @@ def test_two_workers_claim_images_so_neither_waits(weights, tmp_path):
     finishing first. Worker 1 starts once the large image is claimed."""
     folder, out = tmp_path / 'in', tmp_path / 'out'
     folder.mkdir()
-    tifffile.imwrite(folder / 'a.tif', _image((440, 440, 3)), photometric='rgb')
+    tifffile.imwrite(folder / 'a.tif', _image((600, 600, 3)), photometric='rgb')
     for name in 'bc':
         tifffile.imwrite(folder / f'{name}.tif', _image((40, 40, 3)), photometric='rgb')
     cluster = {'worker': ['localhost:1', 'localhost:2']}
@@ -637,8 +648,8 @@ def test_two_workers_claim_images_so_neither_waits(weights, tmp_path):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', TF_CONFIG=json.dumps(
             {'cluster': cluster, 'task': {'type': 'worker', 'index': index}}))
         logs.append(open(tmp_path / f'worker{index}.log', 'w+'))
-        procs.append(subprocess.Popen([sys.executable, 'predict.py', str(folder), '--out',
-                                       str(out), *_cli(weights)], cwd=ROOT, env=env,
+        procs.append(subprocess.Popen([sys.executable, STAND_IN, 'predict.py', str(folder),
+                                       '--out', str(out), *_cli(weights)], cwd=ROOT, env=env,
                                       stdout=logs[-1], stderr=subprocess.STDOUT, text=True))
     finished = {}
     while len(finished) < 2:
