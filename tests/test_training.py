@@ -228,62 +228,6 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, synthetic_root, 
 
 
 @pytest.mark.slow
-def test_two_workers_train_like_one_process(tmp_path, synthetic_root):
-    """MultiWorkerMirroredStrategy over two local processes: both see 2
-    replicas, end with the same weights as one process on the same global
-    batches, and only the chief writes checkpoints and logs."""
-    import json
-    import socket
-    import subprocess
-    import sys
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(('127.0.0.1', 0))
-            ports.append(s.getsockname()[1])
-    cluster = {'worker': [f'127.0.0.1:{p}' for p in ports]}
-    # The (stand-in) encoder is frozen so its BatchNorm runs on fixed
-    # statistics; decoder, our BN and the optimizer are compared.
-    common = [f'shortcut_path={synthetic_root}', 'max_steps=2', 'mtl_bb_freeze=True',
-              'dropout_rate=0', 'sync_batchnorm=True', 'deterministic=True'] + TINY
-    workers = []
-    for index in range(2):
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', TF_CONFIG=json.dumps(
-            {'cluster': cluster, 'task': {'type': 'worker', 'index': index}}))
-        workers.append(subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, 'tests', 'train_run.py'),
-             str(tmp_path / f'worker{index}.npz'), *common, 'batch_size=4',
-             f'checkpoint_root={tmp_path / f"ckpt{index}"}'],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    outputs = [w.communicate(timeout=900) for w in workers]
-    for w, (out, err) in zip(workers, outputs):
-        assert w.returncode == 0, err[-3000:]
-    single = run_python([os.path.join(ROOT, 'tests', 'train_run.py'),
-                         str(tmp_path / 'single.npz'), *common, 'batch_size=8',
-                         f'checkpoint_root={tmp_path / "single"}'])
-    assert single.returncode == 0, single.stderr[-3000:]
-
-    w0, w1, one = (dict(np.load(tmp_path / f)) for f in
-                   ('worker0.npz', 'worker1.npz', 'single.npz'))
-    assert int(w0['replicas']) == int(w1['replicas']) == 2 and int(one['replicas']) == 1
-    assert int(w0['step']) == int(w1['step']) == int(one['step']) == 2
-    for a, b in zip(weights(w0), weights(w1)):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(weights(w0, 'init_'), weights(one, 'init_')):
-        np.testing.assert_array_equal(a, b)
-    # The weights as one vector against the update (measured: 1.2e-6 of it):
-    # a variable whose gradient is rounding noise (a bias before a
-    # normalisation) moves by Adam's lr g / (|g| + epsilon) of that noise, so
-    # variable by variable there is nothing to compare.
-    two, single, start = (np.concatenate([w.ravel() for w in weights(run, prefix)])
-                          for run, prefix in ((w0, 'w_'), (one, 'w_'), (one, 'init_')))
-    assert np.linalg.norm(two - single) <= 1e-4 * np.linalg.norm(single - start)
-    chief_files = os.listdir(tmp_path / 'ckpt0' / 'synthetic' / 'mtl')
-    assert {'train_state', 'train.log', 'best.weights.h5'} <= set(chief_files)
-    assert not os.path.exists(tmp_path / 'ckpt1')
-
-
-@pytest.mark.slow
 def test_ctrl_c_saves_and_exits_cleanly(tmp_path, synthetic_root):
     import signal
     import subprocess

@@ -34,6 +34,10 @@ class TrainingDiverged(UserError, RuntimeError):
     """A loss became NaN or Inf; the message names the term and the step."""
 
 
+class WorkerLost(UserError, RuntimeError):
+    """A worker of a multi-worker run stopped; the message says where to resume."""
+
+
 class ImageryWarning(UserWarning):
     """An input read one way where another was possible (an undeclared bit
     depth, an impossible nodata value, statistics unlike the training

@@ -20,7 +20,7 @@ import keras
 import tensorflow as tf
 
 from utils import callbacks, checkpoints, distribute, heads, progress
-from utils.errors import SettingError
+from utils.errors import SettingError, WorkerLost
 
 TERM_ORDER = heads.TERMS + ('loss',)   # as the step reports them
 
@@ -159,6 +159,26 @@ class Trainer:
         report, counts = self._step_fns[loop](iterator, tf.constant(int(steps), tf.int64))
         return {k: float(v) for k, v in report.items()}, [int(c) for c in counts.numpy()]
 
+    def _cluster_step(self, iterator, steps):
+        """train_step; in a multi-worker run, a peer that stopped (its
+        collective aborted: UNAVAILABLE) is a one-line error saying how the
+        job resumes, not a gRPC traceback."""
+        try:
+            return self.train_step(iterator, steps)
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as err:
+            if distribute.task_type() is None:
+                raise
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            reason = next((line for line in lines if 'aborted by' in line),
+                          lines[0] if lines else type(err).__name__)
+            latest = tf.train.latest_checkpoint(self.state.folder)
+            resume = (f"training resumes from {latest}" if latest else
+                      "no checkpoint was saved yet: training starts again")
+            raise WorkerLost(
+                f"a worker of the cluster stopped during training ({reason}). Fix: restart every worker with the same command and "
+                f"TF_CONFIG; {resume} (checkpoint_every = {self.cfg.checkpoint_every} "
+                f"steps at most are lost).") from None
+
     # ------------------------------------------------------------ saving
     def save(self):
         self.state.save(int(self.step.numpy()), self.log)
@@ -231,7 +251,7 @@ class Trainer:
                     if cfg.max_steps > 0:
                         k = min(k, cfg.max_steps - int(self.step.numpy()))
                     start = time.perf_counter()
-                    report, _ = self.train_step(iterator, k)
+                    report, _ = self._cluster_step(iterator, k)
                     step, done = int(self.step.numpy()), done + k
                     callbacks.check_finite(report, step, self.state.folder)
                     sums = {name: sums.get(name, 0.0) + v * k for name, v in report.items()}
