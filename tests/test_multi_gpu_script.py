@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import run_python
+from conftest import ROOT, run_python
 
 
 @pytest.mark.slow
@@ -51,12 +51,16 @@ print(json.dumps(report))
 
 
 @pytest.mark.slow
-def test_benchmark_measures_one_and_two_replicas(synthetic_root):
+def test_benchmark_measures_one_and_two_replicas(synthetic_root, tmp_path):
     """What test_multi_gpu.py --benchmark runs (utils/benchmark.scaling), for
-    the DAE stage: both replica counts timed, rates and efficiency as defined."""
-    result = run_python(['-c', BENCHMARK, f'shortcut_path={synthetic_root}',
+    the DAE stage (on the MTL's stand-in encoder): both replica counts
+    timed, rates and efficiency as defined."""
+    script = tmp_path / 'benchmark.py'
+    script.write_text(BENCHMARK)
+    result = run_python([str(script), f'shortcut_path={synthetic_root}',
                          'multi_gpu_enabled=True', 'cpu_replicas=2', 'cropSize=64',
-                         'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625', 'batch_size=4'])
+                         'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625', 'batch_size=4'],
+                        stand_in=True, env={'PYTHONPATH': ROOT})
     assert result.returncode == 0, result.stderr[-3000:]
     printed, last = result.stdout.rsplit('\n', 2)[0], result.stdout.strip().splitlines()[-1]
     report = json.loads(last)
