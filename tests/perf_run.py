@@ -10,10 +10,12 @@ train_step call joined by '+', e.g. `spe:dae:2+1` runs 3 steps in two calls
 (`0`: no call; `d`: train_step's default, config.steps_per_execution).
 Options: settings, plus `overflow=1` (heights 0 in the first half of every
 batch, 1e8 m in the second: in float16 only the last replica overflows),
-`save=PATH` (write the final weights file), `load=PATH` (load one first).
+`save=PATH` (write the final weights file), `load=PATH` (load one first),
+`stand_in=1` (the MTL on tests/stand_in.py's encoder, not DenseNet121).
 The DAE trains alone on random inputs: its training step is under test here,
 not the MTL's predictions.
 """
+import contextlib
 import os
 import sys
 
@@ -28,7 +30,7 @@ variants = [a for a, prev in zip(args, [''] + args) if a != '--set' and prev != 
 # numerical difference stays small instead of flipping a whole update.
 settings.apply(['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
                 'dropout_rate=0', 'backbone_weights=None', 'adam_epsilon=1.0',
-                'mtl_lr=1', 'dae_lr=1'] + base)
+                'mtl_lr=1', 'dae_lr=1', 'mtl_bb_freeze=True'] + base)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -36,6 +38,7 @@ import tensorflow as tf  # noqa: E402
 
 import config  # noqa: E402
 from nets import dae as dae_net  # noqa: E402
+from stand_in import small_encoder  # noqa: E402
 from utils import checkpoints, distribute, losses, tasks, training  # noqa: E402
 
 GLOBAL_BATCH = 8
@@ -69,6 +72,7 @@ def run(spec):
                'steps_per_execution': '1', 'sync_batchnorm': 'False'}
     options.update(s.split('=', 1) for s in ':'.join(rest).split(',') if s)
     overflow = options.pop('overflow', '0') == '1'
+    stand_in = options.pop('stand_in', '0') == '1'
     save, load = options.pop('save', None), options.pop('load', None)
     settings.apply([f'{k}={v}' for k, v in options.items()])
     # What utils/distribute.py does once per process, again per variant.
@@ -78,16 +82,15 @@ def run(spec):
     class Variant(tasks.MTLTask if stage == 'mtl' else tasks.DAETask):
         def build_model(self):
             if stage == 'mtl':
-                self.model = tasks.build_mtl(config)
-                # The encoder frozen, its BN layers in inference mode: as in
-                # tests/replica_run.py this keeps float32 rounding from growing
-                # into percent-level gradient noise in DenseNet's 120 BN layers,
-                # and the step's graph builds in a third of the time. The options
+                # The encoder frozen (mtl_bb_freeze), its BN layers in inference
+                # mode: this keeps float32 rounding from growing into
+                # percent-level gradient noise in DenseNet's 120 BN layers, and
+                # the step's graph builds in a third of the time. The options
                 # under test still act on all of it: the encoder's forward pass in
                 # the mixed precision, our BN (encoder_bn) synchronised, the
                 # decoder trained.
-                next(layer for layer in self.model.layers
-                     if layer.name.startswith('densenet121')).trainable = False
+                with small_encoder() if stand_in else contextlib.nullcontext():
+                    self.model = tasks.build_mtl(config)
             else:
                 self.model = tasks.build_dae(config)
             if load:

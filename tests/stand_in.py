@@ -22,8 +22,10 @@ from unittest import mock
 
 def encoder(weights, freeze):
     import keras
-    return keras.Sequential([keras.layers.Conv2D(1024, 32, strides=32),
-                             keras.layers.BatchNormalization()])
+    stand_in = keras.Sequential([keras.layers.Conv2D(1024, 32, strides=32),
+                                 keras.layers.BatchNormalization()])
+    stand_in.trainable = not freeze     # as mtl_bb_freeze freezes DenseNet121
+    return stand_in
 
 
 @contextlib.contextmanager

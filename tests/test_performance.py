@@ -11,7 +11,8 @@ import pytest
 
 from conftest import ROOT, run_python
 
-# TensorFlow processes training a DenseNet121 MTL; on one pytest-xdist worker,
+# TensorFlow processes training an MTL (DenseNet121 frozen, or the stand-in
+# encoder of tests/stand_in.py); on one pytest-xdist worker,
 # so each module fixture below is made once.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group('performance')]
 
@@ -46,7 +47,8 @@ def one_replica_mtl(tmp_path_factory):
         f'f32:mtl:1+1+1+1:save={weights}',
         'bf16:mtl:1+1+1+1:mixed_precision=mixed_bfloat16',
         'f16:mtl:1+1+1+1:mixed_precision=mixed_float16',
-        f'bf16_loaded:mtl:0:mixed_precision=mixed_bfloat16,load={weights}'], ['batch_size=8'])
+        f'bf16_loaded:mtl:0:mixed_precision=mixed_bfloat16,load={weights}',
+        'stand_in:mtl:1+1+1+1:stand_in=1'], ['batch_size=8'])
 
 
 def test_bfloat16_tracks_float32(one_replica_mtl):
@@ -107,14 +109,15 @@ def test_weights_load_across_precisions(one_replica_mtl):
 @pytest.fixture(scope='module')
 def two_replicas(tmp_path_factory):
     return perf_run(tmp_path_factory.mktemp('two'), 'two', [
-        'sync:mtl:1+1+1+1:sync_batchnorm=True', 'local:mtl:1+1+1+1',
+        # Batch statistics on the stand-in encoder: synchronisation is under test.
+        'sync:mtl:1+1+1+1:sync_batchnorm=True,stand_in=1', 'local:mtl:1+1+1+1:stand_in=1',
         'single:dae:1+1+1', 'spe:dae:d+1:steps_per_execution=2',
         'xla:dae:1+1+1:jit_compile=True',
         'f16:dae:1:mixed_precision=mixed_float16,overflow=1'], TWO_REPLICAS)
 
 
 def test_sync_batchnorm_on_two_replicas_matches_one_replica(one_replica_mtl, two_replicas):
-    one, sync, local = one_replica_mtl['f32'], two_replicas['sync'], two_replicas['local']
+    one, sync, local = one_replica_mtl['stand_in'], two_replicas['sync'], two_replicas['local']
     assert two_replicas['replicas'] == 2
     assert sync['counts'].tolist() == [[4, 4]] * 4
     # encoder_bn's moving statistics (the batches' share of them): those of
