@@ -465,8 +465,9 @@ print(json.dumps({
 
 @pytest.mark.parametrize('edited,sets,replicas', [
     (False, [], 1),
-    (True, [], 2),
-    (True, ['--set', 'batch_size=3', '--set', 'dae_batchSize=5'], 2),
+    pytest.param(True, [], 2, marks=pytest.mark.slow),
+    pytest.param(True, ['--set', 'batch_size=3', '--set', 'dae_batchSize=5'], 2,
+                 marks=pytest.mark.slow),
 ])
 def test_seed_style_script(tmp_path, edited, sets, replicas):
     """`from config import *` gives every setting, the strategy and the global

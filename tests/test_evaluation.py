@@ -201,6 +201,7 @@ def synthetic_weights(tiny_trained, tmp_path):
     return tmp_path, [a for s in sets for a in ('--set', s)]
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group('tiny_trained')
 def test_dsm_script_writes_every_metric(synthetic_weights, capsys):
     import json
@@ -277,6 +278,7 @@ def test_dsm_script_writes_every_metric(synthetic_weights, capsys):
                                        'test_0001_sem.tif']
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group('tiny_trained')
 def test_dsm_script_weight_errors_are_clear(synthetic_weights, tmp_path, capsys):
     import test_dsm
@@ -291,6 +293,7 @@ def test_dsm_script_weight_errors_are_clear(synthetic_weights, tmp_path, capsys)
     assert err.startswith('error: ') and 'mtl_decoder_scale=0.0625' in err
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group('tiny_trained')
 def test_dsm_script_exits_1_without_traceback(synthetic_weights, tmp_path):
     from tests.conftest import run_python

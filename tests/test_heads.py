@@ -129,6 +129,7 @@ def test_turn_makes_the_target_of_the_turned_crop(slope_head, transform, normali
     assert heads.by_name('sem').turn is None and heads.by_name('height').turn is None
 
 
+@pytest.mark.slow
 def test_a_new_head_trains_with_augmentation_and_is_evaluated(slope_head, synthetic_root,
                                                                tmp_path):
     settings.apply(TINY + [f'shortcut_path={synthetic_root}', f'checkpoint_root={tmp_path}',

@@ -155,6 +155,7 @@ print(json.dumps({'replicas': strategy.num_replicas_in_sync, 'batch': two.batch_
 '''
 
 
+@pytest.mark.slow
 def test_two_replicas_match_one():
     proc = run_python(['-c', TWO_REPLICAS], timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

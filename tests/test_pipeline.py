@@ -366,6 +366,7 @@ def _tiny_patches(root, count):
         tifffile.imwrite(root / 'sem' / f'p{t}.tif', rng.integers(0, 2, (CROP, CROP)).astype(np.uint8))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('replicas', [1, 2])
 @pytest.mark.parametrize('source', ['cached tiles', 'patches read from disk'])
 def test_a_script_ending_with_a_live_iterator_exits(tiles, tmp_path, source, replicas):

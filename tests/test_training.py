@@ -196,6 +196,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, synthetic_root):
         np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-7, err_msg=key)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, synthetic_root, monkeypatch):
     import tensorflow as tf
     import config
@@ -277,6 +278,7 @@ def test_resume_false_moves_the_old_run_aside(tmp_path, synthetic_root, capsys):
     assert os.path.exists(tmp_path / 'synthetic' / 'mtl' / 'train_state' / 'ckpt-2.index')
 
 
+@pytest.mark.slow
 def test_max_steps_inside_an_epoch_is_resumed_within_that_epoch(tmp_path, synthetic_root):
     """Stopped by max_steps after 3 of an epoch's 74 steps, then resumed to
     step 5: the epoch goes on with its 4th and 5th batches, so the weights are
@@ -308,6 +310,7 @@ def test_max_steps_inside_an_epoch_is_resumed_within_that_epoch(tmp_path, synthe
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group('tiny_trained')
 def test_dae_trains_on_the_frozen_mtl(tiny_trained):
     """train_dae.main() after train_mtl.main() (conftest.py): both stop at
