@@ -14,6 +14,7 @@ import config
 import export
 import predict
 from tests.conftest import run_python
+from tests.stand_in import small_encoder
 from utils import checkpoints, export as exporting, raster, settings
 from utils.errors import CheckpointError
 
@@ -26,9 +27,19 @@ TINY = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
 def weights(tmp_path_factory):
     """Tiny MTL and DAE weights trained (saved) under mixed_bfloat16, as
     train_*.py saves them, with their .json."""
+    return _weights(tmp_path_factory.mktemp('weights'))
+
+
+@pytest.fixture(scope='module')
+def stand_in_weights(tmp_path_factory):
+    """The same with the MTL on tests/stand_in.py's encoder."""
+    with small_encoder():
+        return _weights(tmp_path_factory.mktemp('stand_in_weights'))
+
+
+def _weights(folder):
     import keras
     from utils import tasks
-    folder = tmp_path_factory.mktemp('weights')
     settings.apply(TINY)
     keras.utils.set_random_seed(5)
     keras.mixed_precision.set_global_policy('mixed_bfloat16')
@@ -146,7 +157,14 @@ def _geotiff(path, shape):
 
 
 @pytest.mark.slow
-def test_both_engines_give_predict_py_the_same_outputs(weights, tmp_path):
+def test_both_engines_give_predict_py_the_same_outputs(stand_in_weights, tmp_path):
+    """On the stand-in encoder: the engine switch is under test (the export
+    of DenseNet121 itself, in the test above)."""
+    with small_encoder():
+        engines_agree(stand_in_weights, tmp_path)
+
+
+def engines_agree(weights, tmp_path):
     import rasterio
     _geotiff(tmp_path / 'area.tif', (45, 70, 3))
     read = {}
