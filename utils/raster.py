@@ -91,15 +91,18 @@ def unreadable(path, err):
     return DatasetError(f"Cannot read {path} ({reason}). Fix: {fix}.")
 
 
+# rasterio warns of a file without a grid on opening or writing it:
+# Image.crs / transform say so, and predict.py decides. A filter for the process, since
+# catch_warnings around each open is not thread-safe and the training
+# pipeline opens files from several threads (the warning then slipped out).
+warnings.filterwarnings('ignore', category=NotGeoreferencedWarning, module='rasterio')
+
+
 def _open(path):
-    """rasterio.open, without rasterio's warning for a file without a grid:
-    Image.crs / transform say so, and predict.py decides."""
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', NotGeoreferencedWarning)
-        if is_remote(path):
-            with rasterio.Env(**REMOTE_OPTIONS):
-                return rasterio.open(path)
-        return rasterio.open(path)
+    if is_remote(path):
+        with rasterio.Env(**REMOTE_OPTIONS):
+            return rasterio.open(path)
+    return rasterio.open(path)
 
 
 def open_raster(path):
@@ -600,10 +603,8 @@ class CogWriter:
         if nbits:
             profile['nbits'] = self.options['NBITS'] = nbits
             self.options['PREDICTOR'] = 'NO'
-        with warnings.catch_warnings():     # no transform: an image without georeferencing
-            warnings.simplefilter('ignore', NotGeoreferencedWarning)
-            with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-                self.dataset = rasterio.open(self.stream, 'w', **profile)
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+            self.dataset = rasterio.open(self.stream, 'w', **profile)
         try:
             if colormap is not None:
                 self.dataset.write_colormap(1, {i: tuple(int(v) for v in colour) + (255,)
@@ -715,9 +716,7 @@ def write_geotiff(path, array):
     compression, no georeferencing): generated training data, which only
     this project reads, where a COG's copy costs ten times the write."""
     bands = array.reshape(array.shape[0], array.shape[1], -1)
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', NotGeoreferencedWarning)
-        with rasterio.open(path, 'w', driver='GTiff', height=bands.shape[0],
-                           width=bands.shape[1], count=bands.shape[2],
-                           dtype=bands.dtype.name) as dataset:
-            dataset.write(np.moveaxis(bands, -1, 0))
+    with rasterio.open(path, 'w', driver='GTiff', height=bands.shape[0],
+                       width=bands.shape[1], count=bands.shape[2],
+                       dtype=bands.dtype.name) as dataset:
+        dataset.write(np.moveaxis(bands, -1, 0))
