@@ -172,14 +172,25 @@ def tiny_trained(tmp_path_factory, synthetic_root):
     return types.SimpleNamespace(**json.loads(summary.read_text()))
 
 
+# The modules of the longest tests (minutes each: the 2-replica main job,
+# the multi-worker story, kill -9 resume), started first.
+LONGEST = ('test_run_train_test', 'test_multi_worker', 'test_training')
+
+
 def pytest_collection_modifyitems(config, items):
-    """Modules holding slow tests first, each module's tests kept together and
-    in their own order. pytest-xdist hands out tests in this order, so the
-    minute-long TensorFlow processes start early and the run ends on short
-    tests on both workers, not on one worker finishing a long one (or two
-    queued) while the other has nothing left."""
+    """The modules of the longest tests first, then the other modules holding
+    slow tests, each module's tests kept together and in their own order.
+    pytest-xdist hands out tests in this order, so the minute-long
+    TensorFlow processes start early and the run ends on short tests on
+    every worker, not on one worker finishing a long one (or two queued)
+    while the others have nothing left."""
     slow = {item.module.__name__ for item in items if item.get_closest_marker('slow')}
-    items.sort(key=lambda item: item.module.__name__ not in slow)
+
+    def order(item):
+        name = item.module.__name__
+        return (LONGEST.index(name) if name in LONGEST else len(LONGEST),
+                name not in slow)
+    items.sort(key=order)
     if not GPUS:
         why = ('no GPU visible: ' + ('CUDA_VISIBLE_DEVICES is empty'
                                     if USER_CUDA_VISIBLE_DEVICES is not None else
