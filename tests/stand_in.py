@@ -4,9 +4,9 @@ building and tracing DenseNet's 120 layers only costs time: its first
 training step takes about 11 s frozen and 35 s trained on one replica,
 the stand-in's about 3 s (bench/RESULTS.md, The suite on the stand-in
 encoder). It gives what the decoder expects of DenseNet121, 1024 channels
-at 1/32 of the input, with a BatchNormalization inside. DenseNet121 itself is built and counted
-in test_nets.py, exported in test_export.py, and trained on two replicas
-by the main job in test_run_train_test.py.
+at 1/32 of the input, with a BatchNormalization inside. DenseNet121 itself
+is built and counted in test_nets.py, exported in test_export.py, and
+trained on two replicas by the main job in test_run_train_test.py.
 
     python tests/stand_in.py SCRIPT [ARGS ...]
 

@@ -26,28 +26,29 @@ from conftest import ROOT, STAND_IN, TINY, run_python
 pytestmark = pytest.mark.slow
 
 
-def cluster_env(index):
-    """TF_CONFIG of worker `index` of a new two-worker cluster on free loopback ports."""
-    if index == 0:
-        cluster_env.ports = []
-        for _ in range(2):
-            with socket.socket() as s:
-                s.bind(('127.0.0.1', 0))
-                cluster_env.ports.append(s.getsockname()[1])
-    cluster = {'worker': [f'127.0.0.1:{p}' for p in cluster_env.ports]}
-    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1', TF_CONFIG=json.dumps(
-        {'cluster': cluster, 'task': {'type': 'worker', 'index': index}}))
+def cluster_envs():
+    """The environments (TF_CONFIG) of workers 0 and 1 of a new two-worker
+    cluster on free loopback ports."""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            ports.append(s.getsockname()[1])
+    cluster = {'worker': [f'127.0.0.1:{p}' for p in ports]}
+    return [dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1',
+                 TF_CONFIG=json.dumps({'cluster': cluster,
+                                       'task': {'type': 'worker', 'index': index}}))
+            for index in range(2)]
 
 
 def start_workers(tmp_path, name, args):
     """`python tests/stand_in.py args...` as workers 0 (the chief) and 1,
     their output in <name><index>.log."""
     workers = []
-    for index in range(2):
+    for index, env in enumerate(cluster_envs()):
         log = open(tmp_path / f'{name}{index}.log', 'w+')
-        workers.append((subprocess.Popen([sys.executable, STAND_IN, *args], cwd=ROOT,
-                                         env=cluster_env(index), stdout=log,
-                                         stderr=subprocess.STDOUT, text=True), log))
+        workers.append((subprocess.Popen([sys.executable, STAND_IN, *args], cwd=ROOT, env=env,
+                                         stdout=log, stderr=subprocess.STDOUT, text=True), log))
     return workers
 
 
@@ -74,13 +75,11 @@ def test_two_workers_train_resume_after_a_killed_worker_and_test(tmp_path, synth
     common = [f'shortcut_path={synthetic_root}', 'max_steps=2', 'mtl_bb_freeze=True',
               'dropout_rate=0', 'sync_batchnorm=True', 'deterministic=True'] + TINY
     train_run = os.path.join(ROOT, 'tests', 'train_run.py')
-    workers = []
-    for index in range(2):
-        workers.append(subprocess.Popen(
-            [sys.executable, train_run, str(tmp_path / f'worker{index}.npz'), *common,
-             'batch_size=4', f'checkpoint_root={tmp_path / f"ckpt{index}"}'],
-            cwd=ROOT, env=cluster_env(index), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
+    workers = [subprocess.Popen(
+        [sys.executable, train_run, str(tmp_path / f'worker{index}.npz'), *common,
+         'batch_size=4', f'checkpoint_root={tmp_path / f"ckpt{index}"}'],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for index, env in enumerate(cluster_envs())]
     for worker in workers:
         _, err = worker.communicate(timeout=600)
         assert worker.returncode == 0, err[-3000:]

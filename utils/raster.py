@@ -92,9 +92,9 @@ def unreadable(path, err):
 
 
 # rasterio warns of a file without a grid on opening or writing it:
-# Image.crs / transform say so, and predict.py decides. A filter for the process, since
-# catch_warnings around each open is not thread-safe and the training
-# pipeline opens files from several threads (the warning then slipped out).
+# Image.crs / transform say so, and predict.py decides. A filter for the
+# process, since catch_warnings around each open is not thread-safe and the
+# training pipeline opens files from several threads (the warning slipped out).
 warnings.filterwarnings('ignore', category=NotGeoreferencedWarning, module='rasterio')
 
 

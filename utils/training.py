@@ -175,8 +175,8 @@ class Trainer:
             resume = (f"training resumes from {latest}" if latest else
                       "no checkpoint was saved yet: training starts again")
             raise WorkerLost(
-                f"a worker of the cluster stopped during training ({reason}). Fix: restart every worker with the same command and "
-                f"TF_CONFIG; {resume} (checkpoint_every = {self.cfg.checkpoint_every} "
+                f"a worker of the cluster stopped during training ({reason}). Fix: restart "
+                f"every worker with the same command and TF_CONFIG; {resume} (checkpoint_every = {self.cfg.checkpoint_every} "
                 f"steps at most are lost).") from None
 
     # ------------------------------------------------------------ saving
