@@ -2,8 +2,10 @@
 
 Every script ends a run that raises one of these with `error: <message>` and
 exit code 1 (see utils/settings.run_main); the message names the setting or
-file and the fix. Anything else is a bug and keeps its traceback.
+file and the fix. Anything else is a bug and keeps its traceback. The
+warnings below are printed as one line `warning: ...` (utils/settings.py).
 """
+import warnings
 
 
 class UserError(Exception):
@@ -47,3 +49,13 @@ class ImageryWarning(UserWarning):
 class DeviceWarning(UserWarning):
     """A device setting this machine cannot give as asked (two replicas
     where one device is visible): the message names the setting."""
+
+
+def imagery_warning(message):
+    """Warn of an input read one way where another was possible (ImageryWarning)."""
+    warnings.warn(message, ImageryWarning, stacklevel=3)
+
+
+def first_line(err):
+    """The first line of an exception's message (its type's name without one)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -17,8 +17,9 @@ import typing
 
 from utils.errors import SettingError
 
-# cropSize's rule (the MTL's encoder halves the side 5 times); utils/inference.py
-# checks windows against it too.
+# cropSize's rule (the MTL's encoder halves the side 5 times); the window
+# side of prediction (utils/predict/blend.py) and the crop fit
+# (utils/geo/grid.py) follow it too.
 CROP_MULTIPLE = 32
 
 

@@ -35,7 +35,7 @@ warnings.formatwarning = _format_warning
 
 class Settings:
     """One run's settings, frozen: every setting of config.py as resolved
-    (after --set), the dataset's `layout` and `folders`, and the constants
+    (after --set), the dataset's facts (config.DATASET_FACTS), and the constants
     of config.py the rooms read. replace(**changes) gives other settings,
     resolved and checked again; nothing changes this one."""
     CONSTANTS = ('CROP_MULTIPLE', 'BEST_WEIGHTS', 'LAST_WEIGHTS')
@@ -80,7 +80,7 @@ class Settings:
 def current():
     """The settings config holds now (config.py after --set), frozen."""
     values = {name: getattr(config, name)
-              for name in (*names(), 'layout', 'folders', *Settings.CONSTANTS)}
+              for name in (*names(), *config.DATASET_FACTS, *Settings.CONSTANTS)}
     declared = {name: config.declared[name] if name in config.FROM_DATASET or
                 name in config.DERIVED else getattr(config, name) for name in names()}
     return Settings(values, declared)
