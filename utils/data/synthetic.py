@@ -1,6 +1,6 @@
 """The built-in 'synthetic' dataset: aerial-looking scenes with known heights.
 
-Generated on first use (utils.datasets.find_split calls ensure_synthetic)
+Generated on first use (utils/data/layouts.find_split calls ensure_synthetic)
 deterministically from the seed setting, so the whole training and testing story
 runs offline on a CPU in minutes.
 
@@ -32,8 +32,8 @@ import time
 import cv2
 import numpy as np
 
-from utils import raster
 from utils.errors import DatasetError
+from utils.geo.write import write_geotiff
 
 VERSION = 1                 # bump when the generator changes: old data are regenerated
 SPLITS = {'train': (300, 128), 'valid': (8, 192), 'test': (10, 192)}   # (count, side)
@@ -260,9 +260,9 @@ def generate(root, seed, splits=SPLITS):
             if split == 'train' and rng.random() < NODATA_SHARE:
                 height = _with_nodata(rng, height)
             name = f'{split}_{i:04d}.tif'
-            raster.write_geotiff(os.path.join(folders['rgb'], name), rgb)
-            raster.write_geotiff(os.path.join(folders['dsm'], name), height)
-            raster.write_geotiff(os.path.join(folders['sem'], name), sem)
+            write_geotiff(os.path.join(folders['rgb'], name), rgb)
+            write_geotiff(os.path.join(folders['dsm'], name), height)
+            write_geotiff(os.path.join(folders['sem'], name), sem)
     with open(os.path.join(root, MARKER), 'w') as f:
         json.dump(_description(seed, splits), f, indent=1)
 
