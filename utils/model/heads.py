@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from utils import geometry
+from utils.data import targets
 from utils.errors import DatasetError
 
 CLASSES = 'classes'     # channels: one per label code
@@ -45,7 +45,7 @@ class Head:
     weight: str             # config setting weighing the term in the MTL loss
     flag: str | None        # config setting switching the head on; None: always on
     on_by_default: bool     # on when a network is built without naming the head
-    target: Callable        # (datasets.Loaded, cfg) -> [H, W, ch] array over the whole sample
+    target: Callable        # (data.samples.Loaded, cfg) -> [H, W, ch] array over the whole sample
     depends_on: tuple = ()  # settings the target is computed with, besides the data
     # (value, transpose, flip_rows, flip_cols, cfg) -> value: the target's (or a
     # prediction's) values once its pixels were transposed, then flipped, as the
@@ -91,16 +91,16 @@ def _classes(loaded, cfg):
 
 
 def _normals(loaded, cfg):
-    return geometry.surface_normals(loaded.height, cfg.normalize_flag)
+    return targets.surface_normals(loaded.height, cfg.normalize_flag)
 
 
 def _turn_normals(value, transpose, flip_rows, flip_cols, cfg):
     """Normals are (-zx, -zy, 1)/|.| with x along columns and y along rows,
-    stored as e = s (n + 1) / 2 (geometry.normal_scale), so negating a
+    stored as e = s (n + 1) / 2 (targets.normal_scale), so negating a
     component is e -> s - e: a transpose swaps x and y, a row flip negates
     y, a column flip x."""
     import tensorflow as tf     # not for predict.py's arguments, read before --set applies
-    scale = geometry.normal_scale(cfg.normalize_flag)
+    scale = targets.normal_scale(cfg.normalize_flag)
     nx, ny, nz = tf.unstack(value, axis=-1)
     nx, ny = tf.where(transpose, ny, nx), tf.where(transpose, nx, ny)
     ny = tf.where(flip_rows, scale - ny, ny)
@@ -109,7 +109,7 @@ def _turn_normals(value, transpose, flip_rows, flip_cols, cfg):
 
 
 def _edges(loaded, cfg):
-    return geometry.edge_map(loaded.height, cfg.roof_height_threshold, cfg.canny_lt,
+    return targets.edge_map(loaded.height, cfg.roof_height_threshold, cfg.canny_lt,
                              cfg.canny_ht)[..., None]
 
 
