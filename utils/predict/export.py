@@ -1,38 +1,33 @@
-"""Trained networks as files other tools run, and the engines predict.py runs
-them on.
-
-An export holds the MTL (and the DAE after it, as one graph, with
-correction) in float32 as a SavedModel and as an ONNX model, each carrying
-the model card: what the network expects (bands, scale, window size and
-the multiple it must be of, blending) and what it returns (heights in
-metres, class probabilities with the dataset's classes and colours).
+"""Trained networks as files other tools run: the MTL (and the DAE after it,
+as one graph, with correction) in float32 as a SavedModel and as an ONNX
+model, each carrying the model card: what the network expects (bands,
+scale, window size and the multiple it must be of, blending) and what it
+returns (heights in metres, class probabilities with the dataset's classes
+and colours).
 
 The graph takes windows scaled as the training images were and returns
-their maps; the sliding windows and their blending (utils/inference.py)
+their maps; the sliding windows and their blending (utils/predict/blend.py)
 stay outside it, as the card's `windows` describe them.
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 
-from utils import heads
-from utils.errors import CheckpointError, SettingError
+from nets import dae as dae_net
+from utils.data.samples import image_channels
+from utils.errors import CheckpointError, first_line
+from utils.geo.classes import ClassMap
+from utils.model import heads
+from utils.model.weights import Contract
 
 OPSET = 17          # ONNX opset: ONNX Runtime 1.12+ and QGIS' bundled runtimes run it
 INPUT = 'image'     # the graph's input: [batch, rows, cols, bands] float32
 SIGNATURE = 'serving_default'
 CARD_KEY = 'model_card'     # ONNX metadata_props key of the card (JSON)
 CARD_FORMAT = 'dsmnet-model-card/1'
-ENGINES = ('tensorflow', 'onnxruntime')
-# What bench/engines.py measured faster on CPU (bench/RESULTS.md, "Engines"),
-# with heights equal within height_tolerance; GPUs and several replicas
-# stay on TensorFlow.
-CPU_ENGINE = 'tensorflow'
 UNIT_ROUNDOFF = 2.0 ** -24      # float32
 
 
@@ -47,7 +42,6 @@ def serving_function(mtl, dae, channels):
     float32 maps}: 'height' [n, rows, cols] (refined by `dae` when given),
     the other heads [n, rows, cols, channels]."""
     import tensorflow as tf
-    from nets import dae as dae_net
     height = heads.HEIGHT.name
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, channels], tf.float32,
@@ -57,8 +51,7 @@ def serving_function(mtl, dae, channels):
         maps = {name: tf.cast(value, tf.float32) for name, value in out.items()
                 if heads.by_name(name) is not None and heads.by_name(name).output}
         if dae is not None:
-            noise = dae(dae_net.assemble_input(out, image), training=False)
-            maps[height] = maps[height] - tf.cast(noise, tf.float32)
+            maps[height] = dae_net.refine(dae, out, image)
         maps[height] = maps[height][..., 0]
         return maps
     return serve
@@ -89,14 +82,16 @@ def _leaf_layers(model):
             yield layer
 
 
-def model_card(cfg, *, trained, correction, weights, gsd=None, version='unknown'):
+def model_card(cfg, *, contract=None, correction, weights, gsd=None, version='unknown'):
     """The card: every fact a user of the files needs, as JSON-ready dicts.
-    trained: the MTL weights' imagery record (checkpoints.adopted_settings);
-    weights: {'mtl': path, 'dae': path or None}."""
-    from utils import datasets, raster
-    classes_of = raster.class_map(cfg.label_codes)
-    channels = datasets.image_channels(cfg)
-    bands = trained.get('bands', list(range(1, channels + 1)))
+    contract: the MTL weights' input Contract (model/weights.py; None: the
+    settings' own, without band statistics); weights: {'mtl': path, 'dae':
+    path or None}."""
+    classes_of = ClassMap(cfg.label_codes)
+    channels = image_channels(cfg)
+    contract = contract or Contract(cfg.cropSize, list(range(1, channels + 1)),
+                                    cfg.image_scale)
+    bands = contract.bands
     names = ['red', 'green', 'blue'] + (['SAR'] if cfg.sar_mode else [])
     outputs = {}
     for head in exported_heads(cfg):
@@ -129,15 +124,16 @@ def model_card(cfg, *, trained, correction, weights, gsd=None, version='unknown'
         'dataset': cfg.dataset_name,
         'classes': [dict(index=i, value=int(v),
                          code=c if isinstance(c, int) else list(c),
-                         colour=[int(x) for x in classes_of['colours'][i]])
-                    for i, (v, c) in enumerate(zip(classes_of['values'], cfg.label_codes))],
+                         colour=[int(x) for x in classes_of.colours[i]])
+                    for i, (v, c) in enumerate(zip(classes_of.values, cfg.label_codes))],
         'input': dict(
             name=INPUT, shape=['batch', 'rows', 'cols', channels], dtype='float32',
             bands=[f"{names[i]} (band {b} of the source image)"
                    for i, b in enumerate(bands)],
             band_order=bands, image_scale=scale, scale_rule=scale_rule,
             value_range=[0.0, 1.0], multiple_of=cfg.CROP_MULTIPLE,
-            **{k: trained[k] for k in ('band_mean', 'band_spread') if k in trained}),
+            **{k: getattr(contract, k) for k in ('band_mean', 'band_spread')
+               if getattr(contract, k) is not None}),
         'ground_sampling_distance_m': gsd,
         'windows': dict(size=cfg.cropSize, stride=cfg.predict_stride,
                         blending=cfg.predict_window, flips=cfg.predict_flips,
@@ -208,13 +204,12 @@ def check_onnx(path, expect=None):
     facts a caller relies on. CheckpointError naming the file and the
     mismatch otherwise."""
     import onnxruntime as ort
-    from utils.checkpoints import _first_line
     try:
         session = onnx_session(path, threads=1)
     except (ort.capi.onnxruntime_pybind11_state.Fail,
             ort.capi.onnxruntime_pybind11_state.InvalidProtobuf, OSError) as err:
         raise CheckpointError(f"{path}: not an ONNX model ONNX Runtime reads "
-                              f"({_first_line(err)}); export one with export.py") from err
+                              f"({first_line(err)}); export one with export.py") from err
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
     if list(inputs) != [INPUT] or len(inputs[INPUT].shape) != 4 or \
@@ -241,57 +236,16 @@ def check_onnx(path, expect=None):
     return card
 
 
-def onnx_predict_fn(session, batch_size, keys):
-    """fn(windows) -> {key: maps} like inference.make_predict_fn's, run by
-    the ONNX Runtime `session`, `batch_size` windows at a time."""
-    names = [o.name for o in session.get_outputs() if o.name in keys]
-
-    def predict(windows):
-        windows = np.asarray(windows, np.float32)
-        pieces = [dict(zip(names, session.run(names, {INPUT: windows[i:i + batch_size]})))
-                  for i in range(0, len(windows), batch_size)]
-        return {k: np.concatenate([p[k] for p in pieces]) for k in names}
-
-    predict.batch_size = batch_size
-    return predict
 
 
-def choose_engine(requested, strategy):
-    """The engine predict.py runs: `requested`, or for 'auto' CPU_ENGINE on
-    one CPU replica and TensorFlow on GPUs or several replicas. ONNX Runtime
-    runs one CPU device, so it refuses a strategy of several replicas."""
-    import tensorflow as tf
-    one_cpu = strategy.num_replicas_in_sync == 1 and not tf.config.list_logical_devices('GPU')
-    if requested == 'auto':
-        return CPU_ENGINE if one_cpu else 'tensorflow'
-    if requested not in ENGINES:
-        raise SettingError(f"--engine {requested}: use auto, {' or '.join(ENGINES)}")
-    if requested == 'onnxruntime' and strategy.num_replicas_in_sync > 1:
-        raise SettingError(f"--engine onnxruntime runs on one CPU device, not "
-                           f"{strategy.num_replicas_in_sync} replicas: leave out "
-                           f"--engine or set cpu_replicas / multi_gpu_enabled off")
-    return requested
-
-
-def make_predict_fn(engine, mtl, dae, *, cfg, strategy, outputs):
-    """The window function predict.py blends (inference.predict_rows): the
-    networks run by TensorFlow (inference.make_predict_fn), or converted to
-    ONNX in a temporary folder and run by ONNX Runtime on every core."""
-    from utils import datasets, inference
-    if engine == 'tensorflow':
-        return inference.make_predict_fn(mtl, dae, cfg=cfg, strategy=strategy,
-                                         outputs=outputs)
-    folder = tempfile.mkdtemp(prefix='dsmnet_onnx_')
-    try:
-        models = [m for m in (mtl, dae) if m is not None]
-        serve = serving_function(mtl, dae, datasets.image_channels(cfg))
-        card = model_card(cfg, trained={}, correction=dae is not None, weights={})
-        card_path = os.path.join(folder, 'model_card.json')
-        with open(card_path, 'w') as f:
-            json.dump(card, f)
-        write_saved_model(serve, models, card_path, os.path.join(folder, 'saved_model'))
-        write_onnx(os.path.join(folder, 'saved_model'), card, os.path.join(folder, 'model.onnx'))
-        session = onnx_session(os.path.join(folder, 'model.onnx'))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return onnx_predict_fn(session, int(cfg.test_batch_size), set(outputs) | {'height'})
+def convert(mtl, dae, cfg, card, folder):
+    """The networks as `folder`/model_card.json (the card), saved_model/ and
+    model.onnx; returns the serving function they were made from."""
+    serve = serving_function(mtl, dae, image_channels(cfg))
+    card_path = os.path.join(folder, 'model_card.json')
+    with open(card_path, 'w') as f:
+        json.dump(card, f, indent=2)
+    write_saved_model(serve, [m for m in (mtl, dae) if m is not None], card_path,
+                      os.path.join(folder, 'saved_model'))
+    write_onnx(os.path.join(folder, 'saved_model'), card, os.path.join(folder, 'model.onnx'))
+    return serve
