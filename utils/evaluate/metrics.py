@@ -2,7 +2,7 @@
 scores from one confusion matrix over a whole split.
 
 Height metrics are computed per image and averaged over images by the caller
-(utils/evaluation.py). Pixels without valid ground truth (NaN, or False in
+(utils/evaluate/evaluation.py). Pixels without valid ground truth (NaN, or False in
 `valid`) never count.
 """
 import numpy as np
@@ -91,7 +91,7 @@ class ConfusionMatrix:
 
     def update(self, pred_idx, gt_idx, valid=None):
         """Count the pixels whose ground truth is a class: unlabelled ones
-        (index num_classes, utils.datasets.unlabelled_index) and those False
+        (index num_classes, utils/data/labels.unlabelled_index) and those False
         in `valid` are skipped."""
         pred = np.asarray(pred_idx).ravel()
         gt = np.asarray(gt_idx).ravel()

@@ -7,7 +7,7 @@ metrics from one confusion matrix over the split, and a trivial baseline
 (every pixel = the training split's mean height) on the same images.
 Validation uses fewer windows per image (valid_stride) than the published
 test (test_stride): it only ranks the epochs. Besides the height, the heads
-utils/heads.py marks `scored` are scored: class heads by the confusion
+utils/model/heads.py marks `scored` are scored: class heads by the confusion
 matrix, others by their per-image error against their target.
 
 Settings come from `cfg` (config.py's names); the networks run under the
@@ -17,7 +17,20 @@ import os
 
 import numpy as np
 
-from utils import buildings, datasets, distribute, heads, inference, metrics, progress, raster
+from utils import distribute, progress
+from utils.data.labels import building_classes
+from utils.data.layouts import find_split
+from utils.data.samples import load_sample
+from utils.errors import DatasetError
+from utils.evaluate import metrics
+from utils.evaluate.buildings import BuildingErrors
+from utils.geo.classes import ClassMap
+from utils.geo.read import read_grid
+from utils.geo.write import write_cog
+from utils.model import heads
+from utils.predict.blend import predict_tile
+from utils.predict.engines import tensorflow_fn
+from utils.predict.outputs import output_path
 
 SUMMARY_KEYS = metrics.HEIGHT_KEYS + ('miou', 'oa', 'fwiou', 'baseline_rmse', 'baseline_mae')
 
@@ -31,15 +44,15 @@ def train_mean_height(cfg):
            cfg.train_valid_flag, cfg.sar_mode)
     if key not in _train_mean:
         total, count = 0.0, 0
-        for sample in datasets.find_split(cfg, 'train'):
-            height = np.asarray(datasets.load_sample(cfg, sample).height, np.float64)
+        for sample in find_split(cfg, 'train'):
+            height = np.asarray(load_sample(cfg, sample).height, np.float64)
             valid = np.isfinite(height)
             total += float(height[valid].sum())
             count += int(valid.sum())
         if count == 0:
-            raise datasets.DatasetError(f"the 'train' split of {cfg.dataset_name!r} under "
-                             f"{cfg.shortcut_path} has no valid height pixel: "
-                             f"cannot compute the mean-height baseline")
+            raise DatasetError(f"the 'train' split of {cfg.dataset_name!r} under "
+                               f"{cfg.shortcut_path} has no valid height pixel: "
+                               f"cannot compute the mean-height baseline")
         _train_mean[key] = total / count
     return _train_mean[key]
 
@@ -47,13 +60,13 @@ def train_mean_height(cfg):
 def _write_outputs(out_dir, sample, pred_height, classes, label_codes, plot_args):
     """<name>_height.tif, and <name>_<head>.tif of each class head in `classes`
     (head name -> class indices) coded as predict.py codes its class maps
-    (raster.class_map), COGs with the input's georeferencing."""
-    crs, transform = raster.grid(sample.image)
-    raster.write_cog(os.path.join(out_dir, f'{sample.name}_{heads.HEIGHT.name}.tif'),
-                     np.asarray(pred_height, np.float32), crs=crs, transform=transform)
+    (geo/classes.ClassMap), COGs with the input's georeferencing."""
+    grid = read_grid(sample.image)
+    write_cog(output_path(out_dir, sample.name, heads.HEIGHT.name),
+              np.asarray(pred_height, np.float32), grid=grid)
+    coding = ClassMap(label_codes)
     for name, pred_idx in classes.items():
-        raster.write_class_map(os.path.join(out_dir, f'{sample.name}_{name}.tif'), pred_idx,
-                               label_codes, crs=crs, transform=transform)
+        coding.write(output_path(out_dir, sample.name, name), pred_idx, grid)
     if plot_args is not None:
         from utils import plots     # matplotlib only when figures are wanted
         plots.plot_test_image(os.path.join(out_dir, f'{sample.name}.png'), **plot_args)
@@ -64,9 +77,8 @@ def _predict_fn(mtl, dae, cfg, strategy, outputs):
     if _predict_cache.get('key') != key:
         _predict_cache.clear()
         _predict_cache.update(key=key, models=(mtl, dae, strategy),
-                              fn=inference.make_predict_fn(mtl, dae, cfg=cfg,
-                                                           strategy=strategy,
-                                                           outputs=outputs))
+                              fn=tensorflow_fn(mtl, dae, cfg=cfg, strategy=strategy,
+                                               outputs=outputs))
     return _predict_cache['fn']
 
 
@@ -97,20 +109,21 @@ def evaluate(mtl, dae=None, *, cfg, strategy, split='valid', out_dir=None, max_i
     baseline_mae, baseline_height; segmentation miou, oa, fwiou, mean_f1 and
     per-class iou, precision, recall, f1, confusion_matrix (None without
     semantics); 'buildings' (with `per_building`): errors per building of
-    the reference labels and pixel errors by height bin (buildings.py's
-    BuildingErrors.results; None for datasets without a building class);
-    <head>_mae and <head>_rmse of every other scored head the MTL has; 'per_image' (one dict per image); 'images', 'split'.
+    the reference labels and pixel errors by height bin
+    (evaluate/buildings.BuildingErrors.results; None for datasets without a
+    building class); <head>_mae and <head>_rmse of every other scored head
+    the MTL has; 'per_image' (one dict per image); 'images', 'split'.
     Binary datasets (label codes {0, 1}) score heights on class 1 only
     (metrics.mask_binary_heights), the baseline against the same masked truth.
     With out_dir: <name>_height.tif (float32, the input's georeferencing),
     <name>_sem.tif (one band of label values with the dataset's colour table),
     COGs, and, for the first cfg.test_plot_images images, <name>.png."""
-    samples = datasets.find_split(cfg, split)
+    samples = find_split(cfg, split)
     if max_images:
         samples = samples[:max_images]
     if not samples:
-        raise datasets.DatasetError(f"split {split!r} of {cfg.dataset_name!r} has no image "
-                         f"(shortcut_path = {cfg.shortcut_path!r})")
+        raise DatasetError(f"split {split!r} of {cfg.dataset_name!r} has no image "
+                           f"(shortcut_path = {cfg.shortcut_path!r})")
     baseline = train_mean_height(cfg)
     scored = [h for h in heads.HEADS if h.scored]
     predict_fn = _predict_fn(mtl, dae, cfg, strategy, tuple(h.name for h in scored))
@@ -124,12 +137,11 @@ def evaluate(mtl, dae=None, *, cfg, strategy, split='valid', out_dir=None, max_i
     # rmse shown is the running mean over images, i.e. the overall figure so far
     bar = progress.Progress(len(samples), unit='image') if verbose else None
     per_image = []
-    classes = buildings.building_classes(cfg.dataset_name, cfg.label_codes)
-    per_building = buildings.BuildingErrors(classes) if classes and per_building else None
+    classes = building_classes(cfg)
+    per_building = BuildingErrors(classes) if classes and per_building else None
     for index, sample in enumerate(samples):
-        data = datasets.load_sample(cfg, sample)
-        out = inference.predict_tile(predict_fn, data.image, cfg.cropSize,
-                                     stride or cfg.test_stride)
+        data = load_sample(cfg, sample)
+        out = predict_tile(predict_fn, data.image, cfg.cropSize, stride or cfg.test_stride)
         gt = np.asarray(data.height, np.float32)
         classes = {h.name: h.answer(out[h.name]) for h in scored
                    if h.is_classes and h.name in out}
