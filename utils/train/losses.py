@@ -6,8 +6,8 @@ replica holding half the batch contributes half the gradient.
 """
 import tensorflow as tf
 
-from nets.dae import assemble_input
-from utils import heads
+from nets.dae import refine
+from utils.model import heads
 
 
 def regression(y_true, y_pred, mask, kind='mse', delta=1.0):
@@ -30,7 +30,7 @@ def regression(y_true, y_pred, mask, kind='mse', delta=1.0):
 def cross_entropy(labels, probs):
     """Mean categorical cross-entropy per example; labels are class indices.
 
-    An unlabelled pixel (index = classes, utils.datasets.unlabelled_index) has
+    An unlabelled pixel (index = classes, utils/data/labels.unlabelled_index) has
     an all-zero one-hot row, so it adds nothing to the loss or its gradient,
     as in the published code; the mean still runs over every pixel of the
     crop, as published, so crops without unlabelled pixels are unchanged."""
@@ -41,7 +41,7 @@ def cross_entropy(labels, probs):
 
 
 def head_loss(head, batch, outputs, cfg):
-    """The per-example loss of one head (utils/heads.py) on its target."""
+    """The per-example loss of one head (utils/model/heads.py) on its target."""
     if head.loss == 'cross_entropy':
         return cross_entropy(batch[head.name], outputs[head.name])
     return regression(batch[head.name], outputs[head.name], batch['mask'],
@@ -55,7 +55,7 @@ def mtl_terms(batch, outputs, cfg):
 
 def mtl_total(terms, cfg):
     """Per example, the sum over the heads in `terms` of each head's weight
-    setting times its loss (utils/heads.HEADS: w1 height, w2 semantics, w3
+    setting times its loss (utils/model/heads.HEADS: w1 height, w2 semantics, w3
     normals, w4 edges)."""
     weights = {h.term: getattr(cfg, h.weight) for h in heads.HEADS}
     return tf.add_n([weights[k] * v for k, v in terms.items()])
@@ -73,9 +73,9 @@ def dae_step(mtl, dae, cfg):
     the loss is on the refined height, MTL height - predicted noise."""
     def terms(batch, training):
         predicted = mtl(batch['image'], training=False)
-        noise = dae(assemble_input(predicted, batch['image']), training=training)
         # Only the DAE's variables are watched, so no gradient enters the MTL.
         height = heads.HEIGHT
-        return {height.term: regression(batch[height.name], predicted[height.name] - noise,
+        return {height.term: regression(batch[height.name],
+                                        refine(dae, predicted, batch['image'], training),
                                         batch['mask'], cfg.reg_loss, cfg.huber_delta)}
     return terms, lambda t: t[heads.HEIGHT.term]

@@ -12,22 +12,25 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from utils import datasets, distribute, pipeline, tasks, training
+from utils import distribute
+from utils.data.samples import Loaded, image_channels
+from utils.errors import DatasetError
+from utils.train import tasks
+from utils.train.fields import drop_index_channel, make_fields
+from utils.train.trainer import Trainer
 
 
 def synthetic_batch(global_batch, cfg, seed=0):
-    """A global batch shaped like utils/pipeline.py's for the settings `cfg`,
+    """A global batch shaped like utils/train/pipeline.py's for the settings `cfg`,
     random but fixed: random images, heights and labels, and the heads'
     targets made from them."""
     rng = np.random.default_rng(seed)
     shape = (global_batch, cfg.cropSize, cfg.cropSize)
-    images = rng.uniform(0, 1, shape + (datasets.image_channels(cfg),)).astype('float32')
+    images = rng.uniform(0, 1, shape + (image_channels(cfg),)).astype('float32')
     heights = rng.uniform(0, 30, shape).astype('float32')
     labels = rng.integers(0, len(cfg.label_codes), shape, dtype='int32')
-    examples = [pipeline.make_fields(datasets.Loaded(*sample), cfg)
-                for sample in zip(images, heights, labels)]
-    return pipeline.drop_index_channel({k: np.stack([e[k] for e in examples])
-                                        for k in examples[0]}, cfg)
+    examples = [make_fields(Loaded(*sample), cfg) for sample in zip(images, heights, labels)]
+    return drop_index_channel({k: np.stack([e[k] for e in examples]) for k in examples[0]}, cfg)
 
 
 class StepTimer:
@@ -142,9 +145,9 @@ def scaling(cfg, strategy, windows=5, seconds=2.0, stage_names=('mtl', 'dae')):
     for stage in stage_names:
         task = steps_only_task(stage, cfg)
         per_replica = task.batch_size
-        timers = {replicas: _Timed(training.Trainer(task, strategy), devices, seconds)}
+        timers = {replicas: _Timed(Trainer(task, strategy), devices, seconds)}
         if replicas > 1:
-            timers[1] = _Timed(training.Trainer(steps_only_task(stage, cfg),
+            timers[1] = _Timed(Trainer(steps_only_task(stage, cfg),
                                                 tf.distribute.get_strategy()),
                                devices[:1], seconds)
         medians, _ = median_step_time(timers, windows, None)
@@ -158,7 +161,7 @@ def scaling(cfg, strategy, windows=5, seconds=2.0, stage_names=('mtl', 'dae')):
                  else None}
         try:
             entry['input_samples_per_second'] = input_rate(task, per_replica * replicas)
-        except (datasets.DatasetError, ValueError, OSError) as err:
+        except (DatasetError, ValueError, OSError) as err:
             entry['input_samples_per_second'] = None
             entry['input_error'] = str(err)
         entry['verdict'] = _verdict(entry, rate[replicas])

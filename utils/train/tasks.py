@@ -2,65 +2,25 @@
 
 A task owns one stage's settings (config.py names them with the stage's
 prefix: mtl_lr, dae_batchSize, ...), builds its networks, gives the
-training step its loss terms, makes its input pipeline and validates; the
-loop is utils/training.Trainer(task, strategy). MTLTask trains the
+training step its loss terms, describes its training data and validates
+(TF Model Garden's task); the steps are utils/train/trainer.Trainer(task,
+strategy), the epochs utils/train/loop.Loop(trainer). MTLTask trains the
 multi-task network. DAETask trains the denoising autoencoder on the outputs
 of an MTL, frozen; it runs in inference mode inside the same replica step as
 the DAE. Either starts from a trained weights file when mtl_init_weights /
-dae_init_weights names one (fine-tuning, utils/checkpoints.init_weights).
+dae_init_weights names one (fine-tuning, utils/train/finetune.py).
 
 A task is built once at a script's edge from the run's settings `cfg`
-(utils/settings.Settings; the config module itself works too). train_mtl.py,
-train_dae.py, test_multi_gpu.py and the benchmarks all make their tasks
-here, so they train the same thing.
+(utils/settings.Settings). train_mtl.py, train_dae.py, test_multi_gpu.py and
+the benchmarks all make their tasks here, so they train the same thing.
 """
 import os
 
-from nets import dae as dae_net, mtl as mtl_net
-from utils import checkpoints, datasets, evaluation, heads, losses, pipeline
-
-STAGES = ('mtl', 'dae')
-
-
-def build_mtl(cfg, pretrained=True, num_classes=None):
-    """The MTL with the settings `cfg`. pretrained=False skips the encoder's
-    backbone_weights, for a network whose checkpoint is loaded next (it
-    replaces every weight, so no ImageNet download is needed).
-    num_classes: another class count than label_codes' (a weights file's)."""
-    return mtl_net.build_mtl(
-        num_classes=num_classes or len(cfg.label_codes),
-        in_channels=datasets.image_channels(cfg),
-        head_mode=cfg.mtl_head_mode, decoder_scale=cfg.mtl_decoder_scale,
-        backbone_weights=cfg.backbone_weights if pretrained else None,
-        dropout=cfg.dropout_rate,
-        sync_batchnorm=cfg.sync_batchnorm, freeze_backbone=cfg.mtl_bb_freeze,
-        bn_momentum=cfg.bn_momentum, **heads.switches(cfg))
-
-
-def build_dae(cfg, num_classes=None):
-    """The DAE with the settings `cfg` (num_classes: as for build_mtl)."""
-    channels = dae_net.input_channels(num_classes or len(cfg.label_codes),
-                                      datasets.image_channels(cfg), **heads.switches(cfg))
-    return dae_net.build_dae(channels, cfg.dae_width_scale, cfg.dropout_rate)
-
-
-def trained_mtl(cfg, strategy, path=None):
-    """The MTL with the weights of train_mtl.py (`path`, default
-    predCheckPointPath), under `strategy`."""
-    with strategy.scope():
-        # The checkpoint replaces every weight: no backbone download.
-        mtl = build_mtl(cfg, pretrained=False)
-        checkpoints.load_weights(mtl, path or cfg.predCheckPointPath, 'mtl', cfg)
-    return mtl
-
-
-def trained_dae(cfg, strategy, path=None):
-    """The DAE with the weights of train_dae.py (`path`, default
-    corrCheckPointPath), under `strategy`."""
-    with strategy.scope():
-        dae = build_dae(cfg)
-        checkpoints.load_weights(dae, path or cfg.corrCheckPointPath, 'dae', cfg)
-    return dae
+from utils.data.layouts import find_split, is_tile_dataset
+from utils.evaluate import evaluation
+from utils.model import networks
+from utils.model.weights import SETTING_OF_PATH, STAGES, WeightsFile
+from utils.train import finetune, losses, pipeline
 
 
 class Task:
@@ -69,16 +29,18 @@ class Task:
     build_model() runs inside the strategy's scope (Trainer calls it there)
     and returns the network the stage trains; loss_fns() then gives
     (terms_fn, total_fn) for it, and gradients() the step's forward, losses
-    and backward, which the Trainer runs on every replica. imagery: the training images' band
-    statistics (datasets.SplitSummary.imagery()), recorded beside the best
-    weights.
+    and backward, which the Trainer runs on every replica. imagery: the
+    training images' band statistics (data/checks.SplitSummary.imagery()),
+    recorded beside the best weights. notes: (name, text) lines for the
+    training log's header.
     """
     stage = None
 
     def __init__(self, cfg, imagery=None):
         self.cfg = cfg
         self.imagery = dict(imagery or {})
-        self.notes = []     # (name, text) lines for the training log's header
+        self.notes = []
+        self._data = None
 
     def _own(self, name):
         # The one place a stage's prefixed settings are looked up.
@@ -97,12 +59,10 @@ class Task:
         """Where training keeps the weights the next stage loads: the file the
         stage's setting names; by default (a file of the run folder) the best
         weights by validation, or without validation the last weights."""
-        path = getattr(self.cfg, checkpoints.SETTING_OF_PATH[self.stage])
+        path = getattr(self.cfg, SETTING_OF_PATH[self.stage])
         kept = [os.path.join(self.run_dir, name)
                 for name in (self.cfg.BEST_WEIGHTS, self.cfg.LAST_WEIGHTS)]
         return kept[0 if validated else 1] if path in kept else path
-
-    best_path = property(weights_path)
 
     @property
     def run_dir(self):
@@ -136,14 +96,23 @@ class Task:
         report['loss'] = loss
         return report, grads
 
+    def training_data(self):
+        """The stage's TrainingData (utils/train/pipeline.py), its samples found once."""
+        if self._data is None:
+            cfg = self.cfg
+            self._data = pipeline.TrainingData(
+                cfg, tuple(find_split(cfg, 'train')), is_tile_dataset(cfg),
+                self.training_samples, self.preload, self.stage)
+        return self._data
+
     def steps_per_epoch(self, global_batch):
-        return pipeline.steps_per_epoch(self, global_batch)
+        return pipeline.steps_per_epoch(self.training_data(), global_batch)
 
     def train_dataset(self, global_batch, epoch, skip_batches=0):
-        return pipeline.train_dataset(self, global_batch, epoch, skip_batches)
+        return pipeline.train_dataset(self.training_data(), global_batch, epoch, skip_batches)
 
     def _start_from_file(self, model, build):
-        start = checkpoints.init_weights(model, self.stage, build, self.cfg)
+        start = finetune.start_from(model, self.stage, build, self.cfg)
         if start:
             self.notes.append(('starts from', start))
 
@@ -153,8 +122,8 @@ class MTLTask(Task):
 
     def build_model(self):
         # Weights to start from replace the encoder's too: no ImageNet download.
-        self.mtl = build_mtl(self.cfg, pretrained=self.init_weights is None)
-        self._start_from_file(self.mtl, lambda n: build_mtl(self.cfg, False, n))
+        self.mtl = networks.build_mtl(self.cfg, pretrained=self.init_weights is None)
+        self._start_from_file(self.mtl, lambda n: networks.build_mtl(self.cfg, False, n))
         return self.mtl
 
     def loss_fns(self):
@@ -176,18 +145,20 @@ class DAETask(Task):
 
     def build_model(self):
         if self._mtl is None:
-            self.mtl = build_mtl(self.cfg, pretrained=False)
-            checkpoints.load_weights(self.mtl, self.cfg.predCheckPointPath, 'mtl', self.cfg)
+            weights = WeightsFile(self.cfg.predCheckPointPath, 'mtl')
+            weights.check(self.cfg)
+            self.mtl = networks.build_mtl(self.cfg, pretrained=False)
+            weights.load_into(self.mtl)
         elif isinstance(self._mtl, str):
             if self._mtl != 'untrained':
                 raise ValueError(f"mtl = {self._mtl!r}: use None, a Keras model or "
                                  f"'untrained'")
-            self.mtl = build_mtl(self.cfg)
+            self.mtl = networks.build_mtl(self.cfg)
         else:
             self.mtl = self._mtl
         self.mtl.trainable = False
-        self.dae = build_dae(self.cfg)
-        self._start_from_file(self.dae, lambda n: build_dae(self.cfg, n))
+        self.dae = networks.build_dae(self.cfg)
+        self._start_from_file(self.dae, lambda n: networks.build_dae(self.cfg, n))
         return self.dae
 
     def loss_fns(self):
