@@ -1,0 +1,145 @@
+"""Footprints of buildings: read from a vector file (any format OGR reads,
+through pyogrio) and reprojected to the height maps' CRS, or traced from a
+class map (the building class polygonised, holes kept, specks dropped,
+simplified to the pixel size)."""
+import os
+
+import numpy as np
+
+from utils.errors import DatasetError
+from utils.geo.classes import ClassMap, read_class_map
+from utils.model.heads import HEIGHT
+from utils.predict.outputs import beside, preview_head
+
+
+def _crs_of(value):
+    from rasterio.crs import CRS
+    return CRS.from_user_input(value) if value else None
+
+
+def reproject(geoms, src_crs, dst_crs):
+    """Shapely geometries from one CRS to another (GDAL's transformation):
+    (geometries, indices of those that cannot be placed in `dst_crs`, None
+    there, as for a CRS whose area is far from the other's)."""
+    import shapely
+    from rasterio.warp import transform
+    if src_crs == dst_crs or not len(geoms):
+        return geoms, []
+
+    def moved(items):
+        coords = shapely.get_coordinates(items)
+        xs, ys = transform(src_crs, dst_crs, coords[:, 0], coords[:, 1])
+        if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+            raise ValueError('coordinates outside the target CRS')
+        return shapely.set_coordinates(items.copy(), np.column_stack([xs, ys]))
+
+    try:
+        return moved(geoms), []
+    except Exception:       # PROJ refused some (GDAL's errors have no public class)
+        out, failed = geoms.copy(), []
+        for i, g in enumerate(geoms):
+            try:
+                out[i] = moved(np.array([g], dtype=object))[0]
+            except Exception:
+                out[i] = None
+                failed.append(i)
+        return out, failed
+
+
+def read_footprints(path, crs):
+    """Footprints of a vector file in `crs`: (geometries, {field: values},
+    problems: [(index, reason)]). Invalid polygons are repaired (make_valid,
+    polygonal part kept) and listed; other geometry types keep empty values."""
+    import pyogrio
+    import shapely
+    try:
+        meta, _, wkb, field_data = pyogrio.raw.read(path)
+    except Exception as err:    # pyogrio's errors: unreadable or not a vector file
+        raise DatasetError(f"{path}: not a vector file OGR reads ({err}); give a "
+                           f"GeoPackage, GeoJSON, Shapefile or FlatGeobuf")
+    if not meta.get('crs'):
+        raise DatasetError(f"{path}: its footprints have no CRS; declare it, e.g. "
+                           f"ogr2ogr -a_srs EPSG:XXXX fixed.gpkg {path}")
+    geoms = shapely.from_wkb(wkb)
+    geoms = shapely.force_2d(geoms)
+    geoms, failed = reproject(geoms, _crs_of(meta['crs']), crs)
+    problems = [(int(i), f"cannot be placed in {crs} from {meta['crs']}") for i in failed]
+    problems += [(int(i), "has no geometry: kept, without heights")
+                 for i in np.flatnonzero(shapely.is_missing(geoms)) if i not in failed]
+    polygonal = shapely.get_type_id(geoms) == 3
+    polygonal |= shapely.get_type_id(geoms) == 6
+    for i in np.flatnonzero(~polygonal & ~shapely.is_missing(geoms)):
+        problems.append((int(i), f"is a {geoms[i].geom_type}, not a polygon: kept, "
+                                 f"without heights"))
+        geoms[i] = None
+    invalid = np.flatnonzero(polygonal & ~shapely.is_valid(geoms))
+    for i in invalid:
+        reason = shapely.is_valid_reason(geoms[i])
+        fixed = shapely.make_valid(geoms[i])
+        parts = [g for g in getattr(fixed, 'geoms', [fixed])
+                 if g.geom_type in ('Polygon', 'MultiPolygon')]
+        geoms[i] = shapely.union_all(parts) if parts else None
+        problems.append((int(i), f"invalid ({reason}): "
+                                 + ('repaired' if parts else 'nothing polygonal left, '
+                                    'kept without heights')))
+    fields = dict(zip(meta['fields'], field_data))
+    return geoms, fields, problems
+
+
+def trace_footprints(class_path, classes, min_area):
+    """Footprints of the building class values `classes` in a class map:
+    4-connected regions polygonised with holes, those under `min_area` (in
+    the map's units squared) dropped, simplified to the pixel size.
+    Returns (geometries, grid, the class map's colour table or None)."""
+    import shapely
+    from rasterio import features
+    values, nodata, colours, grid = read_class_map(class_path)
+    mask = np.isin(values, classes)
+    if nodata is not None:
+        mask &= values != nodata
+    del values
+    shapes = [shapely.geometry.shape(g) for g, _ in
+              features.shapes(mask.astype(np.uint8), mask=mask, connectivity=4,
+                              transform=grid.transform)]
+    geoms = np.array(shapes, dtype=object)
+    if len(geoms):
+        geoms = geoms[shapely.area(geoms) >= min_area]
+        geoms = shapely.simplify(geoms, min(grid.res), preserve_topology=True)
+    return geoms, grid, colours
+
+
+def class_values(cfg, classes):
+    """The values the class maps of the settings `cfg` hold for the class
+    indices `classes` (geo/classes.ClassMap)."""
+    return ClassMap(cfg.label_codes).values[classes].tolist()
+
+
+def trace_beside(height_maps, values, min_area, cfg, checked=True):
+    """Footprints traced from the class map beside each height map (its
+    <name>_sem.tif): (geometries, {'traced_from': the class map of each},
+    problems in words). `checked`: the values are the dataset's building
+    class, so a class map whose colour table is not the dataset's is named."""
+    head = preview_head().name
+    expected = ClassMap(cfg.label_codes).colormap
+    parts, origin, problems = [], [], []
+    for path in height_maps:
+        class_path = beside(path, head)
+        if not class_path or not os.path.isfile(class_path):
+            problems.append(f"{path}: no class map beside it ({class_path}); predict "
+                            f"with --outputs {HEIGHT.name},{head} or give --footprints")
+            continue
+        traced, _, colours = trace_footprints(class_path, values, min_area)
+        if checked and colours and any(v < len(expected) and v in colours and
+                                       tuple(colours[v]) != tuple(expected[v])
+                                       for v in values):
+            problems.append(f"{class_path}: its colour table is not dataset_name "
+                            f"{cfg.dataset_name!r}'s: traced {values} as that "
+                            f"dataset's buildings; set the dataset of the weights "
+                            f"(--set dataset_name=...) or --building-class")
+        if not len(traced):
+            problems.append(f"{class_path}: no building class ({values}) in it: "
+                            f"nothing traced; give --footprints FILE if it has buildings")
+        parts.append(traced)
+        origin += [os.path.basename(class_path)] * len(traced)
+    geoms = np.concatenate(parts) if parts else np.array([], dtype=object)
+    return geoms, {'traced_from': np.array(origin, dtype=object)}, problems
