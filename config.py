@@ -19,9 +19,10 @@ of the project's, so `import config` alone never starts TensorFlow.
 import json
 import os
 import sys
+import types
 from typing import Literal
 
-from utils.rules import (CROP_MULTIPLE, class_codes, encoder_weights, folder_name, gpu_ids,
+from utils.rules import (CROP_MULTIPLE, Rule, class_codes, encoder_weights, folder_name, gpu_ids,
                          label_value, number, radiometric_scale, tf_config,
                          validation_metric, weights_file, whole)
 
@@ -162,37 +163,42 @@ test_plot_images: whole(at_least=0) = 3 # PNG figures for the first N test image
 
 # Published settings per dataset (DSMNet paper and its code). A dataset_name
 # not listed takes the longest entry it starts with; a name ending in '_bin'
-# has the binary label codes (0, 1). `layout` names a row of LAYOUTS in
-# utils/datasets.py; `folders` ({modality: folder} in each split) replaces
-# the layout's own folder names.
+# has the binary label codes (0, 1), class 1 its buildings. `layout` names a
+# row of LAYOUTS in utils/data/layouts.py; `folders` ({modality: folder} in
+# each split) replaces the layout's own folder names; `building_codes` are
+# the label codes of buildings (test_dsm.py's errors per building,
+# buildings.py's traced footprints).
 VAIHINGEN_CODES = [(255, 255, 255), (0, 0, 255), (0, 255, 255),
                    (0, 255, 0), (255, 255, 0), (255, 0, 0)]
 DATASETS = {
     # unlabelled_code: the boundary band of the "eroded" ISPRS reference is black.
     'Vaihingen': dict(layout='vaihingen', cropSize=320, batch_size=4,
                       label_codes=VAIHINGEN_CODES, unlabelled_code=(0, 0, 0),
-                      w1=1e-4, w2=1e-1, w3=1e-5, w4=1e-3),
+                      building_codes=[(0, 0, 255)], w1=1e-4, w2=1e-1, w3=1e-5, w4=1e-3),
     'Vaihingen_crp256': dict(layout='split_folders', cropSize=256, batch_size=10,
                              folders=dict(image='rgb', height='ndsm', labels='sem', sar=None),
                              label_codes=VAIHINGEN_CODES, unlabelled_code=(0, 0, 0),
-                             w1=1e-4, w2=1e-1, w3=1e-5, w4=1e-3),
+                             building_codes=[(0, 0, 255)], w1=1e-4, w2=1e-1, w3=1e-5,
+                             w4=1e-3),
     # unlabelled_code: the DFC2018 ground truth marks unclassified pixels 0.
     'DFC2018': dict(layout='dfc2018', cropSize=320, batch_size=4,
-                    label_codes=list(range(1, 21)), unlabelled_code=0,
+                    label_codes=list(range(1, 21)), unlabelled_code=0, building_codes=[8, 9],
                     w1=100, w2=1, w3=10, w4=100),
     # DFC2019's code 65 means unlabelled, but the published code trains it as a class.
     'DFC2019_crp256': dict(layout='dfc2019', cropSize=256, batch_size=10,
-                           label_codes=[2, 5, 6, 9, 17, 65],
+                           label_codes=[2, 5, 6, 9, 17, 65], building_codes=[6],
                            w1=1e-2, w2=1e-1, w3=1e-5, w4=100),
     'DFC2019_crp512': dict(layout='dfc2019', cropSize=512, batch_size=2,
-                           label_codes=[2, 5, 6, 9, 17, 65],
+                           label_codes=[2, 5, 6, 9, 17, 65], building_codes=[6],
                            w1=1e-2, w2=1e-1, w3=1e-5, w4=100),
     'DFC2023': dict(layout='split_folders', cropSize=512, batch_size=2,
-                    label_codes=[0, 1], w1=1e-3, w2=1.0, w3=1e-5, w4=1e-3),
+                    label_codes=[0, 1], building_codes=[1], w1=1e-3, w2=1.0, w3=1e-5,
+                    w4=1e-3),
     # Built in, generated on first use: trains and tests offline on a CPU.
     'synthetic': dict(layout='split_folders', cropSize=96, batch_size=8,
                       folders=dict(image='rgb', height='dsm', labels='sem', sar=None),
-                      label_codes=[0, 1, 2, 3, 4, 5], w1=1.0, w2=1.0, w3=0.1, w4=0.1,
+                      label_codes=[0, 1, 2, 3, 4, 5], building_codes=[1],
+                      w1=1.0, w2=1.0, w3=0.1, w4=0.1,
                       backbone_weights=None, mtl_decoder_scale=0.25, dae_width_scale=0.25,
                       roof_height_threshold=2,   # its heights are metres, 0-27
                       bn_momentum=0.9,   # a short run: inference statistics must catch up
@@ -202,12 +208,14 @@ DATASETS = {
 }
 # What an entry does not name, and a dataset_name matching no entry.
 PUBLISHED = dict(layout='split_folders', folders=None, cropSize=256, batch_size=2,
-                 label_codes=[0, 1], unlabelled_code=None, sem_flag=True,
+                 label_codes=[0, 1], unlabelled_code=None, building_codes=[], sem_flag=True,
                  w1=1.0, w2=1.0, w3=1.0, w4=1.0,
                  backbone_weights='imagenet', mtl_decoder_scale=1.0, dae_width_scale=1.0,
                  roof_height_threshold=50, bn_momentum=0.99, dropout_rate=0.5,
                  mtl_numEpochs=20, dae_numEpochs=20,
                  mtl_training_samples=10000, dae_training_samples=10000)
+# What a dataset's entry says that is no setting: the settings carry them too.
+DATASET_FACTS = ('layout', 'folders', 'building_codes')
 
 
 def prepared_settings(name, root=None):
@@ -227,6 +235,13 @@ def prepared_settings(name, root=None):
     return {k: v for k, v in recorded.items() if k in PUBLISHED}
 
 
+def published_name(name):
+    """The DATASETS entry a dataset name takes its settings from: the longest
+    that it starts with; None for a name of one's own."""
+    matches = [k for k in DATASETS if name.startswith(k)]
+    return max(matches, key=len) if matches else None
+
+
 def dataset_settings(name, root=None):
     """The settings of a dataset name: those its dataset.json under `root`
     (default shortcut_path) records (a dataset prepare_dataset.py made), else
@@ -234,10 +249,10 @@ def dataset_settings(name, root=None):
     prepared = prepared_settings(name, root)
     if prepared is not None:
         return dict(PUBLISHED, **prepared)
-    matches = [k for k in DATASETS if name.startswith(k)]
-    entry = dict(PUBLISHED, **(DATASETS[max(matches, key=len)] if matches else {}))
+    published = published_name(name)
+    entry = dict(PUBLISHED, **(DATASETS[published] if published else {}))
     if name.endswith('_bin'):   # 0/1 masks: the full labels' unlabelled value is not in them
-        entry.update(label_codes=[0, 1], unlabelled_code=None)
+        entry.update(label_codes=[0, 1], unlabelled_code=None, building_codes=[1])
     return entry
 
 
@@ -285,20 +300,21 @@ def trained_weights(stage, s=None):
 def resolved(values):
     """The settings `values` ({name: value as declared or set}, every setting)
     with those left to the dataset or to other settings filled in, and the
-    dataset's `layout` and `folders`. A value of the wrong type is left for
-    its rule to name, never an error here."""
+    dataset's DATASET_FACTS (`layout`, `folders`, `building_codes`). A value
+    of the wrong type is left for its rule to name, never an error here."""
     s = dict(values)
     name = s['dataset_name']
     entry = dataset_settings(name if isinstance(name, str) else '', s['shortcut_path'])
     for key, ask in FROM_DATASET.items():
         if s[key] == ask:
             s[key] = entry[key]
-    s['layout'], s['folders'] = entry['layout'], entry['folders']
+    s.update({fact: entry[fact] for fact in DATASET_FACTS})
     if isinstance(s['label_codes'], (list, tuple)):   # colours may be written as lists
         s['label_codes'] = [tuple(c) if isinstance(c, (list, tuple)) else c
                             for c in s['label_codes']]
     if isinstance(s['unlabelled_code'], list):
         s['unlabelled_code'] = tuple(s['unlabelled_code'])
+    s['building_codes'] = [tuple(c) if isinstance(c, list) else c for c in s['building_codes']]
     for key, derive in DERIVED.items():
         try:
             s[key] = derive(s) if s[key] is None else s[key]
@@ -344,6 +360,12 @@ def __getattr__(attr):
 
 
 COMPUTED = ('strategy', *PER_REPLICA)
-__all__ = [*__annotations__, *COMPUTED]
 declared = {key: globals()[key] for key in (*FROM_DATASET, *DERIVED)}
 resolve()
+# What `from config import *` gives (the seed's style): every name a script
+# can read here, the settings, the dataset's facts, the tables and
+# functions, and the computed names; not what this file imports.
+__all__ = [name for name, value in list(globals().items())
+           if not name.startswith('_') and not isinstance(value, (types.ModuleType, Rule))
+           and (not callable(value) or getattr(value, '__module__', None) == __name__)
+           ] + list(COMPUTED)

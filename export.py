@@ -26,30 +26,27 @@ Keras networks' heights on two windows.
 
 Example: python export.py --out exported/ --correction --set dataset_name=Vaihingen
 """
-import json
 import os
 import shutil
 import sys
 
 import numpy as np
 
-import config
 from utils import settings
 from utils.errors import CheckpointError, SettingError
+from utils.model import weights
+
+FILES = ('saved_model', 'model.onnx', 'model_card.json')
 
 
 def parse(argv=None):
     p = settings.parser(__doc__.split('\n\n')[0])
     p.add_argument('--out', required=True, help='folder to write the export into')
-    p.add_argument('--correction', action='store_true',
-                   help='the MTL and the DAE after it as one graph (also: --set correction=True)')
-    p.add_argument('--mtl-weights', help='MTL weights file (default: predCheckPointPath)')
-    p.add_argument('--dae-weights', help='DAE weights file (default: corrCheckPointPath)')
+    weights.add_options(p)
     p.add_argument('--gsd', type=float, default=None,
                    help='ground sampling distance of the training images in metres, '
                         'for the model card (default: not stated)')
     args = settings.parse_args(p, argv)
-    args.correction = args.correction or config.correction
     if args.gsd is not None and not args.gsd > 0:
         raise SettingError(f"--gsd {args.gsd}: give the training images' pixel size in "
                            f"metres, e.g. --gsd 0.09")
@@ -61,46 +58,42 @@ def main(argv=None):
     args = parse(argv)
     import keras
     import tensorflow as tf
-    import predict
-    from utils import checkpoints, datasets, export, tasks
+    from utils.data.samples import image_channels
+    from utils.model import networks
+    from utils.predict import export, provenance
 
-    cfg = settings.current()    # cfg.py after --set; the weights' .json below
-    mtl_path = args.mtl_weights or cfg.predCheckPointPath
-    dae_path = (args.dae_weights or cfg.corrCheckPointPath) if args.correction else None
-    cfg, trained = checkpoints.trained_settings(cfg, mtl_path, dae_path, args.explicit)
+    cfg = settings.current()    # config.py after --set; the weights' .json below
+    mtl_file, dae_file = weights.from_options(args, cfg)
+    cfg = weights.adopt(cfg, [mtl_file, dae_file], args.explicit)
     # Mixed-precision weights are float32 variables: built in float32 they
     # load as they are and the graph computes in float32.
     cfg = cfg.replace(mixed_precision='float32')
     keras.mixed_precision.set_global_policy('float32')
     strategy = tf.distribute.get_strategy()
-    mtl = tasks.trained_mtl(cfg, strategy, mtl_path)
-    dae = tasks.trained_dae(cfg, strategy, dae_path) if dae_path else None
-    models = [m for m in (mtl, dae) if m is not None]
+    mtl = networks.trained(mtl_file, cfg, strategy)
+    dae = networks.trained(dae_file, cfg, strategy) if dae_file else None
 
     out = os.path.abspath(args.out)
     os.makedirs(out, exist_ok=True)
     tmp = os.path.join(out, '.export.tmp')
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    card = export.model_card(cfg, trained=trained, correction=dae is not None,
-                             weights={'mtl': mtl_path, 'dae': dae_path}, gsd=args.gsd,
-                             version=predict.project_version())
-    card_path = os.path.join(tmp, 'model_card.json')
-    with open(card_path, 'w') as f:
-        json.dump(card, f, indent=2)
-    serve = export.serving_function(mtl, dae, datasets.image_channels(cfg))
-    print(f"{card['network']} ({card['dataset']}, {datasets.image_channels(cfg)} bands, "
+    card = export.model_card(cfg, contract=mtl_file.contract(cfg), correction=dae is not None,
+                             weights={'mtl': mtl_file.path,
+                                      'dae': dae_file.path if dae_file else None},
+                             gsd=args.gsd, version=provenance.project_version())
+    print(f"{card['network']} ({card['dataset']}, {image_channels(cfg)} bands, "
           f"outputs {', '.join(card['outputs'])}) -> {out}")
-    print("writing saved_model/ ...")
-    export.write_saved_model(serve, models, card_path, os.path.join(tmp, 'saved_model'))
-    print(f"converting to model.onnx (tf2onnx, opset {export.OPSET}) ...")
-    export.write_onnx(os.path.join(tmp, 'saved_model'), card, os.path.join(tmp, 'model.onnx'))
+    print(f"writing saved_model/ and converting it to model.onnx (tf2onnx, opset "
+          f"{export.OPSET}) ...")
+    serve = export.convert(mtl, dae, cfg, card, tmp)
 
     # Before anything is replaced: both files give the networks' heights.
     windows = np.random.default_rng(0).random(
-        (2, cfg.cropSize, cfg.cropSize, datasets.image_channels(cfg)), np.float32)
+        (2, cfg.cropSize, cfg.cropSize, image_channels(cfg)), np.float32)
     expected = serve(tf.constant(windows))['height'].numpy()
-    tolerance = export.height_tolerance(models, np.abs(expected).max())
+    tolerance = export.height_tolerance([m for m in (mtl, dae) if m is not None],
+                                        np.abs(expected).max())
     loaded = tf.saved_model.load(os.path.join(tmp, 'saved_model'))
     got = {'saved_model/': loaded.signatures[export.SIGNATURE](
         **{export.INPUT: tf.constant(windows)})['height'].numpy(),
@@ -117,13 +110,13 @@ def main(argv=None):
                                   f"was replaced")
         print(f"  {name}: heights within {worst:.2g} m of the Keras networks' "
               f"(tolerance {tolerance:.2g})")
-    for name in ('saved_model', 'model.onnx', 'model_card.json'):
+    for name in FILES:
         final = os.path.join(out, name)
         if os.path.isdir(final):
             shutil.rmtree(final)
         os.replace(os.path.join(tmp, name), final)
     shutil.rmtree(tmp)
-    print(f"done: {out}/saved_model, model.onnx, model_card.json")
+    print(f"done: {out}/{', '.join(FILES)}")
     return card
 
 

@@ -15,8 +15,8 @@ import math
 import os
 import sys
 
-import config
 from utils import settings
+from utils.model import weights
 
 TABLE = [('MSE', 'mse'), ('MAE', 'mae'), ('RMSE', 'rmse'), ('delta1', 'delta1'),
          ('delta2', 'delta2'), ('delta3', 'delta3'), ('mIoU', 'miou'), ('OA', 'oa'),
@@ -28,16 +28,11 @@ RESULT_KEYS = ('rmse', 'mae', 'mse', 'delta1', 'baseline_rmse', 'baseline_mae', 
 def parse(argv=None):
     p = settings.parser(__doc__.split('\n\n')[0])
     p.add_argument('--split', choices=('test', 'valid', 'train'), default='test')
-    p.add_argument('--correction', action='store_true',
-                   help='refine the MTL height with the DAE (also: --set correction=True)')
-    p.add_argument('--mtl-weights', help='MTL weights file (default: predCheckPointPath)')
-    p.add_argument('--dae-weights', help='DAE weights file (default: corrCheckPointPath)')
+    weights.add_options(p)
     p.add_argument('--out', help='folder for metrics.json and the predictions '
                                  '(default: <output_root>/<dataset>/mtl or mtl_dae)')
     p.add_argument('--max-images', type=int, help='only the first N images (smoke runs)')
-    args = settings.parse_args(p, argv)
-    args.correction = args.correction or config.correction
-    return args
+    return settings.parse_args(p, argv)
 
 
 def _finite(value):
@@ -95,38 +90,40 @@ def report_buildings(errors):
 
 def run_test(args):
     """Test, write metrics.json and the predictions, print the table."""
-    cfg = settings.current()    # cfg.py after --set
-    used = cfg.as_dict()
+    cfg = settings.current()    # config.py after --set
     # Imported after --set so the strategy and networks see the overrides.
-    from utils import distribute, evaluation, tasks
+    from utils import distribute
+    from utils.evaluate import evaluation
+    from utils.model import networks
 
-    mtl_path = args.mtl_weights or cfg.predCheckPointPath
-    dae_path = (args.dae_weights or cfg.corrCheckPointPath) if args.correction else None
+    mtl_file, dae_file = weights.from_options(args, cfg)
+    correction = dae_file is not None
     run = args.out or os.path.join(cfg.output_root, cfg.dataset_name,
-                                   'mtl_dae' if args.correction else 'mtl')
+                                   'mtl_dae' if correction else 'mtl')
     strategy = distribute.get_strategy(cfg)
-    mtl = tasks.trained_mtl(cfg, strategy, mtl_path)
-    dae = tasks.trained_dae(cfg, strategy, dae_path) if args.correction else None
+    mtl = networks.trained(mtl_file, cfg, strategy)
+    dae = networks.trained(dae_file, cfg, strategy) if correction else None
     result = evaluation.evaluate(mtl, dae, cfg=cfg, strategy=strategy,
                                  split=args.split, out_dir=run, max_images=args.max_images)
 
     if distribute.is_chief(strategy):
         overall = {k: v for k, v in result.items() if k not in ('per_image', 'buildings')}
         record = {'dataset': cfg.dataset_name, 'split': args.split,
-                  'correction': args.correction,
-                  'checkpoints': {'mtl': mtl_path, 'dae': dae_path},
+                  'correction': correction,
+                  'checkpoints': {'mtl': mtl_file.path,
+                                  'dae': dae_file.path if correction else None},
                   'overall': overall,
                   'baseline': {'height': result['baseline_height'],
                                'rmse': result['baseline_rmse'],
                                'mae': result['baseline_mae']},
                   'buildings': result['buildings'],
                   'per_image': result['per_image'],
-                  'settings': used}
+                  'settings': cfg.as_dict()}
         path = os.path.join(run, 'metrics.json')
         with open(path, 'w') as f:
             json.dump(_finite(record), f, indent=2, default=str)
         print(f"\nmetrics and predictions: {run}")
-    report(result, args.correction, cfg.dataset_name)
+    report(result, correction, cfg.dataset_name)
 
 
 def main(argv=None):

@@ -25,46 +25,36 @@ import sys
 
 from utils import settings
 
-parser = settings.parser(__doc__.splitlines()[0])
-parser.add_argument('--quick', action='store_true',
-                    help='64 px crop and 1/16-width networks; the check also freezes the '
-                         'encoder (its step then builds in a third of the time, the '
-                         'benchmark does not): well under a minute on a CPU')
-parser.add_argument('--json', action='store_true', help='print one JSON object')
-parser.add_argument('--benchmark', action='store_true',
-                    help='measure training throughput and scaling instead of checking')
-parser.add_argument('--windows', type=int, default=5,
-                    help='--benchmark: timed windows per variant (median reported)')
-args = settings.parse_args(parser)
 
-import tensorflow as tf  # noqa: E402
-
-import config  # noqa: E402
-from utils import benchmark, distribute, tasks, training  # noqa: E402
-from utils.errors import DeviceConfigError  # noqa: E402
-
-if args.quick:
-    # A frozen encoder would measure another training, so only the check freezes it.
-    settings.apply(['cropSize=64', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625']
-                   + ([] if args.benchmark else ['mtl_bb_freeze=True']))
-config.backbone_weights = None
-cfg = settings.current()    # the settings handed to everything below
+def parse(argv=None):
+    p = settings.parser(__doc__.splitlines()[0])
+    p.add_argument('--quick', action='store_true',
+                   help='64 px crop and 1/16-width networks; the check also freezes the '
+                        'encoder (its step then builds in a third of the time, the '
+                        'benchmark does not): well under a minute on a CPU')
+    p.add_argument('--json', action='store_true', help='print one JSON object')
+    p.add_argument('--benchmark', action='store_true',
+                   help='measure training throughput and scaling instead of checking')
+    p.add_argument('--windows', type=int, default=5,
+                   help='--benchmark: timed windows per variant (median reported)')
+    return settings.parse_args(p, argv)
 
 
-def one_step(trainer):
+def one_step(trainer, cfg):
     """One distributed step: (loss terms, examples each replica received)."""
-    batch = benchmark.synthetic_batch(trainer.global_batch, cfg)
-    dataset = tf.data.Dataset.from_tensors(batch)
+    import tensorflow as tf
+    from utils.train.benchmark import synthetic_batch
+    dataset = tf.data.Dataset.from_tensors(synthetic_batch(trainer.global_batch, cfg))
     iterator = iter(trainer.strategy.experimental_distribute_dataset(dataset))
     return trainer.train_step(iterator)
 
 
-def device_plan():
-    """What the settings ask for on this machine (distribute.device_plan's rule)."""
-    return distribute.device_plan(cfg, len(tf.config.list_physical_devices('GPU')))
-
-
-def check():
+def check(cfg):
+    """The device report, with the verdict of one MTL and one DAE step."""
+    import tensorflow as tf
+    from utils import distribute
+    from utils.train.tasks import DAETask, MTLTask
+    from utils.train.trainer import Trainer
     report = {'tensorflow': tf.__version__,
               'cuda_visible_devices': os.environ.get('CUDA_VISIBLE_DEVICES'),
               'physical_gpus': [d.name for d in tf.config.list_physical_devices('GPU')]}
@@ -75,16 +65,16 @@ def check():
         'strategy': type(strategy).__name__, 'replicas': replicas,
         'devices': distribute.replica_devices(strategy),
         'crop': cfg.cropSize, 'batch_size': cfg.batch_size,
-        'global_batch_size': config.global_batch_size,
+        'global_batch_size': cfg.batch_size * replicas,
         'mtl_batch_size': cfg.mtl_batchSize,
-        'mtl_global_batch_size': config.mtl_global_batch_size,
+        'mtl_global_batch_size': cfg.mtl_batchSize * replicas,
         'dae_batch_size': cfg.dae_batchSize,
-        'dae_global_batch_size': config.dae_global_batch_size})
+        'dae_global_batch_size': cfg.dae_batchSize * replicas})
 
-    mtl_trainer = training.Trainer(tasks.MTLTask(cfg), strategy)
-    mtl_losses, report['per_replica_examples'] = one_step(mtl_trainer)
-    dae_trainer = training.Trainer(tasks.DAETask(cfg, mtl=mtl_trainer.model), strategy)
-    dae_losses, report['dae_per_replica_examples'] = one_step(dae_trainer)
+    mtl_trainer = Trainer(MTLTask(cfg), strategy)
+    mtl_losses, report['per_replica_examples'] = one_step(mtl_trainer, cfg)
+    dae_trainer = Trainer(DAETask(cfg, mtl=mtl_trainer.model), strategy)
+    dae_losses, report['dae_per_replica_examples'] = one_step(dae_trainer, cfg)
     report['mtl_losses'], report['dae_losses'] = mtl_losses, dae_losses
 
     problems = []
@@ -99,7 +89,8 @@ def check():
         if not math.isfinite(value):
             problems.append(f"loss {name} is {value}")
     report['step_ok'] = not problems
-    plan = device_plan()
+    # What the settings ask for on this machine (distribute.device_plan's rule).
+    plan = distribute.device_plan(cfg, len(tf.config.list_physical_devices('GPU')))
     report['device_rule'] = plan.note
     if plan.replicas is not None and replicas != plan.replicas:
         problems.append(f"config asks for {plan.replicas} replica(s) ({plan.note}) "
@@ -134,20 +125,26 @@ def print_report(r):
     print(r['verdict'])
 
 
-def run_benchmark():
-    report = benchmark.scaling(cfg, distribute.get_strategy(cfg), windows=args.windows)
-    if args.json:
-        print(json.dumps(report, indent=1))
-    else:
-        benchmark.print_scaling(report)
-
-
-def main():
+def main(args):
+    from utils import distribute
+    from utils.errors import DeviceConfigError
+    from utils.train import benchmark
+    changes = {}
+    if args.quick:
+        changes = dict(cropSize=64, mtl_decoder_scale=0.0625, dae_width_scale=0.0625)
+        if not args.benchmark:  # a frozen encoder would measure another training
+            changes['mtl_bb_freeze'] = True
+    # Random weights: this checks distribution, not data or pretrained weights.
+    cfg = settings.current().replace(backbone_weights=None, **changes)
     if args.benchmark:
-        run_benchmark()
+        report = benchmark.scaling(cfg, distribute.get_strategy(cfg), windows=args.windows)
+        if args.json:
+            print(json.dumps(report, indent=1))
+        else:
+            benchmark.print_scaling(report)
         return
     try:
-        report = check()
+        report = check(cfg)
     except DeviceConfigError as err:   # the machine lacks a device the settings name
         if args.json:
             print(json.dumps({'ok': False, 'step_ok': False, 'verdict': f'FAIL: {err}'},
@@ -162,4 +159,4 @@ def main():
 
 
 if __name__ == '__main__':
-    sys.exit(settings.run_main(main))
+    sys.exit(settings.run_main(main, parse()))

@@ -14,14 +14,18 @@ from utils import settings
 def main():
     # Imported here, after the command line: a setting that breaks its rule
     # stops the script before TensorFlow loads.
-    from utils import datasets, distribute, tasks, training
+    from utils import distribute
+    from utils.data import checks
+    from utils.train.loop import Loop
+    from utils.train.tasks import DAETask
+    from utils.train.trainer import Trainer
 
     cfg = settings.current()    # config.py after --set, handed to everything below
-    training_split = datasets.check_training_splits(cfg)   # bad data fails before any step
+    training_split = checks.check_training_splits(cfg)   # bad data fails before any step
     strategy = distribute.get_strategy(cfg)
-    trainer = training.Trainer(tasks.DAETask(cfg, imagery=training_split.imagery()), strategy)
-    trainer.fit()
-    return trainer
+    loop = Loop(Trainer(DAETask(cfg, imagery=training_split.imagery()), strategy))
+    loop.fit()
+    return loop
 
 
 if __name__ == '__main__':

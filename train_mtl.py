@@ -15,17 +15,22 @@ from utils import settings
 def main():
     # Imported here, after the command line: a setting that breaks its rule
     # stops the script before TensorFlow loads.
-    from utils import datasets, distribute, tasks, training
+    from utils import distribute
+    from utils.data import checks, labels
+    from utils.train.loop import Loop
+    from utils.train.tasks import MTLTask
+    from utils.train.trainer import Trainer
 
     cfg = settings.current()    # config.py after --set, handed to everything below
-    labels = datasets.check_training_splits(cfg)   # bad data fails before any step
+    training_split = checks.check_training_splits(cfg)   # bad data fails before any step
     strategy = distribute.get_strategy(cfg)
-    trainer = training.Trainer(tasks.MTLTask(cfg, imagery=labels.imagery()), strategy)
-    unlabelled = datasets.describe_unlabelled(cfg, labels)
+    task = MTLTask(cfg, imagery=training_split.imagery())
+    loop = Loop(Trainer(task, strategy))
+    unlabelled = labels.describe_unlabelled(cfg, training_split)
     if unlabelled:
-        trainer.notes.append(('unlabelled', unlabelled))
-    trainer.fit()
-    return trainer
+        task.notes.append(('unlabelled', unlabelled))
+    loop.fit()
+    return loop
 
 
 if __name__ == '__main__':

@@ -1,10 +1,11 @@
 """Stage 2: the denoising autoencoder, a U-Net that predicts the MTL's height
-error from the MTL's outputs and the image. Refined height = MTL height - noise.
+error from the MTL's outputs and the image. Refined height = MTL height - noise
+(refine).
 """
 import keras
 from keras import layers
 
-from utils import heads
+from utils.model import heads
 
 ENCODER_WIDTHS = (64, 128, 256, 512)
 FIRST_CONV = 'enc1_conv1'   # the one layer that reads the input's channels
@@ -19,7 +20,7 @@ def _double_conv(x, width, name):
 
 def input_parts(num_classes, image_channels=3, **switches):
     """(name, channels) of each part of the DAE input, in order: the MTL
-    outputs of the heads switched on (utils/heads.py; `switches` as for
+    outputs of the heads switched on (utils/model/heads.py; `switches` as for
     nets.mtl.build_mtl), then the image."""
     return [(h.name, h.out_channels(num_classes)) for h in heads.select(**switches)] + \
         [('image', image_channels)]
@@ -53,8 +54,16 @@ def build_dae(in_channels, width_scale=1.0, dropout=0.5):
 
 
 def assemble_input(mtl_outputs, image):
-    """The DAE input: the MTL's outputs in the order of utils/heads.py (height,
+    """The DAE input: the MTL's outputs in the order of utils/model/heads.py (height,
     semantics, normals, edges, those the MTL has), then the image, stacked."""
     import keras.ops as ops
     parts = [mtl_outputs[k] for k in heads.NAMES if k in mtl_outputs]
     return ops.concatenate([ops.cast(p, image.dtype) for p in parts] + [image], axis=-1)
+
+
+def refine(dae, mtl_outputs, image, training=False):
+    """The refined height [n, H, W, 1] float32: the MTL's height less the
+    noise the DAE predicts from the MTL's outputs and the image."""
+    import keras.ops as ops
+    noise = dae(assemble_input(mtl_outputs, image), training=training)
+    return ops.cast(mtl_outputs[heads.HEIGHT.name], 'float32') - ops.cast(noise, 'float32')

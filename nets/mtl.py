@@ -8,7 +8,7 @@ branch sees every other branch's features.
 import keras
 from keras import layers
 
-from utils import heads
+from utils.model import heads
 from utils.errors import BackboneWeightsError
 
 DECODER_WIDTHS = (1024, 512, 256, 64, 32)
@@ -18,7 +18,7 @@ DENSENET_FILE = 'densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5'
 
 
 def task_outputs(num_classes, **switches):
-    """(name, channels, final activation) of each head switched on (utils/heads.py),
+    """(name, channels, final activation) of each head switched on (utils/model/heads.py),
     height first; `switches`: e.g. sem=False, edge=True."""
     return [(h.name, h.out_channels(num_classes), h.activation)
             for h in heads.select(**switches)]
@@ -57,7 +57,7 @@ def build_mtl(num_classes, in_channels=3, head_mode='dsm', decoder_scale=1.0,
               freeze_backbone=False, bn_momentum=None, **switches):
     """The MTL as a Keras model: images in [0, 1] -> dict of task outputs.
     `switches` turn heads on or off by name (sem=False, edge=True); the
-    others keep their default (utils/heads.py)."""
+    others keep their default (utils/model/heads.py)."""
     if head_mode not in ('dsm', 'full'):
         raise ValueError(f"mtl_head_mode = {head_mode!r}: use 'dsm' or 'full'")
     tasks = task_outputs(num_classes, **switches)
