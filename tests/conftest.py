@@ -99,15 +99,16 @@ PREDICT_TINY = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.06
 def weights(tmp_path_factory):
     """Tiny MTL and DAE weights files (PREDICT_TINY) with their .json, and the networks."""
     import keras
-    from utils import checkpoints, tasks
+    from utils.model import networks, weights as weights_file
     folder = tmp_path_factory.mktemp('weights')
     settings.apply(PREDICT_TINY)
+    cfg = settings.current()
     keras.utils.set_random_seed(3)
-    mtl = tasks.build_mtl(config, pretrained=False)
-    dae = tasks.build_dae(config)
+    mtl = networks.build_mtl(cfg, pretrained=False)
+    dae = networks.build_dae(cfg)
     paths = {'mtl': str(folder / 'mtl.weights.h5'), 'dae': str(folder / 'dae.weights.h5')}
-    checkpoints.save_weights(mtl, paths['mtl'], 'mtl', config)
-    checkpoints.save_weights(dae, paths['dae'], 'dae', config)
+    weights_file.save(mtl, paths['mtl'], 'mtl', cfg)
+    weights_file.save(dae, paths['dae'], 'dae', cfg)
     return dict(paths, models=(mtl, dae))
 
 
@@ -124,15 +125,11 @@ def _shared(tmp_path_factory, name):
 def synthetic_root(tmp_path_factory):
     """The synthetic dataset, generated once per test run."""
     import fcntl
-    from utils import datasets
+    from utils.data.layouts import find_split
     root, lock = _shared(tmp_path_factory, 'shared_datasets')
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        saved, config.shortcut_path = config.shortcut_path, str(root)
-        try:
-            datasets.find_split(config, 'train')     # generates it unless complete
-        finally:
-            config.shortcut_path = saved
+        find_split(settings.current().replace(shortcut_path=str(root)), 'train')  # generates
     return str(root)
 
 
@@ -159,12 +156,12 @@ def tiny_trained(tmp_path_factory, synthetic_root):
             settings.apply(sets)
             try:
                 with small_encoder():
-                    mtl = train_mtl.main()
+                    mtl = train_mtl.main()      # their training loops
                     dae = train_dae.main()
                 trained = dict(
                     sets=sets, mtl_weights=config.predCheckPointPath,
                     dae_weights=config.corrCheckPointPath,
-                    mtl_step=int(mtl.step.numpy()), dae_step=int(dae.step.numpy()),
+                    mtl_step=mtl.steps_done(), dae_step=dae.steps_done(),
                     mtl_history=mtl.history, dae_history=dae.history)
             finally:
                 restore_config()

@@ -17,7 +17,8 @@ out = sys.argv.pop(1) if sys.argv[1:2] and sys.argv[1].endswith('.npz') else Non
 settings.apply(sys.argv[1:])
 
 import config  # noqa: E402
-from utils import distribute, tasks  # noqa: E402
+from utils import distribute  # noqa: E402
+from utils.train import tasks  # noqa: E402
 
 
 strategy = distribute.get_strategy(config)

@@ -6,7 +6,7 @@ devices are configured once).
 
 CASES: comma-separated, of mtl, mtl_changed, dae, dae_changed.
 
-Saves an MTL and a DAE of six classes with checkpoints.save_weights, then
+Saves an MTL and a DAE of six classes with utils/model/weights.save, then
 for each case starts a trainer from them (mtl_init_weights,
 dae_init_weights; 'changed': three classes) and takes one step on a fixed
 batch. Prints one JSON line: per case the step's loss terms, the same terms
@@ -37,9 +37,11 @@ import tensorflow as tf  # noqa: E402
 
 import config  # noqa: E402
 from stand_in import small_encoder  # noqa: E402
-from utils import benchmark, checkpoints, distribute, losses, tasks  # noqa: E402
-from utils.tasks import build_dae, build_mtl  # noqa: E402
-from utils.training import Trainer  # noqa: E402
+from utils import distribute  # noqa: E402
+from utils.model import weights  # noqa: E402
+from utils.model.networks import build_dae, build_mtl  # noqa: E402
+from utils.train import benchmark, losses, tasks  # noqa: E402
+from utils.train.trainer import Trainer  # noqa: E402
 
 
 def per_share(terms_fn, batch, replicas):
@@ -83,7 +85,7 @@ with small_encoder():
         # Unlike any fresh network: its height is off by metres.
         last = model.get_layer('height' if kind == 'mtl' else 'noise')
         last.bias.assign(last.bias + (7.0 if kind == 'mtl' else -3.0))
-        checkpoints.save_weights(model, path, kind, config)
+        weights.save(model, path, kind, config)
         saved[kind] = path
     results = {}
     for case, kind, codes in (('mtl', 'mtl', SIX), ('mtl_changed', 'mtl', THREE),
@@ -126,6 +128,6 @@ with small_encoder():
             fresh = build_dae(config)
             reference = {'loaded': per_share(dae_terms(frozen, loaded), batch, replicas),
                          'fresh': per_share(dae_terms(frozen, fresh), batch, replicas)}
-        results[case] = dict(reference, first=step(trainer, batch), notes=trainer.notes,
+        results[case] = dict(reference, first=step(trainer, batch), notes=trainer.task.notes,
                              replicas=replicas)
 print(json.dumps(results))

@@ -39,7 +39,11 @@ import tensorflow as tf  # noqa: E402
 import config  # noqa: E402
 from nets import dae as dae_net  # noqa: E402
 from stand_in import small_encoder  # noqa: E402
-from utils import checkpoints, distribute, losses, tasks, training  # noqa: E402
+from utils import distribute  # noqa: E402
+from utils.model import networks, weights  # noqa: E402
+from utils.model.weights import WeightsFile  # noqa: E402
+from utils.train import losses, tasks  # noqa: E402
+from utils.train.trainer import Trainer  # noqa: E402
 
 GLOBAL_BATCH = 8
 strategy = distribute.get_strategy(config)
@@ -90,11 +94,13 @@ def run(spec):
                 # the mixed precision, our BN (encoder_bn) synchronised, the
                 # decoder trained.
                 with small_encoder() if stand_in else contextlib.nullcontext():
-                    self.model = tasks.build_mtl(config)
+                    self.model = networks.build_mtl(config)
             else:
-                self.model = tasks.build_dae(config)
+                self.model = networks.build_dae(config)
             if load:
-                checkpoints.load_weights(self.model, load, stage, config)
+                file = WeightsFile(load, stage)
+                file.check(config)
+                file.load_into(self.model)
             return self.model
 
         def loss_fns(self):
@@ -114,7 +120,7 @@ def run(spec):
     calls = [c for c in calls.split('+') if c != '0']
     steps_run = sum(config.steps_per_execution if c == 'd' else int(c) for c in calls)
     data = make_data(stage, max(1, steps_run), overflow)
-    trainer = training.Trainer(Variant(config), strategy)
+    trainer = Trainer(Variant(config), strategy)
     model = trainer.model
     initial = [v.numpy() for v in model.trainable_variables]
     iterator = iter(strategy.experimental_distribute_dataset(
@@ -125,7 +131,7 @@ def run(spec):
         reports.append([report[k] for k in names])
         counts.append(count)
     if save:
-        checkpoints.save_weights(model, save, stage, config)
+        weights.save(model, save, stage, config)
     outputs = model(tf.constant(data['image'][:GLOBAL_BATCH]), training=False)
     if stage == 'dae':
         outputs = {'height': outputs}

@@ -25,7 +25,9 @@ import tensorflow as tf  # noqa: E402
 
 import config  # noqa: E402
 from stand_in import small_encoder  # noqa: E402
-from utils import distribute, tasks, training  # noqa: E402
+from utils import distribute  # noqa: E402
+from utils.train import tasks  # noqa: E402
+from utils.train.trainer import Trainer  # noqa: E402
 
 GLOBAL_BATCH = 8
 rng = np.random.default_rng(7)
@@ -39,7 +41,7 @@ data = {'image': rng.uniform(0, 1, (n, c, c, 3)).astype('float32'), 'height': he
 strategy = distribute.get_strategy(config)
 assert getattr(config, f'{stage}_global_batch_size') == GLOBAL_BATCH, 'set batch_size'
 with small_encoder():
-    trainer = training.Trainer(
+    trainer = Trainer(
         (tasks.MTLTask(config) if stage == 'mtl' else tasks.DAETask(config, mtl='untrained')),
         strategy)
 model = trainer.model

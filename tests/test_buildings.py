@@ -4,7 +4,7 @@ of a synthetic scene, the outputs read back by OGR (pyogrio) and cjio, bad
 input; and the errors per building test_dsm.py reports, against a second
 computation.
 
-The weighted quantile (utils/buildings.py docstring): values x_0 <= ... <=
+The weighted quantile (utils/gis/heights.py docstring): values x_0 <= ... <=
 x_{n-1}, weights w_i (the cell's share inside the footprint), C_i = w_0 +
 ... + w_i, W = C_{n-1}; x_i stands at p_i = (C_i - w_i / 2) / W; quantile q
 interpolates x linearly in p, x_0 below p_0 and x_{n-1} above p_{n-1}.
@@ -95,8 +95,8 @@ def test_quantile_definition_by_hand():
     for q in (0.05, 0.5, 0.7, 0.95):
         assert quantile_by_definition(v, [1] * 5, q) == pytest.approx(
             np.percentile(v, q * 100, method='hazen'))
-    from utils import buildings
-    assert buildings.weighted_quantiles(*HALF_CELLS, [0.5, 0.7]) == pytest.approx(
+    from utils.gis import heights
+    assert heights.weighted_quantiles(*HALF_CELLS, [0.5, 0.7]) == pytest.approx(
         [6.5, 9 + 1 / 6])
 
 
@@ -239,14 +239,15 @@ def test_traced_footprints_of_a_synthetic_scene(tmp_path):
     import cv2
     import shapely
     import config
-    from utils import raster, synthetic
+    from utils.data import synthetic
+    from utils.geo.classes import ClassMap
     rng = np.random.default_rng(3)
     _, height, sem = synthetic.make_scene(rng, 192)
     cell = synthetic.GSD
     write_map(tmp_path / 's_height.tif', height, cell=cell)
-    table = raster.class_map(config.dataset_settings('synthetic')['label_codes'])
-    write_map(tmp_path / 's_sem.tif', sem, cell=cell, nodata=int(table['nodata']),
-              colours={i: tuple(c) + (255,) for i, c in enumerate(table['colormap'])})
+    table = ClassMap(config.dataset_settings('synthetic')['label_codes'])
+    write_map(tmp_path / 's_sem.tif', sem, cell=cell, nodata=int(table.nodata),
+              colours={i: tuple(c) + (255,) for i, c in enumerate(table.colormap)})
     min_area = 20.0
     out = tmp_path / 'traced.gpkg'
     proc = run_buildings(tmp_path / 's_height.tif', '--out', out, '--min-area', min_area,
@@ -333,7 +334,7 @@ def test_bad_input_one_line_each(tmp_path):
 # ------------------------------------------------------- errors per building
 
 def test_building_errors_by_hand():
-    from utils import buildings
+    from utils.evaluate import buildings
     labels = np.zeros((6, 8), np.int32)
     labels[0:2, 0:3] = 1                 # building A: 6 cells
     labels[3:6, 4:8] = 1                 # building B: 12 cells
@@ -380,7 +381,8 @@ def test_buildings_py_heights_give_test_dsm_errors(tmp_path):
     import rasterio.features
     import shapely
     from rasterio.transform import Affine
-    from utils import buildings, synthetic
+    from utils.data import synthetic
+    from utils.evaluate import buildings
     rng = np.random.default_rng(5)
     _, truth, sem = synthetic.make_scene(rng, 192)
     pred = (truth * np.where(truth > 10, 0.9, 1.0)
@@ -443,11 +445,12 @@ def test_building_class_of_each_published_dataset():
     """The building class as each dataset's documentation names it: ISPRS
     Vaihingen's blue, DFC2018's residential (8) and non-residential (9)
     buildings, ASPRS code 6 in DFC2019, the 1 of binary building masks."""
-    import config
-    from utils import buildings
+    from utils import settings
+    from utils.data.labels import building_classes
     expected = {'Vaihingen': [(0, 0, 255)], 'Vaihingen_crp256': [(0, 0, 255)],
                 'DFC2018': [8, 9], 'DFC2019_crp512': [6], 'DFC2023': [1],
                 'Vaihingen_bin': [1], 'synthetic': [1], 'SomeOtherCity': []}
     for name, labels in expected.items():
-        codes = config.dataset_settings(name)['label_codes']
-        assert [codes[i] for i in buildings.building_classes(name, codes)] == labels, name
+        cfg = settings.current().replace(dataset_name=name)
+        codes = cfg.label_codes
+        assert [codes[i] for i in building_classes(cfg)] == labels, name

@@ -1,4 +1,4 @@
-"""utils/raster.py's CogWriter: Cloud Optimized GeoTIFFs as GDAL (rasterio)
+"""utils/geo/write.py's CogWriter: Cloud Optimized GeoTIFFs as GDAL (rasterio)
 reads them and as rio-cogeo's validator (the checks of GDAL's
 validate_cloud_optimized_geotiff) judges them; values against the arrays
 written and overviews against hand-computed block means."""
@@ -10,7 +10,10 @@ import rasterio
 from rasterio.transform import Affine
 from rio_cogeo.cogeo import cog_validate
 
-from utils import raster
+from utils.geo.classes import ClassMap
+from utils.geo.grid import Grid
+from utils.geo.read import read_grid
+from utils.geo.write import CogWriter, write_cog
 
 CRS = rasterio.crs.CRS.from_epsg(32632)
 TRANSFORM = Affine(0.5, 0.0, 500000.0, 0.0, -0.5, 4000000.0)
@@ -25,8 +28,8 @@ def assert_valid_cog(path):
 
 
 def _write(path, data, rows=97, **kwargs):
-    kwargs = dict(dict(crs=CRS, transform=TRANSFORM), **kwargs)
-    writer = raster.CogWriter(path, data.shape, data.dtype, **kwargs)
+    kwargs = dict(dict(grid=Grid(data.shape[0], data.shape[1], CRS, TRANSFORM)), **kwargs)
+    writer = CogWriter(path, data.shape, data.dtype, **kwargs)
     for r0 in range(0, len(data), rows):        # bands unaligned with the tiles
         writer.write(data[r0:r0 + rows])
     writer.close()
@@ -70,13 +73,13 @@ def test_heights_as_gdal_reads_them(tmp_path):
 
 
 def test_class_map_with_colour_table(tmp_path):
-    classes = raster.class_map([(255, 255, 255), (0, 0, 255), (0, 255, 255),
-                                (0, 255, 0), (255, 255, 0), (255, 0, 0)])
-    assert list(classes['values']) == list(range(6)) and classes['nodata'] == 255
+    classes = ClassMap([(255, 255, 255), (0, 0, 255), (0, 255, 255),
+                        (0, 255, 0), (255, 255, 0), (255, 0, 0)])
+    assert list(classes.values) == list(range(6)) and classes.nodata == 255
     data = np.random.default_rng(1).integers(0, 6, (700, 1000)).astype(np.uint8)
     data[:40, :70] = 255
     path = _write(tmp_path / 'c.tif', data, nodata=255, resampling='nearest',
-                  colormap=classes['colormap'])
+                  colormap=classes.colormap)
     assert_valid_cog(path)
     with rasterio.open(path) as src:
         assert src.count == 1 and src.nodata == 255
@@ -92,11 +95,11 @@ def test_class_map_with_colour_table(tmp_path):
 
 
 def test_integer_codes_keep_their_values_and_get_colours():
-    classes = raster.class_map([2, 5, 6, 9, 17, 65])
-    assert list(classes['values']) == [2, 5, 6, 9, 17, 65] and classes['nodata'] == 255
-    table = classes['colormap']
-    assert len({tuple(table[v]) for v in classes['values']}) == 6     # distinct colours
-    assert classes['dtype'] == np.uint8
+    classes = ClassMap([2, 5, 6, 9, 17, 65])
+    assert list(classes.values) == [2, 5, 6, 9, 17, 65] and classes.nodata == 255
+    table = classes.colormap
+    assert len({tuple(table[v]) for v in classes.values}) == 6     # distinct colours
+    assert classes.dtype == np.uint8
 
 
 @pytest.mark.parametrize('shape,dtype,resampling', [
@@ -119,13 +122,13 @@ def test_georeferencing_copied_from_a_geotiff_and_none_from_a_png(tmp_path):
     with rasterio.open(source, 'w', driver='GTiff', height=8, width=9, count=1, dtype='uint8',
                        crs=CRS, transform=TRANSFORM) as dst:
         dst.write(np.zeros((1, 8, 9), np.uint8))
-    assert raster.grid(source) == (CRS, TRANSFORM)
+    grid = read_grid(source)
+    assert (grid.crs, grid.transform) == (CRS, TRANSFORM)
     import cv2
     cv2.imwrite(str(tmp_path / 'in.png'), np.zeros((8, 9, 3), np.uint8))
-    crs, transform = raster.grid(tmp_path / 'in.png')
-    assert crs is None and transform is None
-    raster.write_cog(tmp_path / 'out.tif', np.ones((8, 9), np.float32), crs=crs,
-                     transform=transform)
+    grid = read_grid(tmp_path / 'in.png')
+    assert grid.crs is None and not grid.georeferenced      # no transform declared
+    write_cog(tmp_path / 'out.tif', np.ones((8, 9), np.float32), grid=grid)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(tmp_path / 'out.tif') as src:
@@ -134,7 +137,7 @@ def test_georeferencing_copied_from_a_geotiff_and_none_from_a_png(tmp_path):
 
 
 def test_abort_removes_the_files_and_an_incomplete_image_is_an_error(tmp_path):
-    writer = raster.CogWriter(tmp_path / 'a.tif', (600, 40), np.float32)
+    writer = CogWriter(tmp_path / 'a.tif', (600, 40), np.float32)
     writer.write(np.zeros((100, 40), np.float32))
     with pytest.raises(ValueError, match='got 100 of 600 rows'):
         writer.close()
@@ -142,7 +145,7 @@ def test_abort_removes_the_files_and_an_incomplete_image_is_an_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
     # an error inside `with`: nothing at the final path, nothing beside it
     with pytest.raises(RuntimeError, match='device lost'):
-        with raster.CogWriter(tmp_path / 'b.tif', (600, 40), np.float32) as writer:
+        with CogWriter(tmp_path / 'b.tif', (600, 40), np.float32) as writer:
             writer.write(np.zeros((550, 40), np.float32))    # a block of rows written
             raise RuntimeError('device lost')
     assert list(tmp_path.iterdir()) == []
@@ -150,9 +153,9 @@ def test_abort_removes_the_files_and_an_incomplete_image_is_an_error(tmp_path):
 
 def test_a_failed_rewrite_keeps_the_older_output(tmp_path):
     path = tmp_path / 'a.tif'
-    raster.write_cog(path, np.full((30, 20), 7, np.float32), crs=CRS, transform=TRANSFORM)
+    write_cog(path, np.full((30, 20), 7, np.float32), grid=Grid(30, 20, CRS, TRANSFORM))
     with pytest.raises(ValueError, match='got 10 of 30 rows'):
-        with raster.CogWriter(path, (30, 20), np.float32, crs=CRS) as writer:
+        with CogWriter(path, (30, 20), np.float32, grid=Grid(30, 20, CRS)) as writer:
             writer.write(np.zeros((10, 20), np.float32))
     assert [p.name for p in tmp_path.iterdir()] == ['a.tif']
     with rasterio.open(path) as src:

@@ -369,6 +369,21 @@ def test_unlabelled_code_is_read_like_label_codes_and_checked_against_them():
     assert 'unlabelled_code' in config.__all__      # from config import * gives it
 
 
+def test_a_star_import_gives_what_a_script_reads_of_config_and_not_its_imports():
+    namespace = {}
+    exec('from config import *', namespace)
+    given = set(namespace) - {'__builtins__'}
+    assert set(settings.names()) <= given
+    # the dataset's facts, the tables and helpers users' scripts read, the computed names
+    assert {'layout', 'folders', 'building_codes', 'DATASETS', 'PUBLISHED', 'VAIHINGEN_CODES',
+            'BEST_WEIGHTS', 'LAST_WEIGHTS', 'CROP_MULTIPLE', 'dataset_settings',
+            'trained_weights', 'global_batch_size'} <= set(config.__all__)
+    assert namespace['building_codes'] == [1] and namespace['layout'] == 'split_folders'
+    # not the modules and rule words config.py imports
+    assert not {'json', 'os', 'sys', 'types', 'Literal', 'whole', 'number', 'Rule',
+                'class_codes'} & set(config.__all__)
+
+
 def test_backbone_weights_none_written_in_config_py_is_kept():
     config.declared['backbone_weights'] = None      # as config.py would declare it
     config.declared['dataset_name'] = 'Vaihingen'
@@ -382,7 +397,7 @@ def test_no_download_with_backbone_weights_none(monkeypatch):
     with 'auto' it does (so the patched function is the one Keras calls)."""
     from keras.src.utils import file_utils
     from nets import mtl
-    from utils import tasks
+    from utils.model import networks
     downloads = []
 
     def no_download(fname, *args, **kwargs):
@@ -391,11 +406,11 @@ def test_no_download_with_backbone_weights_none(monkeypatch):
     monkeypatch.setattr(file_utils, 'get_file', no_download)
     settings.apply(['backbone_weights=None', 'dataset_name=Vaihingen', 'cropSize=32',
                     'mtl_decoder_scale=0.0625'])
-    model = tasks.build_mtl(config)
+    model = networks.build_mtl(config)
     assert downloads == [] and model.count_params() > 7e6
     settings.apply(['backbone_weights=auto'])
     with pytest.raises(mtl.BackboneWeightsError):
-        tasks.build_mtl(config)
+        networks.build_mtl(config)
     assert downloads == [mtl.DENSENET_FILE]
 
 

@@ -1,4 +1,4 @@
-"""utils/evaluation.py on a small in-memory split with a constant network, so
+"""utils/evaluate/evaluation.py on a small in-memory split with a constant network, so
 every metric can be computed by hand; the outputs are COGs with the
 input's georeferencing, as GDAL reads them."""
 import os
@@ -14,7 +14,11 @@ import tifffile
 
 import config
 from stand_in import small_encoder
-from utils import datasets, evaluation, settings
+from utils import settings
+from utils.data.labels import read_labels
+from utils.data.layouts import find_split
+from utils.data.samples import read_height
+from utils.evaluate import evaluation
 
 Sample = namedtuple('Sample', 'name image height labels')
 Loaded = namedtuple('Loaded', 'image height labels')
@@ -69,7 +73,8 @@ def fake_split(tmp_path, monkeypatch):
     splits['valid'] = splits['test']
     fake = types.SimpleNamespace(find_split=lambda cfg, split: list(splits[split]),
                                  load_sample=lambda cfg, sample: data[sample.name])
-    monkeypatch.setattr(evaluation, 'datasets', fake)
+    monkeypatch.setattr(evaluation, 'find_split', fake.find_split)
+    monkeypatch.setattr(evaluation, 'load_sample', fake.load_sample)
     evaluation._train_mean.clear()
     config.label_codes = [10, 20, 30]
     config.cropSize = 32
@@ -113,12 +118,12 @@ def test_metrics_by_hand(fake_split):
 
 def test_validation_has_its_own_stride(fake_split, monkeypatch):
     strides = []
-    real = evaluation.inference.predict_tile
+    real = evaluation.predict_tile
 
     def recording(fn, image, crop, stride):
         strides.append(stride)
         return real(fn, image, crop, stride)
-    monkeypatch.setattr(evaluation.inference, 'predict_tile', recording)
+    monkeypatch.setattr(evaluation, 'predict_tile', recording)
     config.valid_stride = 32
     during_training = evaluation.validate(ConstantMTL(), **RUN)
     published = evaluation.evaluate(ConstantMTL(), **RUN, split='valid', verbose=0)
@@ -221,18 +226,18 @@ def test_dsm_script_writes_every_metric(synthetic_weights, capsys):
         assert isinstance(overall[key], float), key
     # A second computation from the written maps and the ground-truth files.
     settings.apply(sets[1::2])         # the run's --set values
-    samples = {s.name: s for s in datasets.find_split(config, 'test')}
+    samples = {s.name: s for s in find_split(config, 'test')}
     hits = pixels = 0
     pairs, binned = [], {}
     for entry in record['per_image']:
         sample = samples[entry['name']]
         predicted = tifffile.imread(run / f"{entry['name']}_height.tif")
-        truth = datasets.read_height(sample.height)
+        truth = read_height(sample.height)
         error = (predicted.astype(np.float64) - truth)[np.isfinite(truth)]
         assert entry['rmse'] == pytest.approx(np.sqrt(np.mean(error ** 2)), rel=1e-6)
         assert entry['mae'] == pytest.approx(np.mean(np.abs(error)), rel=1e-6)
         classes = tifffile.imread(run / f"{entry['name']}_sem.tif")   # codes 0..5 = indices
-        labels = datasets.read_labels(config, sample.labels)
+        labels = read_labels(config, sample.labels)
         hits, pixels = hits + np.sum(classes == labels), pixels + labels.size
         # per building (4-connected regions of the building class, 1): Hazen's
         # median and 70th percentile of the written height and of the truth

@@ -15,7 +15,10 @@ import export
 import predict
 from tests.conftest import run_python
 from tests.stand_in import small_encoder
-from utils import checkpoints, export as exporting, raster, settings
+from utils import settings
+from utils.geo.classes import ClassMap
+from utils.model import weights as weights_files
+from utils.predict import engines, export as exporting
 from utils.errors import CheckpointError
 
 # Tiny networks (1/16 widths) on 32 px windows.
@@ -39,15 +42,15 @@ def stand_in_weights(tmp_path_factory):
 
 def _weights(folder):
     import keras
-    from utils import tasks
+    from utils.model import networks
     settings.apply(TINY)
     keras.utils.set_random_seed(5)
     keras.mixed_precision.set_global_policy('mixed_bfloat16')
     try:
-        mtl, dae = tasks.build_mtl(config, pretrained=False), tasks.build_dae(config)
+        mtl, dae = networks.build_mtl(config, pretrained=False), networks.build_dae(config)
         paths = {'mtl': str(folder / 'mtl.weights.h5'), 'dae': str(folder / 'dae.weights.h5')}
-        checkpoints.save_weights(mtl, paths['mtl'], 'mtl', config)
-        checkpoints.save_weights(dae, paths['dae'], 'dae', config)
+        weights_files.save(mtl, paths['mtl'], 'mtl', config)
+        weights_files.save(dae, paths['dae'], 'dae', config)
     finally:
         keras.mixed_precision.set_global_policy('float32')
     return paths
@@ -56,11 +59,11 @@ def _weights(folder):
 def _keras(weights):
     """The networks in float32 from the weights, as predict.py builds them."""
     import tensorflow as tf
-    from utils import tasks
+    from utils.model import networks
     settings.apply(TINY)
     strategy = tf.distribute.get_strategy()
-    return (tasks.trained_mtl(config, strategy, weights['mtl']),
-            tasks.trained_dae(config, strategy, weights['dae']))
+    return (networks.trained(weights_files.WeightsFile(weights['mtl'], 'mtl'), config, strategy),
+            networks.trained(weights_files.WeightsFile(weights['dae'], 'dae'), config, strategy))
 
 
 # Run with nothing of ours importable (cwd: the export, no sys.path entry):
@@ -134,8 +137,8 @@ def test_export_gives_the_keras_heights_outside_the_project(weights, tmp_path):
     assert all(o[2] == 'tensor(float)' for o in facts['outputs'])   # float32, not bfloat16
     assert facts['sm_outputs'] == ['height', 'norm', 'sem']
     assert facts['opset'] == [card['onnx_opset']] == [exporting.OPSET]
-    classes_of = raster.class_map(config.label_codes)
-    assert [c['colour'] for c in card['classes']] == classes_of['colours'].tolist()
+    classes_of = ClassMap(config.label_codes)
+    assert [c['colour'] for c in card['classes']] == classes_of.colours.tolist()
     assert [c['code'] for c in card['classes']] == list(config.label_codes)
     assert card['network'] == 'MTL + DAE' and card['dataset'] == config.dataset_name
     assert card['input']['band_order'] == [1, 2, 3] and card['input']['multiple_of'] == 32
@@ -242,8 +245,8 @@ def test_engine_choice_follows_the_measurement_and_the_devices():
     from utils.errors import SettingError
     one, two = (types.SimpleNamespace(num_replicas_in_sync=n) for n in (1, 2))
     # no GPU here: one CPU replica takes the measured CPU engine (bench/RESULTS.md)
-    assert exporting.choose_engine('auto', one) == exporting.CPU_ENGINE == 'tensorflow'
-    assert exporting.choose_engine('auto', two) == 'tensorflow'
-    assert exporting.choose_engine('onnxruntime', one) == 'onnxruntime'
+    assert engines.choose_engine('auto', one) == engines.CPU_ENGINE == 'tensorflow'
+    assert engines.choose_engine('auto', two) == 'tensorflow'
+    assert engines.choose_engine('onnxruntime', one) == 'onnxruntime'
     with pytest.raises(SettingError, match='--engine onnxruntime runs on one CPU device'):
-        exporting.choose_engine('onnxruntime', two)
+        engines.choose_engine('onnxruntime', two)

@@ -17,8 +17,10 @@ import pytest
 from conftest import ROOT, TINY, run_python
 from stand_in import small_encoder
 import config
-from utils import benchmark, checkpoints, distribute, settings
-from utils.training import Trainer
+from utils import distribute, settings
+from utils.model import weights
+from utils.train import benchmark
+from utils.train.trainer import Trainer
 from utils.errors import CheckpointError
 
 RUN = os.path.join(ROOT, 'tests', 'finetune_run.py')
@@ -73,13 +75,13 @@ def test_a_setting_that_shapes_the_network_must_match(tmp_path):
     settings.apply(TINY + [f'checkpoint_root={tmp_path}'])
     path = str(tmp_path / 'a.weights.h5')
     with small_encoder():
-        checkpoints.save_weights(Trainer(benchmark.steps_only_task('mtl', config), distribute.get_strategy(config)).model, path, 'mtl',
-                                 config)
+        weights.save(Trainer(benchmark.steps_only_task('mtl', config),
+                             distribute.get_strategy(config)).model, path, 'mtl', config)
         settings.apply([f'mtl_init_weights={path}', 'mtl_decoder_scale=0.125'])
         with pytest.raises(CheckpointError) as err:
             Trainer(benchmark.steps_only_task('mtl', config), distribute.get_strategy(config))
         assert str(err.value).startswith(f"mtl_init_weights = {path!r} was trained with "
-                                         f"mtl_decoder_scale=0.0625 but config has "
+                                         f"mtl_decoder_scale=0.0625 but the settings have "
                                          f"mtl_decoder_scale=0.125")
         assert '\n' not in str(err.value)
         settings.apply(['mtl_decoder_scale=0.0625', 'norm_flag=False'])

@@ -1,5 +1,5 @@
 """Inputs in the formats orthophotos reach users in, written by GDAL
-(rasterio), read by utils/raster.py and predicted by predict.py: JPEG 2000
+(rasterio), read by utils/geo and predicted by predict.py: JPEG 2000
 (lossless), a VRT mosaic over 4 GeoTIFF tiles, PNG with a world file and
 its CRS in .aux.xml, and a COG served over HTTP with byte ranges by a
 loopback server. Each must give the pixels, grid and heights of the same
@@ -17,8 +17,11 @@ from rasterio.transform import from_origin
 
 from tests.conftest import run_python
 from tests.test_predict import _cli
-from utils import datasets, raster
+from utils.data.samples import read_height
 from utils.errors import DatasetError
+from utils.geo.files import find_images, open_raster
+from utils.geo.image import Image
+from utils.geo.read import read_raw
 
 H, W = 64, 80
 CRS = 'EPSG:32632'
@@ -99,12 +102,12 @@ def test_the_formats_are_what_gdal_wrote(files):
 
 @pytest.mark.parametrize('kind', ['jp2', 'vrt', 'png', 'cog'])
 def test_each_format_reads_as_the_plain_geotiff(files, kind):
-    with raster.Image(files['plain'], [0, 1, 2], 3) as plain:
+    with Image(files['plain'], [0, 1, 2], 3) as plain:
         want, want_valid = plain.read()
-        grid = (plain.crs, plain.transform)
-    with raster.Image(files[kind], [0, 1, 2], 3) as image:
+        grid = (plain.grid.crs, plain.grid.transform)
+    with Image(files[kind], [0, 1, 2], 3) as image:
         got, valid = image.read()
-        assert (image.crs, image.transform) == grid
+        assert (image.grid.crs, image.grid.transform) == grid
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(valid, want_valid)
     assert grid == (rasterio.crs.CRS.from_string(CRS), TRANSFORM)
@@ -117,7 +120,7 @@ def test_a_folder_is_scanned_for_what_gdal_opens(files, tmp_path):
     folder = os.path.dirname(files['plain'])
     with open(os.path.join(folder, 'notes.txt'), 'w') as f:
         f.write('not a raster')
-    found = raster.find_images([folder])
+    found = find_images([folder])
     assert sorted(map(os.path.basename, found)) == [
         'big_cog.tif', 'mosaic.vrt', 'ortho_cog.tif', 'ortho_jp2.jp2', 'ortho_png.png',
         'plain.tif',
@@ -125,10 +128,10 @@ def test_a_folder_is_scanned_for_what_gdal_opens(files, tmp_path):
     shutil.copy(files['png'], tmp_path / 'image_without_extension')
     broken = tmp_path / 'broken.tif'
     broken.write_text('not a raster')
-    assert raster.find_images([tmp_path]) == [str(broken),
-                                              str(tmp_path / 'image_without_extension')]
+    assert find_images([tmp_path]) == [str(broken),
+                                       str(tmp_path / 'image_without_extension')]
     with pytest.raises(DatasetError, match=f'Cannot read {broken} '):
-        raster.open_raster(broken)
+        open_raster(broken)
 
 
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
@@ -189,11 +192,12 @@ def server(files):
 
 
 def test_a_cog_over_http_reads_as_the_plain_geotiff(files, server):
-    with raster.Image(files['plain'], [0, 1, 2], 3) as plain:
+    with Image(files['plain'], [0, 1, 2], 3) as plain:
         want = plain.read()
-    with raster.Image(f'{server}/ortho_cog.tif', [0, 1, 2], 3) as image:
+    with Image(f'{server}/ortho_cog.tif', [0, 1, 2], 3) as image:
         got = image.read()
-        assert image.transform == TRANSFORM and image.crs == rasterio.crs.CRS.from_string(CRS)
+        assert image.grid.transform == TRANSFORM and \
+            image.grid.crs == rasterio.crs.CRS.from_string(CRS)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
 
@@ -204,7 +208,7 @@ def test_a_remote_cog_is_read_by_ranges_not_whole(server, files):
     with rasterio.open(path) as src:
         big = src.read()
     RangeHandler.served.clear()
-    with raster.Image(f'{server}/big_cog.tif', [0, 1, 2], 3) as image:
+    with Image(f'{server}/big_cog.tif', [0, 1, 2], 3) as image:
         rows, _ = image.rows(0, 100)
     np.testing.assert_array_equal(rows, big[:, :100].transpose(1, 2, 0) / np.float32(255))
     sent = sum(n for p, n in RangeHandler.served if p == '/big_cog.tif')
@@ -224,13 +228,13 @@ def _missing_tile(files, folder):
 def test_bad_addresses_and_files_are_one_line_errors(files, server, tmp_path):
     """404, a server stopping mid-file, a VRT naming a missing tile."""
     with pytest.raises(DatasetError, match=f'Cannot read {server}/missing.tif .*404'):
-        raster.Image(f'{server}/missing.tif', [0, 1, 2], 3)
-    with raster.Image(f'{server}/cut/big_cog.tif', [0, 1, 2], 3) as image:
+        Image(f'{server}/missing.tif', [0, 1, 2], 3)
+    with Image(f'{server}/cut/big_cog.tif', [0, 1, 2], 3) as image:
         with pytest.raises(DatasetError, match=f'Cannot read {server}/cut/big_cog.tif'):
             image.read()
     broken = _missing_tile(files, tmp_path)
     with pytest.raises(DatasetError, match=f'Cannot read {broken} .*gone.tif') as err:
-        with raster.Image(str(broken), [0, 1, 2], 3) as image:
+        with Image(str(broken), [0, 1, 2], 3) as image:
             image.read()
     assert '\n' not in str(err.value)
 
@@ -242,8 +246,8 @@ def test_heights_and_labels_in_any_format(tmp_path):
     tif = _write(tmp_path / 'labels_plain.tif', band)
     jp2 = _write(tmp_path / 'labels.jp2', band, driver='JP2OpenJPEG', QUALITY=100,
                  REVERSIBLE='YES')
-    np.testing.assert_array_equal(datasets.read_raw(jp2)[0], datasets.read_raw(tif)[0])
-    np.testing.assert_array_equal(datasets.read_height(jp2), datasets.read_height(tif))
+    np.testing.assert_array_equal(read_raw(jp2)[0], read_raw(tif)[0])
+    np.testing.assert_array_equal(read_height(jp2), read_height(tif))
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import config
-from utils import geometry
+from utils.data import targets
 
 # OpenCV's 5x5 Sobel x kernel is outer([1,4,6,4,1], [-1,-2,0,2,1]). On z = a*x
 # it sums to a * (1+4+6+4+1) * (-1*-2 + -2*-1 + 2*1 + 1*2) = a * 16 * 8 = 128 a.
@@ -12,8 +12,8 @@ SOBEL5_GAIN = 128.0
 
 
 def edge_map(height):
-    """geometry.edge_map with config.py's settings."""
-    return geometry.edge_map(height, config.roof_height_threshold, config.canny_lt,
+    """targets.edge_map with config.py's settings."""
+    return targets.edge_map(height, config.roof_height_threshold, config.canny_lt,
                              config.canny_ht)
 
 
@@ -26,7 +26,7 @@ def plane(a, b, rows=40, cols=50):
 def test_normals_of_a_plane_are_the_analytic_normal(a, b):
     n = np.array([-SOBEL5_GAIN * a, -SOBEL5_GAIN * b, 1.0])
     expected = (n / np.linalg.norm(n) + 1) / 2
-    got = geometry.surface_normals(plane(a, b), config.normalize_flag)
+    got = targets.surface_normals(plane(a, b), config.normalize_flag)
     assert got.shape == (40, 50, 3) and got.dtype == np.float32
     np.testing.assert_allclose(got[3:-3, 3:-3], np.broadcast_to(expected, (34, 44, 3)),
                                atol=1e-6)
@@ -36,20 +36,20 @@ def test_normals_scaled_to_255_without_normalize_flag():
     config.normalize_flag = False
     n = np.array([-SOBEL5_GAIN * 0.004, 0.0, 1.0])
     expected = (n / np.linalg.norm(n) + 1) / 2 * 255
-    got = geometry.surface_normals(plane(0.004, 0.0), config.normalize_flag)
+    got = targets.surface_normals(plane(0.004, 0.0), config.normalize_flag)
     np.testing.assert_allclose(got[10, 10], expected, rtol=1e-5)
 
 
 def test_nan_is_filled_with_the_nearest_valid_height():
     height = np.array([[1.0, np.nan, np.nan, np.nan, 5.0]])
-    np.testing.assert_array_equal(geometry.fill_nodata(height), [[1, 1, 1, 5, 5]])
-    assert (geometry.fill_nodata(np.full((3, 3), np.nan)) == 0).all()
+    np.testing.assert_array_equal(targets.fill_nodata(height), [[1, 1, 1, 5, 5]])
+    assert (targets.fill_nodata(np.full((3, 3), np.nan)) == 0).all()
 
 
 def test_normals_next_to_nodata_are_those_of_the_flat_surroundings():
     height = np.full((30, 30), 4.0)
     height[10:20, 10:20] = np.nan
-    got = geometry.surface_normals(height, config.normalize_flag)
+    got = targets.surface_normals(height, config.normalize_flag)
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, np.broadcast_to([0.5, 0.5, 1.0], got.shape), atol=1e-6)
 
@@ -64,14 +64,14 @@ def test_normals_in_blocks_of_rows_equal_the_whole_image_formula(monkeypatch, bl
     rng = np.random.default_rng(3)
     height = rng.normal(0, 5, (38, 23)).cumsum(0)
     height[rng.random(height.shape) < 0.05] = np.nan
-    h = geometry.fill_nodata(height)
+    h = targets.fill_nodata(height)
     zx = cv2.Sobel(h, cv2.CV_64F, 1, 0, ksize=5)
     zy = cv2.Sobel(h, cv2.CV_64F, 0, 1, ksize=5)
     n = np.stack([-zx, -zy, np.ones_like(h)], axis=-1)
     n /= np.linalg.norm(n, axis=-1, keepdims=True)
     expected = ((n + 1.0) / 2.0 * (1.0 if normalize else 255.0)).astype(np.float32)
-    monkeypatch.setattr(geometry, 'NORMAL_ROWS', block)
-    np.testing.assert_array_equal(geometry.surface_normals(height, normalize), expected)
+    monkeypatch.setattr(targets, 'NORMAL_ROWS', block)
+    np.testing.assert_array_equal(targets.surface_normals(height, normalize), expected)
 
 
 def box_edges(height, top, left, bottom, right):

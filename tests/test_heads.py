@@ -1,4 +1,4 @@
-"""utils/heads.py: the table is the published one, a head's turn agrees with
+"""utils/model/heads.py: the table is the published one, a head's turn agrees with
 its target on a turned crop, and a head added to it reaches the network, the
 DAE's input, the targets, the loss, a training step with augmentation, the
 evaluation and predict.py's files."""
@@ -15,8 +15,12 @@ import predict
 from nets import dae, mtl
 from tests.conftest import TINY
 from tests.stand_in import small_encoder
-from utils import (checkpoints, datasets, distribute, evaluation, heads, inference, losses,
-                   pipeline, rules, settings, tasks, training)
+from utils import distribute, rules, settings
+from utils.data import layouts, samples
+from utils.evaluate import evaluation
+from utils.model import heads, networks, weights as weights_files
+from utils.predict import blend, engines, flips
+from utils.train import fields as training_fields, losses, tasks, trainer as training
 
 
 def test_the_table_is_the_published_heads():
@@ -27,7 +31,7 @@ def test_the_table_is_the_published_heads():
                     ('norm', 'norm', 'w3', 'norm_flag', True),
                     ('edge', 'edge', 'w4', 'edge_flag', False)]
     assert training.TERM_ORDER == ('dsm', 'sem', 'norm', 'edge', 'loss')
-    assert checkpoints.ARCHITECTURE['mtl'][:3] == ('sem_flag', 'norm_flag', 'edge_flag')
+    assert weights_files.ARCHITECTURE['mtl'][:3] == ('sem_flag', 'norm_flag', 'edge_flag')
     with pytest.raises(TypeError, match='height'):
         heads.select(height=False)     # the height is no switch
 
@@ -78,12 +82,12 @@ def test_a_new_head_reaches_every_part(slope_head):
     np.testing.assert_array_equal(stacked[..., 1 + classes:-3], out['slope'])
 
     height = np.arange(32 * 32, dtype='float32').reshape(32, 32) % 7
-    fields = pipeline.make_fields(datasets.Loaded(np.zeros((32, 32, 3)), height,
+    fields = training_fields.make_fields(samples.Loaded(np.zeros((32, 32, 3)), height,
                                   np.zeros((32, 32), 'int32')), config)
     np.testing.assert_array_equal(fields['slope'][..., 1], np.gradient(height, axis=1))
-    assert ('slope', tf.float32, 2) in pipeline._field_specs(config)
+    assert ('slope', tf.float32, 2) in training_fields.field_specs(config)
 
-    batch = {k: v[None] for k, v in pipeline.drop_index_channel(fields, config).items()}
+    batch = {k: v[None] for k, v in training_fields.drop_index_channel(fields, config).items()}
     terms = losses.mtl_terms(batch, out, config)
     assert list(terms) == ['dsm', 'sem', 'slope']
     expected = np.mean((np.asarray(out['slope'])[0] - fields['slope']) ** 2)
@@ -96,7 +100,7 @@ def test_a_new_head_reaches_every_part(slope_head):
 def test_switching_a_head_off_removes_it_everywhere():
     config.norm_flag = False
     assert [h.name for h in heads.from_config(config)] == ['height', 'sem']
-    assert [name for name, _, _ in pipeline._field_specs(config)] == ['image', 'mask',
+    assert [name for name, _, _ in training_fields.field_specs(config)] == ['image', 'mask',
                                                                        'height', 'sem']
     assert dae.input_channels(6, norm=False) == 1 + 6 + 3
 
@@ -113,7 +117,7 @@ def _moved(array, transpose, flip_rows, flip_cols):
 
 
 @pytest.mark.parametrize('normalize', [True, False])
-@pytest.mark.parametrize('transform', inference.D4)
+@pytest.mark.parametrize('transform', flips.D4)
 def test_turn_makes_the_target_of_the_turned_crop(slope_head, transform, normalize):
     """A head's turn, applied to its moved target, is the target of the moved
     height: augmentation and test-time flips may move the pixels and turn."""
@@ -122,9 +126,9 @@ def test_turn_makes_the_target_of_the_turned_crop(slope_head, transform, normali
     height = tf.image.resize(rng.random((1, 6, 7, 1)) * 40, (30, 35))[0, ..., 0].numpy()
     for name in ('norm', 'slope'):
         head = heads.by_name(name)
-        target = head.target(datasets.Loaded(None, height, None), config)
+        target = head.target(samples.Loaded(None, height, None), config)
         turned = head.turn(_moved(target, *transform), *transform, config)
-        expected = head.target(datasets.Loaded(None, _moved(height, *transform), None), config)
+        expected = head.target(samples.Loaded(None, _moved(height, *transform), None), config)
         np.testing.assert_allclose(turned, expected, atol=1e-5 * (1 if normalize else 255))
     assert heads.by_name('sem').turn is None and heads.by_name('height').turn is None
 
@@ -146,7 +150,7 @@ def test_a_new_head_trains_with_augmentation_and_is_evaluated(slope_head, synthe
         sloped = 0
         for batch in batches.take(4):
             for height, slope in zip(batch['height'].numpy()[..., 0], batch['slope'].numpy()):
-                expected = _slope(datasets.Loaded(None, height, None), config)
+                expected = _slope(samples.Loaded(None, height, None), config)
                 np.testing.assert_allclose(slope[1:-1, 1:-1], expected[1:-1, 1:-1], atol=1e-4)
                 sloped += np.abs(expected[1:-1, 1:-1]).max() > 0.1
         assert sloped >= 4      # crops with slopes a missing turn would get wrong
@@ -157,10 +161,10 @@ def test_a_new_head_trains_with_augmentation_and_is_evaluated(slope_head, synthe
         result = evaluation.evaluate(trainer.model, cfg=config, strategy=strategy,
                                      split='valid', max_images=1, verbose=0)
         # a second computation: the blended slope maps against the target
-        loaded = datasets.load_sample(config, datasets.find_split(config, 'valid')[0])
-        fn = inference.make_predict_fn(trainer.model, cfg=config, strategy=strategy,
-                                       outputs=('slope',))
-        got = inference.predict_tile(fn, loaded.image, 32, config.test_stride)['slope']
+        loaded = samples.load_sample(config, layouts.find_split(config, 'valid')[0])
+        fn = engines.tensorflow_fn(trainer.model, cfg=config, strategy=strategy,
+                                   outputs=('slope',))
+        got = blend.predict_tile(fn, loaded.image, 32, config.test_stride)['slope']
         error = (got - _slope(loaded, config))[np.isfinite(loaded.height)]
         assert result['slope_mae'] == pytest.approx(np.mean(np.abs(error)), rel=1e-5)
         assert result['slope_rmse'] == pytest.approx(np.sqrt(np.mean(error ** 2)), rel=1e-5)
@@ -193,13 +197,13 @@ def test_a_new_head_is_predicted_with_flips_and_written_by_predict_py(slope_head
     tifffile.imwrite(path, np.stack([ramp] * 3, -1), photometric='rgb')
     weights = tmp_path / 'mtl.weights.h5'
     weights.write_bytes(b'stand-in')
-    monkeypatch.setattr(checkpoints, 'trained_settings', lambda cfg, *args: (cfg, {}))
-    monkeypatch.setattr(tasks, 'trained_mtl', lambda cfg, strategy, path: RampNetwork())
+    monkeypatch.setattr(weights_files, 'adopt', lambda cfg, files, keep=(): cfg)
+    monkeypatch.setattr(networks, 'trained', lambda found, cfg, strategy: RampNetwork())
     predict.main([str(path), '--out', str(tmp_path / 'out'), '--mtl-weights', str(weights),
                   '--outputs', 'height,slope', '--ungeoreferenced', '--set', 'cropSize=32', '--set',
                   'predict_stride=10', '--set', 'predict_flips=8'])
 
-    scaled = datasets.read_image(config, str(path))[..., 0].astype(np.float64)
+    scaled = samples.read_image(config, str(path))[..., 0].astype(np.float64)
     step_rows, step_cols = np.diff(scaled, axis=0).mean(), np.diff(scaled, axis=1).mean()
     assert step_cols == pytest.approx(1.5 * step_rows) and step_rows > 0
     slope = tifffile.imread(tmp_path / 'out' / 'ramp_slope.tif')

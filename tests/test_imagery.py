@@ -1,5 +1,5 @@
-"""Image files as GDAL writes them (through rasterio), read by utils/raster.py
-and utils/datasets.py: masks, bit depths, palettes, impossible nodata
+"""Image files as GDAL writes them (through rasterio), read by utils/geo
+and utils/data: masks, bit depths, palettes, impossible nodata
 values, damaged files. The reference is what GDAL itself reads from the same
 file, or the same pixels written as plain 8-bit RGB."""
 import warnings
@@ -10,8 +10,13 @@ import rasterio
 from rasterio.transform import from_origin
 
 import config
-from utils import datasets, raster, settings
+from utils import settings
+from utils.data.checks import check_training_splits
+from utils.data.layouts import find_split
+from utils.data.samples import load_sample, read_height, read_image
 from utils.errors import DatasetError, ImageryWarning
+from utils.geo.image import Image
+from utils.geo.read import read_raw
 
 H, W = 70, 90
 PROFILE = dict(driver='GTiff', height=H, width=W, crs='EPSG:32632',
@@ -32,7 +37,7 @@ def _write(path, bands, **profile):
 
 
 def _read(path, bands=(0, 1, 2), scale='auto'):
-    with raster.Image(str(path), list(bands), len(bands), scale) as image:
+    with Image(str(path), list(bands), len(bands), scale) as image:
         return image.read()
 
 
@@ -89,7 +94,7 @@ def test_msk_sidecar_marks_invalid_pixels_and_heights(tmp_path):
     np.testing.assert_array_equal(valid, _collar() != 0)
     np.testing.assert_array_equal(image[valid],
                                   levels.transpose(1, 2, 0)[valid] / np.float32(255))
-    height = datasets.read_height(str(tmp_path / 'dsm.tif'))
+    height = read_height(str(tmp_path / 'dsm.tif'))
     np.testing.assert_array_equal(np.isnan(height), _collar() == 0)
 
 
@@ -108,7 +113,7 @@ def test_training_sample_leaves_out_masked_image_pixels(tmp_path):
     (root / 'sem').mkdir()
     _write(root / 'sem' / 'a.tif', np.ones((1, H, W), np.uint8))
     settings.apply(['dataset_name=MyCity', f'shortcut_path={tmp_path}'])
-    loaded = datasets.load_sample(config, datasets.find_split(config, 'train')[0])
+    loaded = load_sample(config, find_split(config, 'train')[0])
     np.testing.assert_array_equal(np.isnan(loaded.height), _collar() == 0)
     assert (loaded.image[_collar() == 0] == 0).all()
     # class 1 where valid, the unlabelled index (no class: no loss) elsewhere
@@ -174,7 +179,7 @@ def test_palette_image_is_expanded_through_its_colour_map(tmp_path):
     assert valid.all()
     np.testing.assert_array_equal(image, table[indices[0]] / np.float32(255))
     # a label file is a palette image of class codes: its indices stay indices
-    np.testing.assert_array_equal(datasets.read_raw(path)[0], indices[0])
+    np.testing.assert_array_equal(read_raw(path)[0], indices[0])
 
 
 def test_nodata_the_type_cannot_hold_is_ignored(tmp_path):
@@ -192,7 +197,7 @@ def test_nodata_the_type_cannot_hold_is_ignored(tmp_path):
     image, valid = _read(path)
     assert valid.all()
     np.testing.assert_array_equal(image[10:20, 10:20], 1.0)
-    assert datasets.read_raw(path)[1] is None
+    assert read_raw(path)[1] is None
 
 
 def test_representable_nodata_still_marks_pixels(tmp_path):
@@ -218,11 +223,11 @@ def test_setting_image_scale_reaches_the_training_images(tmp_path):
     path = _write(tmp_path / 'u16.tif', values)
     settings.apply(['image_scale=4095'])
     assert config.image_scale == 4095
-    np.testing.assert_array_equal(datasets.read_image(config, path),
+    np.testing.assert_array_equal(read_image(config, path),
                                   values.transpose(1, 2, 0) / np.float32(4095))
     settings.apply(['image_scale=minmax'])
     low, high = values.min(), values.max()
-    np.testing.assert_allclose(datasets.read_image(config, path),
+    np.testing.assert_allclose(read_image(config, path),
                                (values.transpose(1, 2, 0) - low) / (high - low), atol=1e-7)
 
 
@@ -231,7 +236,7 @@ def test_best_weights_record_how_training_images_were_fed(tmp_path):
     weights' .json records them with the scale and the band order."""
     import json
     import keras
-    from utils import checkpoints
+    from utils.model import weights
     root = tmp_path / 'MyCity'
     rng = np.random.default_rng(3)
     images = {}
@@ -245,10 +250,10 @@ def test_best_weights_record_how_training_images_were_fed(tmp_path):
         _write(root / split / 'dsm' / 'a.tif', heights)
     settings.apply(['dataset_name=MyCity', f'shortcut_path={tmp_path}', 'sem_flag=False',
                     'cropSize=32', 'image_scale=minmax'])
-    statistics = datasets.check_training_splits(config).imagery()
+    statistics = check_training_splits(config).imagery()
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     path = str(tmp_path / 'm.weights.h5')
-    checkpoints.save_weights(model, path, 'mtl', config, imagery=statistics)
+    weights.save(model, path, 'mtl', config, imagery=statistics)
     with open(path + '.json') as f:
         meta = json.load(f)
     assert meta['settings']['image_scale'] == 'minmax'
@@ -266,4 +271,4 @@ def test_a_grey_training_image_is_named_with_the_fix(tmp_path):
     path = _write(tmp_path / 'grey.tif', _levels(bands=1))
     with pytest.raises(DatasetError, match=f'{path}: expected a colour image with 3 '
                                            f'channels, got 1. Fix: export it as RGB.'):
-        datasets.read_image(config, path)
+        read_image(config, path)

@@ -1,5 +1,6 @@
-"""utils/inference.py: window layout, Gaussian blending, batched and distributed
-prediction against a one-window-at-a-time reference."""
+"""utils/predict/ (windows, blend, engines, flips) and utils/geo/grid.starts: window
+layout, Gaussian blending, batched and distributed prediction against a
+one-window-at-a-time reference."""
 import json
 import math
 
@@ -10,18 +11,22 @@ import tensorflow as tf
 import config
 from tests.conftest import run_python
 from tests.stand_in import small_encoder
-from utils import inference, settings
+from utils import settings
+from utils.geo.grid import starts as window_starts
+from utils.predict import blend, engines
+from utils.predict.flips import D4, with_flips
+from utils.predict.windows import gaussian_window, window_weight
 from utils.errors import SettingError
 
 
 def test_gaussian_window_formula_and_sum():
     crop = 5
-    w = inference.gaussian_window(crop)
+    w = gaussian_window(crop)
     grid = [-1.0, -0.5, 0.0, 0.5, 1.0]
     raw = np.array([[math.exp(-(x * x + y * y) / (2 * 0.04)) for x in grid] for y in grid])
     np.testing.assert_allclose(w, raw / raw.sum(), rtol=1e-12)
     assert w.sum() == pytest.approx(1.0)
-    big = inference.gaussian_window(64)
+    big = gaussian_window(64)
     assert big.shape == (64, 64) and big.sum() == pytest.approx(1.0)
     assert np.allclose(big, big.T) and np.allclose(big, big[::-1])
 
@@ -33,7 +38,7 @@ def test_gaussian_window_formula_and_sum():
     (96, 32, 5, list(range(0, 61, 5)) + [64]),
 ])
 def test_window_starts(size, crop, stride, expected):
-    starts = inference.window_starts(size, crop, stride)
+    starts = window_starts(size, crop, stride)
     assert starts == expected
     covered = np.zeros(size, bool)
     for s in starts:
@@ -43,11 +48,12 @@ def test_window_starts(size, crop, stride, expected):
 
 def test_window_layout_errors_are_clear():
     with pytest.raises(ValueError, match='smaller than cropSize=64'):
-        inference.window_starts(40, 64, 10)
+        window_starts(40, 64, 10)
     with pytest.raises(SettingError, match='cropSize = 48: the MTL needs a multiple of 32'):
-        inference.predict_tile(lambda w: {}, np.zeros((40, 100, 3)), 48, 10)
-    # The same rule as cropSize's in config.py, which inference may not import.
-    assert inference.CROP_MULTIPLE == config.CROP_MULTIPLE
+        blend.predict_tile(lambda w: {}, np.zeros((40, 100, 3)), 48, 10)
+    # DenseNet121 halves the size five times (the stem's convolution and
+    # pooling, three transitions), so a crop must be a multiple of 2**5.
+    assert blend.CROP_MULTIPLE == 2 ** 5
     assert settings.rule('cropSize').test(2 * config.CROP_MULTIPLE)
     assert not settings.rule('cropSize').test(3 * config.CROP_MULTIPLE // 2)
 
@@ -72,10 +78,10 @@ class ConstantDAE:
 
 
 def test_constant_prediction_everywhere_including_edges():
-    fn = inference.make_predict_fn(ConstantMTL(3.7, [0.2, 0.5, 0.3]), ConstantDAE(), cfg=config,
-                                   strategy=tf.distribute.get_strategy(), batch_size=3)
+    fn = engines.tensorflow_fn(ConstantMTL(3.7, [0.2, 0.5, 0.3]), ConstantDAE(), cfg=config,
+                               strategy=tf.distribute.get_strategy(), batch_size=3)
     image = np.random.RandomState(0).rand(70, 97, 3).astype(np.float32)
-    out = inference.predict_tile(fn, image, 32, 7)
+    out = blend.predict_tile(fn, image, 32, 7)
     assert out['height'].shape == (70, 97)
     np.testing.assert_allclose(out['height_mtl'], 3.7, atol=1e-5)
     np.testing.assert_allclose(out['height'], 3.2, atol=1e-5)
@@ -121,9 +127,9 @@ def test_batched_equals_one_window_at_a_time():
     image = np.random.RandomState(1).rand(80, 100, 3).astype(np.float32)
     ref = _reference_tile(m, d, image, 64, 10)
     # 15 windows in batches of 4: the last batch is padded
-    fn = inference.make_predict_fn(m, d, cfg=config, strategy=tf.distribute.get_strategy(),
-                                   batch_size=4)
-    out = inference.predict_tile(fn, image, 64, 10)
+    fn = engines.tensorflow_fn(m, d, cfg=config, strategy=tf.distribute.get_strategy(),
+                               batch_size=4)
+    out = blend.predict_tile(fn, image, 64, 10)
     for key in ('height', 'height_mtl'):
         np.testing.assert_allclose(out[key], ref[key], atol=1e-5, rtol=0)
     assert out['sem'].shape == (80, 100, 3)
@@ -138,18 +144,19 @@ import config
 from utils import settings
 settings.apply(['cpu_replicas=2', 'multi_gpu_enabled=True'])
 import tensorflow as tf
-from utils import distribute, inference
+from utils import distribute
+from utils.predict import blend, engines
 from utils.errors import SettingError
 from tests.test_inference import _tiny_models
 strategy = distribute.get_strategy(config)
 with strategy.scope():
     m, d = _tiny_models()
 image = np.random.RandomState(1).rand(80, 100, 3).astype(np.float32)
-two = inference.make_predict_fn(m, d, cfg=config, strategy=strategy, batch_size=3)
-one = inference.make_predict_fn(m, d, cfg=config, strategy=tf.distribute.get_strategy(),
-                                batch_size=4)
-a = inference.predict_tile(two, image, 64, 10)
-b = inference.predict_tile(one, image, 64, 10)
+two = engines.tensorflow_fn(m, d, cfg=config, strategy=strategy, batch_size=3)
+one = engines.tensorflow_fn(m, d, cfg=config, strategy=tf.distribute.get_strategy(),
+                            batch_size=4)
+a = blend.predict_tile(two, image, 64, 10)
+b = blend.predict_tile(one, image, 64, 10)
 print(json.dumps({'replicas': strategy.num_replicas_in_sync, 'batch': two.batch_size,
                   'diff': {k: float(np.abs(a[k] - b[k]).max()) for k in b}}))
 '''
@@ -168,8 +175,8 @@ def test_two_replicas_match_one():
 
 def test_test_batch_size_default_from_config():
     config.test_batch_size = 5
-    fn = inference.make_predict_fn(ConstantMTL(1.0, [1.0]), cfg=config,
-                                   strategy=tf.distribute.get_strategy())
+    fn = engines.tensorflow_fn(ConstantMTL(1.0, [1.0]), cfg=config,
+                               strategy=tf.distribute.get_strategy())
     assert fn.batch_size == 5
     out = fn(np.zeros((7, 32, 32, 3), np.float32))
     assert out['height'].shape == (7, 32, 32) and out['sem'].shape == (7, 32, 32, 1)
@@ -181,9 +188,9 @@ def test_test_batch_size_default_from_config():
 def test_window_weights_by_formula(kind, profile):
     crop = 6
     one = np.array([profile((i + 0.5) / crop) for i in range(crop)])
-    np.testing.assert_allclose(inference.window_weight(crop, kind),
+    np.testing.assert_allclose(window_weight(crop, kind),
                                np.outer(one, one) / np.outer(one, one).sum(), rtol=1e-12)
-    assert (inference.window_weight(crop, kind) > 0).all()
+    assert (window_weight(crop, kind) > 0).all()
 
 
 def test_hann_windows_half_a_crop_apart_sum_to_a_constant():
@@ -191,7 +198,7 @@ def test_hann_windows_half_a_crop_apart_sum_to_a_constant():
     has the same total weight, so no window's edge shows through."""
     crop = 32
     total = np.zeros(96)
-    one = inference.window_weight(crop, 'hann')[crop // 2]
+    one = window_weight(crop, 'hann')[crop // 2]
     for start in range(0, 96 - crop + 1, crop // 2):
         total[start:start + crop] += one
     inner = total[crop // 2:-crop // 2]
@@ -223,8 +230,8 @@ def test_image_smaller_than_the_crop_is_predicted_reflection_padded(shape):
     h, w = shape
     image = np.random.default_rng(1).random((h, w, 3)).astype(np.float32)
     padded = np.pad(image, ((0, max(32 - h, 0)), (0, max(32 - w, 0)), (0, 0)), mode='reflect')
-    got = inference.predict_tile(_equivariant_network, image, 32, 10)
-    ref = inference.predict_tile(_equivariant_network, padded, 32, 10)
+    got = blend.predict_tile(_equivariant_network, image, 32, 10)
+    ref = blend.predict_tile(_equivariant_network, padded, 32, 10)
     assert set(got) == {'height', 'norm', 'sem'}
     for key, maps in got.items():
         assert maps.shape[:2] == (h, w)
@@ -234,9 +241,9 @@ def test_image_smaller_than_the_crop_is_predicted_reflection_padded(shape):
 @pytest.mark.parametrize('flips', [2, 4, 8])
 def test_flips_of_an_equivariant_network_change_nothing(flips):
     image = np.random.default_rng(0).random((80, 72, 3)).astype(np.float32)
-    plain = inference.predict_tile(_equivariant_network, image, 32, 16)
-    flipped = inference.predict_tile(inference.with_flips(_equivariant_network, flips, config),
-                                     image, 32, 16)
+    plain = blend.predict_tile(_equivariant_network, image, 32, 16)
+    flipped = blend.predict_tile(with_flips(_equivariant_network, flips, config),
+                                 image, 32, 16)
     for key in ('height', 'norm', 'sem'):
         np.testing.assert_allclose(flipped[key], plain[key], rtol=1e-5, atol=1e-6)
 
@@ -250,13 +257,13 @@ def test_flips_average_the_transformed_predictions():
         return {'height': np.broadcast_to(np.arange(w, dtype=np.float32), (n, h, w)).copy()}
     columns.batch_size = 8
     window = np.zeros((3, 32, 32, 3), np.float32)
-    np.testing.assert_array_equal(inference.with_flips(columns, 2, config)(window)['height'], 15.5)
-    only_transpose = inference.D4[4]
+    np.testing.assert_array_equal(with_flips(columns, 2, config)(window)['height'], 15.5)
+    only_transpose = D4[4]
     assert only_transpose == (True, False, False)
-    got = inference.with_flips(columns, 5, config)(window)['height']
+    got = with_flips(columns, 5, config)(window)['height']
     # identity, mirror, flip rows (column kept), both (mirror), transpose (row)
     rows = np.arange(32, dtype=np.float32)[:, None]
     cols = np.arange(32, dtype=np.float32)[None, :]
     np.testing.assert_allclose(got[0], (cols + (31 - cols) + cols + (31 - cols) + rows) / 5,
                                rtol=1e-6)
-    assert inference.with_flips(columns, 4, config).batch_size == 2
+    assert with_flips(columns, 4, config).batch_size == 2

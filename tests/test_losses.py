@@ -1,9 +1,9 @@
-"""utils/losses.py's losses against the formulas written out by hand."""
+"""utils/train/losses.py's losses against the formulas written out by hand."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from utils import losses
+from utils.train import losses
 
 
 @pytest.mark.parametrize('jit', [False, True], ids=['eager', 'xla'])
@@ -15,7 +15,7 @@ def test_unlabelled_pixels_add_nothing_to_the_loss_or_its_gradient(jit):
     labels = rng.integers(0, classes, (2, 3, 4)).astype(np.int32)
     unlabelled = np.zeros(labels.shape, bool)
     unlabelled[0, 1, :3] = unlabelled[1, 2, 3] = True
-    labels[unlabelled] = classes            # utils.datasets.unlabelled_index(config)
+    labels[unlabelled] = classes            # utils.data.labels.unlabelled_index(config)
     variable = tf.Variable(probs)
 
     def loss_and_gradient():

@@ -1,10 +1,10 @@
-"""utils/metrics.py against hand-computed values."""
+"""utils/evaluate/metrics.py against hand-computed values."""
 import math
 
 import numpy as np
 import pytest
 
-from utils import metrics
+from utils.evaluate import metrics
 
 
 def test_perfect_prediction():

@@ -41,9 +41,10 @@ BENCHMARK = r'''
 import json, sys
 from utils import settings
 settings.apply(sys.argv[1:])
-import config
-from utils import benchmark, distribute
-report = benchmark.scaling(config, distribute.get_strategy(config), windows=1, seconds=0.5,
+from utils import distribute
+from utils.train import benchmark
+cfg = settings.current()
+report = benchmark.scaling(cfg, distribute.get_strategy(cfg), windows=1, seconds=0.5,
                            stage_names=('dae',))
 benchmark.print_scaling(report)
 print(json.dumps(report))
@@ -52,7 +53,7 @@ print(json.dumps(report))
 
 @pytest.mark.slow
 def test_benchmark_measures_one_and_two_replicas(synthetic_root, tmp_path):
-    """What test_multi_gpu.py --benchmark runs (utils/benchmark.scaling), for
+    """What test_multi_gpu.py --benchmark runs (utils/train/benchmark.scaling), for
     the DAE stage (on the MTL's stand-in encoder): both replica counts
     timed, rates and efficiency as defined."""
     script = tmp_path / 'benchmark.py'

@@ -8,7 +8,7 @@ import pytest
 
 from stand_in import small_encoder
 from nets import dae, mtl
-from utils import tasks
+from utils.model import networks
 
 # Keras Applications lists DenseNet121 at 8,062,504 parameters with its
 # 1000-class top (1024 x 1000 weights + 1000 biases); without the top:
@@ -119,6 +119,6 @@ def test_a_network_about_to_load_a_checkpoint_skips_the_imagenet_download(monkey
         return real(*args, weights=weights, **kwargs)
     monkeypatch.setattr(keras.applications, 'DenseNet121', offline)
     config.backbone_weights, config.mtl_decoder_scale = 'imagenet', 0.0625
-    assert tasks.build_mtl(config, pretrained=False).count_params() > 7e6
+    assert networks.build_mtl(config, pretrained=False).count_params() > 7e6
     with pytest.raises(mtl.BackboneWeightsError):
-        tasks.build_mtl(config)
+        networks.build_mtl(config)

@@ -1,8 +1,8 @@
-"""utils/pipeline.py on small datasets written to disk.
+"""utils/train/pipeline.py on small datasets written to disk.
 
 The images encode where every pixel came from (red = row, green = column,
 blue = which file), so each delivered crop can be traced back to its file and
-compared, field by field, with load_sample + geometry applied to that whole
+compared, field by field, with load_sample + targets applied to that whole
 file and indexed with numpy: an independent second path to every value.
 """
 import os
@@ -16,7 +16,12 @@ import tifffile
 
 import config
 from conftest import ROOT
-from utils import datasets, distribute, geometry, pipeline, settings, tasks
+from utils import distribute, settings
+from utils.data import layouts, targets
+from utils.data.samples import load_sample
+from utils.errors import DatasetError
+from utils.train import cache as train_cache, tasks
+from utils.train.fields import field_specs
 
 CROP = 32
 BATCH = 4
@@ -47,7 +52,7 @@ def tiles(tmp_path):
         for folder in ('RGB', 'DSM', 'DEM', 'SEM'):
             (root / folder).mkdir(parents=True)
         # two tiles share a shape (one stack in the cache), one differs
-        for t, (name, shape) in enumerate(zip(datasets.DFC2018_TILES['train'],
+        for t, (name, shape) in enumerate(zip(layouts.DFC2018_TILES['train'],
                                               [(70, 90), (70, 90), (96, 64)])):
             image, dsm = _scene(*shape, t, rng, with_nan)
             tifffile.imwrite(root / 'RGB' / f'{name}.tif', image)
@@ -58,8 +63,8 @@ def tiles(tmp_path):
         settings.apply(['dataset_name=DFC2018', f'shortcut_path={tmp_path}',
                         f'cropSize={CROP}', 'edge_flag=True', 'dae_training_samples=9',
                         'mtl_training_samples=26'])     # 6 batches of 4, 2 left over
-        assert datasets.is_tile_dataset(config)
-        return datasets.find_split(config, 'train')
+        assert layouts.is_tile_dataset(config)
+        return layouts.find_split(config, 'train')
     return make
 
 
@@ -80,8 +85,8 @@ def patches(tmp_path):
                              rng.integers(0, 2, shape).astype(np.uint8))
         settings.apply(['dataset_name=DFC2023_test', f'shortcut_path={tmp_path}',
                         f'cropSize={CROP}'])
-        assert not datasets.is_tile_dataset(config)
-        return datasets.find_split(config, 'train')
+        assert not layouts.is_tile_dataset(config)
+        return layouts.find_split(config, 'train')
     return make
 
 
@@ -89,13 +94,13 @@ def _references(samples):
     """Full-size expected fields of every sample, straight from the other modules."""
     refs = {}
     for sample in samples:
-        loaded = datasets.load_sample(config, sample)
+        loaded = load_sample(config, sample)
         valid = np.isfinite(loaded.height)
         ref = dict(image=loaded.image, height=np.where(valid, loaded.height, 0),
                    mask=valid.astype(np.float32), sem=loaded.labels,
-                   norm=geometry.surface_normals(loaded.height, config.normalize_flag))
+                   norm=targets.surface_normals(loaded.height, config.normalize_flag))
         if config.edge_flag:
-            ref['edge'] = geometry.edge_map(loaded.height, config.roof_height_threshold,
+            ref['edge'] = targets.edge_map(loaded.height, config.roof_height_threshold,
                                            config.canny_lt, config.canny_ht)
         refs[int(round(loaded.image[0, 0, 2] * 255)) // FILE_STEP] = ref
     return refs
@@ -212,13 +217,13 @@ def test_patches_read_from_disk_equal_the_cached_ones(patches, augment):
     config.augment = augment
     cached = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=2))
     config.mtl_preload = False
-    pipeline._cache.clear()
+    train_cache._cache.clear()
     read = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=2))
-    assert not pipeline._cache                              # nothing was cached this time
+    assert not train_cache._cache                              # nothing was cached this time
     config.mtl_preload = True
     config.preload_max_gb = 1e-6                            # too small: read from disk too
     too_big = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=2))
-    assert not pipeline._cache
+    assert not train_cache._cache
     for a, b, c in zip(cached, read, too_big):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
@@ -239,13 +244,13 @@ def test_augmentation_turns_every_target_and_the_normals_with_the_image(tiles, n
     scale = 1 if normalize else 255
     for batch in batches:
         for height, norm in zip(batch['height'][..., 0], batch['norm']):
-            expected = geometry.surface_normals(height, config.normalize_flag)
+            expected = targets.surface_normals(height, config.normalize_flag)
             np.testing.assert_allclose(norm[interior], expected[interior], atol=1e-5 * scale)
 
 
 def test_tile_with_nodata_only_in_mask(tiles):
     samples = tiles()
-    loaded = datasets.load_sample(config, samples[0])
+    loaded = load_sample(config, samples[0])
     assert np.isnan(loaded.height).any()
     config.mtl_training_samples = 64
     batches = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=5))
@@ -270,12 +275,12 @@ def test_distributed_dataset_on_the_default_strategy(tiles):
 
 def test_too_few_samples_for_one_batch(patches, tiles):
     patches()
-    with pytest.raises(datasets.DatasetError,
+    with pytest.raises(DatasetError,
                        match=r"'train' split of DFC2023_test.* 10 samples.* 16 .*mtl_batchSize"):
         tasks.MTLTask(config).steps_per_epoch(16)
     tiles()
     config.dae_training_samples = 3
-    with pytest.raises(datasets.DatasetError,
+    with pytest.raises(DatasetError,
                        match=r"dae_training_samples = 3 .* batch of 4.*raise dae_training"):
         tasks.DAETask(config).train_dataset(BATCH, epoch=0)
     with pytest.raises(ValueError, match="stage = 'x'"):
@@ -285,31 +290,31 @@ def test_too_few_samples_for_one_batch(patches, tiles):
 def test_sample_smaller_than_the_crop(tiles):
     tiles()
     config.cropSize = 128
-    with pytest.raises(datasets.DatasetError, match=r"smaller than cropSize=128"):
+    with pytest.raises(DatasetError, match=r"smaller than cropSize=128"):
         tasks.MTLTask(config).train_dataset(BATCH, epoch=0)
 
 
 @pytest.mark.parametrize('mixed', [False, True])
 def test_cache_built_tile_by_tile_holds_each_sample_as_decoded_alone(tiles, monkeypatch,
                                                                     mixed):
-    """The cache's fields, unpacked, are load_sample + geometry of each file
+    """The cache's fields, unpacked, are load_sample + targets of each file
     on its own; packing in row blocks (4 rows here) changes nothing, and
     neither does a field stored 8-bit in some tiles and float32 in another
     (mixed: tile 0's image kept as float32), crops included."""
     samples = tiles()
     refs = _references(samples)
     expected_batches = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=1))
-    monkeypatch.setattr(pipeline, 'PACK_ROWS', 4)
+    monkeypatch.setattr(train_cache, 'PACK_ROWS', 4)
     if mixed:
-        pack = pipeline._pack
+        pack = train_cache._pack
 
         def keep_tile_0_image(array):       # tile 0: blue = 0 (FILE_STEP * 0)
             if array.shape[-1] == 3 and not array[..., 2].any():
                 return array, False
             return pack(array)
-        monkeypatch.setattr(pipeline, '_pack', keep_tile_0_image)
-    pipeline._cache.clear()
-    cache = pipeline._cached(samples, config)
+        monkeypatch.setattr(train_cache, '_pack', keep_tile_0_image)
+    train_cache._cache.clear()
+    cache = train_cache.cached(samples, config, tiles=True)
     samples = [cache.stored(i) for i in range(cache.size)]
     assert cache.size == 3 and cache.nbytes == sum(
         stored.nbytes for fields in samples for stored, _ in fields.values())
@@ -323,8 +328,8 @@ def test_cache_built_tile_by_tile_holds_each_sample_as_decoded_alone(tiles, monk
                              (np.uint8, True), 'height': (np.float32, False),
                              'mask': (np.uint8, True), 'sem': (np.uint8, True),
                              'norm': (np.float32, False), 'edge': (np.uint8, True)}
-        for name, dtype, _ in pipeline._field_specs(config):
-            got = pipeline._unpack(tf.constant(fields[name][0]), fields[name][1], dtype).numpy()
+        for name, dtype, _ in field_specs(config):
+            got = train_cache._unpack(tf.constant(fields[name][0]), fields[name][1], dtype).numpy()
             expected = ref[name] if ref[name].ndim == 3 else ref[name][..., None]
             assert got.dtype == expected.dtype, name
             np.testing.assert_array_equal(got, expected, err_msg=name)
@@ -334,21 +339,21 @@ def test_cache_built_tile_by_tile_holds_each_sample_as_decoded_alone(tiles, monk
 
 
 def test_pack_keeps_a_field_whole_when_any_row_block_is_not_8_bit(monkeypatch):
-    monkeypatch.setattr(pipeline, 'PACK_ROWS', 4)
+    monkeypatch.setattr(train_cache, 'PACK_ROWS', 4)
     codes = np.arange(10 * 7 * 3).reshape(10, 7, 3) % 256
     eight_bit = (codes / np.float32(255)).astype(np.float32)
-    stored, packed = pipeline._pack(eight_bit)
+    stored, packed = train_cache._pack(eight_bit)
     assert packed and stored.dtype == np.uint8
     np.testing.assert_array_equal(stored, codes)
     off = eight_bit.copy()
     off[9, 6, 2] = 0.3                      # not k / 255, in the last block
-    stored, packed = pipeline._pack(off)
+    stored, packed = train_cache._pack(off)
     assert not packed and stored is off
     labels = np.array([[0, 255], [7, 3]], np.int32)[..., None]
-    stored, packed = pipeline._pack(labels)
+    stored, packed = train_cache._pack(labels)
     assert packed and stored.dtype == np.uint8
     np.testing.assert_array_equal(stored, labels)
-    assert pipeline._pack(labels + 1)[1] is False     # 256 does not fit
+    assert train_cache._pack(labels + 1)[1] is False     # 256 does not fit
 
 
 EXIT_RUN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'exit_run.py')
@@ -418,11 +423,11 @@ def test_cache_split_into_parts_gives_the_same_batches(tiles, monkeypatch):
     samples = tiles()
     config.augment = True
     whole = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=2))
-    stored = [pipeline._cache['value'].stored(i) for i in range(3)]
+    stored = [train_cache._cache['value'].stored(i) for i in range(3)]
     # image parts: 70 rows of 90 x 3 round up to 96 rows; 96 x 64 x 3 is aligned
-    monkeypatch.setattr(pipeline, 'PART_ELEMENTS', 96 * 90 * 3)
-    pipeline._cache.clear()
-    cache = pipeline._cached(samples, config)
+    monkeypatch.setattr(train_cache, 'PART_ELEMENTS', 96 * 90 * 3)
+    train_cache._cache.clear()
+    cache = train_cache.cached(samples, config, tiles=True)
     assert len(cache.fields['image'].parts) == 3
     assert len(cache.fields['sem'].parts) == 1
     for i in range(3):
@@ -432,7 +437,7 @@ def test_cache_split_into_parts_gives_the_same_batches(tiles, monkeypatch):
     for a, b in zip(whole, _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=2))):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
-    monkeypatch.setattr(pipeline, 'PART_ELEMENTS', 96 * 90 * 3 - 1)
-    pipeline._cache.clear()
-    with pytest.raises(datasets.DatasetError, match='image of a 70x90 sample'):
-        pipeline._cached(samples, config)
+    monkeypatch.setattr(train_cache, 'PART_ELEMENTS', 96 * 90 * 3 - 1)
+    train_cache._cache.clear()
+    with pytest.raises(DatasetError, match='image of a 70x90 sample'):
+        train_cache.cached(samples, config, tiles=True)

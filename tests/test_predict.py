@@ -1,5 +1,5 @@
-"""predict.py and utils/raster.py: streamed prediction against the in-memory
-tiled prediction of utils/inference.py, georeferencing and nodata kept,
+"""predict.py, utils/predict/ and utils/geo/: streamed prediction against the
+in-memory tiled prediction of utils/predict/blend.py, georeferencing and nodata kept,
 2 replicas against 1, interrupted batches, and the user's mistakes."""
 import json
 import os
@@ -20,7 +20,14 @@ import config
 import predict
 from tests.conftest import PREDICT_TINY as TINY, ROOT, STAND_IN, run_python
 from tests.stand_in import small_encoder
-from utils import checkpoints, datasets, distribute, inference, raster, settings
+from utils import distribute, settings
+from utils.data import samples
+from utils.geo.classes import ClassMap, label_nodata
+from utils.geo.grid import Grid
+from utils.geo.image import Image
+from utils.geo.write import HEIGHT_NODATA, CogWriter
+from utils.model import weights as weights_files
+from utils.predict import blend, engines, outputs, provenance
 from utils.errors import CheckpointError, DatasetError, ImageryWarning, SettingError, UserError
 
 GEO = [(33550, 'd', 3, (0.5, 0.5, 0.0), True),
@@ -43,8 +50,8 @@ def stand_in_encoder():
 def predict_fn(weights):
     """The tiny networks' windows, 3 per call (batches span window rows)."""
     mtl, dae = weights['models']
-    return inference.make_predict_fn(mtl, dae, cfg=config, strategy=tf.distribute.get_strategy(),
-                                     batch_size=3, outputs=('sem', 'norm'))
+    return engines.tensorflow_fn(mtl, dae, cfg=config, strategy=tf.distribute.get_strategy(),
+                                 batch_size=3, outputs=('sem', 'norm'))
 
 
 def _image(shape, dtype=np.uint8, seed=0):
@@ -71,17 +78,17 @@ def test_streamed_equals_in_memory(predict_fn, tmp_path, shape, dtype, layout):
     path = str(tmp_path / 'img.tif')
     tifffile.imwrite(path, _image(shape, dtype), photometric='rgb', **layout)
     fn = predict_fn
-    paths = predict.output_paths(str(tmp_path), 'img', ('height', 'sem', 'norm'))
-    predict.predict_image(fn, path, paths, [0, 1, 2])
+    paths = outputs.output_paths(str(tmp_path), 'img', ('height', 'sem', 'norm'))
+    outputs.predict_image(fn, path, paths, [0, 1, 2], cfg=settings.current())
 
-    image = datasets.read_image(config, path)    # the in-memory path: whole image, predict_tile
+    image = samples.read_image(config, path)    # the in-memory path: whole image, predict_tile
     h, w = shape[:2]
     padded = np.pad(image, ((0, max(32 - h, 0)), (0, max(32 - w, 0)), (0, 0)), mode='reflect')
-    ref = inference.predict_tile(fn, padded, 32, 10, window=config.predict_window)
+    ref = blend.predict_tile(fn, padded, 32, 10, window=config.predict_window)
     np.testing.assert_array_equal(tifffile.imread(paths['height']), ref['height'][:h, :w])
     np.testing.assert_array_equal(tifffile.imread(paths['norm']), ref['norm'][:h, :w])
-    np.testing.assert_array_equal(tifffile.imread(paths['sem']), raster.class_map(
-        config.label_codes)['values'][np.argmax(ref['sem'][:h, :w], -1)])
+    np.testing.assert_array_equal(tifffile.imread(paths['sem']), ClassMap(
+        config.label_codes).values[np.argmax(ref['sem'][:h, :w], -1)])
     assert not np.allclose(ref['height'], ref['height_mtl'])     # the DAE took part
     assert os.path.getsize(paths['preview']) > 0
     assert sorted(os.listdir(tmp_path)) == sorted(
@@ -106,8 +113,8 @@ def test_georeferencing_and_nodata_kept(predict_fn, tmp_path, layout, nodata):
     path = str(tmp_path / 'geo.tif')
     tifffile.imwrite(path, image, photometric='rgb', extratags=tags, **layout)
     os.mkdir(tmp_path / 'out')
-    predict.predict_image(predict_fn, path, predict.output_paths(
-        str(tmp_path / 'out'), 'geo', ('height', 'sem')), [0, 1, 2])
+    outputs.predict_image(predict_fn, path, outputs.output_paths(
+        str(tmp_path / 'out'), 'geo', ('height', 'sem')), [0, 1, 2], cfg=settings.current())
 
     import rasterio
     with rasterio.open(path) as source:     # the input's georeferencing, as GDAL reads it
@@ -118,16 +125,16 @@ def test_georeferencing_and_nodata_kept(predict_fn, tmp_path, layout, nodata):
             assert result.profile['tiled'] and result.profile['compress'] == 'deflate'
             assert result.crs == crs and result.transform == transform
             nodata = result.nodata
-    assert nodata == raster.label_nodata(config.label_codes)   # the sem file's
+    assert nodata == label_nodata(config.label_codes)   # the sem file's
     height = tifffile.imread(tmp_path / 'out' / 'geo_height.tif')
     hole = np.zeros(height.shape, bool)
     hole[5:12, 40:60] = True
-    assert (height[hole] == raster.HEIGHT_NODATA).all()
-    assert np.isfinite(height[~hole]).all() and (height[~hole] != raster.HEIGHT_NODATA).all()
+    assert (height[hole] == HEIGHT_NODATA).all()
+    assert np.isfinite(height[~hole]).all() and (height[~hole] != HEIGHT_NODATA).all()
     sem = tifffile.imread(tmp_path / 'out' / 'geo_sem.tif')
-    assert (sem[hole] == raster.label_nodata(config.label_codes)).all()
+    assert (sem[hole] == label_nodata(config.label_codes)).all()
     # read back as a height map, the nodata pixels are NaN (the datasets' rule)
-    assert np.isnan(datasets.read_height(str(tmp_path / 'out' / 'geo_height.tif'))[hole]).all()
+    assert np.isnan(samples.read_height(str(tmp_path / 'out' / 'geo_height.tif'))[hole]).all()
 
 
 @pytest.mark.parametrize('layout', [
@@ -148,7 +155,7 @@ def test_rows_read_by_segments_equal_the_whole_image(tmp_path, layout):
     import rasterio
     with rasterio.open(path) as src:    # GDAL's reading of the whole image
         whole = np.moveaxis(src.read(), 0, -1)
-    with raster.Image(path, [2, 0, 1], 3) as source:
+    with Image(path, [2, 0, 1], 3) as source:
         parts = [source.rows(r0, min(r0 + 13, 90))[0] for r0 in range(0, 90, 13)]
     np.testing.assert_array_equal(np.concatenate(parts), whole[..., [2, 0, 1]] / np.float32(255))
 
@@ -156,9 +163,9 @@ def test_rows_read_by_segments_equal_the_whole_image(tmp_path, layout):
 def test_writer_rows_in_any_bands_give_the_array(tmp_path):
     import rasterio
     data = np.random.RandomState(0).rand(1100, 300).astype(np.float32)
-    writer = raster.CogWriter(tmp_path / 'w.tif', data.shape, np.float32,
-                              crs=rasterio.CRS.from_epsg(32632),
-                              transform=rasterio.Affine(1, 0, 0, 0, -1, 0))
+    writer = CogWriter(tmp_path / 'w.tif', data.shape, np.float32,
+                       grid=Grid(*data.shape, crs=rasterio.CRS.from_epsg(32632),
+                                 transform=rasterio.Affine(1, 0, 0, 0, -1, 0)))
     for r0, r1 in ((0, 1), (1, 300), (300, 301), (301, 1024), (1024, 1100)):
         writer.write(data[r0:r1])
     writer.close()
@@ -181,8 +188,8 @@ def test_memory_does_not_grow_with_the_image_height(tmp_path):
         tifffile.imwrite(path, _image((rows, 160, 3)), photometric='rgb', tile=(64, 64),
                          compression='zlib')
         tracemalloc.start()
-        predict.predict_image(network, path, predict.output_paths(
-            str(tmp_path), str(rows), ('height', 'sem')), [0, 1, 2])
+        outputs.predict_image(network, path, outputs.output_paths(
+            str(tmp_path), str(rows), ('height', 'sem')), [0, 1, 2], cfg=settings.current())
         peaks[rows] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     whole = 4000 * 160 * 4 * (3 + 1 + 1 + 6)    # float32 image, weights, height, sem
@@ -209,8 +216,8 @@ def test_memory_of_single_strip_and_narrow_images_follows_the_width(tmp_path, la
         with tifffile.TiffFile(path) as tif:
             assert len(tif.pages[0].dataoffsets) == 1 and tif.pages[0].compression == 1
         tracemalloc.start()
-        predict.predict_image(network, path, predict.output_paths(
-            str(tmp_path), str(rows), ('height', 'sem')), [0, 1, 2])
+        outputs.predict_image(network, path, outputs.output_paths(
+            str(tmp_path), str(rows), ('height', 'sem')), [0, 1, 2], cfg=settings.current())
         peaks[rows] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     image = sizes[1] * max(width, 32) * 3 * 4   # float32, as the windows see it
@@ -324,8 +331,10 @@ def test_trained_settings_come_from_the_json(weights, tmp_path):
     # The user's settings, whichever test built the weights first.
     settings.apply(['cropSize=96', 'mtl_decoder_scale=0.25', 'dae_width_scale=0.25'])
     user = settings.current()
-    cfg, imagery = checkpoints.trained_settings(user, weights['mtl'], weights['dae'],
-                                                keep={'dae_width_scale'})
+    found = [weights_files.WeightsFile(weights['mtl'], 'mtl'),
+             weights_files.WeightsFile(weights['dae'], 'dae')]
+    cfg = weights_files.adopt(user, found, keep={'dae_width_scale'})
+    imagery = found[0].imagery
     assert cfg.cropSize == 32 and cfg.mtl_decoder_scale == 0.0625
     assert cfg.dae_width_scale == 0.25      # kept: the user set it
     assert cfg.predict_stride == 32 // 3    # derived from the adopted cropSize
@@ -396,8 +405,8 @@ def test_declared_12_bit_rgbi_predicts_the_heights_of_8_bit_rgb(predict_fn, tmp_
     twelve = _gdal_image(tmp_path / 'rgbi12.tif', levels.astype(np.uint16) // 17 * 273,
                          nbits=12, interleave='band')
     for path, name in ((eight, 'rgb8'), (twelve, 'rgbi12')):
-        predict.predict_image(predict_fn, path, predict.output_paths(
-            str(tmp_path), name, ('height', 'sem')), [0, 1, 2])
+        outputs.predict_image(predict_fn, path, outputs.output_paths(
+            str(tmp_path), name, ('height', 'sem')), [0, 1, 2], cfg=settings.current())
     # the same network input, bit for bit, so the same heights
     np.testing.assert_array_equal(_heights(tmp_path, 'rgbi12')[0],
                                   _heights(tmp_path, 'rgb8')[0])
@@ -415,15 +424,15 @@ def test_masked_collar_is_nodata_in_every_output(predict_fn, tmp_path):
                            tiled=True, blockxsize=16, blockysize=16) as out:
             out.write(_levels((3, 40, 56)))
             out.write_mask(mask)
-    predict.predict_image(predict_fn, path, predict.output_paths(
-        str(tmp_path), 'ortho', ('height', 'sem', 'norm')), [0, 1, 2])
+    outputs.predict_image(predict_fn, path, outputs.output_paths(
+        str(tmp_path), 'ortho', ('height', 'sem', 'norm')), [0, 1, 2], cfg=settings.current())
     height, nodata = _heights(tmp_path, 'ortho')
-    assert nodata == raster.HEIGHT_NODATA
+    assert nodata == HEIGHT_NODATA
     np.testing.assert_array_equal(height == nodata, mask == 0)
     sem = tifffile.imread(tmp_path / 'ortho_sem.tif')
-    np.testing.assert_array_equal(sem == raster.label_nodata(config.label_codes), mask == 0)
+    np.testing.assert_array_equal(sem == label_nodata(config.label_codes), mask == 0)
     normals = tifffile.imread(tmp_path / 'ortho_norm.tif')
-    np.testing.assert_array_equal((normals == raster.HEIGHT_NODATA).all(-1), mask == 0)
+    np.testing.assert_array_equal((normals == HEIGHT_NODATA).all(-1), mask == 0)
 
 
 @pytest.mark.slow
@@ -442,6 +451,14 @@ def test_recorded_bands_and_scale_are_used_unless_given(weights, tmp_path, recwa
                                   _heights(tmp_path / 'b', 'rgb8')[0])
 
 
+def _contract(imagery):
+    """The input Contract of weights whose .json records `imagery`, with the
+    settings now (as WeightsFile.contract gives it)."""
+    cfg = settings.current()
+    return weights_files.Contract(cfg.cropSize, imagery['bands'], cfg.image_scale,
+                                  imagery.get('band_mean'), imagery.get('band_spread'))
+
+
 def test_input_unlike_the_training_images_warns(predict_fn, tmp_path):
     settings.apply(TINY)
     dark = _gdal_image(tmp_path / 'dark.tif',
@@ -449,8 +466,9 @@ def test_input_unlike_the_training_images_warns(predict_fn, tmp_path):
     trained = {'bands': [1, 2, 3], 'band_mean': [0.45, 0.4, 0.38],
                'band_spread': [0.2, 0.2, 0.2]}
     with pytest.warns(ImageryWarning) as caught:    # 12 bits / 65535: all values < 0.07
-        predict.predict_image(predict_fn, dark, predict.output_paths(
-            str(tmp_path), 'dark', ('height',)), [0, 1, 2], trained=trained)
+        outputs.predict_image(predict_fn, dark, outputs.output_paths(
+            str(tmp_path), 'dark', ('height',)), [0, 1, 2], cfg=settings.current(),
+            contract=_contract(trained))
     messages = [str(w.message) for w in caught if w.category is ImageryWarning]
     assert any(m.startswith(f"{dark}: uint16 values") and 'image_scale = 4095' in m
                for m in messages), messages
@@ -460,8 +478,9 @@ def test_input_unlike_the_training_images_warns(predict_fn, tmp_path):
     settings.apply(['image_scale=4095'])        # the right scale: no warning at all
     with warnings.catch_warnings():
         warnings.simplefilter('error', ImageryWarning)
-        predict.predict_image(predict_fn, dark, predict.output_paths(
-            str(tmp_path), 'dark', ('height',)), [0, 1, 2], trained=trained)
+        outputs.predict_image(predict_fn, dark, outputs.output_paths(
+            str(tmp_path), 'dark', ('height',)), [0, 1, 2], cfg=settings.current(),
+            contract=_contract(trained))
 
 
 def test_a_batch_predicts_past_unreadable_inputs_and_lists_them(weights, tmp_path, capsys):
@@ -532,8 +551,9 @@ def test_outputs_are_cogs_gis_tools_read(tmp_path):
     path = _gdal_image(tmp_path / 'ortho.tif', image, nodata=0)
     out = tmp_path / 'out'
     out.mkdir()
-    paths = predict.output_paths(str(out), 'ortho', ('height', 'sem'))
-    predict.predict_image(_pixelwise, path, paths, [0, 1, 2], record={'DSMNET_NOTE': 'x'})
+    paths = outputs.output_paths(str(out), 'ortho', ('height', 'sem'))
+    outputs.predict_image(_pixelwise, path, paths, [0, 1, 2], cfg=settings.current(),
+                          record={'DSMNET_NOTE': 'x'})
 
     hole = (image == 0).all(0)
     unit = image[0] / np.float32(255)
@@ -556,7 +576,7 @@ def test_outputs_are_cogs_gis_tools_read(tmp_path):
                 expected = np.minimum((unit * 6).astype(int), 5)
                 np.testing.assert_array_equal(values[~hole], expected[~hole])
             else:
-                assert nodata == raster.HEIGHT_NODATA
+                assert nodata == HEIGHT_NODATA
                 np.testing.assert_allclose(values[~hole], unit[~hole] * 20 + 1, rtol=1e-5)
             assert (values[hole] == nodata).all() and (values[~hole] != nodata).all()
 
@@ -585,16 +605,16 @@ def test_outputs_record_what_made_them_and_reruns_redo_only_stale_images(
     assert tags['DSMNET_VERSION']
 
     # what a rerun compares: the same record keeps the outputs, any change redoes them
-    paths = predict.output_paths(str(out), 'a', ('height', 'sem'))
+    paths = outputs.output_paths(str(out), 'a', ('height', 'sem'))
     record = {k: v for k, v in tags.items() if k.startswith('DSMNET_')}
-    assert predict.stale_outputs(paths, record) is None
-    assert predict.stale_outputs(paths, dict(record, DSMNET_VERSION='other')) is None
+    assert provenance.stale_outputs(paths, record) is None
+    assert provenance.stale_outputs(paths, dict(record, DSMNET_VERSION='other')) is None
     for key in ('DSMNET_MTL_SHA256', 'DSMNET_DAE_SHA256', 'DSMNET_INPUT'):
-        why = predict.stale_outputs(paths, dict(record, **{key: 'changed'}))
+        why = provenance.stale_outputs(paths, dict(record, **{key: 'changed'}))
         assert why == f"a_height.tif was made with other {key[7:].lower()}"
-    assert record['DSMNET_INPUT'] == predict.input_record(image)
+    assert record['DSMNET_INPUT'] == provenance.input_record(image)
     os.utime(image, ns=(1, 1))
-    assert predict.input_record(image) != record['DSMNET_INPUT']     # a changed input shows
+    assert provenance.input_record(image) != record['DSMNET_INPUT']     # a changed input shows
 
     printed = _run(argv + ['--set', 'predict_stride=16'], capsys)
     assert 'redone: a_height.tif was made with other prediction' in printed
@@ -619,8 +639,8 @@ def test_an_error_mid_image_leaves_nothing_behind(tmp_path):
     import threading
     descriptors, threads = len(os.listdir('/proc/self/fd')), threading.active_count()
     with pytest.raises(RuntimeError, match='device lost'):
-        predict.predict_image(failing, path, predict.output_paths(
-            str(out), 'a', ('height', 'sem')), [0, 1, 2])
+        outputs.predict_image(failing, path, outputs.output_paths(
+            str(out), 'a', ('height', 'sem')), [0, 1, 2], cfg=settings.current())
     assert len(calls) == 40 and os.listdir(out) == []
     assert len(os.listdir('/proc/self/fd')) == descriptors      # writers and spools closed
     assert threading.active_count() == threads                  # compression threads gone

@@ -24,7 +24,8 @@ from rasterio.warp import transform as transform_points
 import config
 from conftest import ROOT, run_python
 from tests.test_cog import assert_valid_cog
-from utils import datasets, settings
+from utils import settings
+from utils.data.layouts import find_split
 from utils.errors import DatasetError
 
 UTM = 'EPSG:32632'
@@ -392,7 +393,7 @@ def test_a_region_without_labels_trains_without_validation_and_tests(tmp_path):
     assert config.sem_flag is False
     settings.apply(['sem_flag=True'])
     with pytest.raises(DatasetError, match=r"^Missing train/sem folder: .*set sem_flag=False"):
-        datasets.find_split(config, 'train')
+        find_split(config, 'train')
     command = printed_command(log)
     shrink = [f'--set={s}' for s in SHRINK]
     log = _script(tmp_path, *command, *shrink, '--set=train_valid_flag=False')
@@ -422,7 +423,7 @@ def test_a_region_without_labels_trains_without_validation_and_tests(tmp_path):
 def test_split_blocks_never_touch_and_no_split_is_empty(seed):
     """On a 3 x 3 grid of one-tile blocks most draws leave a split empty once
     the touching tiles go; the split keeps drawing until none is."""
-    from utils import regions
+    from utils.gis import regions
     kept = [(r, c) for r in range(3) for c in range(3)]
     split, dropped = regions.split_tiles(kept, 1, (0.8, 0.1, 0.1), seed)
     assert set(split.values()) == {'train', 'valid', 'test'}

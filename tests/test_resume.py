@@ -14,7 +14,10 @@ import tensorflow as tf
 
 import config
 from conftest import ROOT, TINY, run_python
-from utils import checkpoints, distribute, settings, tasks, training
+from utils import distribute, settings
+from utils.train import state as train_state, tasks
+from utils.train.loop import Loop
+from utils.train.trainer import Trainer
 from utils.errors import CheckpointError
 
 
@@ -43,9 +46,9 @@ class TinyTask(tasks.MTLTask):
         return None
 
 
-def tiny_trainer(tmp_path):
-    return training.Trainer(TinyTask(config, str(tmp_path / 'best.weights.h5')),
-                            distribute.get_strategy(config))
+def tiny_loop(tmp_path):
+    return Loop(Trainer(TinyTask(config, str(tmp_path / 'best.weights.h5')),
+                        distribute.get_strategy(config)))
 
 
 @pytest.fixture
@@ -54,7 +57,7 @@ def two_checkpoints(tmp_path, synthetic_root):
     settings.apply(TINY + [f'shortcut_path={synthetic_root}', f'checkpoint_root={tmp_path}',
                            'batch_size=4', 'steps_per_execution=1', 'checkpoint_every=1',
                            'max_steps=2'])
-    tiny_trainer(tmp_path).fit()
+    tiny_loop(tmp_path).fit()
     state = tmp_path / 'synthetic' / 'mtl' / 'train_state'
     assert [os.path.basename(p) for p in tf.train.get_checkpoint_state(
         str(state)).all_model_checkpoint_paths] == ['ckpt-1', 'ckpt-2']
@@ -98,42 +101,42 @@ def test_damaged_newest_checkpoint_resumes_from_the_one_before(
     if damage == 'half-read':
         # Skip the check before restoring: the restore itself fails part way,
         # after assigning some variables (the step among them) from ckpt-2.
-        monkeypatch.setattr(checkpoints, '_damage', lambda prefix: None)
+        monkeypatch.setattr(train_state, '_damage', lambda prefix: None)
         name = 'ckpt-2.*'
     capsys.readouterr()
 
-    trainer = tiny_trainer(tmp_path)
-    trainer._restore_or_start()
+    loop = tiny_loop(tmp_path)
+    loop.restore_or_start()
     out = capsys.readouterr().out
     assert f"warning: {name} in {state} is damaged" in out
     assert f"resuming from {first} at step 1" in out
     # Every variable (weights, Adam slots, counters) is ckpt-1's, whatever
     # the failed attempt had assigned: write them out and compare.
-    restored = saved_values(trainer.checkpoint.write(str(tmp_path / 'now' / 'ckpt')))
+    restored = saved_values(loop.state.checkpoint.write(str(tmp_path / 'now' / 'ckpt')))
     assert restored.keys() == expected.keys() and len(expected) > 5
     for key, value in expected.items():
         np.testing.assert_array_equal(restored[key], value, err_msg=key)
     # The manager forgot the damaged one: the run goes on and ends with two
     # good checkpoints, without a second warning.
-    assert trainer.manager.checkpoints == [first]
+    assert loop.state.manager.checkpoints == [first]
     monkeypatch.undo()
     config.max_steps = 3
     capsys.readouterr()
-    trainer = tiny_trainer(tmp_path)
-    trainer.fit()
+    loop = tiny_loop(tmp_path)
+    loop.fit()
     out = capsys.readouterr().out
     assert 'warning' not in out and f"resuming from {first} at step 1" in out
-    assert trainer.manager.checkpoints == [newest, os.path.join(state, 'ckpt-3')]
-    assert all(checkpoints._damage(p) is None for p in trainer.manager.checkpoints)
+    assert loop.state.manager.checkpoints == [newest, os.path.join(state, 'ckpt-3')]
+    assert all(train_state._damage(p) is None for p in loop.state.manager.checkpoints)
 
 
-def test_a_trainer_saves_before_fit(tmp_path):
-    """Everything a save needs is built with the trainer."""
+def test_a_loop_saves_before_fit(tmp_path):
+    """Everything a save needs is built with the loop."""
     settings.apply(TINY + [f'checkpoint_root={tmp_path}'])
-    trainer = tiny_trainer(tmp_path)
-    trainer.save()
-    assert trainer.manager.checkpoints == [os.path.join(trainer.dir, 'train_state', 'ckpt-0')]
-    assert trainer.history == []
+    loop = tiny_loop(tmp_path)
+    loop.save()
+    assert loop.state.manager.checkpoints == [os.path.join(loop.dir, 'train_state', 'ckpt-0')]
+    assert loop.history == []
 
 
 def test_no_readable_checkpoint_is_a_one_line_error(two_checkpoints, tmp_path):
@@ -141,7 +144,7 @@ def test_no_readable_checkpoint_is_a_one_line_error(two_checkpoints, tmp_path):
     spoil_index(os.path.join(state, 'ckpt-2'))
     truncate_data(os.path.join(state, 'ckpt-1'))
     with pytest.raises(CheckpointError) as caught:
-        tiny_trainer(tmp_path)._restore_or_start()
+        tiny_loop(tmp_path).restore_or_start()
     message = str(caught.value)
     assert '\n' not in message
     assert message.startswith(f"no readable checkpoint in {state}: ckpt-2.index, "
@@ -151,10 +154,10 @@ def test_no_readable_checkpoint_is_a_one_line_error(two_checkpoints, tmp_path):
 
 def test_lost_bookkeeping_file_still_resumes(two_checkpoints, tmp_path):
     os.remove(two_checkpoints / 'checkpoint')
-    trainer = tiny_trainer(tmp_path)
-    trainer._restore_or_start()
-    assert int(trainer.step.numpy()) == 2
-    assert trainer.manager.checkpoints == [str(two_checkpoints / f'ckpt-{n}') for n in (1, 2)]
+    loop = tiny_loop(tmp_path)
+    loop.restore_or_start()
+    assert int(loop.trainer.step.numpy()) == 2
+    assert loop.state.manager.checkpoints == [str(two_checkpoints / f'ckpt-{n}') for n in (1, 2)]
 
 
 def test_script_stops_with_the_error_line(tmp_path, synthetic_root):

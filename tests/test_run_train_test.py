@@ -10,6 +10,7 @@ import tifffile
 
 import config
 from conftest import ROOT, TINY
+from utils import settings
 
 
 def rmse_from_files(folder, samples):
@@ -76,9 +77,8 @@ def test_run_train_test_on_two_replicas_writes_every_artifact(tmp_path, syntheti
         assert [record['epoch'] for record in history] == [1]   # max_steps=3 ends in epoch 1
         assert np.isfinite(history[0]['val_rmse'])
     codes = set(config.dataset_settings('synthetic')['label_codes'])
-    from utils import datasets
-    config.shortcut_path = synthetic_root
-    samples = datasets.find_split(config, 'test')
+    from utils.data.layouts import find_split
+    samples = find_split(settings.current().replace(shortcut_path=synthetic_root), 'test')
     for test_run, label in (('mtl', 'MTL RMSE'), ('mtl_dae', 'MTL+DAE RMSE')):
         folder = tmp_path / 'out' / 'synthetic' / test_run
         with open(folder / 'metrics.json') as f:

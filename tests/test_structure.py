@@ -1,7 +1,8 @@
 """The project's import structure, read from the source: no import circle
-among our modules (imports inside functions included), and below the
-scripts only the modules the README names read config.py; pyflakes reads
-every file, config.py's rules included, without a report."""
+among our modules (imports inside functions included), below the scripts
+only the modules the README names read config.py, no script imports
+another, and the scripts and the trainer stay short drivers; pyflakes
+reads every file, config.py's rules included, without a report."""
 import ast
 import glob
 import io
@@ -19,7 +20,7 @@ def our_modules():
     """{module name: path} of the scripts, config.py and the packages."""
     paths = glob.glob(os.path.join(ROOT, '*.py'))
     for package in PACKAGES:
-        paths += glob.glob(os.path.join(ROOT, package, '*.py'))
+        paths += glob.glob(os.path.join(ROOT, package, '**', '*.py'), recursive=True)
     modules = {}
     for path in paths:
         name = os.path.relpath(path, ROOT)[:-3].replace(os.sep, '.')
@@ -35,7 +36,7 @@ def imports(path, known):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            # `from utils import datasets` imports utils.datasets
+            # `from utils.data import layouts` imports utils.data.layouts
             names = [f'{node.module}.{a.name}' for a in node.names] + [node.module]
         else:
             continue
@@ -104,8 +105,51 @@ def test_below_the_scripts_only_the_modules_the_readme_names_read_config():
     # Every room below the scripts takes its settings as an argument; only
     # the command line of config.py reads it.
     assert readers == {'utils.settings'}
-    assert not any(t.startswith('utils.datasets') for m in ('nets.mtl', 'nets.dae')
+    assert not any(t.startswith('utils.data') for m in ('nets.mtl', 'nets.dae')
                    for t in edges[m])
+
+
+# utils/'s stages, each importing only those before it (README, Repository).
+STAGES = ('geo', 'data', 'model', 'predict', 'evaluate', 'train', 'gis')
+
+
+def test_each_stage_of_utils_uses_only_the_stages_before_it():
+    edges = graph()
+    stages = {m.split('.')[1] for m in edges if m.count('.') == 2 and m.startswith('utils.')}
+    assert stages == set(STAGES)
+    upward = [(m, t) for m, targets in edges.items() if m.count('.') == 2
+              and m.startswith('utils.') for t in targets
+              if t.count('.') == 2 and t.startswith('utils.')
+              and STAGES.index(t.split('.')[1]) > STAGES.index(m.split('.')[1])]
+    assert upward == []
+
+
+SCRIPTS = ('train_mtl', 'train_dae', 'test_dsm', 'test_multi_gpu', 'predict', 'export',
+           'buildings', 'prepare_dataset')
+MOST_LINES = 200    # a driver tells one job's story; the rooms below hold the rest
+
+
+def test_the_scripts_are_short_drivers_that_import_no_other_script():
+    edges = graph()
+    assert set(SCRIPTS) == {m for m in edges if '.' not in m} - {'config'}
+    for script in SCRIPTS:
+        lines = len(open(os.path.join(ROOT, f'{script}.py')).read().splitlines())
+        assert lines <= MOST_LINES, f"{script}.py has {lines} lines"
+        assert not edges[script] & set(SCRIPTS), f"{script}.py imports another script"
+
+
+def _class_lines(path, name):
+    tree = ast.parse(open(path).read())
+    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
+    return node.end_lineno - node.lineno + 1
+
+
+def test_the_trainer_is_the_steps_only():
+    """Trainer owns strategy.run and its steps; the epochs are the Loop's."""
+    path = os.path.join(ROOT, 'utils', 'train', 'trainer.py')
+    assert _class_lines(path, 'Trainer') <= MOST_LINES
+    assert 'strategy.run' in open(path).read()
+    assert 'strategy.run' not in open(os.path.join(ROOT, 'utils', 'train', 'loop.py')).read()
 
 
 def pyflakes_reports(paths):

@@ -7,7 +7,12 @@ import pytest
 import tifffile
 
 import config
-from utils import datasets, settings, synthetic
+from utils import settings
+from utils.data import synthetic
+from utils.data.checks import check_split
+from utils.data.layouts import find_split, is_tile_dataset
+from utils.data.samples import load_sample
+from utils.errors import DatasetError
 
 SMALL = {'train': (3, 64), 'valid': (1, 96), 'test': (1, 96)}
 
@@ -61,16 +66,16 @@ def test_foreign_folder_is_not_overwritten(tmp_path):
     root = tmp_path / 'synthetic'
     root.mkdir()
     (root / 'my_notes.txt').write_text('keep me')
-    with pytest.raises(datasets.DatasetError, match='not a generated synthetic dataset'):
+    with pytest.raises(DatasetError, match='not a generated synthetic dataset'):
         synthetic.ensure_synthetic(str(root), seed=7, splits=SMALL)
     assert (root / 'my_notes.txt').read_text() == 'keep me'
 
 
 def test_layout_and_sizes(full_root):
     use(full_root)
-    assert config.layout == 'split_folders' and not datasets.is_tile_dataset(config)
+    assert config.layout == 'split_folders' and not is_tile_dataset(config)
     for split, (count, side) in synthetic.SPLITS.items():
-        samples = datasets.find_split(config, split)
+        samples = find_split(config, split)
         assert len(samples) == count
         assert [s.name for s in samples] == [f'{split}_{i:04d}' for i in range(count)]
         sample = samples[0]
@@ -83,7 +88,7 @@ def test_layout_and_sizes(full_root):
         assert height.shape == (side, side) and height.dtype == np.float32
         assert sem.shape == (side, side) and sem.dtype == np.uint8
         assert side > config.cropSize or split == 'train'
-    datasets.check_split(config, datasets.find_split(config, 'train') + datasets.find_split(config, 'test'))
+    check_split(config, find_split(config, 'train') + find_split(config, 'test'))
 
 
 def test_heights_agree_with_classes(full_root):
@@ -91,8 +96,8 @@ def test_heights_agree_with_classes(full_root):
     assert config.label_codes == [0, 1, 2, 3, 4, 5]
     heights = {c: [] for c in range(6)}
     nodata_images = 0
-    for sample in datasets.find_split(config, 'train') + datasets.find_split(config, 'valid'):
-        loaded = datasets.load_sample(config, sample)
+    for sample in find_split(config, 'train') + find_split(config, 'valid'):
+        loaded = load_sample(config, sample)
         valid = np.isfinite(loaded.height)
         nodata_images += not valid.all()
         for c in range(6):
@@ -147,8 +152,8 @@ def test_shadow_matches_a_pixel_by_pixel_ray_march():
 def test_shadowed_ground_is_darker(full_root):
     use(full_root)
     lit, dark = [], []
-    for sample in datasets.find_split(config, 'valid'):
-        loaded = datasets.load_sample(config, sample)
+    for sample in find_split(config, 'valid'):
+        loaded = load_sample(config, sample)
         grass = loaded.labels == synthetic.LOW_VEG
         shadow = synthetic.cast_shadow(np.nan_to_num(loaded.height))
         brightness = loaded.image.mean(axis=-1)

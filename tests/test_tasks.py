@@ -1,4 +1,4 @@
-"""utils/tasks.py: what each stage trains, from which weights, saved where."""
+"""utils/train/tasks.py: what each stage trains, from which weights, saved where."""
 import os
 
 import keras
@@ -9,8 +9,14 @@ import tensorflow as tf
 import config
 from conftest import TINY
 from stand_in import small_encoder
-from utils import benchmark, checkpoints, datasets, distribute, inference, settings, tasks
-from utils.training import Trainer
+from utils import distribute, settings
+from utils.data import checks, layouts, samples
+from utils.model import networks, weights
+from utils.model.weights import WeightsFile
+from utils.predict import blend, engines
+from utils.train import benchmark, tasks
+from utils.train.loop import Loop
+from utils.train.trainer import Trainer
 from utils.errors import CheckpointError
 
 
@@ -29,12 +35,13 @@ def test_the_dae_stage_trains_the_dae_on_the_trained_mtl_frozen(tiny):
     with pytest.raises(CheckpointError, match='predCheckPointPath'):
         Trainer(tasks.DAETask(config), strategy)          # no MTL weights yet
     saved = Trainer(tasks.MTLTask(config), strategy).model
-    checkpoints.save_weights(saved, config.predCheckPointPath, 'mtl', config)
+    weights.save(saved, config.predCheckPointPath, 'mtl', config)
 
     trainer = Trainer(tasks.DAETask(config), strategy)
-    assert trainer.model.name == 'dsmnet_dae' and trainer.best_path == config.corrCheckPointPath
+    assert trainer.model.name == 'dsmnet_dae' and \
+        Loop(trainer).best_path == config.corrCheckPointPath
     assert trainer.task.mtl.name == 'dsmnet_mtl' and not trainer.task.mtl.trainable
-    mtl = tasks.trained_mtl(config, strategy)
+    mtl = networks.trained(WeightsFile(config.predCheckPointPath, 'mtl'), config, strategy)
     for a, b in zip(saved.weights, trainer.task.mtl.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
@@ -52,9 +59,10 @@ def test_the_dae_stage_trains_the_dae_on_the_trained_mtl_frozen(tiny):
 
 def test_the_mtl_stage_keeps_its_best_weights_at_pred_checkpoint_path(tiny):
     trainer = Trainer(tasks.MTLTask(config), distribute.get_strategy(config))
+    loop = Loop(trainer)
     assert trainer.model.name == 'dsmnet_mtl' and trainer.model.trainable
-    assert trainer.best_path == config.predCheckPointPath
-    assert trainer.dir == os.path.join(config.checkpoint_root, 'synthetic', 'mtl')
+    assert loop.best_path == config.predCheckPointPath
+    assert loop.dir == os.path.join(config.checkpoint_root, 'synthetic', 'mtl')
     with pytest.raises(ValueError, match="stage = 'x'"):
         tasks.make('x', config)
 
@@ -79,11 +87,11 @@ def test_the_mtl_stage_validates_its_own_network_on_the_valid_split(tiny, synthe
     strategy = distribute.get_strategy(config)
     trainer = Trainer(tasks.MTLTask(config), strategy)
     metrics = trainer.task.validate(strategy)
-    predict_fn = inference.make_predict_fn(trainer.model, cfg=config, strategy=strategy)
+    predict_fn = engines.tensorflow_fn(trainer.model, cfg=config, strategy=strategy)
     rmses = []
-    for sample in datasets.find_split(config, 'valid'):
-        loaded = datasets.load_sample(config, sample)
-        height = inference.predict_tile(predict_fn, loaded.image, config.cropSize,
+    for sample in layouts.find_split(config, 'valid'):
+        loaded = samples.load_sample(config, sample)
+        height = blend.predict_tile(predict_fn, loaded.image, config.cropSize,
                                         config.valid_stride)['height']
         valid = np.isfinite(loaded.height)
         rmses.append(np.sqrt(np.mean((height[valid] - loaded.height[valid]) ** 2)))
@@ -100,9 +108,9 @@ def test_a_run_without_validation_keeps_its_last_weights_where_the_next_stage_lo
     run = os.path.join(config.checkpoint_root, 'synthetic', 'mtl')
     best, last = (os.path.join(run, name) for name in ('best.weights.h5', 'last.weights.h5'))
     assert config.predCheckPointPath == best       # nothing trained yet: the usual name
-    trainer = Trainer(tasks.MTLTask(config), distribute.get_strategy(config))
-    assert trainer.best_path == last and not trainer.validated
-    assert trainer.kept.describe().startswith(f"last weights    {last} (no validation, "
+    loop = Loop(Trainer(tasks.MTLTask(config), distribute.get_strategy(config)))
+    assert loop.best_path == last and not loop.validated
+    assert loop.kept.describe().startswith(f"last weights    {last} (no validation, "
                                       f"train_valid_flag = False")
     os.makedirs(run)
     for path, seconds in ((best, 1), (last, 2)):    # last written after best
@@ -113,14 +121,15 @@ def test_a_run_without_validation_keeps_its_last_weights_where_the_next_stage_lo
     os.utime(best, (3, 3))
     settings.apply(['max_steps=1'])
     assert config.predCheckPointPath == best
-    assert Trainer(tasks.MTLTask(config), distribute.get_strategy(config)).best_path == last
+    assert Loop(Trainer(tasks.MTLTask(config), distribute.get_strategy(config))).best_path == \
+        last
     settings.apply([f'predCheckPointPath={tmp_path}/mine.weights.h5'])
     assert tasks.make('mtl', config).weights_path(validated=False) == \
         f'{tmp_path}/mine.weights.h5'
 
 
 def _raised_copy(source, root, count, metres):
-    """`count` samples of `source` (datasets.Sample) copied into the
+    """`count` samples of `source` (layouts.Sample) copied into the
     split_folders dataset `root`'s split, heights raised by `metres`."""
     import rasterio
     for sample in source[:count]:
@@ -147,14 +156,14 @@ def test_two_settings_in_one_process_each_read_their_own_data(synthetic_root, tm
     settings.apply(TINY)
     a = settings.current().replace(shortcut_path=synthetic_root)
     for split, count in (('train', 2), ('valid', 1)):
-        _raised_copy(datasets.find_split(a, split), str(tmp_path / 'MyCity' / split), count,
+        _raised_copy(layouts.find_split(a, split), str(tmp_path / 'MyCity' / split), count,
                      100)
     b = a.replace(dataset_name='MyCity', shortcut_path=str(tmp_path),
                   label_codes=list(a.label_codes))
     assert (config.dataset_name, config.shortcut_path) == ('synthetic', './datasets/')
     assert (a.batch_size, b.batch_size) == (8, 2)   # each its dataset's published default
     task_a, task_b = tasks.MTLTask(a), tasks.MTLTask(b)
-    assert [len(datasets.find_split(s, 'train')) for s in (a, b)] == [
+    assert [len(layouts.find_split(s, 'train')) for s in (a, b)] == [
         len(os.listdir(os.path.join(synthetic_root, 'synthetic', 'train', 'rgb'))), 2]
     assert [t.steps_per_epoch(2) for t in (task_a, task_b)][1] == 1
 
@@ -172,6 +181,6 @@ def test_two_settings_in_one_process_each_read_their_own_data(synthetic_root, tm
     images = [next(iter(tasks.MTLTask(s).train_dataset(2, epoch=0)))['image'].numpy()
               for s in (a, a.replace(image_scale=510))]
     np.testing.assert_allclose(images[1], images[0] / 2, rtol=2 ** -23, atol=0)
-    mean_a = datasets.check_training_splits(a).band_mean
-    mean_b = datasets.check_training_splits(b).band_mean
+    mean_a = checks.check_training_splits(a).band_mean
+    mean_b = checks.check_training_splits(b).band_mean
     assert mean_a != mean_b     # all synthetic training images vs two of them

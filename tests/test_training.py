@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT, STAND_IN, TINY, run_python
 from stand_in import small_encoder
-from utils import callbacks
+from utils.train import actions
 from utils.errors import TrainingDiverged
 
 REPLICA_RUN = os.path.join(ROOT, 'tests', 'replica_run.py')
@@ -28,23 +28,23 @@ def replica_run(tmp_path, stage, replicas, steps=2, extra=(), gpus=False):
 
 
 def test_early_stopping_counts_finished_epochs_without_improvement():
-    stop = callbacks.EarlyStopping(True, 2)
+    stop = actions.EarlyStopping(True, 2)
     # (improved, finished) per epoch: an unfinished epoch (max_steps) does not
     # count, an improvement starts the count again.
     epochs = [(False, True), (False, False), (True, True), (False, True), (False, True)]
     assert [stop.update(*e) for e in epochs] == [False, False, False, False, True]
-    assert not callbacks.EarlyStopping(False, 1).update(False, True)
+    assert not actions.EarlyStopping(False, 1).update(False, True)
 
 
 def test_best_weights_improve_by_more_than_delta():
-    rmse = callbacks.BestWeights('a.weights.h5', 'rmse', 0.1, True)
+    rmse = actions.BestWeights('a.weights.h5', 'rmse', 0.1, True)
     assert rmse.improved(5.0)           # nothing kept yet
     rmse.best.assign(5.0)
     assert not rmse.improved(4.95) and rmse.improved(4.85)     # lower is better
-    miou = callbacks.BestWeights('a.weights.h5', 'miou', 0.1, True)
+    miou = actions.BestWeights('a.weights.h5', 'miou', 0.1, True)
     miou.best.assign(0.5)
     assert miou.improved(0.61) and not miou.improved(0.59)      # higher is better
-    assert callbacks.BestWeights('a.weights.h5', 'rmse', 0, False).describe().startswith(
+    assert actions.BestWeights('a.weights.h5', 'rmse', 0, False).describe().startswith(
         'last weights    a.weights.h5 (no validation')
 
 
@@ -201,18 +201,19 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path, synthetic_root, 
     import tensorflow as tf
     import config
     import train_mtl
-    from utils import pipeline, settings
+    from utils import settings
+    from utils.train import pipeline
     settings.apply(TINY + [f'shortcut_path={synthetic_root}', f'checkpoint_root={tmp_path}',
                            'batch_size=4', 'checkpoint_every=2'])
     real = pipeline.train_dataset
 
-    def poisoned(task, global_batch, epoch, skip_batches=0):
+    def poisoned(data, global_batch, epoch, skip_batches=0):
         def spoil(index, batch):     # the 4th batch's heights slip through as NaN
             bad = tf.equal(index + skip_batches, 3)
             height = tf.where(bad, tf.fill(tf.shape(batch['height']), np.nan),
                               batch['height'])
             return {**batch, 'height': height}
-        return real(task, global_batch, epoch, skip_batches).enumerate().map(spoil)
+        return real(data, global_batch, epoch, skip_batches).enumerate().map(spoil)
 
     monkeypatch.setattr(pipeline, 'train_dataset', poisoned)
     # The NaN guard is under test, not DenseNet121: the stand-in encoder.
@@ -269,7 +270,7 @@ def test_resume_false_moves_the_old_run_aside(tmp_path, synthetic_root, capsys):
     with small_encoder():        # what happens to the run's folder is under test
         train_mtl.main()
         settings.apply(['resume=False', 'max_steps=2'])
-        assert int(train_mtl.main().step.numpy()) == 2        # fresh: two steps from zero
+        assert int(train_mtl.main().trainer.step.numpy()) == 2        # fresh: two steps from zero
     out = capsys.readouterr().out
     assert 'resuming from' not in out and 'previous run was moved to' in out
     aside = glob.glob(str(tmp_path / 'synthetic' / 'mtl.old-*'))
@@ -298,7 +299,7 @@ def test_max_steps_inside_an_epoch_is_resumed_within_that_epoch(tmp_path, synthe
         assert int(stopped.epoch.numpy()) == 0 and len(stopped.history) == 1
         settings.apply(['max_steps=5'])
         resumed = train_mtl.main()
-    assert int(resumed.step.numpy()) == 5
+    assert int(resumed.trainer.step.numpy()) == 5
     assert int(resumed.epoch.numpy()) == int(resumed.epoch_start.numpy()) == 0
     assert [h['epoch'] for h in resumed.history] == [1]
     assert resumed.history[0]['val_rmse'] != stopped.history[0]['val_rmse']
@@ -306,7 +307,7 @@ def test_max_steps_inside_an_epoch_is_resumed_within_that_epoch(tmp_path, synthe
     # rounding, so is the validation that ranks them)
     assert resumed.history[0]['val_rmse'] == pytest.approx(straight.history[0]['val_rmse'],
                                                            rel=1e-5)
-    for a, b in zip(straight.model.weights, resumed.model.weights):
+    for a, b in zip(straight.trainer.model.weights, resumed.trainer.model.weights):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.path)
 
 

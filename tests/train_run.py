@@ -16,21 +16,21 @@ import numpy as np  # noqa: E402
 
 import train_mtl  # noqa: E402
 from stand_in import small_encoder  # noqa: E402
-from utils import training  # noqa: E402
+from utils.train.loop import Loop  # noqa: E402
 
 initial = {}
-fit = training.Trainer.fit
+fit = Loop.fit
 
 
-def recorded_fit(trainer):
+def recorded_fit(loop):
     initial.update({f'init_{i}': v.numpy()
-                    for i, v in enumerate(trainer.model.trainable_variables)})
-    return fit(trainer)
+                    for i, v in enumerate(loop.trainer.model.trainable_variables)})
+    return fit(loop)
 
 
-training.Trainer.fit = recorded_fit
+Loop.fit = recorded_fit
 with small_encoder():
-    trainer = train_mtl.main()
+    trainer = train_mtl.main().trainer
 np.savez(sys.argv[1], replicas=trainer.strategy.num_replicas_in_sync,
          step=int(trainer.step.numpy()), **initial,
          **{f'w_{i}': v.numpy() for i, v in enumerate(trainer.model.trainable_variables)})
