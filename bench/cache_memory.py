@@ -41,6 +41,19 @@ def memory():
     return {k: int(fields[k].split()[0]) * 1024 for k in ('VmRSS', 'VmHWM')}
 
 
+def code_modules():
+    """(layouts, cache, tasks) of the checkout first on sys.path: the dataset
+    layouts (VAIHINGEN_AREAS, find_split), the module holding the training
+    cache (_cache) and the tasks; utils/data, utils/train since utils/ was
+    split into packages, utils/datasets, pipeline, tasks before."""
+    try:
+        from utils.data import layouts
+        from utils.train import cache, tasks
+    except ImportError:     # an older checkout
+        from utils import datasets as layouts, pipeline as cache, tasks
+    return layouts, cache, tasks
+
+
 def measure(code, workdir, tiles, sets):
     """Run in the fresh process: build the cache with the code in `code`."""
     sys.path.insert(0, code)
@@ -48,7 +61,8 @@ def measure(code, workdir, tiles, sets):
     getattr(distribute, 'start_tensorflow', lambda: None)()   # quietly, where the code can
     import tensorflow as tf
     import config
-    from utils import datasets, distribute, pipeline, settings, tasks
+    from utils import distribute, settings
+    datasets, pipeline, tasks = code_modules()
     settings.apply(['dataset_name=Vaihingen', f'shortcut_path={workdir}'] + sets)
     datasets.VAIHINGEN_AREAS['train'] = datasets.VAIHINGEN_AREAS['train'][:tiles]
     # A checkout from before the settings were an argument reads config itself.
@@ -91,8 +105,8 @@ def main():
         return
 
     sys.path[:0] = [ROOT, os.path.join(ROOT, 'bench')]
-    from utils import datasets
-    areas = datasets.VAIHINGEN_AREAS['train'][:args.tiles]
+    from utils.data.layouts import VAIHINGEN_AREAS
+    areas = VAIHINGEN_AREAS['train'][:args.tiles]
     import numpy as np
     from input_pipeline import write_tile
     rows, cols = map(int, args.size.split('x'))

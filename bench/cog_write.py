@@ -1,6 +1,6 @@
 """Writing a height map as a Cloud Optimized GeoTIFF: the hand-written
 writer this project had (utils/cog.py, taken from git at --before) against
-utils/raster.py's CogWriter (GDAL's COG driver), in one run.
+utils/geo/write.py's CogWriter (GDAL's COG driver), in one run.
 
     python bench/cog_write.py [--size 4000] [--rows 256] [--before 8c0d5be] [--repeat 2]
 
@@ -85,7 +85,8 @@ def variant(name, path, size, rows, commit):
     """One write in this process: prints {seconds, peak_mb, bytes}."""
     from rasterio.crs import CRS
     from rasterio.transform import Affine
-    from utils import raster
+    from utils.geo import write as geo_write
+    from utils.geo.grid import Grid
     crs, transform = CRS.from_epsg(32632), Affine(0.5, 0, 500000.0, 0, -0.5, 4000000.0)
     if name == 'before':
         cog = old_writer(commit)
@@ -94,11 +95,11 @@ def variant(name, path, size, rows, commit):
                (34735, 'H', 16, (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32632),
                 True)]
     elif name == 'gdal-level-6':
-        raster.COG_OPTIONS = dict(raster.COG_OPTIONS, LEVEL=6)
+        geo_write.COG_OPTIONS = dict(geo_write.COG_OPTIONS, LEVEL=6)
     elif name == 'gdal-zstd-stream':
-        raster.STREAM_OPTIONS = dict(raster.STREAM_OPTIONS, compress='ZSTD', zstd_level=1)
+        geo_write.STREAM_OPTIONS = dict(geo_write.STREAM_OPTIONS, compress='ZSTD', zstd_level=1)
     elif name == 'gdal-1-thread':
-        raster.THREADS = 1
+        geo_write.THREADS = 1
     seconds = cpu = 0.0       # in the writer only: making the bands is not counted
     if name == 'making':
         start, cpu_start = time.perf_counter(), cpu_seconds()
@@ -110,8 +111,8 @@ def variant(name, path, size, rows, commit):
         if name == 'before':
             writer = cog.CogWriter(path, (size, size), np.float32, geo, nodata=NODATA)
         else:
-            writer = raster.CogWriter(path, (size, size), np.float32, crs=crs,
-                                      transform=transform, nodata=NODATA)
+            writer = geo_write.CogWriter(path, (size, size), np.float32,
+                                      grid=Grid(size, size, crs, transform), nodata=NODATA)
         seconds += time.perf_counter() - start
         cpu += cpu_seconds() - cpu_start
         for band in bands(size, rows):

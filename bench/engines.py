@@ -1,6 +1,6 @@
 """CPU engines for prediction: TensorFlow (predict.py's Keras networks in a
-tf.function, utils/inference.py) against ONNX Runtime (the export of the
-same networks, utils/export.py), on the same windows, with 1 thread and
+tf.function, utils/predict/engines.py) against ONNX Runtime (the export of the
+same networks, utils/predict/export.py), on the same windows, with 1 thread and
 with every core, in one run.
 
     python bench/engines.py [--windows 32] [--rounds 3] [--no-correction] [--set NAME=VALUE ...]
@@ -11,7 +11,7 @@ Each thread count runs in a fresh process (TensorFlow's thread pools are
 fixed at start); inside it the engines alternate for --rounds rounds of
 --windows windows in batches of test_batch_size. Prints per thread count
 the median windows/s of each, the ratio onnxruntime / tensorflow, and the
-largest height difference against utils/export.height_tolerance.
+largest height difference against utils/predict/export.height_tolerance.
 """
 import json
 import os
@@ -22,7 +22,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
@@ -36,19 +37,23 @@ def measure(folder, threads, windows, rounds):
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1 if threads == 1 else 0)
-    from utils import datasets, export, inference, tasks
+    from utils.data.samples import image_channels
+    from utils.model import networks
+    from utils.model.weights import WeightsFile
+    from utils.predict import engines as predict_engines, export
     paths = json.load(open(os.path.join(folder, 'weights.json')))
     strategy = tf.distribute.get_strategy()
-    mtl = tasks.trained_mtl(config, strategy, paths['mtl'])
-    dae = tasks.trained_dae(config, strategy, paths['dae']) if paths['dae'] else None
+    mtl = networks.trained(WeightsFile(paths['mtl'], 'mtl'), config, strategy)
+    dae = networks.trained(WeightsFile(paths['dae'], 'dae'), config, strategy) \
+        if paths['dae'] else None
     engines = {
-        'tensorflow': inference.make_predict_fn(mtl, dae, cfg=config, strategy=strategy,
-                                                outputs=['sem']),
-        'onnxruntime': export.onnx_predict_fn(
+        'tensorflow': predict_engines.tensorflow_fn(mtl, dae, cfg=config, strategy=strategy,
+                                                    outputs=['sem']),
+        'onnxruntime': predict_engines.onnx_fn(
             export.onnx_session(os.path.join(folder, 'model.onnx'), threads),
             int(config.test_batch_size), {'height', 'sem'})}
     batch = np.random.default_rng(0).random(
-        (windows, config.cropSize, config.cropSize, datasets.image_channels(config)), np.float32)
+        (windows, config.cropSize, config.cropSize, image_channels(config)), np.float32)
     heights = {name: fn(batch[:config.test_batch_size])['height']     # warm-up, trace
                for name, fn in engines.items()}
     rates = {name: [] for name in engines}
@@ -77,21 +82,26 @@ def main():
                                              args.rounds)))
         return
 
-    import export
     import keras
-    from utils import checkpoints, tasks
+    from utils.model import networks, weights
     folder = tempfile.mkdtemp(prefix='bench_engines_')
     try:
         keras.utils.set_random_seed(0)
         paths = {'mtl': os.path.join(folder, 'mtl.weights.h5'),
                  'dae': None if args.no_correction else os.path.join(folder, 'dae.weights.h5')}
-        checkpoints.save_weights(tasks.build_mtl(config, pretrained=False), paths['mtl'], 'mtl', config)
+        weights.save(networks.build_mtl(config, pretrained=False), paths['mtl'], 'mtl', config)
         if paths['dae']:
-            checkpoints.save_weights(tasks.build_dae(config), paths['dae'], 'dae', config)
+            weights.save(networks.build_dae(config), paths['dae'], 'dae', config)
         json.dump(paths, open(os.path.join(folder, 'weights.json'), 'w'))
-        export.main(['--out', folder, '--mtl-weights', paths['mtl']]
-                    + (['--correction', '--dae-weights', paths['dae']] if paths['dae'] else [])
-                    + sum((['--set', s] for s in args.set), []))
+        # export.py is a driver: run as the user runs it (its lines printed here)
+        sys.stdout.flush()
+        exported = subprocess.run(
+            [sys.executable, os.path.join(ROOT, 'export.py'), '--out', folder,
+             '--mtl-weights', paths['mtl']]
+            + (['--correction', '--dae-weights', paths['dae']] if paths['dae'] else [])
+            + sum((['--set', s] for s in args.set), []))
+        if exported.returncode:
+            sys.exit(f"export.py failed (exit {exported.returncode})")
         print(machine.describe())
         print(f"crop {config.cropSize}, {args.windows} windows x {args.rounds} rounds, batch "
               f"{config.test_batch_size}, {'MTL' if args.no_correction else 'MTL + DAE'}")

@@ -2,7 +2,7 @@
 first training step (tracing and optimising the graph) and its first
 validation, with DenseNet121 (trained or frozen) or the test suite's
 stand-in encoder (tests/stand_in.py), on one or two replicas; and a scan of
-the dataset's folders (datasets.find_split) as the scripts do it against
+the dataset's folders (utils/data/layouts.find_split) as the scripts do it against
 opening every file with GDAL. Each variant in its own process (devices are
 configured once), 32 px crops, 1/16 decoder, batch 2 per replica.
 
@@ -32,13 +32,15 @@ def measure(variant, replicas):
     import contextlib
     import config
     from stand_in import small_encoder
-    from utils import distribute, tasks, training
+    from utils import distribute
+    from utils.train import tasks
+    from utils.train.trainer import Trainer
     strategy = distribute.get_strategy(config)
     times = []
     with small_encoder() if variant == 'stand_in' else contextlib.nullcontext():
         start = time.perf_counter()
         task = tasks.MTLTask(config)
-        trainer = training.Trainer(task, strategy)
+        trainer = Trainer(task, strategy)
         times.append(time.perf_counter() - start)
         dataset = task.train_dataset(trainer.global_batch, 0)
         iterator = iter(strategy.experimental_distribute_dataset(dataset))
@@ -60,25 +62,27 @@ def scan(repeats=5):
     import contextlib
     from unittest import mock
     import config
-    from utils import datasets, raster
+    from utils.data import layouts
+    from utils.geo import files
 
     def opened(path):
-        if raster.is_sidecar(path):
+        if files.is_sidecar(path):
             return False
         try:
-            with raster._open(path):
+            with files._open(path):
                 return True
         except Exception:
             return False
-    datasets.find_split(config, 'train')       # the synthetic set, generated if missing
+    layouts.find_split(config, 'train')       # the synthetic set, generated if missing
     times = {'named': [], 'opened': []}
     for _ in range(repeats):
         for kind in times:
-            with mock.patch.object(raster, 'is_image_file', opened) if kind == 'opened' \
+            # layouts looks is_image_file up as its own name (imported from geo/files)
+            with mock.patch.object(layouts, 'is_image_file', opened) if kind == 'opened' \
                     else contextlib.nullcontext():
                 start = time.perf_counter()
                 for split in ('train', 'valid', 'test'):
-                    datasets.find_split(config, split)
+                    layouts.find_split(config, split)
                 times[kind].append(time.perf_counter() - start)
     return times
 

@@ -1,4 +1,4 @@
-"""Tiled inference speed: batched windows (utils/inference.py) against one
+"""Tiled inference speed: batched windows (utils/predict/) against one
 Keras model.predict call per window with Python-side blending (how the
 research code tests), on the same tile and networks, in one run.
 
@@ -24,7 +24,8 @@ from utils import settings  # noqa: E402
 
 def one_window_per_call(mtl, dae, image, crop, stride):
     """The research code's loop: model.predict per window, blend in NumPy."""
-    from utils.inference import gaussian_window, window_starts
+    from utils.geo.grid import starts as window_starts
+    from utils.predict.windows import gaussian_window
     h, w = image.shape[:2]
     weight = gaussian_window(crop)
     height, total = np.zeros((h, w)), np.zeros((h, w))
@@ -54,7 +55,9 @@ def main():
     import keras
     import tensorflow as tf
     from nets import dae as dae_net, mtl as mtl_net
-    from utils import distribute, inference
+    from utils import distribute
+    from utils.geo.grid import starts as window_starts
+    from utils.predict import blend, engines
 
     keras.utils.set_random_seed(0)
     classes = len(config.label_codes)
@@ -69,7 +72,7 @@ def main():
     coarse = rng.rand(args.tile // 16, args.tile // 16, 3).astype(np.float32)
     image = tf.image.resize(coarse[None], (args.tile, args.tile))[0].numpy()
     stride = max(1, args.crop // 6)
-    starts = len(inference.window_starts(args.tile, args.crop, stride))
+    starts = len(window_starts(args.tile, args.crop, stride))
     windows = starts * starts
 
     def timed(fn):
@@ -78,9 +81,9 @@ def main():
         result = fn(image)
         return result, time.perf_counter() - start
 
-    predict_fn = inference.make_predict_fn(mtl, dae, cfg=config, strategy=strategy,
-                                           batch_size=args.batch)
-    batched, t_batched = timed(lambda img: inference.predict_tile(
+    predict_fn = engines.tensorflow_fn(mtl, dae, cfg=config, strategy=strategy,
+                                       batch_size=args.batch)
+    batched, t_batched = timed(lambda img: blend.predict_tile(
         predict_fn, img, args.crop, stride)['height'])
     single, t_single = timed(lambda img: one_window_per_call(mtl, dae, img, args.crop, stride))
 

@@ -1,4 +1,4 @@
-"""Training input speed and memory of utils/pipeline.py on a full-size
+"""Training input speed and memory of utils/train/pipeline.py on a full-size
 Vaihingen-like training set, for this checkout and older ones, in one run.
 
     python bench/input_pipeline.py [--code DIR ...] [--tiles 13] [--size 2000x2500]
@@ -26,8 +26,8 @@ its rate).
 
 Reference, per batch (--reference-batches per round, 0: none): the way the
 research code loads, in this process: pick a tile at random, decode its
-three files (datasets.load_sample), compute the normals of the whole tile
-(geometry.surface_normals), crop the batch in a Python loop; one thread.
+three files (utils/data/samples.load_sample), compute the normals of the
+whole tile (utils/data/targets.surface_normals), crop the batch in a Python loop; one thread.
 """
 import argparse
 import inspect
@@ -55,7 +55,7 @@ def write_tile(root, area, rows, cols, rng):
     """One Vaihingen-like area (the folders exist): terrain and buildings in
     the NDSM, classes and colours to match."""
     import config
-    from utils import raster
+    from utils.geo.write import write_geotiff
     codes = np.array(config.VAIHINGEN_CODES, np.uint8)
     small = rng.random((rows // 50, cols // 50)).astype(np.float32)
     terrain = cv2.resize(small, (cols, rows), interpolation=cv2.INTER_CUBIC) * 10
@@ -76,10 +76,10 @@ def write_tile(root, area, rows, cols, rng):
     noise = rng.integers(0, 40, (rows, cols, 3), dtype=np.uint8)
     rgb = (codes[classes] // 2 + noise).astype(np.uint8)
     name = f'top_mosaic_09cm_area{area}'
-    raster.write_geotiff(os.path.join(root, 'RGB', name + '.tif'), rgb)
+    write_geotiff(os.path.join(root, 'RGB', name + '.tif'), rgb)
     cv2.imwrite(os.path.join(root, 'NDSM', f'dsm_09cm_matching_area{area}.jpg'),
                 np.clip(height, 0, 255).astype(np.uint8))
-    raster.write_geotiff(os.path.join(root, 'SEM', name + '.tif'), colours)
+    write_geotiff(os.path.join(root, 'SEM', name + '.tif'), colours)
 
 
 def write_tiles(root, areas, rows, cols, jitter, seed=0):
@@ -126,6 +126,19 @@ def cache_bytes(cache):
     return nbytes
 
 
+def code_modules():
+    """(layouts, cache, tasks) of the checkout first on sys.path: the dataset
+    layouts (VAIHINGEN_AREAS, find_split), the module holding the training
+    cache (_cache) and the tasks; utils/data, utils/train since utils/ was
+    split into packages, utils/datasets, pipeline, tasks before."""
+    try:
+        from utils.data import layouts
+        from utils.train import cache, tasks
+    except ImportError:     # an older checkout
+        from utils import datasets as layouts, pipeline as cache, tasks
+    return layouts, cache, tasks
+
+
 def child(code, workdir, tiles, sets):
     """Build the cache with the code in `code`, then time batches on command."""
     sys.path.insert(0, code)
@@ -133,7 +146,8 @@ def child(code, workdir, tiles, sets):
     getattr(distribute, 'start_tensorflow', lambda: None)()   # quietly, where the code can
     import tensorflow as tf
     import config
-    from utils import datasets, pipeline, settings, tasks
+    from utils import settings
+    datasets, pipeline, tasks = code_modules()
     settings.apply([f'shortcut_path={workdir}'] + SETTINGS + sets)
     datasets.VAIHINGEN_AREAS['train'] = datasets.VAIHINGEN_AREAS['train'][:tiles]
     # A checkout from before the settings were an argument reads config itself.
@@ -177,12 +191,13 @@ def reference_rate(samples, batch, count, rng):
     """Samples/s of the research loader: per batch one tile decoded, its
     normals, a crop loop."""
     import config
-    from utils import datasets, geometry
+    from utils.data.samples import load_sample
+    from utils.data.targets import surface_normals
     crop = config.cropSize
     start = time.perf_counter()
     for _ in range(count):
-        loaded = datasets.load_sample(config, samples[rng.integers(len(samples))])
-        normals = geometry.surface_normals(loaded.height, config.normalize_flag)
+        loaded = load_sample(config, samples[rng.integers(len(samples))])
+        normals = surface_normals(loaded.height, config.normalize_flag)
         rows, cols = loaded.height.shape
         fields = {'image': [], 'height': [], 'sem': [], 'norm': []}
         for _ in range(batch):
@@ -252,7 +267,8 @@ def main():
 
     sys.path.insert(0, ROOT)
     import config
-    from utils import datasets, settings
+    from utils import settings
+    from utils.data import layouts as datasets
     rows, cols = map(int, args.size.split('x'))
     print(machine.describe())
     print(f"command: python bench/input_pipeline.py {' '.join(sys.argv[1:])}")

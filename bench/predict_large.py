@@ -58,7 +58,8 @@ def write_image(path, height, width, layout='tiled'):
     import rasterio
     from rasterio.transform import Affine
     from rasterio.windows import Window
-    from utils import raster
+    from utils.geo.grid import Grid
+    from utils.geo.write import CogWriter
     rng = np.random.RandomState(0)
     coarse = rng.rand(height // 64 + 2, width // 64 + 2, 3)
     geo = dict(crs=rasterio.crs.CRS.from_string(CRS), transform=Affine(*TRANSFORM))
@@ -66,8 +67,8 @@ def write_image(path, height, width, layout='tiled'):
         target = rasterio.open(path, 'w', driver='GTiff', height=height, width=width, count=3,
                                dtype='uint8', photometric='rgb', blockysize=height, **geo)
     else:
-        target = raster.CogWriter(path, (height, width, 3), np.uint8, resampling='nearest',
-                                  **geo)
+        target = CogWriter(path, (height, width, 3), np.uint8, resampling='nearest',
+                           grid=Grid(height, width, **geo))
     cols = np.linspace(0, coarse.shape[1] - 1.001, width)
     for r0 in range(0, height, 256):
         rows = np.linspace(0, coarse.shape[0] - 1.001, height)[r0:r0 + 256]
@@ -86,54 +87,60 @@ def write_image(path, height, width, layout='tiled'):
 def networks(folder, make=False):
     """The untrained networks, saved to (make) or loaded from `folder`."""
     import keras
-    from utils import checkpoints, distribute, tasks
+    from utils import distribute
+    from utils.model import networks, weights
     keras.utils.set_random_seed(0)
     with distribute.get_strategy(config).scope():
-        mtl = tasks.build_mtl(config, pretrained=False)
-        dae = tasks.build_dae(config) if config.correction else None
+        mtl = networks.build_mtl(config, pretrained=False)
+        dae = networks.build_dae(config) if config.correction else None
     for model, kind in ((mtl, 'mtl'), (dae, 'dae')):
         if model is not None:
             path = os.path.join(folder, f'{kind}.weights.h5')
             if make:
-                checkpoints.save_weights(model, path, kind, config)
+                weights.save(model, path, kind, config)
             else:
-                checkpoints.load_weights(model, path, kind, config)
+                found = weights.WeightsFile(path, kind)
+                found.check(config)
+                found.load_into(model)
     return mtl, dae
 
 
 def variant(name, folder, image_path):
     """One measurement in this process: prints {seconds, peak_mb}."""
     if name in ('imports', 'read'):     # --read-only: the input side alone
-        from utils import raster
+        from utils.geo.image import Image
         start = time.perf_counter()
         if name == 'read':
-            with raster.Image(image_path, [0, 1, 2], 3) as image:
+            with Image(image_path, [0, 1, 2], 3) as image:
                 for r0 in range(0, image.height, 256):
                     image.rows(r0, min(r0 + 256, image.height))
         print(json.dumps({'seconds': time.perf_counter() - start, 'peak_mb': peak_rss_mb()}))
         return
-    import predict
-    from utils import datasets, distribute, inference, raster
+    from utils import distribute
+    from utils.data.samples import read_image
+    from utils.geo.classes import ClassMap
+    from utils.geo.read import read_grid
+    from utils.geo.write import write_cog
+    from utils.predict import blend, engines, outputs
     mtl, dae = networks(folder)
-    predict_fn = inference.make_predict_fn(mtl, dae, cfg=config,
-                                           strategy=distribute.get_strategy(config))
+    predict_fn = engines.tensorflow_fn(mtl, dae, cfg=config,
+                                       strategy=distribute.get_strategy(config))
     crop = config.cropSize
     warm = np.zeros((crop, crop, 3), np.float32)
-    inference.predict_tile(predict_fn, warm, crop, config.predict_stride)  # trace
+    blend.predict_tile(predict_fn, warm, crop, config.predict_stride)  # trace
     start = time.perf_counter()
     if name in LAYOUTS:
-        paths = predict.output_paths(os.path.join(folder, name), 'large', ('height', 'sem'))
+        paths = outputs.output_paths(os.path.join(folder, name), 'large', ('height', 'sem'))
         os.makedirs(os.path.dirname(paths['height']), exist_ok=True)
-        predict.predict_image(predict_fn, image_path, paths, [0, 1, 2])
+        outputs.predict_image(predict_fn, image_path, paths, [0, 1, 2],
+                              cfg=settings.current())
     elif name == 'whole':
-        out = inference.predict_tile(predict_fn, datasets.read_image(config, image_path), crop,
-                                     config.predict_stride, window=config.predict_window)
-        crs, transform = raster.grid(image_path)
-        raster.write_cog(os.path.join(folder, 'whole_height.tif'), out['height'], crs=crs,
-                         transform=transform)
-        raster.write_class_map(os.path.join(folder, 'whole_sem.tif'),
-                               np.argmax(out['sem'], -1), config.label_codes, crs=crs,
-                               transform=transform)
+        out = blend.predict_tile(predict_fn, read_image(config, image_path), crop,
+                                 config.predict_stride, window=config.predict_window)
+        grid = read_grid(image_path)
+        write_cog(os.path.join(folder, 'whole_height.tif'), out['height'], grid=grid)
+        ClassMap(config.label_codes).write(os.path.join(folder, 'whole_sem.tif'),
+                                           np.argmax(out['sem'], -1), grid=grid)
     print(json.dumps({'seconds': time.perf_counter() - start, 'peak_mb': peak_rss_mb()}))
 
 
@@ -176,7 +183,8 @@ def main():
     shapes = {'tiled': (rows, args.size), 'single-strip': (rows, args.size),
               'narrow': (-(-rows * args.size // NARROW), NARROW)}
     images = {}
-    from utils import inference, raster
+    from utils.geo.grid import starts
+    from utils.geo.image import Image
     for layout in layouts + ([] if args.skip_whole or 'tiled' in layouts else ['tiled']):
         h, w = shapes[layout]
         images[layout] = os.path.join(folder, f'{layout}.tif')
@@ -184,7 +192,7 @@ def main():
         write_image(images[layout], h, w, layout)
         made = time.perf_counter() - start
         start = time.perf_counter()
-        with raster.Image(images[layout], [0, 1, 2], 3) as image:
+        with Image(images[layout], [0, 1, 2], 3) as image:
             for r0 in range(0, h, 256):
                 image.rows(r0, min(r0 + 256, h))
         print(f"{layout} image: {h} x {w} px RGB uint8, "
@@ -215,10 +223,9 @@ def main():
     results = {}
     for name in layouts + ([] if args.skip_whole else ['whole']):
         h, w = shapes.get(name, shapes['tiled'])
-        windows = len(inference.window_starts(max(w, config.cropSize), config.cropSize,
-                                              config.predict_stride)) * \
-            len(inference.window_starts(max(h, config.cropSize), config.cropSize,
-                                        config.predict_stride))
+        windows = len(starts(max(w, config.cropSize), config.cropSize,
+                             config.predict_stride)) * \
+            len(starts(max(h, config.cropSize), config.cropSize, config.predict_stride))
         r = results[name] = measure(name, folder, images.get(name, images.get('tiled')), sets)
         megapixels = h * w / 1e6
         print(f"{name:>12}: {h} x {w} px, {windows} windows, {r['seconds']:.0f} s, "

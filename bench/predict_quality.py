@@ -8,7 +8,7 @@ and test-time flips, with what each costs, in one run. Trains nothing.
 
 Weights: predCheckPointPath (and corrCheckPointPath with --correction) of
 dataset_name, with their .json settings, as predict.py takes them. Every
-configuration runs utils/inference.py's predict_tile on every image of the
+configuration runs utils/predict/blend.py's predict_tile on every image of the
 split, scored as test_dsm.py scores (per-image metrics averaged over
 images; heights on every valid pixel, so binary datasets' class-1 masking
 is not applied). The network sees each distinct window (after its flip)
@@ -91,25 +91,34 @@ def main():
     p.add_argument('--json', help='write every figure to this file')
     args = settings.parse_args(p)
     sets = {pair.split('=', 1)[0] for pair in args.set}
-    from utils import checkpoints
+    from utils.model import weights
     cfg = settings.current()
-    cfg, _ = checkpoints.trained_settings(
-        cfg, cfg.predCheckPointPath, cfg.corrCheckPointPath if args.correction else None, sets)
+    mtl_file = weights.WeightsFile(cfg.predCheckPointPath, 'mtl')
+    dae_file = weights.WeightsFile(cfg.corrCheckPointPath, 'dae') if args.correction else None
+    cfg = weights.adopt(cfg, [mtl_file, dae_file], sets)
     crop = cfg.cropSize
     strides = [int(s) for s in args.strides.split(',')] if args.strides else \
         [crop // d for d in (6, 4, 3, 2, 1)]
     windows = args.windows.split(',')
     flips = [int(f) for f in args.flips.split(',')]
 
-    from utils import datasets, distribute, inference, metrics, tasks
+    from utils import distribute
+    from utils.data.layouts import find_split
+    from utils.data.samples import load_sample
+    from utils.evaluate import metrics
+    from utils.geo.grid import starts
+    from utils.model import networks
+    from utils.predict import engines
+    from utils.predict.blend import predict_tile
+    from utils.predict.flips import with_flips
     strategy = distribute.get_strategy(cfg)
-    mtl = tasks.trained_mtl(cfg, strategy)
-    dae = tasks.trained_dae(cfg, strategy) if args.correction else None
-    predict_fn = inference.make_predict_fn(mtl, dae, cfg=cfg, strategy=strategy)
+    mtl = networks.trained(mtl_file, cfg, strategy)
+    dae = networks.trained(dae_file, cfg, strategy) if args.correction else None
+    predict_fn = engines.tensorflow_fn(mtl, dae, cfg=cfg, strategy=strategy)
     rate_before, _ = network_rate(predict_fn, crop)
     shared = SharedWindows(predict_fn)
     grid = [(s, wk, f) for s in strides for wk in windows for f in flips]
-    samples = datasets.find_split(cfg, args.split)[:args.max_images]
+    samples = find_split(cfg, args.split)[:args.max_images]
     classes = len(cfg.label_codes)
     rows = {c: {'per_image': [], 'confusion': metrics.ConfusionMatrix(classes),
                 'blend_seconds': 0.0, 'windows': 0} for c in grid}
@@ -119,15 +128,15 @@ def main():
           + (f" + {cfg.corrCheckPointPath}" if dae else ''))
     start = time.perf_counter()
     for index, sample in enumerate(samples):
-        data = datasets.load_sample(cfg, sample)
+        data = load_sample(cfg, sample)
         gt = np.asarray(data.height, np.float32)
         for config_key in grid:
             stride, window, flip = config_key
-            fn = inference.with_flips(shared, flip, cfg)
-            ny = len(inference.window_starts(gt.shape[0], crop, stride))
-            nx = len(inference.window_starts(gt.shape[1], crop, stride))
+            fn = with_flips(shared, flip, cfg)
+            ny = len(starts(gt.shape[0], crop, stride))
+            nx = len(starts(gt.shape[1], crop, stride))
             seconds_before, t0 = shared.network_seconds, time.perf_counter()
-            out = inference.predict_tile(fn, data.image, crop, stride, window=window)
+            out = predict_tile(fn, data.image, crop, stride, window=window)
             row = rows[config_key]
             row['blend_seconds'] += (time.perf_counter() - t0) - (
                 shared.network_seconds - seconds_before)

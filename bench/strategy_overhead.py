@@ -43,7 +43,9 @@ def main():
 
     import tensorflow as tf
     import config
-    from utils import benchmark, distribute, tasks, training
+    from utils import distribute
+    from utils.train import benchmark, tasks
+    from utils.train.trainer import Trainer
 
     if args.intra is not None:
         tf.config.threading.set_intra_op_parallelism_threads(args.intra)
@@ -58,10 +60,10 @@ def main():
         config.jit_compile = xla
         suffix = ' + XLA' if xla else ''
         timers['mirrored' + suffix] = benchmark.StepTimer(
-            training.Trainer(tasks.MTLTask(config), strategy), steps_per_call=1)
+            Trainer(tasks.MTLTask(config), strategy), steps_per_call=1)
         config.mtl_batchSize = args.batch   # one replica takes the whole global batch
         timers['default' + suffix] = benchmark.StepTimer(
-            training.Trainer(tasks.MTLTask(config), tf.distribute.get_strategy()),
+            Trainer(tasks.MTLTask(config), tf.distribute.get_strategy()),
             steps_per_call=1)
         config.mtl_batchSize = args.batch // 2
     params = timers['default'].trainer.model.count_params()
