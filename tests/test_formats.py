@@ -113,18 +113,28 @@ def test_each_format_reads_as_the_plain_geotiff(files, kind):
     assert grid == (rasterio.crs.CRS.from_string(CRS), TRANSFORM)
 
 
-def test_a_folder_is_scanned_for_what_gdal_opens(files, tmp_path):
-    """Every image, whatever its extension; no sidecar, no text file. A file
-    named as an image is taken without opening it, so one GDAL cannot read
-    is named when read, not left out unseen."""
+def test_a_folder_is_scanned_for_what_gdal_opens(files, tmp_path, capsys):
+    """Every image, whatever its extension; no sidecar, no text file; the
+    four tiles of the folder's VRT once, through the VRT, with a line saying
+    so. A file named as an image is taken without opening it, so one GDAL
+    cannot read is named when read, not left out unseen."""
     folder = os.path.dirname(files['plain'])
     with open(os.path.join(folder, 'notes.txt'), 'w') as f:
         f.write('not a raster')
     found = find_images([folder])
     assert sorted(map(os.path.basename, found)) == [
         'big_cog.tif', 'mosaic.vrt', 'ortho_cog.tif', 'ortho_jp2.jp2', 'ortho_png.png',
-        'plain.tif',
-        'tile_0.tif', 'tile_1.tif', 'tile_2.tif', 'tile_3.tif']
+        'plain.tif']
+    assert f"{files['vrt']}: 4 image(s) of its folder are its tiles" in capsys.readouterr().err
+    # named one by one, the tiles are what the user asked for
+    tiles = [os.path.join(folder, f'tile_{i}.tif') for i in range(4)]
+    assert find_images(tiles) == tiles
+    # a VRT GDAL cannot open keeps the tiles it names: both are reported when read
+    damaged = tmp_path / 'damaged'
+    damaged.mkdir()
+    (damaged / 'mosaic.vrt').write_text('<VRTDataset rasterXSize="1"')
+    shutil.copy(tiles[0], damaged / 'tile_0.tif')
+    assert sorted(map(os.path.basename, find_images([damaged]))) == ['mosaic.vrt', 'tile_0.tif']
     shutil.copy(files['png'], tmp_path / 'image_without_extension')
     broken = tmp_path / 'broken.tif'
     broken.write_text('not a raster')
@@ -137,9 +147,12 @@ def test_a_folder_is_scanned_for_what_gdal_opens(files, tmp_path):
 class RangeHandler(http.server.SimpleHTTPRequestHandler):
     """Files of the server's folder with byte ranges (as object stores serve
     them); a path under /cut/ stops sending after the first CUT bytes of any
-    range beyond them, as a server that drops the connection mid-file."""
+    range beyond them, as a server that drops the connection mid-file; one
+    under /flaky/ answers the first request of each range 503 (an object
+    store under load), and the next one."""
     CUT = 4096
     served = []     # (path, bytes sent)
+    refused = set()     # (path, range) answered 503 once
 
     def log_message(self, *args):
         pass
@@ -149,7 +162,13 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self, head=False):
         cut = self.path.startswith('/cut/')
-        path = self.translate_path(self.path.replace('/cut/', '/', 1))
+        if self.path.startswith('/flaky/'):
+            request = (self.path, self.headers.get('Range', ''))
+            if request not in self.refused:
+                self.refused.add(request)
+                self.send_error(503)
+                return
+        path = self.translate_path(self.path.replace('/cut/', '/', 1).replace('/flaky/', '/', 1))
         if not os.path.isfile(path):
             self.send_error(404)
             return
@@ -214,6 +233,24 @@ def test_a_remote_cog_is_read_by_ranges_not_whole(server, files):
     sent = sum(n for p, n in RangeHandler.served if p == '/big_cog.tif')
     # the first row of 256 px tiles is a quarter of the file, plus the header
     assert 0 < sent < os.path.getsize(path) * 0.4
+
+
+def test_a_server_failing_each_first_request_is_retried(files, server):
+    """Every range refused once (503), then served: read as the local file
+    under the default retry settings; with GDAL's own default (no retry)
+    the same read fails, so the retry is what reads it."""
+    assert os.environ['GDAL_HTTP_MAX_RETRY'] == '3'
+    with rasterio.open(files['cog']) as src:
+        want = src.read()
+    # two addresses, since GDAL remembers what an address answered
+    with rasterio.Env(GDAL_HTTP_MAX_RETRY='0'):
+        with pytest.raises(DatasetError, match=f'Cannot read {server}/flaky/ortho_cog.tif'):
+            with Image(f'{server}/flaky/ortho_cog.tif?once', [0, 1, 2], 3) as image:
+                image.read()
+    with Image(f'{server}/flaky/ortho_cog.tif?retried', [0, 1, 2], 3) as image:
+        got, _ = image.read()
+    np.testing.assert_array_equal(got, want.transpose(1, 2, 0) / np.float32(255))
+    assert any('retried' in path for path, _ in RangeHandler.refused)   # it did refuse
 
 
 def _missing_tile(files, folder):

@@ -10,6 +10,7 @@ opens; sidecars (.aux.xml, .msk, .ovr, world files) belong to their image
 and are never taken for one. Every raster of the project is opened here.
 """
 import os
+import sys
 import warnings
 
 import rasterio
@@ -30,8 +31,11 @@ IMAGE_NAMES = ('.tif', '.tiff', '.jp2', '.png', '.jpg', '.jpeg', '.vrt', '.img')
 # a 12 000 px image read in bands: bench/RESULTS.md). For remote files,
 # neighbouring byte ranges are merged into one request. GDAL's own messages
 # stay off the terminal: its errors reach the user as our one-line errors
-# naming the file.
+# naming the file. A remote request answered 429 or 5xx (an object store
+# under load) is retried 3 times, 1 s apart and then doubling, instead of
+# failing the image (GDAL's default: no retry).
 for _name, _value in (('GDAL_CACHEMAX', '16'), ('CPL_LOG', os.devnull),
+                      ('GDAL_HTTP_MAX_RETRY', '3'), ('GDAL_HTTP_RETRY_DELAY', '1'),
                       ('GDAL_HTTP_MULTIRANGE', 'YES'),
                       ('GDAL_HTTP_MERGE_CONSECUTIVE_RANGES', 'YES'), ('VSI_CACHE', 'TRUE')):
     os.environ.setdefault(_name, _value)
@@ -108,6 +112,28 @@ def is_image_file(path):
         return False
 
 
+def without_mosaic_tiles(found, kind='image'):
+    """A folder's files less the tiles that a VRT among them mosaics: those
+    pixels are taken once, through the VRT, and a line says so. A VRT GDAL
+    cannot open keeps its tiles (it is named when read)."""
+    tiles = {}
+    for path in found:
+        if path.lower().endswith('.vrt'):
+            try:
+                with _open(path) as src:
+                    sources = [os.path.realpath(f) for f in src.files[1:]]
+            except READ_ERRORS:
+                continue
+            for source in sources:
+                tiles.setdefault(source, path)
+    kept = [p for p in found if os.path.realpath(p) not in tiles]
+    for vrt in sorted(set(tiles[os.path.realpath(p)] for p in found if p not in kept)):
+        count = sum(1 for p in found if tiles.get(os.path.realpath(p)) == vrt)
+        print(f"{vrt}: {count} {kind}(s) of its folder are its tiles, taken once through "
+              f"it, not again on their own", file=sys.stderr)
+    return kept
+
+
 def find_images(inputs, kind='image', option=''):
     """Files and addresses named by `inputs`: files, http(s)/s3 addresses, or
     folders whose files GDAL opens or are named as images (IMAGE_NAMES;
@@ -125,7 +151,7 @@ def find_images(inputs, kind='image', option=''):
                 raise DatasetError(f"{prefix}{item}: no {kind} in this folder that GDAL "
                                    f"opens. Fix: name a folder holding {kind}s, or the "
                                    f"{kind} files themselves.")
-            files += found
+            files += without_mosaic_tiles(found, kind)
         elif os.path.isfile(item):
             files.append(item)
         else:
