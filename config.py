@@ -167,37 +167,55 @@ test_plot_images: whole(at_least=0) = 3 # PNG figures for the first N test image
 # row of LAYOUTS in utils/data/layouts.py; `folders` ({modality: folder} in
 # each split) replaces the layout's own folder names; `building_codes` are
 # the label codes of buildings (test_dsm.py's errors per building,
-# buildings.py's traced footprints).
+# buildings.py's traced footprints); `class_names` name the label codes in
+# their order, as the benchmarks' documentation does (exported models show
+# them: export.py).
 VAIHINGEN_CODES = [(255, 255, 255), (0, 0, 255), (0, 255, 255),
                    (0, 255, 0), (255, 255, 0), (255, 0, 0)]
+VAIHINGEN_NAMES = ['impervious_surfaces', 'building', 'low_vegetation', 'tree', 'car',
+                   'clutter']
+DFC2019_NAMES = ['ground', 'high_vegetation', 'building', 'water', 'bridge_deck',
+                 'unlabelled']
 DATASETS = {
     # unlabelled_code: the boundary band of the "eroded" ISPRS reference is black.
     'Vaihingen': dict(layout='vaihingen', cropSize=320, batch_size=4,
                       label_codes=VAIHINGEN_CODES, unlabelled_code=(0, 0, 0),
+                      class_names=VAIHINGEN_NAMES,
                       building_codes=[(0, 0, 255)], w1=1e-4, w2=1e-1, w3=1e-5, w4=1e-3),
     'Vaihingen_crp256': dict(layout='split_folders', cropSize=256, batch_size=10,
                              folders=dict(image='rgb', height='ndsm', labels='sem', sar=None),
                              label_codes=VAIHINGEN_CODES, unlabelled_code=(0, 0, 0),
+                             class_names=VAIHINGEN_NAMES,
                              building_codes=[(0, 0, 255)], w1=1e-4, w2=1e-1, w3=1e-5,
                              w4=1e-3),
     # unlabelled_code: the DFC2018 ground truth marks unclassified pixels 0.
     'DFC2018': dict(layout='dfc2018', cropSize=320, batch_size=4,
                     label_codes=list(range(1, 21)), unlabelled_code=0, building_codes=[8, 9],
+                    class_names=['healthy_grass', 'stressed_grass', 'artificial_turf',
+                                 'evergreen_trees', 'deciduous_trees', 'bare_earth', 'water',
+                                 'residential_buildings', 'non_residential_buildings',
+                                 'roads', 'sidewalks', 'crosswalks', 'major_thoroughfares',
+                                 'highways', 'railways', 'paved_parking_lots',
+                                 'unpaved_parking_lots', 'cars', 'trains', 'stadium_seats'],
                     w1=100, w2=1, w3=10, w4=100),
     # DFC2019's code 65 means unlabelled, but the published code trains it as a class.
     'DFC2019_crp256': dict(layout='dfc2019', cropSize=256, batch_size=10,
                            label_codes=[2, 5, 6, 9, 17, 65], building_codes=[6],
+                           class_names=DFC2019_NAMES,
                            w1=1e-2, w2=1e-1, w3=1e-5, w4=100),
     'DFC2019_crp512': dict(layout='dfc2019', cropSize=512, batch_size=2,
                            label_codes=[2, 5, 6, 9, 17, 65], building_codes=[6],
+                           class_names=DFC2019_NAMES,
                            w1=1e-2, w2=1e-1, w3=1e-5, w4=100),
     'DFC2023': dict(layout='split_folders', cropSize=512, batch_size=2,
                     label_codes=[0, 1], building_codes=[1], w1=1e-3, w2=1.0, w3=1e-5,
-                    w4=1e-3),
+                    w4=1e-3, class_names=['background', 'building']),
     # Built in, generated on first use: trains and tests offline on a CPU.
     'synthetic': dict(layout='split_folders', cropSize=96, batch_size=8,
                       folders=dict(image='rgb', height='dsm', labels='sem', sar=None),
                       label_codes=[0, 1, 2, 3, 4, 5], building_codes=[1],
+                      class_names=['impervious', 'building', 'low_vegetation', 'tree', 'car',
+                                   'clutter'],
                       w1=1.0, w2=1.0, w3=0.1, w4=0.1,
                       backbone_weights=None, mtl_decoder_scale=0.25, dae_width_scale=0.25,
                       roof_height_threshold=2,   # its heights are metres, 0-27
@@ -208,14 +226,15 @@ DATASETS = {
 }
 # What an entry does not name, and a dataset_name matching no entry.
 PUBLISHED = dict(layout='split_folders', folders=None, cropSize=256, batch_size=2,
-                 label_codes=[0, 1], unlabelled_code=None, building_codes=[], sem_flag=True,
+                 label_codes=[0, 1], unlabelled_code=None, building_codes=[], class_names=None,
+                 sem_flag=True,
                  w1=1.0, w2=1.0, w3=1.0, w4=1.0,
                  backbone_weights='imagenet', mtl_decoder_scale=1.0, dae_width_scale=1.0,
                  roof_height_threshold=50, bn_momentum=0.99, dropout_rate=0.5,
                  mtl_numEpochs=20, dae_numEpochs=20,
                  mtl_training_samples=10000, dae_training_samples=10000)
 # What a dataset's entry says that is no setting: the settings carry them too.
-DATASET_FACTS = ('layout', 'folders', 'building_codes')
+DATASET_FACTS = ('layout', 'folders', 'building_codes', 'class_names')
 
 
 def prepared_settings(name, root=None):
@@ -252,7 +271,8 @@ def dataset_settings(name, root=None):
     published = published_name(name)
     entry = dict(PUBLISHED, **(DATASETS[published] if published else {}))
     if name.endswith('_bin'):   # 0/1 masks: the full labels' unlabelled value is not in them
-        entry.update(label_codes=[0, 1], unlabelled_code=None, building_codes=[1])
+        entry.update(label_codes=[0, 1], unlabelled_code=None, building_codes=[1],
+                     class_names=['other', 'building'])
     return entry
 
 
@@ -300,7 +320,8 @@ def trained_weights(stage, s=None):
 def resolved(values):
     """The settings `values` ({name: value as declared or set}, every setting)
     with those left to the dataset or to other settings filled in, and the
-    dataset's DATASET_FACTS (`layout`, `folders`, `building_codes`). A value
+    dataset's DATASET_FACTS (`layout`, `folders`, `building_codes`,
+    `class_names`). A value
     of the wrong type is left for its rule to name, never an error here."""
     s = dict(values)
     name = s['dataset_name']

@@ -1,4 +1,4 @@
-"""Label files as class indices: the label codes of a dataset, its
+"""Label files as class indices: the label codes of a dataset, their names, its
 unlabelled value, and its building class.
 
 Labels are int32 HxW indices into cfg.label_codes (RGB colour triplets for
@@ -85,3 +85,17 @@ def describe_unlabelled(cfg, count):
     return (f"{count.unlabelled / count.pixels:.2%} of the training label pixels "
             f"({count.unlabelled:,} of {count.pixels:,}) are unlabelled_code "
             f"{cfg.unlabelled_code!r}, left out of the semantic loss")
+
+
+def class_names(cfg):
+    """A name per label code, in their order: the dataset's (cfg.class_names,
+    from the dataset table in config.py) where they name every code, else
+    'building' for the building codes and 'class_<code>' for the others
+    (label_codes set to codes of one's own)."""
+    codes = list(cfg.label_codes)
+    if cfg.class_names and len(cfg.class_names) == len(codes):
+        return list(cfg.class_names)
+    buildings = building_classes(cfg)
+    return ['building' if i in buildings else
+            'class_' + ('_'.join(map(str, c)) if isinstance(c, tuple) else str(c))
+            for i, c in enumerate(codes)]
