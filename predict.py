@@ -1,7 +1,7 @@
 """Height maps for your own images, of any size, georeferenced.
 
-    python predict.py INPUT [INPUT ...] [--out DIR] [--correction]
-        [--mtl-weights F] [--dae-weights F] [--outputs height,sem,norm]
+    python predict.py INPUT [INPUT ...] [--out DIR] [--correction] [--mtl-weights F]
+        [--dae-weights F] [--model ITEM] [--outputs height,sem,norm]
         [--bands 1,2,3] [--engine auto|tensorflow|onnxruntime] [--overwrite]
         [--ungeoreferenced] [--set NAME=VALUE ...]
 

@@ -8,8 +8,9 @@ the run's settings (a wrong flag named, not a shape error deep inside
 Keras) and load_into() fills a network. save() writes both files under a
 temporary name and renames them, so an interrupted write never replaces a
 good file. predict.py, test_dsm.py and export.py take their weights with
-the same options (add_options, from_options); fine-tuning starts from one
-(utils/train/finetune.py).
+the same options (add_options, from_options), also from the STAC item
+export.py writes (--model: its weights assets, STAC_ASSETS); fine-tuning
+starts from one (utils/train/finetune.py).
 """
 import dataclasses
 import hashlib
@@ -17,7 +18,7 @@ import json
 import os
 
 from utils.data.samples import image_channels
-from utils.errors import CheckpointError, first_line
+from utils.errors import CheckpointError, SettingError, first_line
 from utils.model import heads
 
 STAGES = ('mtl', 'dae')
@@ -32,6 +33,9 @@ ADOPTED = ('cropSize', 'image_scale')
 # The setting naming each stage's trained weights, and the script writing them.
 SETTING_OF_PATH = {'mtl': 'predCheckPointPath', 'dae': 'corrCheckPointPath'}
 TRAINED_BY = {'mtl': 'train_mtl.py', 'dae': 'train_dae.py'}
+# The assets of export.py's STAC item (model.stac.json) holding each stage's
+# weights, the .json beside them in the asset named <key>_settings.
+STAC_ASSETS = {'mtl': 'mtl_weights', 'dae': 'dae_weights'}
 
 
 def recorded_settings(cfg, stage):
@@ -173,11 +177,25 @@ def add_options(parser):
                         help='refine the MTL height with the DAE (also: --set correction=True)')
     parser.add_argument('--mtl-weights', help='MTL weights file (default: predCheckPointPath)')
     parser.add_argument('--dae-weights', help='DAE weights file (default: corrCheckPointPath)')
+    parser.add_argument('--model', metavar='ITEM',
+                        help='a model.stac.json export.py wrote: the weights its assets name '
+                             '(the MTL, and the DAE after it where the item has one)')
 
 
 def from_options(args, cfg):
     """(MTL WeightsFile, DAE WeightsFile or None without correction) that
-    the options (add_options) and the settings `cfg` name."""
+    the options (add_options) and the settings `cfg` name; with --model,
+    those of the STAC item (from_stac_item)."""
+    if getattr(args, 'model', None):
+        if args.mtl_weights or args.dae_weights:
+            raise SettingError(f"--model {args.model} names the weights itself: leave out "
+                               f"--mtl-weights and --dae-weights, or --model")
+        mtl, dae = from_stac_item(args.model)
+        if dae is None and (args.correction or cfg.correction):
+            raise SettingError(f"--correction: {args.model} names no DAE weights (exported "
+                               f"without --correction); leave out --correction, or export "
+                               f"again with it")
+        return mtl, dae
     mtl = WeightsFile(args.mtl_weights, 'mtl', '--mtl-weights') if args.mtl_weights else \
         WeightsFile(cfg.predCheckPointPath, 'mtl')
     if not (args.correction or cfg.correction):
@@ -185,3 +203,36 @@ def from_options(args, cfg):
     dae = WeightsFile(args.dae_weights, 'dae', '--dae-weights') if args.dae_weights else \
         WeightsFile(cfg.corrCheckPointPath, 'dae')
     return mtl, dae
+
+
+def from_stac_item(path):
+    """(MTL WeightsFile, DAE WeightsFile or None) that the STAC item at
+    `path` names in its assets STAC_ASSETS, their hrefs relative to it;
+    CheckpointError naming the item and the asset when one is missing."""
+    try:
+        with open(path) as f:
+            item = json.load(f)
+        assets = item['assets']
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"--model {path}: not a STAC item with assets "
+                              f"({first_line(err)}); give the model.stac.json export.py "
+                              f"wrote") from err
+    folder = os.path.dirname(os.path.abspath(path))
+    found = {}
+    for stage, key in STAC_ASSETS.items():
+        if key not in assets:
+            if stage == 'mtl':
+                raise CheckpointError(f"--model {path}: no asset {key!r} (the MTL weights); "
+                                      f"give the model.stac.json export.py wrote, or export "
+                                      f"again")
+            continue
+        weights = os.path.normpath(os.path.join(folder, assets[key].get('href', '')))
+        # the network's settings are read beside the weights (WeightsFile)
+        for name, full in ((key, weights), (key + '_settings', weights + '.json')):
+            if not os.path.isfile(full):
+                raise CheckpointError(
+                    f"--model {path}: its asset {name!r} is missing ({full}: no such file); "
+                    f"keep the files export.py wrote beside the item together, or export "
+                    f"again")
+        found[stage] = WeightsFile(weights, stage, f"--model {path} ({key})")
+    return found['mtl'], found.get('dae')
