@@ -1,7 +1,7 @@
 """Export trained networks for other tools: a SavedModel and an ONNX model with their model card.
 
     python export.py --out DIR [--correction] [--mtl-weights F] [--dae-weights F]
-        [--gsd METRES] [--set NAME=VALUE ...]
+        [--model ITEM] [--gsd METRES] [--deepness [height,classes]] [--set NAME=VALUE ...]
 
 From the MTL weights (predCheckPointPath), and with --correction the DAE's
 (corrCheckPointPath) after them as one graph, in float32 whatever
@@ -18,17 +18,27 @@ mixed_precision trained them, writes into DIR:
                       image scale, ground sampling distance (--gsd), window
                       size and the multiple rows and cols must be of,
                       recommended stride and blending, output units
+    model.stac.json   the card as a STAC Item with the Machine Learning Model
+                      extension, its assets linking these files and the
+                      weights copied beside it (predict.py --model runs it)
+    mtl.weights.h5, dae.weights.h5 (with --correction), each with its .json
+    model_deepness.onnx, model_deepness_classes.onnx (with --deepness: the
+                      QGIS plugin Deepness's Regressor of the height and, for
+                      weights with a semantics head, Segmentor of the classes;
+                      NCHW tiles of the card's window, settings in their
+                      metadata: README, Export)
 
 rows and cols must be multiples of 32; windows of the card's size, blended
 as its `windows` say, give the heights predict.py gives. The export is
-checked before it is kept: the SavedModel and ONNX Runtime must give the
-Keras networks' heights on two windows.
+checked before it is kept: the SavedModel, ONNX Runtime and the Deepness
+models must give the Keras networks' heights (and classes) on two windows.
 
 Example: python export.py --out exported/ --correction --set dataset_name=Vaihingen
 """
 import os
 import shutil
 import sys
+import time
 
 import numpy as np
 
@@ -36,7 +46,7 @@ from utils import settings
 from utils.errors import CheckpointError, SettingError
 from utils.model import weights
 
-FILES = ('saved_model', 'model.onnx', 'model_card.json')
+FILES = ('saved_model', 'model.onnx', 'model_card.json', 'model.stac.json')
 
 
 def parse(argv=None):
@@ -46,10 +56,16 @@ def parse(argv=None):
     p.add_argument('--gsd', type=float, default=None,
                    help='ground sampling distance of the training images in metres, '
                         'for the model card (default: not stated)')
+    p.add_argument('--deepness', nargs='?', const='auto', metavar='MODELS',
+                   help='also the QGIS Deepness models: height, classes (default: those '
+                        'the weights have); needs --gsd')
     args = settings.parse_args(p, argv)
     if args.gsd is not None and not args.gsd > 0:
         raise SettingError(f"--gsd {args.gsd}: give the training images' pixel size in "
                            f"metres, e.g. --gsd 0.09")
+    if args.deepness and args.gsd is None:
+        raise SettingError("--deepness: give --gsd METRES, the training images' pixel size "
+                           "(e.g. --gsd 0.09); Deepness resamples the layer to it")
     args.explicit = {pair.split('=', 1)[0].strip() for pair in args.set}
     return args
 
@@ -60,11 +76,15 @@ def main(argv=None):
     import tensorflow as tf
     from utils.data.samples import image_channels
     from utils.model import networks
-    from utils.predict import export, provenance
+    from utils.predict import deepness, export, provenance, stac
 
     cfg = settings.current()    # config.py after --set; the weights' .json below
     mtl_file, dae_file = weights.from_options(args, cfg)
     cfg = weights.adopt(cfg, [mtl_file, dae_file], args.explicit)
+    if args.deepness:       # the user's mistakes before any work
+        kinds = deepness.kinds(args.deepness, cfg, mtl_file.path)
+        tile = deepness.tile_size(cfg, mtl_file, args.explicit)
+        factor = deepness.input_factor(cfg)
     # Mixed-precision weights are float32 variables: built in float32 they
     # load as they are and the graph computes in float32.
     cfg = cfg.replace(mixed_precision='float32')
@@ -91,9 +111,10 @@ def main(argv=None):
     # Before anything is replaced: both files give the networks' heights.
     windows = np.random.default_rng(0).random(
         (2, cfg.cropSize, cfg.cropSize, image_channels(cfg)), np.float32)
-    expected = serve(tf.constant(windows))['height'].numpy()
-    tolerance = export.height_tolerance([m for m in (mtl, dae) if m is not None],
-                                        np.abs(expected).max())
+    maps = {k: v.numpy() for k, v in serve(tf.constant(windows)).items()}
+    expected = maps['height']
+    models = [m for m in (mtl, dae) if m is not None]
+    tolerance = export.height_tolerance(models, np.abs(expected).max())
     loaded = tf.saved_model.load(os.path.join(tmp, 'saved_model'))
     got = {'saved_model/': loaded.signatures[export.SIGNATURE](
         **{export.INPUT: tf.constant(windows)})['height'].numpy(),
@@ -110,13 +131,32 @@ def main(argv=None):
                                   f"was replaced")
         print(f"  {name}: heights within {worst:.2g} m of the Keras networks' "
               f"(tolerance {tolerance:.2g})")
-    for name in FILES:
+    names = list(FILES)
+    if args.deepness:
+        paths = {kind: os.path.join(tmp, deepness.FILES[kind]) for kind in kinds}
+        for kind, path in paths.items():
+            deepness.write(os.path.join(tmp, 'model.onnx'), path, kind, card, tile=tile,
+                           factor=factor, gsd=args.gsd)
+        # fed as the plugin feeds them: the values the network takes, over factor
+        worst = deepness.check(paths, windows / factor, maps, {
+            'height': tolerance, 'classes': export.height_tolerance([mtl], 1.0)})
+        for kind, difference in worst.items():
+            print(f"  {deepness.FILES[kind]}: {kind} within {difference:.2g} of the Keras "
+                  f"networks'")
+        names += [deepness.FILES[kind] for kind in kinds]
+    names += stac.copy_weights({stage: found for stage, found in
+                                (('mtl', mtl_file), ('dae', dae_file)) if found}, tmp)
+    stac.write(os.path.join(tmp, stac.ITEM), stac.item(
+        card, names, total_parameters=sum(m.count_params() for m in models),
+        framework_version=tf.__version__, batch_size=cfg.test_batch_size,
+        created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())))
+    for name in names:
         final = os.path.join(out, name)
         if os.path.isdir(final):
             shutil.rmtree(final)
         os.replace(os.path.join(tmp, name), final)
     shutil.rmtree(tmp)
-    print(f"done: {out}/{', '.join(FILES)}")
+    print(f"done: {out}/{', '.join(names)}")
     return card
 
 

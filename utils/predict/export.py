@@ -17,6 +17,7 @@ import sys
 import numpy as np
 
 from nets import dae as dae_net
+from utils.data.labels import class_names
 from utils.data.samples import image_channels
 from utils.errors import CheckpointError, first_line
 from utils.geo.classes import ClassMap
@@ -122,10 +123,11 @@ def model_card(cfg, *, contract=None, correction, weights, gsd=None, version='un
         'format': CARD_FORMAT,
         'network': 'MTL + DAE' if correction else 'MTL',
         'dataset': cfg.dataset_name,
-        'classes': [dict(index=i, value=int(v),
+        'classes': [dict(index=i, value=int(v), name=name,
                          code=c if isinstance(c, int) else list(c),
                          colour=[int(x) for x in classes_of.colours[i]])
-                    for i, (v, c) in enumerate(zip(classes_of.values, cfg.label_codes))],
+                    for i, (v, c, name) in enumerate(zip(classes_of.values, cfg.label_codes,
+                                                         class_names(cfg)))],
         'input': dict(
             name=INPUT, shape=['batch', 'rows', 'cols', channels], dtype='float32',
             bands=[f"{names[i]} (band {b} of the source image)"
