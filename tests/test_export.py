@@ -102,7 +102,9 @@ def test_export_gives_the_keras_heights_outside_the_project(weights, tmp_path):
                        '--set', 'mixed_precision=mixed_bfloat16', '--set', 'predict_stride=10'],
                       timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sorted(os.listdir(out)) == ['model.onnx', 'model_card.json', 'saved_model']
+    assert sorted(os.listdir(out)) == [
+        'dae.weights.h5', 'dae.weights.h5.json', 'model.onnx', 'model.stac.json',
+        'model_card.json', 'mtl.weights.h5', 'mtl.weights.h5.json', 'saved_model']
 
     rng = np.random.default_rng(1)
     windows = rng.random((3, 64, 96, 3), np.float32)    # any multiple of 32, not only the crop
