@@ -145,7 +145,7 @@ def main(argv=None):
                   f"networks'")
         names += [deepness.FILES[kind] for kind in kinds]
     names += stac.copy_weights({stage: found for stage, found in
-                                (('mtl', mtl_file), ('dae', dae_file)) if found}, tmp)
+                                (('mtl', mtl_file), ('dae', dae_file)) if found}, tmp, cfg)
     stac.write(os.path.join(tmp, stac.ITEM), stac.item(
         card, names, total_parameters=sum(m.count_params() for m in models),
         framework_version=tf.__version__, batch_size=cfg.test_batch_size,

@@ -322,3 +322,27 @@ def test_every_dataset_names_each_of_its_classes():
     # codes of one's own: named from what is known of them (synthetic's buildings are 1)
     settings.apply(['label_codes=[0,1,9]'])
     assert class_names(settings.current()) == ['class_0', 'building', 'class_9']
+
+
+def test_weights_without_their_json_are_copied_with_the_settings_that_built_them(tmp_path):
+    settings.apply(TINY)
+    cfg = settings.current()
+    bare = _fake_weights(tmp_path)
+    (tmp_path / 'copy').mkdir()
+    names = stac.copy_weights({'mtl': weights_files.WeightsFile(bare, 'mtl')},
+                              str(tmp_path / 'copy'), cfg)
+    assert names == ['mtl.weights.h5', 'mtl.weights.h5.json']
+    copied = weights_files.WeightsFile(str(tmp_path / 'copy' / names[0]), 'mtl')
+    assert copied.settings == weights_files.as_recorded(cfg, 'mtl')
+    assert copied.adopted()['cropSize'] == 32          # what --deepness needs fixed
+    # an item of these weights alone refuses --correction in one line
+    from utils.predict import export as exporting
+    item_path = tmp_path / 'copy' / stac.ITEM
+    stac.write(item_path, stac.item(exporting.model_card(cfg, correction=False, weights={}),
+                                    names, total_parameters=1, framework_version='2',
+                                    batch_size=1, created='2026-01-01T00:00:00Z'))
+    image = tmp_path / 'area.tif'
+    _geotiff(image, (40, 40, 3))
+    with pytest.raises(SettingError) as err:
+        predict.main([str(image), '--model', str(item_path), '--correction'] + SETS)
+    _one_line(err, '--correction', str(item_path), 'no DAE weights')

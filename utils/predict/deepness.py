@@ -24,6 +24,7 @@ import numpy as np
 
 from utils.errors import CheckpointError, SettingError
 from utils.model import heads
+from utils.predict import export
 
 KINDS = ('height', 'classes')
 FILES = {'height': 'model_deepness.onnx', 'classes': 'model_deepness_classes.onnx'}
@@ -128,6 +129,8 @@ def write(source, path, kind, card, *, tile, factor, gsd):
     for node in graph.node:
         node.input[:] = [inner.get(n, n) for n in node.input]
         node.output[:] = [inner.get(n, n) for n in node.output]
+    for value in graph.value_info:
+        value.name = inner.get(value.name, value.name)
     before, after, x = [], [], INPUT
     if factor != 1.0:
         graph.initializer.append(numpy_helper.from_array(np.float32(factor), 'plugin_factor'))
@@ -177,8 +180,7 @@ def run(path, values):
     """The model at `path` on windows [n, tile, tile, bands] of the plugin's
     values (layer / 255), one at a time as its batch of 1: [n, channels,
     tile, tile]."""
-    from utils.predict.export import onnx_session
-    session = onnx_session(path, threads=1)
+    session = export.onnx_session(path, threads=1)
     nchw = np.transpose(np.asarray(values, np.float32), (0, 3, 1, 2))
     return np.concatenate([session.run(None, {INPUT: w[None]})[0] for w in nchw])
 

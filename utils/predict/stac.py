@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 
-from utils.model.weights import STAC_ASSETS
+from utils.model.weights import STAC_ASSETS, recorded_settings
 from utils.predict import deepness, export
 
 ITEM = 'model.stac.json'
@@ -29,14 +29,20 @@ def weights_name(stage):
     return f'{stage}.weights.h5'
 
 
-def copy_weights(files, folder):
+def copy_weights(files, folder, cfg):
     """Copy the WeightsFiles `files` ({stage: file}) and the .json beside
-    them into `folder`; the names written."""
+    them into `folder`; weights without one get the settings `cfg` built
+    their network with, so the copy builds it again. The names written."""
     names = []
     for stage, found in files.items():
-        for suffix in ('', '.json'):
-            shutil.copyfile(found.path + suffix, os.path.join(folder, weights_name(stage) + suffix))
-            names.append(weights_name(stage) + suffix)
+        name = weights_name(stage)
+        shutil.copyfile(found.path, os.path.join(folder, name))
+        if os.path.exists(found.path + '.json'):
+            shutil.copyfile(found.path + '.json', os.path.join(folder, name + '.json'))
+        else:
+            with open(os.path.join(folder, name + '.json'), 'w') as f:
+                json.dump({'kind': stage, 'settings': recorded_settings(cfg, stage)}, f, indent=2)
+        names += [name, name + '.json']
     return names
 
 
