@@ -128,7 +128,8 @@ def test_deepness_models_read_as_the_plugin_reads_them_give_predict_pys_heights(
     tolerance = height_tolerance([mtl, dae], np.abs(expected['height']).max())
     got = height.process(tile)[0][:, 0] * float(height.meta['reg_output_scaling'])
     np.testing.assert_allclose(got, expected['height'], rtol=0, atol=tolerance)
-    np.testing.assert_allclose(classes.process(tile)[0], np.transpose(expected['sem'], (0, 3, 1, 2)),
+    np.testing.assert_allclose(classes.process(tile)[0],
+                               np.transpose(expected['sem'], (0, 3, 1, 2)),
                                rtol=0, atol=height_tolerance([mtl], 1.0))
     # The same tile in BGR, the band order read wrongly: not the heights.
     wrong = height.process(tile[..., [2, 1, 0, 3]])[0][:, 0]
@@ -346,3 +347,46 @@ def test_weights_without_their_json_are_copied_with_the_settings_that_built_them
     with pytest.raises(SettingError) as err:
         predict.main([str(image), '--model', str(item_path), '--correction'] + SETS)
     _one_line(err, '--correction', str(item_path), 'no DAE weights')
+
+
+def test_the_plugin_layout_around_a_network_scales_transposes_and_keeps_one_output(tmp_path):
+    """On a stand-in for model.onnx (height: the bands' sum, sem: their
+    softmax, norm: dropped), in ONNX Runtime: the Deepness model on the
+    plugin's values is the network on the values times the factor (here
+    image_scale 4095), bit for bit, as the same kernels run on the same
+    float32 values."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from utils.predict.export import onnx_session
+    shape = ['batch', 'rows', 'cols', 3]
+    graph = helper.make_graph(
+        [helper.make_node('ReduceSum', ['image', 'bands_axis'], ['height'], keepdims=0),
+         helper.make_node('Softmax', ['image'], ['sem'], axis=-1),
+         helper.make_node('Relu', ['image'], ['norm'])], 'stand_in',
+        [helper.make_tensor_value_info('image', TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info('height', TensorProto.FLOAT, shape[:3]),
+         helper.make_tensor_value_info('sem', TensorProto.FLOAT, shape),
+         helper.make_tensor_value_info('norm', TensorProto.FLOAT, shape)],
+        initializer=[numpy_helper.from_array(np.array([3], np.int64), 'bands_axis')])
+    source = str(tmp_path / 'model.onnx')
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)]), source)
+    card = dict(network='MTL', dataset='synthetic', input=dict(shape=shape),
+                windows=dict(stride=5), outputs=dict(height={}, sem={}, norm={}),
+                classes=[dict(index=i, name=f'class_{i}') for i in range(3)])
+    factor = deepness.PLUGIN_SCALE / 4095
+    values = np.random.default_rng(3).random((2, 8, 8, 3), np.float32)   # layer / 255
+    reference = onnx_session(source, threads=1).run(
+        ['height', 'sem'], {'image': values * np.float32(factor)})
+    paths = {kind: str(tmp_path / deepness.FILES[kind]) for kind in deepness.KINDS}
+    for kind, path in paths.items():
+        deepness.write(source, path, kind, card, tile=8, factor=factor, gsd=GSD)
+        model = onnx.load(path)
+        assert [o.name for o in model.graph.output] == [
+            {'height': 'height', 'classes': 'sem'}[kind]]
+        assert 'Relu' not in {n.op_type for n in model.graph.node}      # norm's node gone
+    maps = dict(height=reference[0], sem=reference[1])
+    for kind, path in paths.items():
+        np.testing.assert_array_equal(deepness.run(path, values), deepness.plugin_maps(kind, maps))
+    # without the factor the layer's values are not the network's
+    deepness.write(source, paths['height'], 'height', card, tile=8, factor=1.0, gsd=GSD)
+    assert not np.allclose(deepness.run(paths['height'], values), maps['height'][:, None])

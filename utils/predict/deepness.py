@@ -151,19 +151,14 @@ def write(source, path, kind, card, *, tile, factor, gsd):
         if needed & set(node.output):
             kept.append(node)
             needed.update(node.input)
-    del graph.node[:]
-    graph.node.extend(reversed(kept))
-    keep = [t for t in graph.initializer if t.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    keep = [v for v in graph.value_info if v.name in needed]
-    del graph.value_info[:]
-    graph.value_info.extend(keep)
-    del graph.input[:], graph.output[:]
-    graph.input.append(helper.make_tensor_value_info(INPUT, TensorProto.FLOAT,
-                                                     [1, bands, tile, tile]))
-    graph.output.append(helper.make_tensor_value_info(head.name, TensorProto.FLOAT,
-                                                      [1, channels, tile, tile]))
+    # A new graph of copies: the nodes kept come from the old one.
+    model.graph.CopyFrom(helper.make_graph(
+        list(reversed(kept)), graph.name,
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, [1, bands, tile, tile])],
+        [helper.make_tensor_value_info(head.name, TensorProto.FLOAT,
+                                       [1, channels, tile, tile])],
+        initializer=[t for t in graph.initializer if t.name in needed],
+        value_info=[v for v in graph.value_info if v.name in needed]))
     del model.metadata_props[:]
     for key, value in metadata(kind, card, tile, gsd).items():
         entry = model.metadata_props.add()
