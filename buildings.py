@@ -2,12 +2,14 @@
 
     python buildings.py HEIGHTS [HEIGHTS ...] --out FILE.gpkg
         [--footprints FILE | --building-class VALUES] [--min-area M2]
-        [--roof 70p] [--dtm FILE] [--set NAME=VALUE ...]
+        [--roof 70p] [--dtm FILE] [--keep-outside] [--set NAME=VALUE ...]
 
 HEIGHTS: height maps predict.py wrote (<name>_height.tif) or folders of
 them. Footprints: --footprints, any vector file OGR reads (GeoPackage,
-GeoJSON, Shapefile, FlatGeobuf), reprojected to the height maps' CRS; or,
-without it, traced from the class maps beside the height maps
+GeoJSON, Shapefile, FlatGeobuf), only those meeting the height maps read
+(the others counted; --keep-outside writes them), reprojected to the
+height maps' CRS; or, without it, traced from the class maps beside the
+height maps
 (<name>_sem.tif, the dataset_name's building class or --building-class
 values): polygonised with holes, regions under --min-area m^2 dropped,
 simplified to the pixel size.
@@ -24,7 +26,7 @@ import os
 import sys
 
 from utils import settings
-from utils.errors import SettingError
+from utils.errors import DatasetError, SettingError
 from utils.gis.heights import ATTRIBUTES, ROOF_RULES
 
 
@@ -43,6 +45,9 @@ def parse(argv=None):
     p.add_argument('--roof', choices=sorted(ROOF_RULES), default='70p',
                    help='statistic of the LoD1 roof height (default 70p)')
     p.add_argument('--dtm', help='terrain heights (a raster in the same CRS) for the ground')
+    p.add_argument('--keep-outside', action='store_true',
+                   help='read every footprint of --footprints and write those on no '
+                        'height map too, with empty heights (default: counted only)')
     args = settings.parse_args(p, argv)
     if args.min_area < 0:
         raise SettingError(f"--min-area {args.min_area:g}: use an area >= 0 (m^2)")
@@ -66,10 +71,11 @@ def main(argv=None):
     cfg = settings.current()
     paths = heights.height_maps(args.heights)
     crs = heights.common_crs(paths, args.dtm)
-    problems = []
+    problems, left_out = [], 0
     if args.footprints:
-        geoms, fields, listed = footprints.read_footprints(args.footprints, crs)
-        problems += [f"{args.footprints}: footprint {i + 1} {why}" for i, why in listed]
+        geoms, fields, listed, left_out, file_crs = footprints.read_footprints(
+            args.footprints, crs, None if args.keep_outside else heights.extent(paths))
+        problems += [f"{args.footprints}: footprint FID {i} {why}" for i, why in listed]
         source = args.footprints
     else:
         values = args.building_class or footprints.class_values(cfg, building_classes(cfg))
@@ -82,15 +88,32 @@ def main(argv=None):
                                                         cfg, checked=not args.building_class)
         problems += traced
         source = f"traced from the building class {values} of the class maps"
+        if args.building_class and not len(geoms):
+            raise SettingError(f"--building-class {','.join(map(str, values))}: no class "
+                               f"map beside the height maps holds it (they hold "
+                               f"{footprints.values_held(paths)}); give the class-map "
+                               f"values of buildings")
     print(f"{len(geoms)} footprint(s) ({source}) on {len(paths)} height map(s)")
     bar = Bar(max(len(geoms), 1), 'heights', 'buildings')
     attrs, outside = heights.building_heights(paths, geoms, dtm=args.dtm, roof=args.roof,
                                               progress=bar.update)
-    if len(outside):
+    if args.footprints and len(outside) + left_out and len(outside) == len(geoms):
+        raise DatasetError(f"{args.footprints}: none of its {len(outside) + left_out} "
+                           f"footprint(s) lie on the {len(paths)} height map(s) "
+                           f"({', '.join(f'{v:.0f}' for v in heights.extent(paths))} in "
+                           f"{crs}); check the CRS the file declares ({file_crs}) and give "
+                           f"the height maps that cover them")
+    if len(outside) and not args.keep_outside:
+        keep = np.setdiff1d(np.arange(len(geoms)), outside)
+        geoms, left_out = geoms[keep], left_out + len(outside)
+        fields = {k: v[keep] for k, v in fields.items()}
+        attrs = {k: v[keep] for k, v in attrs.items()}
+    elif len(outside):
         problems.append(f"{len(outside)} footprint(s) of {source} lie on no height map "
-                        f"(e.g. footprint {outside[0] + 1}): kept with empty heights; "
-                        f"check that they are in the CRS their file declares, and give "
-                        f"the height maps that cover them")
+                        f"(e.g. footprint {outside[0] + 1}): kept with empty heights")
+    if left_out:
+        print(f"{left_out} footprint(s) of {source} outside the height maps: not written "
+              f"(--keep-outside writes them, with empty heights)")
     empty = int(np.sum(~np.isfinite(attrs['h_dak_lod1'])))
     metadata = {'UNITS': 'metres (heights), square metres (opp_grond)',
                 'HEIGHTS': ('above the ground (nDSM); h_maaiveld: ground of the DTM '

@@ -113,9 +113,9 @@ def test_heights_by_hand_and_outputs_read_back(tmp_path):
     write_footprints(feet, [HALF, EDGE, only_nodata, outside, bowtie],
                      ['half', 'edge', 'nodata', 'outside', 'bowtie'])
     out = tmp_path / 'out' / 'b.gpkg'
-    proc = run_buildings(heights.parent, '--out', out, '--footprints', feet)
+    proc = run_buildings(heights.parent, '--out', out, '--footprints', feet, '--keep-outside')
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 'footprint 5 invalid' in proc.stderr and 'repaired' in proc.stderr
+    assert 'footprint FID 5 invalid' in proc.stderr and 'repaired' in proc.stderr
     assert '1 footprint(s)' in proc.stderr and 'on no height map' in proc.stderr
     assert 'Traceback' not in proc.stderr
     meta, geoms, f = read_layer(out)
@@ -300,14 +300,15 @@ def test_bad_input_one_line_each(tmp_path):
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
     line, = proc.stderr.strip().splitlines()
     assert str(nocrs) in line and 'no CRS' in line and 'ogr2ogr -a_srs' in line
-    # footprints in a CRS far from the map: all kept, empty, one line
+    # footprints in a CRS far from the map: none on it, a one-line error
+    # naming the file and its CRS, nothing written
     far = tmp_path / 'far.gpkg'
     write_footprints(far, [box(0, 0, 2, 2)], ['far'], crs='EPSG:32610')
     proc = run_buildings(heights, '--out', tmp_path / 'far_out.gpkg', '--footprints', far)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert '1 footprint(s)' in proc.stderr and 'on no height map' in proc.stderr
-    _, _, f = read_layer(tmp_path / 'far_out.gpkg')
-    assert np.isnan(f['h_dak_70p'][0]) and list(f['name']) == ['far']
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    line, = proc.stderr.strip().splitlines()
+    assert f'{far}: none of its 1 footprint(s) lie on the 1 height map(s)' in line
+    assert 'EPSG:32610' in line and not (tmp_path / 'far_out.gpkg').exists()
     # a class map without the building class: traced nothing, said so; its
     # colour table is not the synthetic dataset's: said so too
     write_map(tmp_path / 'a_sem.tif', np.zeros((4, 4), np.uint8), nodata=255,
@@ -329,6 +330,89 @@ def test_bad_input_one_line_each(tmp_path):
     _, geoms, f = read_layer(tmp_path / 'all.gpkg')
     assert len(geoms) == 1 and f['opp_grond'][0] == pytest.approx(16.0)
     assert f['n_pixels'][0] == 15       # the nodata cell left out
+    # a value no class map holds: a one-line error naming what they hold
+    proc = run_buildings(heights, '--out', tmp_path / 'seven.gpkg', '--building-class', '7',
+                         '--set', 'dataset_name=Unknown')
+    assert proc.returncode == 1 and 'Traceback' not in proc.stderr
+    line, = proc.stderr.strip().splitlines()
+    assert '--building-class 7: no class map' in line and 'they hold [0]' in line
+
+
+FIELD_TYPES = {     # an OGR type each, with a null in the second feature
+    'text': (np.array(['Dam 1', None], dtype=object), None),
+    'storeys': (np.array([3, 0], np.int32), np.array([False, True])),
+    'register_id': (np.array([2 ** 40 + 1, 7], np.int64), None),
+    'area_reg': (np.array([125.5, np.nan]), None),
+    'built': (np.array(['1932-05-04', 'NaT'], 'datetime64[D]'), None),
+    'surveyed': (np.array(['2024-05-31T12:30:00', 'NaT'], 'datetime64[ms]'), None),
+    'in_use': (np.array([False, True]), np.array([False, True])),
+}
+
+
+def test_a_cadastre_by_extent_every_field_type_and_valid_solids(tmp_path):
+    """A register of three footprints, one far outside the map: only those
+    meeting it are read (OGR's spatial filter) and written, the other
+    counted; every OGR field type comes back with its type and nulls in the
+    GeoPackage and as JSON values (ISO 8601 dates) in CityJSON; a footprint
+    with a hole and corners 0.1 mm apart gives a closed solid without
+    repeated vertices."""
+    import json
+    import pyogrio
+    import shapely
+    heights = tmp_path / 'a_height.tif'
+    write_map(heights, HEIGHTS)
+    holed = shapely.Polygon([(X0, Y0), (X0 + 4, Y0), (X0 + 4, Y0 - 4), (X0 + 4.0001, Y0 - 4),
+                             (X0, Y0 - 4)],
+                            [[(X0 + 1, Y0 - 1), (X0 + 1, Y0 - 2), (X0 + 2, Y0 - 2),
+                              (X0 + 2, Y0 - 1)]])
+    geoms = [holed, HALF, box(X0 + 5000, Y0 + 5000, X0 + 5010, Y0 + 5010)]
+    data = [np.concatenate([v, v[:1]]) for v, _ in FIELD_TYPES.values()]
+    masks = [None if m is None else np.concatenate([m, m[:1]]) for _, m in FIELD_TYPES.values()]
+    feet = tmp_path / 'register.gpkg'
+    pyogrio.raw.write(str(feet), shapely.to_wkb(np.array(geoms, dtype=object)), data,
+                      list(FIELD_TYPES), field_mask=masks, driver='GPKG',
+                      geometry_type='Polygon', crs=CRS)
+    out = tmp_path / 'b.gpkg'
+    proc = run_buildings(heights, '--out', out, '--footprints', feet)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert '1 footprint(s) of ' in proc.stdout and 'not written' in proc.stdout
+    assert 'done: 2 building(s)' in proc.stdout
+    info = pyogrio.read_info(str(out))
+    declared = dict(zip(info['fields'], info['dtypes']))
+    assert {k: declared[k] for k in FIELD_TYPES} == {k: str(v.dtype) for k, (v, _) in
+                                                     FIELD_TYPES.items()}
+    _, back, f = read_layer(out)
+    assert len(back) == 2
+    for name, (values, mask) in FIELD_TYPES.items():
+        got = f[name]
+        if mask is not None:       # pyogrio reads nullable integers as floats, NaN null
+            assert got[0] == values[0] and np.isnan(got[1]), name
+        elif values.dtype.kind == 'M':
+            np.testing.assert_array_equal(got, values)
+        elif values.dtype.kind == 'f':
+            assert got[0] == values[0] and np.isnan(got[1])
+        else:
+            assert list(got) == list(values), name
+    city = json.loads((tmp_path / 'b.city.json').read_text())
+    first = city['CityObjects']['building_1']['attributes']
+    second = city['CityObjects']['building_2']['attributes']
+    assert (first['text'], first['storeys'], first['register_id'], first['area_reg'],
+            first['built'], first['surveyed'], first['in_use']) == \
+        ('Dam 1', 3, 2 ** 40 + 1, 125.5, '1932-05-04', '2024-05-31T12:30:00.000', False)
+    for name in ('text', 'storeys', 'area_reg', 'built', 'surveyed', 'in_use'):
+        assert name not in second, name          # nulls left out
+    assert second['register_id'] == 7
+    # the holed footprint's solid: no ring repeats a vertex, every face has an
+    # area, and the hole is an inner ring of roof and floor with its 4 walls
+    solid = city['CityObjects']['building_1']['geometry'][0]['boundaries']
+    shell, = solid
+    for surface in shell:
+        for ring in surface:
+            assert len(set(ring)) == len(ring) >= 3, ring
+    floor, roof = shell[0], shell[1]
+    assert [len(r) for r in floor] == [len(r) for r in roof] == [4, 4]
+    assert len(shell) == 2 + 4 + 4
+    check_cityjson(tmp_path / 'b.city.json', back, f, ground=np.zeros(2))
 
 
 # ------------------------------------------------------- errors per building

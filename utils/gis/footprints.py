@@ -46,31 +46,57 @@ def reproject(geoms, src_crs, dst_crs):
         return out, failed
 
 
-def read_footprints(path, crs):
+def _typed(values, declared):
+    """A field as OGR declares it: pyogrio gives integers and booleans with
+    nulls as floats with NaN; they become masked arrays of their own type,
+    written back with the same type and nulls (lod1.py)."""
+    if values.dtype.kind == 'f' and declared != str(values.dtype):
+        missing = np.isnan(values)
+        return np.ma.MaskedArray(np.where(missing, 0, values).astype(declared), missing)
+    return values
+
+
+def read_footprints(path, crs, bounds=None):
     """Footprints of a vector file in `crs`: (geometries, {field: values},
-    problems: [(index, reason)]). Invalid polygons are repaired (make_valid,
-    polygonal part kept) and listed; other geometry types keep empty values."""
+    problems: [(FID, reason)], left out: how many OGR's spatial filter left
+    out, the file's CRS). Only the features whose envelope meets `bounds`
+    (in `crs`; None: all) are read, so a national file costs what lies on the
+    maps. Invalid polygons are repaired (make_valid, polygonal part kept)
+    and listed; other geometry types keep empty values."""
     import pyogrio
     import shapely
+    from rasterio.warp import transform_bounds
     try:
-        meta, _, wkb, field_data = pyogrio.raw.read(path)
+        info = pyogrio.read_info(path, force_feature_count=True)
     except Exception as err:    # pyogrio's errors: unreadable or not a vector file
         raise DatasetError(f"{path}: not a vector file OGR reads ({err}); give a "
                            f"GeoPackage, GeoJSON, Shapefile or FlatGeobuf")
-    if not meta.get('crs'):
+    if not info.get('crs'):
         raise DatasetError(f"{path}: its footprints have no CRS; declare it, e.g. "
                            f"ogr2ogr -a_srs EPSG:XXXX fixed.gpkg {path}")
-    geoms = shapely.from_wkb(wkb)
-    geoms = shapely.force_2d(geoms)
-    geoms, failed = reproject(geoms, _crs_of(meta['crs']), crs)
-    problems = [(int(i), f"cannot be placed in {crs} from {meta['crs']}") for i in failed]
-    problems += [(int(i), "has no geometry: kept, without heights")
+    file_crs = _crs_of(info['crs'])
+    bbox = None
+    if bounds is not None:
+        try:
+            bbox = transform_bounds(crs, file_crs, *bounds, densify_pts=21)
+        except Exception:       # PROJ: the maps' area has no place in the file's CRS
+            bbox = (np.inf,) * 4
+    if bbox is not None and not np.isfinite(bbox).all():
+        fids, wkb = np.zeros(0, np.int64), np.zeros(0, object)
+        field_data = [np.zeros(0, t) for t in info['dtypes']]
+    else:
+        _, fids, wkb, field_data = pyogrio.raw.read(path, bbox=bbox, return_fids=True)
+    left_out = max(int(info['features']) - len(fids), 0)
+    geoms = shapely.force_2d(shapely.from_wkb(wkb))
+    geoms, failed = reproject(geoms, file_crs, crs)
+    problems = [(int(fids[i]), f"cannot be placed in {crs} from {info['crs']}") for i in failed]
+    problems += [(int(fids[i]), "has no geometry: kept, without heights")
                  for i in np.flatnonzero(shapely.is_missing(geoms)) if i not in failed]
     polygonal = shapely.get_type_id(geoms) == 3
     polygonal |= shapely.get_type_id(geoms) == 6
     for i in np.flatnonzero(~polygonal & ~shapely.is_missing(geoms)):
-        problems.append((int(i), f"is a {geoms[i].geom_type}, not a polygon: kept, "
-                                 f"without heights"))
+        problems.append((int(fids[i]), f"is a {geoms[i].geom_type}, not a polygon: kept, "
+                                       f"without heights"))
         geoms[i] = None
     invalid = np.flatnonzero(polygonal & ~shapely.is_valid(geoms))
     for i in invalid:
@@ -79,11 +105,12 @@ def read_footprints(path, crs):
         parts = [g for g in getattr(fixed, 'geoms', [fixed])
                  if g.geom_type in ('Polygon', 'MultiPolygon')]
         geoms[i] = shapely.union_all(parts) if parts else None
-        problems.append((int(i), f"invalid ({reason}): "
-                                 + ('repaired' if parts else 'nothing polygonal left, '
-                                    'kept without heights')))
-    fields = dict(zip(meta['fields'], field_data))
-    return geoms, fields, problems
+        problems.append((int(fids[i]), f"invalid ({reason}): "
+                                       + ('repaired' if parts else 'nothing polygonal left, '
+                                          'kept without heights')))
+    fields = {name: _typed(values, declared) for name, values, declared in
+              zip(info['fields'], field_data, info['dtypes'])}
+    return geoms, fields, problems, left_out, file_crs
 
 
 def trace_footprints(class_path, classes, min_area):
@@ -112,6 +139,18 @@ def class_values(cfg, classes):
     """The values the class maps of the settings `cfg` hold for the class
     indices `classes` (geo/classes.ClassMap)."""
     return ClassMap(cfg.label_codes).values[classes].tolist()
+
+
+def values_held(height_maps):
+    """The values the class maps beside `height_maps` hold, sorted."""
+    head = preview_head().name
+    held = set()
+    for path in height_maps:
+        class_path = beside(path, head)
+        if class_path and os.path.isfile(class_path):
+            values, nodata = read_class_map(class_path)[:2]
+            held.update(int(v) for v in np.unique(values) if v != nodata)
+    return sorted(held)
 
 
 def trace_beside(height_maps, values, min_area, cfg, checked=True):

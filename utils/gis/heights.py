@@ -92,6 +92,12 @@ def common_crs(paths, dtm=None):
     return crs
 
 
+def extent(paths):
+    """(left, bottom, right, top) around the height maps `paths`."""
+    bounds = np.array([map_grid(p).bounds for p in paths])
+    return (*bounds[:, :2].min(axis=0), *bounds[:, 2:].max(axis=0))
+
+
 def map_grid(path):
     """The Grid of a height map or DTM, which must be north-up: its cells
     are then rectangles in the map's CRS."""

@@ -15,6 +15,9 @@ def write_layer(path, geoms, fields, attrs, crs, metadata):
     import shapely
     columns = {k: v for k, v in fields.items() if k not in attrs}
     columns.update(attrs)
+    # a field's nulls (footprints.py's masked arrays) as OGR nulls, its type kept
+    masks = [np.ma.getmask(v) if np.ma.is_masked(v) else None for v in columns.values()]
+    data = [np.ma.getdata(v) for v in columns.values()]
     # every footprint as a MultiPolygon: one geometry type for the layer
     wkb = shapely.to_wkb(np.array([None if g is None else
                                    (g if g.geom_type == 'MultiPolygon'
@@ -23,10 +26,23 @@ def write_layer(path, geoms, fields, attrs, crs, metadata):
     tmp = path + '.tmp.gpkg'
     if os.path.exists(tmp):
         os.remove(tmp)
-    pyogrio.raw.write(tmp, wkb, list(columns.values()), list(columns), layer='buildings',
+    pyogrio.raw.write(tmp, wkb, data, list(columns), field_mask=masks, layer='buildings',
                       driver='GPKG', geometry_type='MultiPolygon', crs=crs.to_wkt(),
                       layer_metadata=metadata)
     os.replace(tmp, path)
+
+
+def _distinct(coords):
+    """A ring's corners at the file's millimetres, without the closing one or
+    a corner repeated after rounding (which would make a zero-area wall)."""
+    ring = []
+    for x, y in coords:
+        corner = (round(x * 1000) / 1000, round(y * 1000) / 1000)
+        if not ring or corner != ring[-1]:
+            ring.append(corner)
+    while len(ring) > 1 and ring[-1] == ring[0]:
+        ring.pop()
+    return ring
 
 
 def _solid(polygon, ground, roof, vertex):
@@ -35,8 +51,11 @@ def _solid(polygon, ground, roof, vertex):
     clockwise seen from outside). `vertex(x, y, z)` gives a vertex index."""
     from shapely.geometry.polygon import orient
     polygon = orient(polygon, 1.0)      # exterior counter-clockwise, holes clockwise
-    rings = [list(polygon.exterior.coords)[:-1]] + \
-        [list(r.coords)[:-1] for r in polygon.interiors]
+    rings = [_distinct(polygon.exterior.coords)] + [_distinct(r.coords)
+                                                    for r in polygon.interiors]
+    if len(rings[0]) < 3:
+        return None
+    rings = [rings[0]] + [r for r in rings[1:] if len(r) >= 3]
     bottom = [[vertex(x, y, ground) for x, y in ring] for ring in rings]
     top = [[vertex(x, y, roof) for x, y in ring] for ring in rings]
     shell = [[ring[::-1] for ring in bottom], top]
@@ -45,6 +64,25 @@ def _solid(polygon, ground, roof, vertex):
             j = (i + 1) % len(lo)
             shell.append([[lo[i], lo[j], hi[j], hi[i]]])
     return [shell]
+
+
+def _json_value(v):
+    """A field's value as JSON holds it, None for a null or empty one:
+    dates and date-times in ISO 8601 (2024-05-31, 2024-05-31T12:00:00.000),
+    booleans, integers of any width, text."""
+    if v is np.ma.masked or v is None:
+        return None
+    if isinstance(v, np.datetime64):
+        return None if np.isnat(v) else str(v)
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (np.floating, float)):
+        return float(v) if math.isfinite(v) else None
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, bytes):
+        v = v.decode(errors='replace')
+    return v if v != '' else None
 
 
 def write_cityjson(path, geoms, attrs, crs, fields=None, title='LoD1 buildings'):
@@ -68,14 +106,8 @@ def write_cityjson(path, geoms, attrs, crs, fields=None, title='LoD1 buildings')
     for i, geom in enumerate(geoms):
         own = {}
         for k, values in columns.items():
-            v = values[i]
-            if isinstance(v, (np.floating, float)):
-                v = None if not math.isfinite(v) else float(v)
-            elif isinstance(v, np.integer):
-                v = int(v)
-            elif isinstance(v, bytes):
-                v = v.decode(errors='replace')
-            if v is not None and v != '':
+            v = _json_value(values[i])
+            if v is not None:       # False and 0 are values
                 own[k] = v
         building = {'type': 'Building', 'attributes': own, 'geometry': []}
         roof = attrs['h_dak_lod1'][i]
@@ -84,10 +116,11 @@ def write_cityjson(path, geoms, attrs, crs, fields=None, title='LoD1 buildings')
             ground = float(ground) if math.isfinite(ground) else 0.0
             top = ground + max(float(roof), 0.001)     # a solid needs a height
             parts = list(getattr(geom, 'geoms', [geom]))
-            solids = [_solid(p, ground, top, vertex) for p in parts]
-            building['geometry'] = [
-                {'type': 'Solid', 'lod': '1', 'boundaries': solids[0]} if len(solids) == 1
-                else {'type': 'MultiSolid', 'lod': '1', 'boundaries': solids}]
+            solids = [s for s in (_solid(p, ground, top, vertex) for p in parts) if s]
+            if solids:      # none: a footprint narrower than a millimetre
+                building['geometry'] = [
+                    {'type': 'Solid', 'lod': '1', 'boundaries': solids[0]} if len(solids) == 1
+                    else {'type': 'MultiSolid', 'lod': '1', 'boundaries': solids}]
         objects[f'building_{i + 1}'] = building
     lowest = np.min(vertices, axis=0) if vertices else np.zeros(3, int)
     doc = {'type': 'CityJSON', 'version': '2.0',
