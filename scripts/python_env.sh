@@ -5,7 +5,7 @@
 check='import sys, tensorflow, tensorboard, cv2, matplotlib, rasterio, pyogrio, shapely, exactextract, onnx, onnxruntime, tf2onnx; assert sys.version_info >= (3, 10)'
 requirements=requirements.txt
 if [ "${need:-}" = tests ]; then
-    check="$check; import pytest, xdist, tifffile, imagecodecs, rio_cogeo, cjio, pyflakes"
+    check="$check; import pytest, xdist, tifffile, imagecodecs, rio_cogeo, cjio, pyflakes, stac_model"
     requirements=requirements-test.txt
 fi
 if [ -n "${PYTHON:-}" ]; then
