@@ -521,9 +521,10 @@ def test_buildings_py_heights_give_test_dsm_errors(tmp_path):
         assert row['p70_bias'] < -0.9
 
 
-def test_several_height_maps_each_footprint_on_the_one_it_overlaps_most(tmp_path):
+def test_a_footprint_across_a_seam_has_the_heights_of_both_maps(tmp_path):
     """A folder of two side-by-side maps (and a class map, not a height
-    map): a footprint across both is measured on the one holding more of it."""
+    map): a footprint across the seam is measured on the cells of both, each
+    weighted by its area inside, so the whole footprint counts."""
     write_map(tmp_path / 'west_height.tif', np.full((4, 4), 3.0, np.float32))
     write_map(tmp_path / 'east_height.tif', np.full((4, 4), 9.0, np.float32), x0=X0 + 4)
     write_map(tmp_path / 'west_sem.tif', np.ones((4, 4), np.uint8), nodata=255)
@@ -536,11 +537,37 @@ def test_several_height_maps_each_footprint_on_the_one_it_overlaps_most(tmp_path
     assert 'on 2 height map(s)' in proc.stdout
     _, _, f = read_layer(out)
     # (FlatGeobuf's spatial index may reorder the features: by name)
-    got = {name: (m, h, v) for name, m, h, v in zip(f['name'], f['height_map'],
-                                                    f['h_dak_70p'], f['valid_fraction'])}
-    # the part on the other map is not measured: valid_fraction is the share on this one
-    assert got['mostly west'] == ('west_height.tif', 3.0, pytest.approx(3 / 3.5))
-    assert got['mostly east'] == ('east_height.tif', 9.0, pytest.approx(3 / 4))
+    row = {name: k for k, name in enumerate(f['name'])}
+    # by hand: mostly west holds 6 west cells (3 m) and 2 half east cells
+    # (9 m), 7 m^2 of 7; mostly east 2 west cells and 6 east cells, 8 of 8
+    for name, (values, areas) in {'mostly west': ([3] * 6 + [9] * 2, [1] * 6 + [0.5] * 2),
+                                  'mostly east': ([3] * 2 + [9] * 6, [1] * 8)}.items():
+        k = row[name]
+        x, w = np.array(values, float), np.array(areas, float)
+        assert f['height_map'][k] == 'east_height.tif,west_height.tif'
+        assert f['valid_fraction'][k] == pytest.approx(1.0)
+        assert f['n_pixels'][k] == len(x)
+        assert (f['h_dak_min'][k], f['h_dak_max'][k]) == (3.0, 9.0)
+        assert f['h_dak_mean'][k] == pytest.approx(np.sum(w * x) / np.sum(w))
+        assert f['h_dak_70p'][k] == pytest.approx(quantile_by_definition(x, w, 0.7))
+    assert f['h_dak_70p'][row['mostly west']] == 3.0 and f['h_dak_70p'][row['mostly east']] == 9.0
+
+
+def test_overlapping_tiles_count_each_ground_cell_once(tmp_path):
+    """Tiles with a 2-cell margin: the footprint over the overlap takes
+    those cells from the first map (by name) only, not twice."""
+    write_map(tmp_path / 'a_height.tif', np.full((4, 4), 3.0, np.float32))
+    write_map(tmp_path / 'b_height.tif', np.full((4, 4), 9.0, np.float32), x0=X0 + 2)
+    feet = tmp_path / 'feet.gpkg'
+    write_footprints(feet, [box(1, 0, 5, 2)], ['over the margin'])
+    out = tmp_path / 'b.gpkg'
+    proc = run_buildings(tmp_path, '--out', out, '--footprints', feet)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _, _, f = read_layer(out)
+    # columns 1-3 from a (6 cells of 3 m), column 4 from b (2 cells of 9 m)
+    assert f['n_pixels'][0] == 8 and f['valid_fraction'][0] == pytest.approx(1.0)
+    assert f['h_dak_mean'][0] == pytest.approx((6 * 3 + 2 * 9) / 8)
+    assert f['opp_grond'][0] == pytest.approx(8.0)
 
 
 def test_building_class_of_each_published_dataset():

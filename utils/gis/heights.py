@@ -37,7 +37,7 @@ ATTRIBUTES = (
     ('n_pixels', 'count', 'cells with a valid height the footprint touches'),
     ('valid_fraction', 'share', 'share of the footprint covered by valid heights'),
     ('opp_grond', 'm2', 'footprint area'),
-    ('height_map', '', 'the height map the heights come from'),
+    ('height_map', '', 'the height maps the heights come from, comma-separated'),
 )
 NAMES = tuple(a[0] for a in ATTRIBUTES)
 # --roof: which statistic is the LoD1 roof height; 70p is 3DBAG's choice.
@@ -136,19 +136,21 @@ def _feature(i, geom):
             'geometry': shapely.geometry.mapping(geom)}
 
 
-def zonal_heights(path, geoms, indices, grid, block_px=2048, progress=None):
-    """{STATISTICS: float64 array over `indices`} of geoms[indices] on the
-    height map `path` (statistics()). Footprints go in blocks by where their
-    centre falls on a grid of block_px cells, and each block reads only the
-    cells under its footprints: memory follows the block, not the map."""
+def zonal_cells(path, geoms, indices, grid, block_px=2048, progress=None):
+    """[(values, areas)] of geoms[indices] on the height map `path`: each
+    footprint's valid cells and the ground area of each inside it (coverage
+    fraction x cell area, so maps of other resolutions weigh alike).
+    Footprints go in blocks by where their centre falls on a grid of
+    block_px cells, and each block reads only the cells under its
+    footprints: memory follows the block, not the map."""
     import shapely
     from exactextract import exact_extract
     from exactextract.feature import JSONFeatureSource
     from exactextract.raster import NumPyRasterSource
-    out = {k: np.full(len(indices), np.nan) for k in STATISTICS}
-    out['n_pixels'][:], out['weight'][:] = 0, 0.0
+    out = [(np.zeros(0), np.zeros(0))] * len(indices)
     if not len(indices):
         return out
+    cell = grid.res[0] * grid.res[1]
     left, _, _, top = grid.bounds
     size = (block_px * grid.res[0], block_px * grid.res[1])
     centres = shapely.get_coordinates(shapely.centroid(geoms[indices]))
@@ -168,8 +170,8 @@ def zonal_heights(path, geoms, indices, grid, block_px=2048, progress=None):
                                      include_cols=['i'], output='geojson',
                                      strategy='raster-sequential'):   # 1.3x faster
                 p = row['properties']
-                for name, value in statistics(p['values'], p['coverage']).items():
-                    out[name][p['i']] = value
+                out[p['i']] = (np.asarray(p['values'], np.float64),
+                               np.asarray(p['coverage'], np.float64) * cell)
         done += len(members)
         if progress:
             progress(done)
@@ -178,44 +180,55 @@ def zonal_heights(path, geoms, indices, grid, block_px=2048, progress=None):
 
 def building_heights(height_paths, geoms, *, dtm=None, roof='70p', progress=None):
     """{name: array over geoms} of NAMES for footprints `geoms` (in the CRS of
-    the height maps), each measured on the height map it overlaps most.
+    the height maps), from the cells of every map each covers: a footprint
+    across a seam has the heights of all its cells. Where maps overlap (tiles
+    with a margin), a ground cell counts on the first map holding it only.
     Returns (attributes, outside: indices of footprints on no map)."""
     import shapely
     n = len(geoms)
     attrs = {k: np.full(n, np.nan) for k in NAMES if k != 'height_map'}
-    attrs['height_map'] = np.array([''] * n, dtype=object)
     present = np.flatnonzero(~shapely.is_missing(geoms) & ~shapely.is_empty(geoms))
     attrs['opp_grond'][present] = shapely.area(geoms[present])
-    best, overlap = np.full(n, -1), np.zeros(n)
-    grids = [map_grid(p) for p in height_paths]
     tree = shapely.STRtree(geoms[present])
-    for k, grid in enumerate(grids):
+    cells = [[] for _ in range(n)]
+    maps = [[] for _ in range(n)]
+    taken, done = None, 0
+    for path in height_paths:
+        grid = map_grid(path)
         extent = shapely.box(*grid.bounds)
-        near = present[tree.query(extent, predicate='intersects')]
-        share = shapely.area(shapely.intersection(geoms[near], extent))
-        better = share > overlap[near]
-        best[near[better]], overlap[near[better]] = k, share[better]
-    done = [0]
+        own = extent if taken is None else shapely.difference(extent, taken)
+        taken = extent if taken is None else shapely.union(taken, extent)
+        near = present[tree.query(own, predicate='intersects')]
+        inside = shapely.contains(own, geoms[near])
+        parts = geoms[near].copy()
+        parts[~inside] = shapely.intersection(parts[~inside], own)
+        kept = shapely.area(parts) > 0
+        near, parts = near[kept], parts[kept]
 
-    def step(count):
-        if progress:
-            progress(done[0] + count)
+        def step(count, before=done):
+            if progress:
+                progress(min(before + count, n))
 
-    for k, (path, grid) in enumerate(zip(height_paths, grids)):
-        members = np.flatnonzero(best == k)
-        stats = zonal_heights(path, geoms, members, grid, progress=step)
-        done[0] += len(members)
-        cell = grid.res[0] * grid.res[1]
-        for name in stats:
+        for i, found in zip(near, zonal_cells(path, parts, np.arange(len(parts)), grid,
+                                              progress=step)):
+            cells[i].append(found)
+            maps[i].append(os.path.basename(path))
+        done += int(np.sum(inside[kept]))
+    for i in range(n):
+        values = np.concatenate([v for v, _ in cells[i]]) if cells[i] else np.zeros(0)
+        areas = np.concatenate([w for _, w in cells[i]]) if cells[i] else np.zeros(0)
+        for name, value in statistics(values, areas).items():
             if name in attrs:
-                attrs[name][members] = stats[name]
-        attrs['valid_fraction'][members] = stats['weight'] * cell / attrs['opp_grond'][members]
-        attrs['height_map'][members] = os.path.basename(path)
-        if dtm is not None:
-            ground = zonal_heights(dtm, geoms, members, map_grid(dtm))
-            attrs['h_maaiveld'][members] = ground['h_dak_50p']
+                attrs[name][i] = value
+        attrs['valid_fraction'][i] = float(np.sum(areas)) / attrs['opp_grond'][i] \
+            if cells[i] else np.nan
+    attrs['height_map'] = np.array([','.join(m) for m in maps], dtype=object)
+    if dtm is not None:
+        ground = zonal_cells(dtm, geoms, present, map_grid(dtm))
+        for i, (values, areas) in zip(present, ground):
+            attrs['h_maaiveld'][i] = statistics(values, areas)['h_dak_50p']
     attrs['h_dak_lod1'] = attrs[ROOF_RULES[roof]].copy()
     attrs['h_dak_abs'] = attrs['h_maaiveld'] + attrs['h_dak_lod1']
-    outside = np.flatnonzero(best < 0)
+    outside = np.array([i for i in range(n) if not maps[i]], dtype=np.int64)
     attrs['n_pixels'] = np.nan_to_num(attrs['n_pixels']).astype(np.int64)
     return attrs, outside
