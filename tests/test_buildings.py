@@ -521,6 +521,55 @@ def test_buildings_py_heights_give_test_dsm_errors(tmp_path):
         assert row['p70_bias'] < -0.9
 
 
+def test_traced_buildings_across_a_tile_seam_are_one_building_each(tmp_path):
+    """The synthetic scene cut into a west and an east tile: each building
+    region of the whole scene is one traced footprint (those crossing the
+    seam joined, their pieces under --min-area on either side kept), with
+    the region's area and the heights of its cells on both tiles."""
+    import cv2
+    import shapely
+    import config
+    from utils.data import synthetic
+    from utils.geo.classes import ClassMap
+    _, height, sem = synthetic.make_scene(np.random.default_rng(3), 192)
+    count, ids = cv2.connectedComponents((sem == synthetic.BUILDING).astype(np.uint8),
+                                         connectivity=4)
+    # the seam through the middle of the largest building
+    largest = np.argmax(np.bincount(ids.ravel())[1:]) + 1
+    cell, seam = synthetic.GSD, int(np.nonzero(ids == largest)[1].mean())
+    table = ClassMap(config.dataset_settings('synthetic')['label_codes'])
+    colours = {i: tuple(c) + (255,) for i, c in enumerate(table.colormap)}
+    for name, cols, x0 in (('west', slice(0, seam), X0),
+                           ('east', slice(seam, 192), X0 + seam * cell)):
+        write_map(tmp_path / f'{name}_height.tif', np.ascontiguousarray(height[:, cols]),
+                  x0=x0, cell=cell)
+        write_map(tmp_path / f'{name}_sem.tif', np.ascontiguousarray(sem[:, cols]), x0=x0,
+                  cell=cell, nodata=int(table.nodata), colours=colours)
+    min_area = 20.0
+    out = tmp_path / 'traced.gpkg'
+    proc = run_buildings(tmp_path, '--out', out, '--min-area', min_area,
+                         '--set', 'dataset_name=synthetic')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, geoms, f = read_layer(out)
+    regions = [ids == k for k in range(1, count) if (ids == k).sum() * cell ** 2 >= min_area]
+    crossing = [r for r in regions if r[:, seam - 1].any() and r[:, seam].any()]
+    assert crossing and len(geoms) == len(regions)
+    for region in crossing:
+        rows, cols = np.nonzero(region)
+        centre = shapely.Point(X0 + (cols.mean() + 0.5) * cell, Y0 - (rows.mean() + 0.5) * cell)
+        k, = [i for i, g in enumerate(geoms) if g.distance(centre) == min(
+            g2.distance(centre) for g2 in geoms)]
+        assert f['traced_from'][k] in ('east_sem.tif,west_sem.tif', 'west_sem.tif,east_sem.tif')
+        assert f['height_map'][k] == 'east_height.tif,west_height.tif'
+        # simplification moves every edge by at most a cell: the area by at
+        # most the perimeter x cell (as in the test above)
+        edges = cv2.findContours(region.astype(np.uint8), cv2.RETR_CCOMP,
+                                 cv2.CHAIN_APPROX_NONE)[0]
+        perimeter = sum(len(e) for e in edges) * cell
+        assert abs(f['opp_grond'][k] - region.sum() * cell ** 2) <= perimeter * cell
+        assert f['h_dak_max'][k] == pytest.approx(height[region].max(), abs=1e-6)
+
+
 def test_a_footprint_across_a_seam_has_the_heights_of_both_maps(tmp_path):
     """A folder of two side-by-side maps (and a class map, not a height
     map): a footprint across the seam is measured on the cells of both, each

@@ -167,7 +167,9 @@ def trace_beside(height_maps, values, min_area, cfg, checked=True):
             problems.append(f"{path}: no class map beside it ({class_path}); predict "
                             f"with --outputs {HEIGHT.name},{head} or give --footprints")
             continue
-        traced, _, colours = trace_footprints(class_path, values, min_area)
+        # several maps: a building's pieces on each are measured once joined
+        traced, _, colours = trace_footprints(class_path, values,
+                                              min_area if len(height_maps) == 1 else 0)
         if checked and colours and any(v < len(expected) and v in colours and
                                        tuple(colours[v]) != tuple(expected[v])
                                        for v in values):
@@ -181,4 +183,42 @@ def trace_beside(height_maps, values, min_area, cfg, checked=True):
         parts.append(traced)
         origin += [os.path.basename(class_path)] * len(traced)
     geoms = np.concatenate(parts) if parts else np.array([], dtype=object)
+    if len(height_maps) > 1 and len(geoms):
+        import shapely
+        geoms, origin = merge_across_seams(geoms, np.array(origin, dtype=object))
+        large = shapely.area(geoms) >= min_area
+        geoms, origin = geoms[large], origin[large]
     return geoms, {'traced_from': np.array(origin, dtype=object)}, problems
+
+
+def merge_across_seams(geoms, origin):
+    """Footprints traced on different maps that share an edge or overlap
+    (one building cut by a tile seam, or on two tiles' margin) joined into
+    one: (geometries, the class maps of each, comma-separated). Touching at
+    a corner only does not join, as 4-connected tracing does not."""
+    import shapely
+    if len(set(origin)) < 2:
+        return geoms, origin
+    a, b = shapely.STRtree(geoms).query(geoms, predicate='intersects')
+    pairs = (a < b) & (origin[a] != origin[b])
+    a, b = a[pairs], b[pairs]
+    shared = shapely.intersection(geoms[a], geoms[b])
+    joined = (shapely.length(shared) > 0) | (shapely.area(shared) > 0)
+    parent = np.arange(len(geoms))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(a[joined], b[joined]):
+        parent[root(i)] = root(j)
+    roots = np.array([root(i) for i in range(len(geoms))])
+    out, names = [], []
+    for r in dict.fromkeys(roots):      # in the order of first appearance
+        members = np.flatnonzero(roots == r)
+        out.append(geoms[members[0]] if len(members) == 1 else
+                   shapely.union_all(geoms[members]))
+        names.append(','.join(dict.fromkeys(origin[members])))
+    return np.array(out, dtype=object), np.array(names, dtype=object)
