@@ -157,6 +157,75 @@ def test_heights_by_hand_and_outputs_read_back(tmp_path):
     assert city['CityObjects']['building_1']['attributes']['name'] == 'half'
 
 
+def val3dity_errors(points, shell, tolerance=1e-3):
+    """The val3dity error codes one shell commits, by the rules that tool
+    applies (its documented error classes): 101 too few points in a ring,
+    102 consecutive points the same, 104 a ring intersecting itself, 203 a
+    surface not planar (points farther than `tolerance` from its plane),
+    201/205/206/207 rings of a surface that cross, disconnect its inside,
+    lie outside its outer ring or nest, 208 inner rings oriented as the
+    outer, 301 fewer than 4 surfaces, 302 a shell not closed (an edge not
+    used once in each direction), 307 surfaces oriented inwards."""
+    import shapely
+    errors = set()
+    if len(shell) < 4:
+        errors.add(301)
+    edges, volume = {}, 0.0
+    for surface in shell:
+        rings = [points[r] for r in surface]
+        for ring, indices in zip(rings, surface):
+            if len(set(indices)) < 3:
+                errors.add(101)
+            if any((np.abs(ring - np.roll(ring, -1, axis=0)).max(axis=1) == 0)):
+                errors.add(102)
+            for a, b in zip(indices, indices[1:] + indices[:1]):
+                edges[(a, b)] = edges.get((a, b), 0) + 1
+            for k in range(1, len(ring) - 1):
+                volume += np.dot(ring[0], np.cross(ring[k], ring[k + 1])) / 6
+        every = np.concatenate(rings)
+        centre = every.mean(axis=0)
+        _, _, axes = np.linalg.svd(every - centre)
+        if np.abs((every - centre) @ axes[2]).max() > tolerance:
+            errors.add(203)
+        flat = [(r - centre) @ axes[:2].T for r in rings]     # in the surface's plane
+        outer = shapely.LinearRing(flat[0])
+        if not outer.is_simple:
+            errors.add(104)
+        if any(not shapely.LinearRing(f).is_simple for f in flat[1:]):
+            errors.add(104)
+        if not shapely.Polygon(flat[0], flat[1:]).is_valid:
+            errors.add(206)
+        if any(shapely.LinearRing(f).is_ccw == outer.is_ccw for f in flat[1:]):
+            errors.add(208)
+    if any(n != 1 for n in edges.values()) or any((b, a) not in edges for a, b in edges):
+        errors.add(302)
+    if volume <= 0:
+        errors.add(307)
+    return errors
+
+
+def test_the_val3dity_rules_catch_what_they_name():
+    """A unit cube passes; each defect is named by its code."""
+    points = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0],
+                       [0, 0, 1], [1, 0, 1], [1, 1, 1], [0, 1, 1]], float)
+    cube = [[[0, 3, 2, 1]], [[4, 5, 6, 7]], [[0, 1, 5, 4]], [[1, 2, 6, 5]],
+            [[2, 3, 7, 6]], [[3, 0, 4, 7]]]
+    assert val3dity_errors(points, cube) == set()
+    assert val3dity_errors(points, [[r[::-1] for r in s] for s in cube]) == {307}
+    assert 302 in val3dity_errors(points, cube[:-1] + [[[3, 0, 4, 7][::-1]]])
+    assert val3dity_errors(points, cube[:3]) >= {301, 302}
+    repeated = [[[0, 3, 3, 2, 1]]] + cube[1:]
+    assert 102 in val3dity_errors(points, repeated)
+    bent = points.copy()
+    bent[6, 2] = 1.01       # one roof corner 1 cm up
+    assert 203 in val3dity_errors(bent, cube)
+    # a roof with a hole oriented as its outer ring, and one outside it
+    more = np.vstack([points, [[.2, .2, 1], [.4, .2, 1], [.4, .4, 1], [.2, .4, 1],
+                               [2, 2, 1], [3, 2, 1], [3, 3, 1]]])
+    assert 208 in val3dity_errors(more, [cube[0], [[4, 5, 6, 7], [8, 9, 10, 11]]] + cube[2:])
+    assert 206 in val3dity_errors(more, [cube[0], [[4, 5, 6, 7], [14, 13, 12]]] + cube[2:])
+
+
 def check_cityjson(path, geoms, fields, ground):
     """The file cjio reads, and each Building's LoD1 solid as a solid must be:
     every edge of its shell used once in each direction (closed, consistently
@@ -191,6 +260,7 @@ def check_cityjson(path, geoms, fields, ground):
                         volume += np.dot(p[0], np.cross(p[k], p[k + 1])) / 6
             assert all(n == 1 for n in edges.values())
             assert all((b, a) in edges for a, b in edges)
+            assert val3dity_errors(points, shell) == set(), (i, val3dity_errors(points, shell))
         roof = max(fields['h_dak_lod1'][i], 0.001)
         # vertices are in mm: each coordinate within 0.5 mm
         assert volume == pytest.approx(geom.area * roof, rel=1e-3, abs=1e-3 * geom.length)
