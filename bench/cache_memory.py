@@ -29,6 +29,7 @@ import tempfile
 import time
 
 import machine
+from checkout import code_modules
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MB = 2 ** 20
@@ -39,19 +40,6 @@ def memory():
     with open('/proc/self/status') as f:
         fields = dict(line.split(':', 1) for line in f)
     return {k: int(fields[k].split()[0]) * 1024 for k in ('VmRSS', 'VmHWM')}
-
-
-def code_modules():
-    """(layouts, cache, tasks) of the checkout first on sys.path: the dataset
-    layouts (VAIHINGEN_AREAS, find_split), the module holding the training
-    cache (_cache) and the tasks; utils/data, utils/train since utils/ was
-    split into packages, utils/datasets, pipeline, tasks before."""
-    try:
-        from utils.data import layouts
-        from utils.train import cache, tasks
-    except ImportError:     # an older checkout
-        from utils import datasets as layouts, pipeline as cache, tasks
-    return layouts, cache, tasks
 
 
 def measure(code, workdir, tiles, sets):

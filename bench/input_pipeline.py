@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 
 import machine
+from checkout import code_modules
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MB = 2 ** 20
@@ -124,19 +125,6 @@ def cache_bytes(cache):
         nbytes = sum(t.shape.num_elements() * t.dtype.size
                      for stack, _ in cache.stacks for t in stack.values())
     return nbytes
-
-
-def code_modules():
-    """(layouts, cache, tasks) of the checkout first on sys.path: the dataset
-    layouts (VAIHINGEN_AREAS, find_split), the module holding the training
-    cache (_cache) and the tasks; utils/data, utils/train since utils/ was
-    split into packages, utils/datasets, pipeline, tasks before."""
-    try:
-        from utils.data import layouts
-        from utils.train import cache, tasks
-    except ImportError:     # an older checkout
-        from utils import datasets as layouts, pipeline as cache, tasks
-    return layouts, cache, tasks
 
 
 def child(code, workdir, tiles, sets):
