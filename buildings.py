@@ -98,11 +98,13 @@ def main(argv=None):
     attrs, outside = heights.building_heights(paths, geoms, dtm=args.dtm, roof=args.roof,
                                               progress=bar.update)
     if args.footprints and len(outside) + left_out and len(outside) == len(geoms):
+        def where(bounds, of):
+            return f"{', '.join(f'{v:.6g}' for v in bounds)} in {of}"
+        theirs = where(footprints.file_extent(args.footprints), file_crs)
         raise DatasetError(f"{args.footprints}: none of its {len(outside) + left_out} "
-                           f"footprint(s) lie on the {len(paths)} height map(s) "
-                           f"({', '.join(f'{v:.0f}' for v in heights.extent(paths))} in "
-                           f"{crs}); check the CRS the file declares ({file_crs}) and give "
-                           f"the height maps that cover them")
+                           f"footprint(s) ({theirs}) lie on the {len(paths)} height map(s) "
+                           f"({where(heights.extent(paths), crs)}); check the CRS the file "
+                           f"declares and give the height maps that cover them")
     if len(outside) and not args.keep_outside:
         keep = np.setdiff1d(np.arange(len(geoms)), outside)
         geoms, left_out = geoms[keep], left_out + len(outside)

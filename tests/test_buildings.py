@@ -377,8 +377,11 @@ def test_bad_input_one_line_each(tmp_path):
     proc = run_buildings(heights, '--out', tmp_path / 'far_out.gpkg', '--footprints', far)
     assert proc.returncode == 1 and 'Traceback' not in proc.stderr
     line, = proc.stderr.strip().splitlines()
-    assert f'{far}: none of its 1 footprint(s) lie on the 1 height map(s)' in line
-    assert 'EPSG:32610' in line and not (tmp_path / 'far_out.gpkg').exists()
+    # both extents, each in its CRS: the file's box(0, 0, 2, 2), the map's 4 x 4 m
+    assert f'{far}: none of its 1 footprint(s) (500000, 5.4e+06, 500002, 5.4e+06 in ' \
+           f'EPSG:32610) lie on the 1 height map(s) (500000, 5.4e+06, 500004, 5.4e+06 in ' \
+           f'EPSG:32632)' in line
+    assert not (tmp_path / 'far_out.gpkg').exists()
     # a class map without the building class: traced nothing, said so; its
     # colour table is not the synthetic dataset's: said so too
     write_map(tmp_path / 'a_sem.tif', np.zeros((4, 4), np.uint8), nodata=255,

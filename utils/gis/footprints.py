@@ -46,6 +46,12 @@ def reproject(geoms, src_crs, dst_crs):
         return out, failed
 
 
+def file_extent(path):
+    """(left, bottom, right, top) of a vector file's features, in its CRS."""
+    import pyogrio
+    return tuple(pyogrio.read_info(path, force_total_bounds=True)['total_bounds'])
+
+
 def _typed(values, declared):
     """A field as OGR declares it: pyogrio gives integers and booleans with
     nulls as floats with NaN; they become masked arrays of their own type,
