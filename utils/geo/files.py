@@ -126,9 +126,14 @@ def without_mosaic_tiles(found, kind='image'):
                 continue
             for source in sources:
                 tiles.setdefault(source, path)
-    kept = [p for p in found if os.path.realpath(p) not in tiles]
-    for vrt in sorted(set(tiles[os.path.realpath(p)] for p in found if p not in kept)):
-        count = sum(1 for p in found if tiles.get(os.path.realpath(p)) == vrt)
+    kept, dropped = [], {}
+    for path in found:
+        vrt = tiles.get(os.path.realpath(path))
+        if vrt is None:
+            kept.append(path)
+        else:
+            dropped[vrt] = dropped.get(vrt, 0) + 1
+    for vrt, count in sorted(dropped.items()):
         print(f"{vrt}: {count} {kind}(s) of its folder are its tiles, taken once through "
               f"it, not again on their own", file=sys.stderr)
     return kept

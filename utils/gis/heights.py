@@ -205,7 +205,7 @@ def building_heights(height_paths, geoms, *, dtm=None, roof='70p', progress=None
         kept = shapely.area(parts) > 0
         near, parts = near[kept], parts[kept]
 
-        def step(count, before=done):
+        def step(count, before=done):     # footprints measured, a seam's on each map
             if progress:
                 progress(min(before + count, n))
 
@@ -213,7 +213,7 @@ def building_heights(height_paths, geoms, *, dtm=None, roof='70p', progress=None
                                               progress=step)):
             cells[i].append(found)
             maps[i].append(os.path.basename(path))
-        done += int(np.sum(inside[kept]))
+        done += len(parts)
     for i in range(n):
         values = np.concatenate([v for v, _ in cells[i]]) if cells[i] else np.zeros(0)
         areas = np.concatenate([w for _, w in cells[i]]) if cells[i] else np.zeros(0)
