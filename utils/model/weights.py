@@ -7,7 +7,8 @@ WeightsFile reads the .json once; check() compares its architecture with
 the run's settings (a wrong flag named, not a shape error deep inside
 Keras) and load_into() fills a network. save() writes both files under a
 temporary name and renames them, so an interrupted write never replaces a
-good file. predict.py, test_dsm.py and export.py take their weights with
+good file; store() adds an entry later (test_dsm.py's uncertainty
+calibration). predict.py, test_dsm.py and export.py take their weights with
 the same options (add_options, from_options), also from the STAC item
 export.py writes (--model: its weights assets, STAC_ASSETS); fine-tuning
 starts from one (utils/train/finetune.py).
@@ -137,6 +138,15 @@ class WeightsFile:
                     f"{self.settings[key]!r} but the settings have {key}={current[key]!r}. "
                     f"Fix: --set {key}={self.settings[key]!r} (dataset "
                     f"{self.settings.get('dataset_name')!r}), or other weights.")
+
+    def store(self, key, value):
+        """Add or replace one entry of the .json (e.g. test_dsm.py's
+        uncertainty calibration), written whole under a temporary name and
+        renamed, as save() writes it."""
+        self.record[key] = value
+        with open(self.path + '.json.tmp', 'w') as f:
+            json.dump(self.record, f, indent=2, default=float)
+        os.replace(self.path + '.json.tmp', self.path + '.json')
 
     def load_into(self, model):
         """Fill `model` with the weights (check() first)."""
