@@ -159,6 +159,12 @@ predict_window: Literal['gaussian', 'hann', 'triangle', 'trapezoid', 'flat'] = '
 predict_flips: whole(at_least=1, at_most=8) = 1     # test-time D4 transforms averaged
                             # per window: 1 none, 2 + left-right mirror, 4 every
                             # flip, 8 flips and transposes (costs that many times)
+predict_uncertainty: Literal['off', 'windows'] = 'windows'  # a height uncertainty
+                            # (sigma, m) per pixel: 'windows', the spread of the
+                            # overlapping windows' heights in the blending pass (no
+                            # extra network call), calibrated on the valid split by
+                            # test_dsm.py and written by predict.py --outputs
+                            # ...,uncertainty (README, Uncertainty); 'off': none
 test_plot_images: whole(at_least=0) = 3 # PNG figures for the first N test images
 
 # Published settings per dataset (DSMNet paper and its code). A dataset_name

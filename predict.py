@@ -20,7 +20,9 @@ rows, so memory depends on the image's width, not its size. Per image, in
     <name>_sem.tif      one band of classes with the dataset's colour table (weights
                         with a semantics head, sem_flag)
     <name>_norm.tif     surface normals (with --outputs ...,norm)
-    <name>_preview.png  image, height and classes, downsampled
+    <name>_uncertainty.tif  float32 sigma of each height (m), nodata as the
+                        height's (--outputs ...,uncertainty; README, Uncertainty)
+    <name>_preview.png  image, height, classes (and uncertainty), downsampled
 
 Outputs are written under a temporary name and renamed when complete, and
 record the weights' checksums and the settings that shaped them; a rerun
@@ -82,6 +84,7 @@ def main(argv=None):
     from utils.geo.image import parse_bands
     from utils.model import networks
     from utils.predict import engines, inputs, outputs, provenance
+    from utils.predict.calibration import for_prediction
     from utils.predict.claims import Claim
     from utils.predict.flips import with_flips
 
@@ -115,6 +118,9 @@ def main(argv=None):
             raise SettingError(f"--outputs {','.join(args.outputs)}: these weights have "
                                f"no {head.name} head ({head.flag}=False); leave "
                                f"{head.name} out")
+    # the uncertainty's calibration: in the .json of the weights making the height
+    calibration = (for_prediction(dae_file or mtl_file, cfg, dae_file is not None)
+                   if outputs.UNCERTAINTY in args.outputs else None)
     # the band order the weights were trained on, unless --bands says otherwise
     bands = parse_bands(args.bands or ','.join(map(str, contract.bands)))
     files, problems = inputs.readable(files, bands, image_channels(cfg), cfg.image_scale,
@@ -133,7 +139,7 @@ def main(argv=None):
         engines.window_fn(engine, mtl, dae, cfg=cfg, strategy=strategy,
                           outputs=args.outputs + ([shown.name] if shown else [])),
         cfg.predict_flips, cfg)
-    common = provenance.provenance(mtl_file, dae_file, bands, cfg)
+    common = provenance.provenance(mtl_file, dae_file, bands, cfg, calibration)
     print(f"{len(files)} image(s), {engine}, {strategy.num_replicas_in_sync} replica(s), "
           f"crop {cfg.cropSize}, stride {cfg.predict_stride}, window "
           f"{cfg.predict_window}, flips {cfg.predict_flips}, "
@@ -172,7 +178,7 @@ def main(argv=None):
 
             megapixels += outputs.predict_image(predict_fn, path, paths, bands, cfg=cfg,
                                                 progress=report, contract=contract,
-                                                record=record) / 1e6
+                                                record=record, calibration=calibration) / 1e6
             done += 1
         except DatasetError as err:     # e.g. a remote file cut off mid-way
             reason = ' '.join(str(err).splitlines())

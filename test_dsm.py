@@ -62,6 +62,8 @@ def report(result, correction, dataset_name):
         print(line)
     if result.get('buildings'):
         report_buildings(result['buildings'])
+    if result.get('uncertainty'):
+        report_uncertainty(result['uncertainty'])
     print('RESULT ' + ' '.join(f"{k}={_fmt(result.get(k))}" for k in RESULT_KEYS))
 
 
@@ -88,6 +90,27 @@ def report_buildings(errors):
                                      for v in cells))
 
 
+UNCERTAINTY_COLUMNS = [('pixels', 'pixels'), ('1 sigma', 'coverage_1sigma'),
+                       ('2 sigma', 'coverage_2sigma'), ('RMS sigma', 'rms_sigma'),
+                       ('RMSE', 'rmse')]
+
+
+def report_uncertainty(found):
+    """The calibrated sigma on the split: sparsification areas (m), coverage
+    against nominal, rank correlation; coverage by reference height bin."""
+    nominal = found['nominal']
+    print(f"\nheight uncertainty (sigma calibrated on valid, predict.py's windows): "
+          f"AUSE {_fmt(found['ause'])} m, AURG {_fmt(found['aurg'])} m, within 1 sigma "
+          f"{_fmt(found['coverage_1sigma'])} ({nominal['coverage_1sigma']}), within 2 sigma "
+          f"{_fmt(found['coverage_2sigma'])} ({nominal['coverage_2sigma']}), Spearman "
+          f"{_fmt(found['spearman'])}")
+    print(f"{'height':<9}" + ''.join(f"{label:>10}" for label, _ in UNCERTAINTY_COLUMNS))
+    for name, row in found['by_height'].items():
+        print(f"{name + ' m':<9}" + ''.join(
+            f"{row[key] if isinstance(row[key], int) else _fmt(row[key]):>10}"
+            for _, key in UNCERTAINTY_COLUMNS))
+
+
 def run_test(args):
     """Test, write metrics.json and the predictions, print the table."""
     cfg = settings.current()    # config.py after --set
@@ -105,9 +128,18 @@ def run_test(args):
     dae = networks.trained(dae_file, cfg, strategy) if correction else None
     result = evaluation.evaluate(mtl, dae, cfg=cfg, strategy=strategy,
                                  split=args.split, out_dir=run, max_images=args.max_images)
+    result['uncertainty'] = None
+    if cfg.predict_uncertainty != 'off':
+        calibration, result['uncertainty'] = evaluation.uncertainty(
+            mtl, dae, cfg=cfg, strategy=strategy, split=args.split, max_images=args.max_images)
+        result['uncertainty']['calibration'] = calibration.record()
+        if distribute.is_chief(strategy):   # for predict.py: beside the weights it reads
+            from utils.predict.calibration import KEY
+            (dae_file if correction else mtl_file).store(KEY, calibration.record())
 
     if distribute.is_chief(strategy):
-        overall = {k: v for k, v in result.items() if k not in ('per_image', 'buildings')}
+        overall = {k: v for k, v in result.items()
+                   if k not in ('per_image', 'buildings', 'uncertainty')}
         record = {'dataset': cfg.dataset_name, 'split': args.split,
                   'correction': correction,
                   'checkpoints': {'mtl': mtl_file.path,
@@ -117,6 +149,7 @@ def run_test(args):
                                'rmse': result['baseline_rmse'],
                                'mae': result['baseline_mae']},
                   'buildings': result['buildings'],
+                  'uncertainty': result['uncertainty'],
                   'per_image': result['per_image'],
                   'settings': cfg.as_dict()}
         path = os.path.join(run, 'metrics.json')

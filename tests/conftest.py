@@ -82,10 +82,12 @@ def run_python(args, timeout=600, env=None, cwd=ROOT, gpus=False, stand_in=False
                           capture_output=True, text=True, timeout=timeout)
 
 
-# Tiny settings on the built-in synthetic dataset: 32 px crops, 1/16 widths.
+# Tiny settings on the built-in synthetic dataset: 32 px crops, 1/16 widths;
+# test_dsm.py without the height uncertainty's two passes at predict_stride
+# (the main job, tests/test_run_train_test.py, measures it).
 TINY = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
         'test_stride=32', 'valid_stride=32', 'backbone_weights=None', 'plot_metrics=False',
-        'plot_train_error=False']
+        'plot_train_error=False', 'predict_uncertainty=off']
 
 
 # predict.py's tests: tiny networks (1/16 widths) on 32 px windows;

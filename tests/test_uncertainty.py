@@ -1,5 +1,6 @@
 """The height uncertainty: the windows' spread in the blending pass, its
 calibration, and the metrics test_dsm.py reports (README, Uncertainty)."""
+import json
 import math
 
 import numpy as np
@@ -163,3 +164,84 @@ def test_coverage_and_the_metrics_over_images():
     assert out['by_height']['0-5']['pixels'] == 5
     assert out['by_height']['0-5']['rmse'] == pytest.approx(math.sqrt((14.25 + 1) / 5))
     assert out['by_height']['>20']['coverage_2sigma'] == 0.0   # 0.5 > 2 x 0.2
+
+
+@pytest.fixture(scope='module', autouse=True)
+def stand_in_encoder():
+    """Networks on the stand-in encoder (tests/stand_in.py), as in test_predict.py:
+    the windows' blending is under test, not DenseNet121."""
+    from tests.stand_in import small_encoder
+    with small_encoder():
+        yield
+
+
+def _mtl_copy(weights, tmp_path, calibration=None):
+    """A copy of the tiny MTL weights, its .json holding `calibration`."""
+    import shutil
+    from utils.model.weights import WeightsFile
+    path = str(tmp_path / 'mtl.weights.h5')
+    shutil.copy(weights['mtl'], path)
+    shutil.copy(weights['mtl'] + '.json', path + '.json')
+    if calibration is not None:
+        WeightsFile(path, 'mtl').store('uncertainty', calibration.record())
+    return path
+
+
+def test_predict_writes_the_calibrated_spread_on_the_heights_grid(weights, tmp_path, capsys):
+    import rasterio
+    import tensorflow as tf
+    import tifffile
+
+    import predict
+    from tests.conftest import PREDICT_TINY
+    from utils import settings
+    from utils.data import samples
+    from utils.predict import engines
+    from utils.predict.calibration import windows_of
+    sets = [a for s in PREDICT_TINY for a in ('--set', s)]
+    settings.apply(PREDICT_TINY)
+    cfg = settings.current()
+    cal = Calibration((0.0, 2e-4), (0.25, 2.25), windows_of(cfg, False), 1)
+    path = str(tmp_path / 'img.tif')
+    rng = np.random.default_rng(4)
+    tifffile.imwrite(path, (rng.random((50, 70, 3)) * 255).astype(np.uint8), photometric='rgb')
+    out = tmp_path / 'out'
+    calibrated = _mtl_copy(weights, tmp_path, cal)
+    predict.main([path, '--out', str(out), '--ungeoreferenced', '--mtl-weights', calibrated,
+                  '--outputs', 'height,uncertainty', *sets])
+    # the in-memory path (blend.predict_tile) on the same networks and windows
+    fn = engines.tensorflow_fn(weights['models'][0], None, cfg=cfg,
+                               strategy=tf.distribute.get_strategy())
+    ref = blend.predict_tile(fn, samples.read_image(cfg, path), 32, cfg.predict_stride,
+                             window=cfg.predict_window, spread=True)
+    with rasterio.open(out / 'img_uncertainty.tif') as sigma, \
+            rasterio.open(out / 'img_height.tif') as height:
+        assert sigma.dtypes == ('float32',) and sigma.nodata == height.nodata
+        assert sigma.transform == height.transform and sigma.shape == height.shape == (50, 70)
+        assert json.loads(sigma.tags()['DSMNET_UNCERTAINTY']) == json.loads(
+            json.dumps(cal.record(), sort_keys=True))
+        written = sigma.read(1)
+    # the spread is computed as in memory (streamed bands: the same sums);
+    # sigma = 0.25 + 10^4 spread up to 0.2 mm (the untrained networks' windows
+    # agree closely), 11250 spread above; float32 both ways
+    expected = np.where(ref['spread'] < 2e-4, 0.25 + 1e4 * ref['spread'],
+                        11250 * ref['spread'])
+    assert written == pytest.approx(expected, rel=1e-6)
+    assert written.std() > 0 and np.all(written >= 0.25)
+    assert np.mean(ref['spread'] < 2e-4) > 0.1 and np.mean(ref['spread'] > 2e-4) > 0.1, \
+        np.percentile(ref['spread'], [0, 50, 100])   # both parts of the map used
+    # without a calibration, or with other windows, a one-line error naming the fix
+    from utils.errors import CheckpointError, SettingError
+    bare = tmp_path / 'bare'
+    bare.mkdir()
+
+    def run(weights_file, *extra):
+        predict.main([path, '--out', str(bare), '--ungeoreferenced', '--outputs',
+                      'height,uncertainty', '--mtl-weights', weights_file, *sets, *extra])
+
+    with pytest.raises(CheckpointError, match='no uncertainty calibration: .*test_dsm.py'):
+        run(_mtl_copy(weights, bare))
+    with pytest.raises(CheckpointError, match='--set predict_stride=10'):
+        run(calibrated, '--set', 'predict_stride=16')
+    with pytest.raises(SettingError, match="predict_uncertainty = 'off'"):
+        run(calibrated, '--set', 'predict_uncertainty=off')

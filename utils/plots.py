@@ -63,13 +63,14 @@ def plot_test_image(path, image, gt, predictions, title=''):
     plt.close(fig)
 
 
-def plot_prediction(path, image, height, classes=None, colours=None, title=''):
+def plot_prediction(path, image, height, classes=None, colours=None, title='',
+                    uncertainty=None):
     """predict.py's preview: image, height (colour bar in metres) and, when
     given, the class map (class indices, -1 for nodata, in `colours` [K, 3]
-    uint8, those of the class map's colour table) side by side. NaN heights
-    are nodata (shown blank)."""
+    uint8, those of the class map's colour table) and the height's sigma
+    (metres) side by side. NaN heights and sigmas are nodata (shown blank)."""
     import numpy as np
-    panels = 3 if classes is not None else 2
+    panels = 2 + (classes is not None) + (uncertainty is not None)
     fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 4.2), squeeze=False)
     axes = axes[0]
     axes[0].imshow(np.clip(image[..., :3], 0, 1))
@@ -82,6 +83,10 @@ def plot_prediction(path, image, height, classes=None, colours=None, title=''):
         shown[classes < 0] = 255
         axes[2].imshow(shown, interpolation='nearest')
         axes[2].set_title('classes')
+    if uncertainty is not None:
+        shown = axes[-1].imshow(uncertainty, cmap='magma')
+        axes[-1].set_title('uncertainty (sigma)')
+        fig.colorbar(shown, ax=axes[-1], shrink=0.8, label='metres')
     for ax in axes:
         ax.axis('off')
     if title:

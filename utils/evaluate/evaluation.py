@@ -10,6 +10,11 @@ test (test_stride): it only ranks the epochs. Besides the height, the heads
 utils/model/heads.py marks `scored` are scored: class heads by the confusion
 matrix, others by their per-image error against their target.
 
+uncertainty() fits the height uncertainty's calibration on the valid split
+and measures it on another (README, Uncertainty), with predict.py's windows
+(predict_stride, predict_window, predict_flips), whose heights and spread
+are the ones predict.py writes.
+
 Settings come from `cfg` (config.py's names); the networks run under the
 given tf.distribute `strategy`.
 """
@@ -24,15 +29,20 @@ from utils.data.samples import load_sample
 from utils.errors import DatasetError
 from utils.evaluate import metrics
 from utils.evaluate.buildings import BuildingErrors
+from utils.evaluate.uncertainty import UncertaintyMetrics
 from utils.geo.classes import ClassMap
 from utils.geo.read import read_grid
 from utils.geo.write import write_cog
 from utils.model import heads
 from utils.predict.blend import predict_tile
+from utils.predict.calibration import Calibration, windows_of
 from utils.predict.engines import tensorflow_fn
+from utils.predict.flips import with_flips
 from utils.predict.outputs import output_path
 
 SUMMARY_KEYS = metrics.HEIGHT_KEYS + ('miou', 'oa', 'fwiou', 'baseline_rmse', 'baseline_mae')
+
+FIT_PIXELS = 20000     # valid pixels per image the calibration is fitted on (a seeded draw)
 
 _train_mean = {}       # (dataset, root, flags) -> mean training height
 _predict_cache = {}    # the last (models, settings) -> predict_fn: no retrace per epoch
@@ -199,3 +209,45 @@ def validate(mtl, dae=None, *, cfg, strategy):
     only ranks epochs to keep the best weights."""
     return evaluate(mtl, dae, cfg=cfg, strategy=strategy, split='valid', verbose=0,
                     stride=cfg.valid_stride, per_building=False)
+
+
+def _spread_errors(mtl, dae, cfg, strategy, split, max_images, verbose):
+    """Per image of `split`: (spread, error, reference height) over its pixels
+    with a reference height, heights and spread from predict.py's windows.
+    (Binary datasets too: every pixel, not class 1 only.)"""
+    samples = find_split(cfg, split)[:max_images or None]
+    if not samples:
+        raise DatasetError(f"split {split!r} of {cfg.dataset_name!r} has no image to fit or "
+                           f"measure the height uncertainty on (shortcut_path = "
+                           f"{cfg.shortcut_path!r}); add it, or set predict_uncertainty=off")
+    predict_fn = with_flips(_predict_fn(mtl, dae, cfg, strategy, ()), cfg.predict_flips, cfg)
+    bar = progress.Progress(len(samples), unit=f'{split} image') if verbose else None
+    for index, sample in enumerate(samples):
+        data = load_sample(cfg, sample)
+        out = predict_tile(predict_fn, data.image, cfg.cropSize, cfg.predict_stride,
+                           window=cfg.predict_window, spread=True)
+        truth = np.asarray(data.height, np.float64)
+        valid = np.isfinite(truth)
+        yield out['spread'][valid], out['height'][valid] - truth[valid], truth[valid]
+        if bar:
+            bar.update(index + 1, {})
+
+
+def uncertainty(mtl, dae=None, *, cfg, strategy, split='test', max_images=None, verbose=1):
+    """(Calibration, metrics): the calibration of the windows' spread fitted
+    on up to FIT_PIXELS pixels of each valid image, and
+    evaluate/uncertainty.UncertaintyMetrics.results() of the calibrated
+    sigma on `split` (the first `max_images`)."""
+    rng = np.random.default_rng(cfg.seed)
+    spreads, errors = [], []
+    for spread, error, _ in _spread_errors(mtl, dae, cfg, strategy, 'valid', None, verbose):
+        pick = rng.permutation(len(spread))[:FIT_PIXELS]
+        spreads.append(spread[pick])
+        errors.append(error[pick])
+    calibration = Calibration.fit(np.concatenate(spreads), np.abs(np.concatenate(errors)),
+                                  windows_of(cfg, dae is not None))
+    measured = UncertaintyMetrics()
+    for spread, error, truth in _spread_errors(mtl, dae, cfg, strategy, split, max_images,
+                                               verbose):
+        measured.add(calibration(spread), error, truth)
+    return calibration, measured.results()

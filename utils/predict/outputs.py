@@ -4,7 +4,11 @@ predicted band by band into them.
     <name>_height.tif   float32 heights, nodata HEIGHT_NODATA where the input has none
     <name>_sem.tif      one band of classes with the dataset's colour table
     <name>_norm.tif     surface normals (asked for with --outputs)
-    <name>_preview.png  image, height and classes, downsampled
+    <name>_uncertainty.tif  float32 sigma of the height (m; asked for with
+                        --outputs), the windows' spread through the weights'
+                        calibration (utils/predict/calibration.py), nodata
+                        as the height's
+    <name>_preview.png  image, height, classes and uncertainty, downsampled
 
 Each head is written as its row in utils/model/heads.py says; test_dsm.py
 and buildings.py name their files by the same rule (output_path).
@@ -23,12 +27,15 @@ from utils.predict import inputs
 from utils.predict.blend import predict_rows
 
 PREVIEW_SIDE = 1000     # px, the longer side of the preview
+UNCERTAINTY = 'uncertainty'     # the output that is no head: the height's sigma
 
 
 def written(kind=None):
-    """Names of the heads prediction writes (heads.Head.output), or of
-    those of one kind (heads.DEFAULT, heads.OPTIONAL)."""
-    return [h.name for h in heads.HEADS if h.output and kind in (None, h.output)]
+    """Names of the outputs prediction writes: the heads' (heads.Head.output)
+    and the uncertainty, an optional one; or those of one kind
+    (heads.DEFAULT, heads.OPTIONAL)."""
+    return [h.name for h in heads.HEADS if h.output and kind in (None, h.output)] + (
+        [UNCERTAINTY] if kind in (None, heads.OPTIONAL) else [])
 
 
 def output_name(path):
@@ -68,8 +75,14 @@ def _writers(paths, image, coding, record):
     """{head: CogWriter} of the heads in `paths`, on the image's grid."""
     writers = {}
     try:
-        for head in (heads.by_name(key) for key in paths if key != 'preview'):
-            if head.is_classes:
+        for key in paths:
+            head = heads.by_name(key)
+            if key == UNCERTAINTY:
+                writers[key] = CogWriter(paths[key], image.grid.shape, np.float32,
+                                         grid=image.grid, nodata=HEIGHT_NODATA, metadata=record)
+            elif head is None:      # the preview
+                continue
+            elif head.is_classes:
                 writers[head.name] = coding.writer(paths[head.name], image.grid,
                                                    metadata=record)
             else:
@@ -85,7 +98,7 @@ def _writers(paths, image, coding, record):
 
 
 def predict_image(predict_fn, path, paths, bands, *, cfg, progress=None, contract=None,
-                  record=None):
+                  record=None, calibration=None):
     """Predict one image band by band and write `paths` (output -> file; see
     output_paths) under temporary names, renamed once all are complete; on
     any error the temporary files are removed. Windows: cfg.cropSize,
@@ -94,7 +107,9 @@ def predict_image(predict_fn, path, paths, bands, *, cfg, progress=None, contrac
     colour table, any other as float32, a band per channel, nodata where the
     input has none. `contract`: the weights' input Contract, whose band
     statistics the image is compared with; `record`: {name: value} written
-    into every GeoTIFF (GDAL_METADATA). Returns the image's pixel count."""
+    into every GeoTIFF (GDAL_METADATA); `calibration`: the map from the
+    windows' spread to the uncertainty (calibration.Calibration), needed
+    when `paths` has UNCERTAINTY. Returns the image's pixel count."""
     tmp = {key: p + '.tmp' for key, p in paths.items()}
     coding = ClassMap(cfg.label_codes)
     writers = {}
@@ -108,7 +123,7 @@ def predict_image(predict_fn, path, paths, bands, *, cfg, progress=None, contrac
             if shown is not None and shown.name not in keys:
                 keys.append(shown.name)
             step = max(1, math.ceil(max(h, w) / PREVIEW_SIDE))
-            preview = {'height': [], 'classes': []}
+            preview = {'height': [], 'classes': [], UNCERTAINTY: []}
             valid = []      # the masks of the rows read and not yet written
 
             def read_rows(r0, r1):
@@ -118,7 +133,8 @@ def predict_image(predict_fn, path, paths, bands, *, cfg, progress=None, contrac
 
             for r0, maps in predict_rows(predict_fn, read_rows, (h, w), cfg.cropSize,
                                          cfg.predict_stride, keys=keys, progress=progress,
-                                         window=cfg.predict_window):
+                                         window=cfg.predict_window,
+                                         spread=UNCERTAINTY in writers):
                 n = len(maps[heads.HEIGHT.name])
                 held = np.concatenate(valid)
                 mask, valid[:] = held[:n], [held[n:]]
@@ -146,13 +162,20 @@ def predict_image(predict_fn, path, paths, bands, *, cfg, progress=None, contrac
                         if on_grid and head.name == heads.HEIGHT.name:
                             preview['height'].append(np.where(mask[grid], values[grid],
                                                               np.nan))
+                if UNCERTAINTY in writers:
+                    sigma = calibration(maps['spread'])
+                    sigma[~mask] = HEIGHT_NODATA
+                    writers[UNCERTAINTY].write(sigma)
+                    if on_grid:
+                        preview[UNCERTAINTY].append(np.where(mask[grid], sigma[grid], np.nan))
             for writer in writers.values():
                 writer.close()
             from utils import plots     # matplotlib: not for the scripts that only name outputs
-            classes = np.concatenate(preview['classes']) if preview['classes'] else None
+            classes, sigma = (np.concatenate(preview[k]) if preview[k] else None
+                              for k in ('classes', UNCERTAINTY))
             plots.plot_prediction(tmp['preview'], image.preview(step),
                                   np.concatenate(preview['height']), classes,
-                                  coding.colours,
+                                  coding.colours, uncertainty=sigma,
                                   title=f"{os.path.basename(path)}: {h} x {w} px")
         for key, final in paths.items():
             os.replace(tmp[key], final)

@@ -20,11 +20,12 @@ def project_version():
         return 'unknown'
 
 
-def provenance(mtl, dae, bands, cfg):
+def provenance(mtl, dae, bands, cfg, calibration=None):
     """The record every output of a run carries: the weights files' SHA-256
     (`mtl`, `dae`: WeightsFiles, dae None without correction), the
-    prediction settings and the project version. Everything but the version
-    must match for a rerun to keep an image's outputs."""
+    prediction settings, the uncertainty's `calibration` where one is
+    written (a refit redoes the images) and the project version. Everything
+    but the version must match for a rerun to keep an image's outputs."""
     shaping = dict(crop=cfg.cropSize, stride=cfg.predict_stride,
                    window=cfg.predict_window, flips=cfg.predict_flips,
                    bands=[b + 1 for b in bands], image_scale=cfg.image_scale,
@@ -32,7 +33,9 @@ def provenance(mtl, dae, bands, cfg):
     return {'DSMNET_MTL_SHA256': mtl.sha256,
             'DSMNET_DAE_SHA256': dae.sha256 if dae is not None else 'none',
             'DSMNET_PREDICTION': json.dumps(shaping, sort_keys=True),
-            'DSMNET_VERSION': project_version()}
+            'DSMNET_VERSION': project_version()} | (
+        {} if calibration is None else
+        {'DSMNET_UNCERTAINTY': json.dumps(calibration.record(), sort_keys=True)})
 
 
 def input_record(path):
