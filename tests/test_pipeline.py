@@ -300,12 +300,15 @@ def test_cache_built_tile_by_tile_holds_each_sample_as_decoded_alone(tiles, monk
     """The cache's fields, unpacked, are load_sample + targets of each file
     on its own; packing in row blocks (4 rows here) changes nothing, and
     neither does a field stored 8-bit in some tiles and float32 in another
-    (mixed: tile 0's image kept as float32), crops included."""
+    (mixed: tile 0's image kept as float32), crops included. The samples
+    go into the variables in joined slabs (unmixed) and one by one (mixed:
+    SLAB_BYTES too small for two)."""
     samples = tiles()
     refs = _references(samples)
     expected_batches = _collect(tasks.MTLTask(config).train_dataset(BATCH, epoch=1))
     monkeypatch.setattr(train_cache, 'PACK_ROWS', 4)
     if mixed:
+        monkeypatch.setattr(train_cache, 'SLAB_BYTES', 1)
         pack = train_cache._pack
 
         def keep_tile_0_image(array):       # tile 0: blue = 0 (FILE_STEP * 0)

@@ -112,6 +112,40 @@ def _round_up(count, step):
     return -(-count // step) * step
 
 
+SLAB_BYTES = 32 * 2 ** 20   # written per _write call: a call costs about 2 ms, more
+                            # than copying a patch, so one call per patch dominated
+
+
+def _slabs(name, packed, parts, starts):
+    """(part, start, 1-D array) to write: runs of consecutive samples of one
+    part joined into one array of up to SLAB_BYTES (the ALIGN padding
+    between them zero), a larger sample alone and uncopied. Each sample's
+    array is freed once copied, so the cache is never held twice, only one
+    slab more."""
+    run, run_part = [], None     # (stored, start) of consecutive samples of one part
+
+    def joined():
+        if len(run) == 1:
+            return run[0][0].ravel()
+        first = run[0][1]
+        slab = np.zeros(run[-1][1] + run[-1][0].size - first, run[0][0].dtype)
+        for stored, start in run:
+            slab[start - first:start - first + stored.size] = stored.ravel()
+        return slab
+
+    for fields, part, start in zip(packed, parts, starts):
+        stored, _ = fields.pop(name)
+        if run and (part != run_part or
+                    (start + stored.size - run[0][1]) * stored.itemsize > SLAB_BYTES):
+            yield run_part, run[0][1], joined()
+            run = []
+        run_part = part
+        run.append((stored, start))
+        del stored
+    if run:
+        yield run_part, run[0][1], joined()
+
+
 class _Field:
     """One field of every cached sample, in flat 1-D tf.Variables.
 
@@ -157,11 +191,9 @@ class _Field:
                                        trainable=False)
                 _adopt_empty(variable, tf.constant(_round_up(count, ALIGN), tf.int32))
             self.variables.append(variable)
-        for fields, part, start in zip(packed, self.part, self.start):
-            # each sample's array is freed once copied: the cache is never held twice
-            stored, _ = fields.pop(name)
-            _write(self.variables[part], tf.constant(start, tf.int64), stored.ravel())
-            del stored
+        for part, start, slab in _slabs(name, packed, self.part, self.start):
+            _write(self.variables[part], tf.constant(start, tf.int64), slab)
+            del slab
         _trim_heap()
         self.part_of = tf.constant(self.part, tf.int32)
         self.start_of = tf.constant(self.start, tf.int64)
