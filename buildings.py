@@ -2,7 +2,7 @@
 
     python buildings.py HEIGHTS [HEIGHTS ...] --out FILE.gpkg
         [--footprints FILE | --building-class VALUES] [--min-area M2]
-        [--roof 70p] [--dtm FILE] [--keep-outside] [--set NAME=VALUE ...]
+        [--roof 70p] [--dtm FILE] [--keep-outside] [--max-sigma M] [--set NAME=VALUE ...]
 
 HEIGHTS: height maps predict.py wrote (<name>_height.tif) or folders of
 them. Footprints: --footprints, any vector file OGR reads (GeoPackage,
@@ -18,6 +18,9 @@ footprint): minimum, median, 70th percentile, maximum, mean and spread of
 height, cells used, share with valid heights, area; the LoD1 roof is the
 --roof statistic (default 70p, the Dutch 3D building register's). With
 --dtm the ground height (median of the DTM) sets where each block stands.
+Where predict.py wrote <name>_uncertainty.tif beside a height map, each
+building's height uncertainty (h_dak_sigma: the RMS of its cells' sigma)
+and h_dak_uncertain, true above --max-sigma.
 Writes FILE.gpkg (layer 'buildings') and FILE.city.json (CityJSON LoD1).
 
 Example: python buildings.py output/predict/ --out buildings.gpkg --footprints bag.gpkg
@@ -48,7 +51,11 @@ def parse(argv=None):
     p.add_argument('--keep-outside', action='store_true',
                    help='read every footprint of --footprints and write those on no '
                         'height map too, with empty heights (default: counted only)')
+    p.add_argument('--max-sigma', type=float, default=2.0,
+                   help='h_dak_uncertain is true above this height uncertainty (m, default 2)')
     args = settings.parse_args(p, argv)
+    if args.max_sigma < 0:
+        raise SettingError(f"--max-sigma {args.max_sigma:g}: use a height uncertainty >= 0 (m)")
     if args.min_area < 0:
         raise SettingError(f"--min-area {args.min_area:g}: use an area >= 0 (m^2)")
     if not args.out.lower().endswith('.gpkg'):
@@ -96,7 +103,10 @@ def main(argv=None):
     print(f"{len(geoms)} footprint(s) ({source}) on {len(paths)} height map(s)")
     bar = Bar(max(len(geoms), 1), 'heights', 'buildings')
     attrs, outside = heights.building_heights(paths, geoms, dtm=args.dtm, roof=args.roof,
-                                              progress=bar.update)
+                                              max_sigma=args.max_sigma, progress=bar.update)
+    if not any(heights.sigma_map(path) for path in paths):
+        problems.append("no <name>_uncertainty.tif beside the height maps: h_dak_sigma empty "
+                        "(predict with --outputs height,uncertainty to have it)")
     if args.footprints and len(outside) + left_out and len(outside) == len(geoms):
         def where(bounds, of):
             return f"{', '.join(f'{v:.6g}' for v in bounds)} in {of}"
@@ -125,7 +135,8 @@ def main(argv=None):
                 'WEIGHTING': 'a cell counts by its share inside the footprint (exactextract)',
                 'FOOTPRINTS': source,
                 'HEIGHT_MAPS': ' '.join(os.path.basename(p) for p in paths),
-                'EMPTY': f'{empty} building(s) without valid heights'}
+                'EMPTY': f'{empty} building(s) without valid heights',
+                'UNCERTAIN': f'h_dak_uncertain: h_dak_sigma > {args.max_sigma:g} m'}
     metadata.update({f'ATTRIBUTE_{n}': f'{u}: {m}' for n, u, m in ATTRIBUTES})
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     lod1.write_layer(args.out, geoms, fields, attrs, crs, metadata)
@@ -138,6 +149,10 @@ def main(argv=None):
     if valid.any():
         print(f"roof heights ({args.roof}): median {np.median(attrs['h_dak_lod1'][valid]):.2f} m, "
               f"max {np.max(attrs['h_dak_lod1'][valid]):.2f} m")
+    known = ~np.ma.getmaskarray(attrs['h_dak_uncertain'])
+    if known.any():
+        print(f"height uncertainty: {int(attrs['h_dak_uncertain'].filled(False).sum())} of "
+              f"{int(known.sum())} building(s) above --max-sigma {args.max_sigma:g} m")
     print(f"done: {len(geoms)} building(s), {empty} without valid heights (kept, empty "
           f"values) -> {args.out} (layer buildings), {city}")
 

@@ -8,6 +8,14 @@ below p_0, x_{n-1} above p_{n-1}). With equal weights it is the Hazen
 percentile (numpy's method='hazen'); a cell of small weight moves it little,
 however many there are. Minimum and maximum are over the cells the footprint
 touches, mean and spread (standard deviation) weighted.
+
+A building's height uncertainty, h_dak_sigma, comes from the
+<name>_uncertainty.tif beside each height map (predict.py --outputs
+...,uncertainty): the coverage-weighted root mean square of its cells'
+sigma. Not divided by the root of the cell count: neighbouring cells' errors
+come from the same windows and are far from independent. The spread of the
+heights inside the footprint (h_dak_std) stays beside it, not added to it:
+on a pitched roof it is the roof's shape, not an error.
 """
 import math
 import os
@@ -18,7 +26,7 @@ from utils.errors import DatasetError
 from utils.geo.files import find_images
 from utils.geo.read import read_area, read_grid
 from utils.model.heads import HEIGHT
-from utils.predict.outputs import output_path
+from utils.predict.outputs import UNCERTAINTY, beside, output_path
 
 
 # Attribute names in the style of the Dutch 3D building register (3DBAG):
@@ -37,6 +45,9 @@ ATTRIBUTES = (
     ('n_pixels', 'count', 'cells with a valid height the footprint touches'),
     ('valid_fraction', 'share', 'share of the footprint covered by valid heights'),
     ('opp_grond', 'm2', 'footprint area'),
+    ('h_dak_sigma', 'm', 'height uncertainty: coverage-weighted RMS of the cells\' sigma '
+                          '(<name>_uncertainty.tif; empty where a map has none)'),
+    ('h_dak_uncertain', 'flag', 'h_dak_sigma above --max-sigma (empty without h_dak_sigma)'),
     ('height_map', '', 'the height maps the heights come from, comma-separated'),
 )
 NAMES = tuple(a[0] for a in ATTRIBUTES)
@@ -178,12 +189,21 @@ def zonal_cells(path, geoms, indices, grid, block_px=2048, progress=None):
     return out
 
 
-def building_heights(height_paths, geoms, *, dtm=None, roof='70p', progress=None):
+def sigma_map(height_map):
+    """The uncertainty map beside a height map, None where there is none."""
+    path = beside(height_map, UNCERTAINTY)
+    return path if path and os.path.exists(path) else None
+
+
+def building_heights(height_paths, geoms, *, dtm=None, roof='70p', max_sigma=math.inf,
+                     progress=None):
     """{name: array over geoms} of NAMES for footprints `geoms` (in the CRS of
     the height maps), from the cells of every map each covers: a footprint
     across a seam has the heights of all its cells. Where maps overlap (tiles
     with a margin), a ground cell counts on the first map holding it only.
-    Returns (attributes, outside: indices of footprints on no map)."""
+    h_dak_sigma (module docstring) where every map a footprint covers has
+    its uncertainty map; h_dak_uncertain (masked where no sigma): above
+    `max_sigma`. Returns (attributes, outside: indices of footprints on no map)."""
     import shapely
     n = len(geoms)
     attrs = {k: np.full(n, np.nan) for k in NAMES if k != 'height_map'}
@@ -191,6 +211,7 @@ def building_heights(height_paths, geoms, *, dtm=None, roof='70p', progress=None
     attrs['opp_grond'][present] = shapely.area(geoms[present])
     tree = shapely.STRtree(geoms[present])
     cells = [[] for _ in range(n)]
+    sigmas = [[] for _ in range(n)]     # None for a map without its uncertainty
     maps = [[] for _ in range(n)]
     taken, done = None, 0
     for path in height_paths:
@@ -209,9 +230,13 @@ def building_heights(height_paths, geoms, *, dtm=None, roof='70p', progress=None
             if progress:
                 progress(min(before + count, n))
 
-        for i, found in zip(near, zonal_cells(path, parts, np.arange(len(parts)), grid,
-                                              progress=step)):
+        sigma = sigma_map(path)
+        spread = zonal_cells(sigma, parts, np.arange(len(parts)), grid) if sigma else \
+            [None] * len(parts)
+        for i, found, own in zip(near, zonal_cells(path, parts, np.arange(len(parts)), grid,
+                                                   progress=step), spread):
             cells[i].append(found)
+            sigmas[i].append(own)
             maps[i].append(os.path.basename(path))
         done += len(parts)
     for i in range(n):
@@ -222,6 +247,12 @@ def building_heights(height_paths, geoms, *, dtm=None, roof='70p', progress=None
                 attrs[name][i] = value
         attrs['valid_fraction'][i] = float(np.sum(areas)) / attrs['opp_grond'][i] \
             if cells[i] else np.nan
+        if sigmas[i] and None not in sigmas[i]:
+            values = np.concatenate([v for v, _ in sigmas[i]])
+            areas = np.concatenate([w for _, w in sigmas[i]])
+            if len(values):
+                attrs['h_dak_sigma'][i] = math.sqrt(np.sum(areas * values ** 2)
+                                                    / np.sum(areas))
     attrs['height_map'] = np.array([','.join(m) for m in maps], dtype=object)
     if dtm is not None:
         ground = zonal_cells(dtm, geoms, present, map_grid(dtm))
@@ -231,4 +262,7 @@ def building_heights(height_paths, geoms, *, dtm=None, roof='70p', progress=None
     attrs['h_dak_abs'] = attrs['h_maaiveld'] + attrs['h_dak_lod1']
     outside = np.array([i for i in range(n) if not maps[i]], dtype=np.int64)
     attrs['n_pixels'] = np.nan_to_num(attrs['n_pixels']).astype(np.int64)
+    known = np.isfinite(attrs['h_dak_sigma'])
+    attrs['h_dak_uncertain'] = np.ma.masked_array(
+        np.where(known, attrs['h_dak_sigma'], 0) > max_sigma, mask=~known)
     return attrs, outside
