@@ -94,7 +94,9 @@ def test_calibration_is_monotone_and_kept_in_its_record():
     rng = np.random.default_rng(2)
     spread = rng.random(5000)
     cal = Calibration.fit(spread, rng.random(5000), {'stride': 8})
-    assert np.all(np.diff(cal.sigma) >= 0) and np.all(np.diff(cal.spread) > 0)
+    # errors unrelated to the spread: pooled blocks, one knot each, strictly rising
+    assert len(cal.spread) < 20
+    assert np.all(np.diff(cal.sigma) > 0) and np.all(np.diff(cal.spread) > 0)
     again = Calibration.from_record(cal.record())
     assert again == cal and np.array_equal(again(spread), cal(spread))
 
@@ -119,6 +121,20 @@ def test_ause_and_aurg_of_a_hand_computed_case():
     # does worse than chance
     assert uncertainty.ause_aurg(np.abs(ERRORS), ERRORS, steps=4)[0] == 0
     assert uncertainty.ause_aurg(-np.abs(ERRORS), ERRORS, steps=4)[1] < 0
+    # equal sigmas rank nothing: the expectation over their orders is the
+    # RMSE of all at every step, so AURG 0; in pixel order (squares 1, 4,
+    # 9, 0.25 removed from the first) it would have been
+    # 1.8875 - mean(1.8875, sqrt(13.25 / 3), sqrt(9.25 / 2), 0.5) = 0.2276
+    tie_aurg = uncertainty.ause_aurg(np.ones(4), ERRORS, steps=4)[1]
+    assert tie_aurg == pytest.approx(0, abs=1e-12)
+    in_pixel_order = math.sqrt(14.25 / 4) - np.mean(
+        [math.sqrt(14.25 / 4), math.sqrt(13.25 / 3), math.sqrt(9.25 / 2), 0.5])
+    assert in_pixel_order == pytest.approx(0.22755, abs=1e-5)
+    assert tie_aurg != pytest.approx(in_pixel_order, abs=0.1)
+    # a tie of two in the middle: pixels 2 and 3 equal, each counts (9 + 0.25) / 2
+    tied = uncertainty.sparsification(np.array([0.1, 0.4, 0.3, 0.3]), ERRORS, steps=4)
+    assert tied == pytest.approx([math.sqrt(14.25 / 4), math.sqrt(10.25 / 3),
+                                  math.sqrt((4.625 + 1) / 2), 1.0], abs=1e-12)
     # the check catches sigmas of pixels 1 and 2 swapped
     assert uncertainty.ause_aurg(SIGMAS[[0, 2, 1, 3]], ERRORS, steps=4)[0] != \
         pytest.approx(ause, abs=1e-6)
@@ -245,3 +261,38 @@ def test_predict_writes_the_calibrated_spread_on_the_heights_grid(weights, tmp_p
         run(calibrated, '--set', 'predict_stride=16')
     with pytest.raises(SettingError, match="predict_uncertainty = 'off'"):
         run(calibrated, '--set', 'predict_uncertainty=off')
+
+
+def test_buildings_carry_their_height_uncertainty_and_its_flag(tmp_path):
+    import math as m
+    from test_buildings import (HEIGHTS, X0, box, read_layer, run_buildings, write_footprints,
+                                write_map)
+    maps = tmp_path / 'maps'
+    maps.mkdir()
+    write_map(maps / 'a_height.tif', HEIGHTS)
+    sigma = np.array([[1, 2, 3, 4], [1, 2, 3, 4], [5, 5, 5, 5], [5, 5, 5, -9999]], np.float32)
+    write_map(maps / 'a_uncertainty.tif', sigma)
+    write_map(maps / 'b_height.tif', HEIGHTS, x0=X0 + 100)     # without its uncertainty
+    feet = tmp_path / 'feet.gpkg'
+    write_footprints(feet, [box(0, 0, 2, 2), box(2, 0, 3.5, 1), box(100, 0, 102, 2)],
+                     ['whole cells', 'a half cell', 'no sigma'])
+    out = tmp_path / 'b.gpkg'
+    proc = run_buildings(maps, '--out', out, '--footprints', feet, '--max-sigma', 3)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, _, f = read_layer(out)
+    # by hand: cells 1 2 1 2, each whole; 3 whole and 4 half inside
+    whole, half = m.sqrt((1 + 4 + 1 + 4) / 4), m.sqrt((9 * 1 + 16 * 0.5) / 1.5)
+    # exactextract's coverage of box edges on cell edges: exact in binary
+    assert f['h_dak_sigma'][:2] == pytest.approx([whole, half], rel=1e-12)
+    assert np.isnan(f['h_dak_sigma'][2])
+    assert list(f['h_dak_uncertain'][:2]) == [False, True]
+    # the check tells the RMS from the mean, and weighted from unweighted
+    assert f['h_dak_sigma'][0] != pytest.approx(1.5, rel=1e-3)
+    assert f['h_dak_sigma'][1] != pytest.approx(m.sqrt((9 + 16) / 2), rel=1e-3)
+    assert '1 of 2 building(s) above --max-sigma 3 m' in proc.stdout
+    city = json.loads((tmp_path / 'b.city.json').read_text())['CityObjects']
+    assert city['building_2']['attributes']['h_dak_sigma'] == pytest.approx(half, rel=1e-12)
+    assert city['building_2']['attributes']['h_dak_uncertain'] is True
+    assert city['building_1']['attributes']['h_dak_uncertain'] is False
+    assert 'h_dak_sigma' not in city['building_3']['attributes']    # empty values left out
+    assert 'h_dak_uncertain' not in city['building_3']['attributes']

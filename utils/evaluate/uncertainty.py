@@ -3,8 +3,10 @@ averaged over images as the height metrics are, for test_dsm.py.
 
 Sparsification (Poggi et al., CVPR 2020): remove the pixels of largest
 sigma first and follow the RMSE of those left. At step k of STEPS the
-first floor(k n / STEPS) pixels (by decreasing sigma; equal sigmas in pixel
-order) are gone; a curve's area is its mean over the steps, in metres. The
+first floor(k n / STEPS) pixels by decreasing sigma are gone (among equal
+sigmas the expectation over their orders: each counts its group's mean
+square error, since any fixed order, e.g. the pixels', would rank them by
+where they lie); a curve's area is its mean over the steps, in metres. The
 oracle removes by decreasing |error| (the best any order can do), a random
 order leaves the RMSE of all pixels in expectation. AUSE = area(curve) -
 area(oracle), 0 at best; AURG = RMSE of all - area(curve), above 0 when
@@ -23,10 +25,17 @@ STEPS = 50
 NOMINAL = {1: 0.6827, 2: 0.9545}
 
 
-def sparsification(order, error, steps=STEPS):
+def sparsification(key, error, steps=STEPS):
     """[steps] RMSE of the pixels left after removing, at step k, the first
-    floor(k n / steps) of `order` (indices into `error`)."""
-    left = np.asarray(error, np.float64)[order][::-1] ** 2   # the last removed first
+    floor(k n / steps) by decreasing `key`, equal keys in expectation
+    (module docstring)."""
+    key = np.ravel(key)
+    order = np.argsort(-key, kind='stable')
+    key, square = key[order], np.ravel(np.asarray(error, np.float64))[order] ** 2
+    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    counts = np.diff(np.r_[starts, len(key)])
+    square = np.repeat(np.add.reduceat(square, starts) / counts, counts)
+    left = square[::-1]         # the last removed first
     sums = np.cumsum(left)      # sums[m - 1]: the squares of the m pixels kept last
     n = len(left)
     kept = n - (np.arange(steps) * n) // steps
@@ -36,8 +45,8 @@ def sparsification(order, error, steps=STEPS):
 def ause_aurg(sigma, error, steps=STEPS):
     """(AUSE, AURG) in metres (module docstring)."""
     sigma, error = np.ravel(sigma), np.ravel(error)
-    curve = sparsification(np.argsort(-sigma, kind='stable'), error, steps)
-    oracle = sparsification(np.argsort(-np.abs(error), kind='stable'), error, steps)
+    curve = sparsification(sigma, error, steps)
+    oracle = sparsification(np.abs(error), error, steps)
     everything = math.sqrt(np.mean(np.asarray(error, np.float64) ** 2))
     return float(curve.mean() - oracle.mean()), float(everything - curve.mean())
 

@@ -7,9 +7,10 @@ count (ties kept together) and gives each group the |error| that COVERED of
 its pixels stay within: for normally distributed errors that is their
 standard deviation, so a sigma read from the map covers about 68% of
 errors once, 95% twice. Pool-adjacent-violators then makes the groups'
-values non-decreasing (more spread never means less uncertainty); between
-the groups' mean spreads the map is linear, below the first constant, above
-the last proportional to the spread.
+values non-decreasing (more spread never means less uncertainty), and
+groups pooled to one value become one. Between the groups' mean spreads
+the map is linear (so rising strictly: pixels keep their order), below the
+first constant, above the last proportional to the spread.
 
 The spread depends on how many windows overlap and how they are weighted,
 so a calibration holds for the windows it was fitted with (`windows`) and
@@ -70,7 +71,13 @@ class Calibration:
             knots.append(spread[inside].mean())
             values.append(np.quantile(abs_error[inside], COVERED))
             counts.append(inside.sum())
-        return cls(tuple(map(float, knots)), tuple(map(float, monotone(values, counts))),
+        # one knot per pooled block, at its pixels' mean spread: the map then
+        # rises strictly between knots, keeping the spread's ranking of pixels
+        knots, counts, pooled = np.array(knots), np.array(counts), monotone(values, counts)
+        starts = np.flatnonzero(np.r_[True, np.diff(pooled) != 0])
+        weight = np.add.reduceat(counts, starts)
+        knots = np.add.reduceat(knots * counts, starts) / weight
+        return cls(tuple(map(float, knots)), tuple(map(float, pooled[starts])),
                    dict(windows), int(spread.size))
 
     def __call__(self, spread):
