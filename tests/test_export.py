@@ -189,8 +189,28 @@ def engines_agree(weights, tmp_path):
     # blending averages windows with weights summing to 1: no larger than one window's
     np.testing.assert_allclose(ort_h, tf_h, rtol=0, atol=exporting.height_tolerance(
         [mtl, dae], np.abs(tf_h).max()))
-    # classes agree except where two probabilities are within rounding of a tie
-    assert np.mean(read['tensorflow_sem'] == read['onnxruntime_sem']) > 0.99
+    # Classes may differ only at near-ties: each blended probability of the
+    # two engines differs by at most t (height_tolerance at magnitude 1;
+    # the window weights sum to 1), so where the engines pick different
+    # classes i and j, TensorFlow's p_i - p_j <= (p_i - q_i) + (q_j - p_j) <= 2t.
+    import tensorflow as tf
+    from utils.geo.image import Image, parse_bands
+    from utils.predict.blend import predict_tile
+    cfg = settings.current()
+    with Image(str(tmp_path / 'area.tif'), parse_bands('1,2,3'), 3, cfg.image_scale) as image:
+        pixels, _ = image.rows(0, image.height)
+    probabilities = predict_tile(
+        engines.tensorflow_fn(mtl, dae, cfg=cfg, strategy=tf.distribute.get_strategy(),
+                              outputs=('sem',)),
+        pixels, cfg.cropSize, cfg.predict_stride, window=cfg.predict_window)['sem']
+    top = np.sort(probabilities, axis=-1)
+    margin = top[..., -1] - top[..., -2]
+    tie = 2 * exporting.height_tolerance([mtl], 1.0)
+    differ = read['tensorflow_sem'] != read['onnxruntime_sem']
+    assert (margin[differ] <= tie).all(), margin[differ].max()
+    # The briefly trained stand-in is nearly undecided (median margin 3e-5),
+    # so few pixels are beyond a tie; a flip at those is caught.
+    assert (margin > tie).any()
 
 
 def _onnx_file(path, inputs, card=None):
