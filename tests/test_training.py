@@ -111,13 +111,18 @@ def assert_same_step(one, two, layer_error=TERMS * FLOAT32_U):
     g1, g2 = (np.concatenate([m.ravel() for m in weights(run, 'm_')]) for run in (one, two))
     norm = np.linalg.norm
     assert norm(g1) > 0 and norm(g2 - g1) <= tolerance * norm(g1)
-    # Each run's weights: Adam's step, to float32 rounding of it (the weight's
-    # ulp, and a few u of the update from its handful of operations).
     for run in (one, two):
-        for start, w, adam in zip(weights(run, 'init_'), weights(run), adam_first_step(run)):
-            np.testing.assert_array_less(
-                np.abs(w - adam), 2 * FLOAT32_U * np.abs(start)
-                + 16 * FLOAT32_U * np.abs(adam - start) + 1e-30)
+        assert_adam_step(run)
+
+
+def assert_adam_step(run):
+    """The run's weights are Adam's first step on its own moments, to float32
+    rounding of it (the weight's ulp, and a few u of the update from its
+    handful of operations)."""
+    for start, w, adam in zip(weights(run, 'init_'), weights(run), adam_first_step(run)):
+        np.testing.assert_array_less(
+            np.abs(w - adam), 2 * FLOAT32_U * np.abs(start)
+            + 16 * FLOAT32_U * np.abs(adam - start) + 1e-30)
 
 
 @pytest.mark.slow
