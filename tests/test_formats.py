@@ -1,13 +1,16 @@
 """Inputs in the formats orthophotos reach users in, written by GDAL
 (rasterio), read by utils/geo and predicted by predict.py: JPEG 2000
 (lossless), a VRT mosaic over 4 GeoTIFF tiles, PNG with a world file and
-its CRS in .aux.xml, and a COG served over HTTP with byte ranges by a
-loopback server. Each must give the pixels, grid and heights of the same
-pixels as a plain GeoTIFF; bad inputs (404, a server stopping mid-file, a
-VRT naming a missing tile, a JPEG 2000 without georeferencing) one line each."""
+its CRS in .aux.xml, and a COG served with byte ranges by a loopback
+server over HTTP and HTTPS (a self-signed certificate). Each must give the
+pixels, grid and heights of the same pixels as a plain GeoTIFF; bad inputs
+(404, a server stopping mid-file, a VRT naming a missing tile, a JPEG 2000
+without georeferencing, an untrusted certificate) one line each."""
 import http.server
 import os
 import shutil
+import ssl
+import subprocess
 import threading
 
 import numpy as np
@@ -251,6 +254,49 @@ def test_a_server_failing_each_first_request_is_retried(files, server):
         got, _ = image.read()
     np.testing.assert_array_equal(got, want.transpose(1, 2, 0) / np.float32(255))
     assert any('retried' in path for path, _ in RangeHandler.refused)   # it did refuse
+
+
+@pytest.fixture(scope='module')
+def https_server(files, tmp_path_factory):
+    """https://127.0.0.1:<port>/ over the files' folder with a self-signed
+    certificate made by openssl for 127.0.0.1, and that certificate's file."""
+    folder = tmp_path_factory.mktemp('tls')
+    cert, key = folder / 'cert.pem', folder / 'key.pem'
+    subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1',
+                    '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1',
+                    '-keyout', str(key), '-out', str(cert)], check=True, capture_output=True)
+    handler = lambda *a, **k: RangeHandler(   # noqa: E731
+        *a, directory=os.path.dirname(files['plain']), **k)
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f'https://127.0.0.1:{httpd.server_address[1]}', str(cert)
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def test_a_cog_over_https_reads_as_the_local_file_once_its_certificate_is_trusted(
+        files, https_server):
+    """A server whose certificate no authority signed is refused, naming the
+    address; trusted through GDAL's CA setting (GDAL_CURL_CA_BUNDLE, as
+    README says), it reads as the local file."""
+    address, cert = https_server
+    with rasterio.open(files['cog']) as src:
+        want = src.read()
+    # two addresses, since GDAL remembers what an address answered
+    with pytest.raises(DatasetError, match=f'Cannot read {address}/ortho_cog.tif\\?untrusted '
+                       r'\(.*certificate.*GDAL_CURL_CA_BUNDLE='):
+        with Image(f'{address}/ortho_cog.tif?untrusted', [0, 1, 2], 3) as image:
+            image.read()
+    with rasterio.Env(GDAL_CURL_CA_BUNDLE=cert):
+        with Image(f'{address}/ortho_cog.tif?trusted', [0, 1, 2], 3) as image:
+            got, _ = image.read()
+            assert image.grid.transform == TRANSFORM
+    np.testing.assert_array_equal(got, want.transpose(1, 2, 0) / np.float32(255))
 
 
 def _missing_tile(files, folder):

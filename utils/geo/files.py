@@ -69,7 +69,10 @@ def _reason(err):
 def unreadable(path, err):
     """The error for a raster GDAL cannot read; `err`: its exception, or the reason."""
     reason = _reason(err) if isinstance(err, Exception) else err
-    if is_remote(path):
+    if is_remote(path) and 'certificate' in reason:
+        fix = ("trust the server's certificate authority: GDAL_CURL_CA_BUNDLE=<its .pem "
+               "file> in the environment")
+    elif is_remote(path):
         fix = 'check the address, the network and the credentials GDAL reads'
     else:
         fix = 'replace the file with one GDAL reads (gdalinfo shows what it sees)'
