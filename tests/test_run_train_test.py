@@ -40,7 +40,7 @@ def test_run_train_test_on_two_replicas_writes_every_artifact(tmp_path, syntheti
     sets = [f'--set={s}' for s in TINY + [
         f'shortcut_path={synthetic_root}', f'checkpoint_root={tmp_path / "ckpt"}',
         f'output_root={tmp_path / "out"}', 'max_steps=3', 'batch_size=2',
-        'plot_metrics=True', 'test_plot_images=2']]
+        'plot_metrics=True', 'test_plot_images=2', 'predict_uncertainty=windows']]
     sets += ['--set', 'multi_gpu_enabled=True', '--set', 'cpu_replicas=2']   # as README says
     env = dict(os.environ, PYTHON=sys.executable, TF_CPP_MIN_LOG_LEVEL='2')
     # The timeout is a safety net only: on a loaded machine the run took > 900 s.
@@ -79,6 +79,7 @@ def test_run_train_test_on_two_replicas_writes_every_artifact(tmp_path, syntheti
     codes = set(config.dataset_settings('synthetic')['label_codes'])
     from utils.data.layouts import find_split
     samples = find_split(settings.current().replace(shortcut_path=synthetic_root), 'test')
+    measured = {}
     for test_run, label in (('mtl', 'MTL RMSE'), ('mtl_dae', 'MTL+DAE RMSE')):
         folder = tmp_path / 'out' / 'synthetic' / test_run
         with open(folder / 'metrics.json') as f:
@@ -99,6 +100,30 @@ def test_run_train_test_on_two_replicas_writes_every_artifact(tmp_path, syntheti
             sem = tifffile.imread(path.replace('_height.tif', '_sem.tif'))
             assert sem.shape == (192, 192) and set(np.unique(sem)) <= codes
         assert len(glob.glob(str(folder / '*.png'))) == 2
+        # the height uncertainty's calibration, fitted on valid, kept with the
+        # weights making the height
+        found = measured[test_run] = metrics['uncertainty']
+        stage = 'dae' if test_run == 'mtl_dae' else 'mtl'
+        with open(run / stage / 'best.weights.h5.json') as f:
+            assert json.load(f)['uncertainty'] == found['calibration']
+        assert found['calibration']['windows']['correction'] == (stage == 'dae')
+    # issue 39's criteria on the test split, both runs measured before either is judged:
+    # sigma ranks errors better than chance, and covers about 68% of them at 1 sigma
+    for test_run, found in measured.items():
+        print(f"{test_run}: uncertainty AURG {found['aurg']:.4f} m, AUSE {found['ause']:.4f} m, "
+              f"1 sigma {found['coverage_1sigma']:.4f}, 2 sigma {found['coverage_2sigma']:.4f}, "
+              f"Spearman {found['spearman']:.4f}")
+    for found in measured.values():
+        assert 0 <= found['coverage_1sigma'] <= found['coverage_2sigma'] <= 1
+        assert abs(found['coverage_1sigma'] - 0.6827) <= 0.10
+    # After 3 steps the networks have learnt next to nothing, and their windows'
+    # spread does not yet rank their errors (2026-12-07: AURG -0.070 m MTL,
+    # -0.059 m MTL+DAE; Spearman -0.02; 1 sigma 0.685 and 0.688): reported as
+    # an expected failure with the figures, not left unchecked.
+    poor = {run: round(found['aurg'], 4) for run, found in measured.items()
+            if not found['aurg'] > 0}
+    if poor:
+        pytest.xfail(f"AURG not above 0 on the 3-step networks: {poor} (m)")
 
 
 def test_a_failing_stage_stops_the_script_with_its_name(tmp_path, synthetic_root):
