@@ -2,10 +2,12 @@
 (rasterio), read by utils/geo and predicted by predict.py: JPEG 2000
 (lossless), a VRT mosaic over 4 GeoTIFF tiles, PNG with a world file and
 its CRS in .aux.xml, and a COG served with byte ranges by a loopback
-server over HTTP and HTTPS (a self-signed certificate). Each must give the
+server over HTTP and HTTPS (a self-signed certificate) and as an s3://
+object of a loopback S3-compatible store. Each must give the
 pixels, grid and heights of the same pixels as a plain GeoTIFF; bad inputs
 (404, a server stopping mid-file, a VRT naming a missing tile, a JPEG 2000
-without georeferencing, an untrusted certificate) one line each."""
+without georeferencing, an untrusted certificate, a refused key) one line
+each."""
 import http.server
 import os
 import shutil
@@ -297,6 +299,71 @@ def test_a_cog_over_https_reads_as_the_local_file_once_its_certificate_is_truste
             got, _ = image.read()
             assert image.grid.transform == TRANSFORM
     np.testing.assert_array_equal(got, want.transpose(1, 2, 0) / np.float32(255))
+
+
+class S3Handler(RangeHandler):
+    """The files as objects of buckets 'survey' and 'copy' of an
+    S3-compatible store (path-style addresses, /<bucket>/<name>), served
+    only to requests signed (AWS Signature 4) with the access key KEY;
+    others are answered 403 with S3's error document, and listed in denied."""
+    KEY = 'AKIDSURVEYTEST'
+    denied = []     # (path, the key the request was signed with)
+
+    def do_GET(self, head=False):
+        bucket, _, name = self.path[1:].partition('/')
+        signature = self.headers.get('Authorization', '')
+        key = signature.partition('Credential=')[2].partition('/')[0]
+        if bucket not in ('survey', 'copy') or key != self.KEY:
+            self.denied.append((self.path, key))
+            body = b'<?xml version="1.0"?><Error><Code>AccessDenied</Code></Error>'
+            self.send_response(403)
+            self.send_header('Content-Type', 'application/xml')
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+            return
+        self.path = '/' + name
+        super().do_GET(head)
+
+
+@pytest.fixture(scope='module')
+def s3_endpoint(files):
+    """host:port of the loopback S3-compatible store (S3Handler)."""
+    handler = lambda *a, **k: S3Handler(   # noqa: E731
+        *a, directory=os.path.dirname(files['plain']), **k)
+    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f'127.0.0.1:{httpd.server_address[1]}'
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def test_an_s3_address_reads_as_the_local_file_with_the_environments_credentials(
+        files, s3_endpoint, monkeypatch):
+    """s3://survey/ortho_cog.tif with the credentials and endpoint in the
+    environment, as GDAL reads them: the local file's pixels and grid;
+    with the wrong key the store's refusal is one line naming the address."""
+    with rasterio.open(files['cog']) as src:
+        want = src.read()
+    for name, value in dict(AWS_S3_ENDPOINT=s3_endpoint, AWS_HTTPS='NO',
+                            AWS_VIRTUAL_HOSTING='FALSE', AWS_REGION='us-east-1',
+                            AWS_SECRET_ACCESS_KEY='secret').items():
+        monkeypatch.setenv(name, value)
+    # two buckets of the same files, since GDAL remembers what an address answered
+    monkeypatch.setenv('AWS_ACCESS_KEY_ID', 'AKIDSOMEONEELSE')
+    with pytest.raises(DatasetError, match=r'Cannot read s3://copy/ortho_cog.tif \(.*AccessDenied.*credentials'):
+        with Image('s3://copy/ortho_cog.tif', [0, 1, 2], 3) as image:
+            image.read()
+    assert ('/copy/ortho_cog.tif', 'AKIDSOMEONEELSE') in S3Handler.denied
+    monkeypatch.setenv('AWS_ACCESS_KEY_ID', S3Handler.KEY)
+    with Image('s3://survey/ortho_cog.tif', [0, 1, 2], 3) as image:
+        got, _ = image.read()
+        assert image.grid.transform == TRANSFORM
+    np.testing.assert_array_equal(got, want.transpose(1, 2, 0) / np.float32(255))
+    assert not [d for d in S3Handler.denied if d[0].startswith('/survey/')]
 
 
 def _missing_tile(files, folder):
