@@ -194,6 +194,7 @@ BAD = [
     ('mtl_init_weights', 'best.h5'), ('dae_init_weights', 'checkpoints/dae'),
     ('predict_stride', 0), ('predict_stride', 97), ('predict_window', 'cosine'),
     ('predict_flips', 0), ('predict_flips', 9), ('predict_flips', 2.0),
+    ('predict_uncertainty', 'mc_dropout'),      # not offered (README, Uncertainty)
 ]
 # Values on the edge of a rule, which must pass.
 GOOD = [
@@ -208,7 +209,7 @@ GOOD = [
     ('mixed_precision', 'mixed_float16'), ('roof_height_threshold', 2.5),
     ('mtl_init_weights', 'runs/mtl/best.weights.h5'), ('dae_init_weights', None),
     ('predict_stride', 96), ('predict_stride', 1), ('predict_window', 'flat'),
-    ('predict_flips', 1), ('predict_flips', 8),
+    ('predict_flips', 1), ('predict_flips', 8), ('predict_uncertainty', 'off'),
 ]
 
 
