@@ -48,6 +48,9 @@ def parse(argv=None):
     p.add_argument('--roof', choices=sorted(ROOF_RULES), default='70p',
                    help='statistic of the LoD1 roof height (default 70p)')
     p.add_argument('--dtm', help='terrain heights (a raster in the same CRS) for the ground')
+    p.add_argument('--vertical-crs', type=int, metavar='EPSG',
+                   help="vertical CRS of the --dtm heights (e.g. 5709, NAP), making the "
+                        "CityJSON's referenceSystem 3D")
     p.add_argument('--keep-outside', action='store_true',
                    help='read every footprint of --footprints and write those on no '
                         'height map too, with empty heights (default: counted only)')
@@ -60,6 +63,8 @@ def parse(argv=None):
         raise SettingError(f"--min-area {args.min_area:g}: use an area >= 0 (m^2)")
     if not args.out.lower().endswith('.gpkg'):
         raise SettingError(f"--out {args.out}: name a GeoPackage, e.g. --out buildings.gpkg")
+    if args.vertical_crs is not None:
+        check_vertical(args)
     if args.building_class:
         try:
             args.building_class = [int(v) for v in args.building_class.split(',') if v.strip()]
@@ -67,6 +72,22 @@ def parse(argv=None):
             raise SettingError(f"--building-class {args.building_class}: give class-map "
                                f"values as whole numbers, e.g. --building-class 8,9") from None
     return args
+
+
+def check_vertical(args):
+    from rasterio.crs import CRS
+    from rasterio.errors import CRSError
+    if not args.dtm:
+        raise SettingError(f"--vertical-crs {args.vertical_crs}: without --dtm the CityJSON's "
+                           f"heights are above the ground, which no vertical CRS describes; "
+                           f"give --dtm, or leave --vertical-crs out")
+    try:
+        vertical = CRS.from_epsg(args.vertical_crs).to_wkt().startswith(('VERT_CS', 'VERTCRS'))
+    except CRSError:
+        vertical = False
+    if not vertical:
+        raise SettingError(f"--vertical-crs {args.vertical_crs}: not the EPSG code of a "
+                           f"vertical CRS; give that of the --dtm heights (e.g. 5709, NAP)")
 
 
 def main(argv=None):
@@ -141,8 +162,13 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     lod1.write_layer(args.out, geoms, fields, attrs, crs, metadata)
     city = args.out[:-len('.gpkg')] + '.city.json'
+    if args.dtm and args.vertical_crs is None:
+        problems.append(f"--dtm {args.dtm}: the CityJSON's heights are the DTM's, whose "
+                        f"vertical CRS is not given: its referenceSystem is {crs} alone; "
+                        f"give --vertical-crs EPSG (e.g. 5709, NAP) for a 3D one")
     lod1.write_cityjson(city, geoms, attrs, crs, fields,
-                        title=f"LoD1 buildings, roofs at {args.roof} ({source})")
+                        title=f"LoD1 buildings, roofs at {args.roof} ({source})",
+                        vertical=args.vertical_crs)
     for line in problems:
         print(f"warning: {line}", file=sys.stderr)
     valid = np.isfinite(attrs['h_dak_lod1'])

@@ -299,6 +299,37 @@ def test_footprints_reprojected_and_ground_from_dtm(tmp_path):
     assert f['h_maaiveld'][0] == pytest.approx(101.0, abs=1e-4)
     assert f['h_dak_lod1'][0] == 10.0 and f['h_dak_abs'][0] == pytest.approx(111.0, abs=1e-4)
     check_cityjson(tmp_path / 'b.city.json', geoms, f, ground=f['h_maaiveld'])
+    # z are the DTM's heights: 2D referenceSystem and a warning without their
+    # vertical CRS, the compound one with it
+    city = json.loads((tmp_path / 'b.city.json').read_text())
+    assert city['metadata']['referenceSystem'] == 'https://www.opengis.net/def/crs/EPSG/0/32632'
+    assert '--vertical-crs EPSG' in proc.stderr
+    import buildings
+    buildings.main([str(heights), '--out', str(tmp_path / 'c.gpkg'), '--footprints', str(feet),
+                    '--dtm', str(dtm), '--vertical-crs', '5709'])
+    city = json.loads((tmp_path / 'c.city.json').read_text())
+    assert city['metadata']['referenceSystem'] == (     # no EPSG code for UTM 32N + NAP
+        'https://www.opengis.net/def/crs-compound?1=https://www.opengis.net/def/crs/EPSG/0/'
+        '32632&2=https://www.opengis.net/def/crs/EPSG/0/5709')
+
+
+def test_a_registered_compound_crs_is_named_by_its_epsg_code():
+    from rasterio.crs import CRS
+    from utils.gis.lod1 import reference_system
+    # EPSG 7415 is Amersfoort / RD New (28992) + NAP height (5709), as the 3D BAG uses
+    assert reference_system(CRS.from_epsg(28992), 5709).endswith('/EPSG/0/7415')
+    assert reference_system(CRS.from_epsg(28992)).endswith('/EPSG/0/28992')
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--vertical-crs', '5709'], 'without --dtm'),
+    (['--dtm', 'dtm.tif', '--vertical-crs', '32632'], 'not the EPSG code of a vertical CRS'),
+    (['--dtm', 'dtm.tif', '--vertical-crs', '999999'], 'not the EPSG code of a vertical CRS')])
+def test_a_vertical_crs_must_be_one_and_come_with_a_dtm(args, message):
+    import buildings
+    from utils.errors import SettingError
+    with pytest.raises(SettingError, match=f'--vertical-crs .*{message}'):
+        buildings.parse(['a_height.tif', '--out', 'b.gpkg', *args])
 
 
 def test_traced_footprints_of_a_synthetic_scene(tmp_path):

@@ -7,6 +7,8 @@ import os
 import numpy as np
 
 
+EPSG_URL = 'https://www.opengis.net/def/crs/EPSG/0/'
+
 def write_layer(path, geoms, fields, attrs, crs, metadata):
     """A GeoPackage layer 'buildings': the footprints, their own fields and
     `attrs` (ours replace a field of the same name), `metadata` in GDAL's
@@ -85,13 +87,30 @@ def _json_value(v):
     return v if v != '' else None
 
 
-def write_cityjson(path, geoms, attrs, crs, fields=None, title='LoD1 buildings'):
+def reference_system(crs, vertical=None):
+    """The CityJSON referenceSystem of `crs` (projected, with an EPSG code)
+    and the `vertical` EPSG code of the heights: the EPSG code of their
+    compound where EPSG registers one (28992 + 5709: 7415), else OGC's
+    crs-compound address of the two; without `vertical` the 2D code."""
+    from rasterio.crs import CRS
+    horizontal = crs.to_epsg()
+    if not vertical:
+        return f'{EPSG_URL}{horizontal}'
+    compound = CRS.from_wkt(f'COMPD_CS["{horizontal} + {vertical}",{crs.to_wkt()},'
+                            f'{CRS.from_epsg(vertical).to_wkt()}]').to_epsg()
+    if compound:
+        return f'{EPSG_URL}{compound}'
+    return (f'https://www.opengis.net/def/crs-compound?1={EPSG_URL}{horizontal}'
+            f'&2={EPSG_URL}{vertical}')
+
+
+def write_cityjson(path, geoms, attrs, crs, fields=None, title='LoD1 buildings', vertical=None):
     """CityJSON 2.0 LoD1: each footprint a Building whose geometry is its
     polygon(s) extruded from the ground (h_maaiveld, else 0) to the ground
     plus h_dak_lod1 (a Solid, a MultiSolid for several parts); footprints
     without a height are Buildings without geometry. Attributes: `attrs`
     (and `fields`, the footprints' own), empty values left out. Vertices in
-    millimetres (the file's transform)."""
+    millimetres (the file's transform). referenceSystem: reference_system."""
     vertices, index = [], {}
 
     def vertex(x, y, z):
@@ -131,7 +150,7 @@ def write_cityjson(path, geoms, attrs, crs, fields=None, title='LoD1 buildings')
            'vertices': (np.asarray(vertices, np.int64) - lowest).tolist() if vertices else []}
     epsg = crs.to_epsg() if crs is not None else None
     if epsg:
-        doc['metadata']['referenceSystem'] = f'https://www.opengis.net/def/crs/EPSG/0/{epsg}'
+        doc['metadata']['referenceSystem'] = reference_system(crs, vertical)
     tmp = path + '.tmp'
     with open(tmp, 'w') as f:
         f.write(json.dumps(doc, separators=(',', ':')))   # json.dump encodes in Python, 5x slower
