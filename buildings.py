@@ -1,8 +1,9 @@
 """Heights of buildings from predicted height maps: LoD1 buildings out.
 
-    python buildings.py HEIGHTS [HEIGHTS ...] --out FILE.gpkg
+    python buildings.py HEIGHTS [HEIGHTS ...] --out FILE.gpkg|FILE.parquet
         [--footprints FILE | --building-class VALUES] [--min-area M2]
-        [--roof 70p] [--dtm FILE] [--keep-outside] [--max-sigma M] [--set NAME=VALUE ...]
+        [--roof 70p] [--dtm FILE [--vertical-crs EPSG]] [--keep-outside] [--max-sigma M]
+        [--set NAME=VALUE ...]
 
 HEIGHTS: height maps predict.py wrote (<name>_height.tif) or folders of
 them. Footprints: --footprints, any vector file OGR reads (GeoPackage,
@@ -21,7 +22,8 @@ height, cells used, share with valid heights, area; the LoD1 roof is the
 Where predict.py wrote <name>_uncertainty.tif beside a height map, each
 building's height uncertainty (h_dak_sigma: the RMS of its cells' sigma)
 and h_dak_uncertain, true above --max-sigma.
-Writes FILE.gpkg (layer 'buildings') and FILE.city.json (CityJSON LoD1).
+Writes FILE.gpkg (layer 'buildings') or FILE.parquet (GeoParquet), and FILE.city.json
+(CityJSON LoD1).
 
 Example: python buildings.py output/predict/ --out buildings.gpkg --footprints bag.gpkg
 """
@@ -37,7 +39,8 @@ def parse(argv=None):
     p = settings.parser(__doc__.split('\n\n')[0])
     p.add_argument('heights', nargs='+', metavar='HEIGHTS',
                    help="height maps (*_height.tif) or folders of them")
-    p.add_argument('--out', required=True, help='the GeoPackage to write (FILE.gpkg)')
+    p.add_argument('--out', required=True,
+                   help='the GeoPackage (FILE.gpkg) or GeoParquet (FILE.parquet) to write')
     p.add_argument('--footprints', help='vector file of footprints (default: traced '
                                         'from the class maps)')
     p.add_argument('--building-class', metavar='VALUES',
@@ -61,8 +64,9 @@ def parse(argv=None):
         raise SettingError(f"--max-sigma {args.max_sigma:g}: use a height uncertainty >= 0 (m)")
     if args.min_area < 0:
         raise SettingError(f"--min-area {args.min_area:g}: use an area >= 0 (m^2)")
-    if not args.out.lower().endswith('.gpkg'):
-        raise SettingError(f"--out {args.out}: name a GeoPackage, e.g. --out buildings.gpkg")
+    if not args.out.lower().endswith(('.gpkg', '.parquet')):
+        raise SettingError(f"--out {args.out}: name a GeoPackage or a GeoParquet file, e.g. "
+                           f"--out buildings.gpkg or --out buildings.parquet")
     if args.vertical_crs is not None:
         check_vertical(args)
     if args.building_class:
@@ -160,8 +164,10 @@ def main(argv=None):
                 'UNCERTAIN': f'h_dak_uncertain: h_dak_sigma > {args.max_sigma:g} m'}
     metadata.update({f'ATTRIBUTE_{n}': f'{u}: {m}' for n, u, m in ATTRIBUTES})
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    lod1.write_layer(args.out, geoms, fields, attrs, crs, metadata)
-    city = args.out[:-len('.gpkg')] + '.city.json'
+    stem, kind = os.path.splitext(args.out)
+    write = lod1.write_parquet if kind.lower() == '.parquet' else lod1.write_layer
+    write(args.out, geoms, fields, attrs, crs, metadata)
+    city = stem + '.city.json'
     if args.dtm and args.vertical_crs is None:
         problems.append(f"--dtm {args.dtm}: the CityJSON's heights are the DTM's, whose "
                         f"vertical CRS is not given: its referenceSystem is {crs} alone; "

@@ -2,7 +2,7 @@
 # the requirements (run_tests.sh sets need=tests: the tests' too). $PYTHON
 # wins; else the active python3 if it has them; else .venv/, created and
 # filled on first use.
-check='import sys, tensorflow, tensorboard, cv2, matplotlib, rasterio, pyogrio, shapely, exactextract, onnx, onnxruntime, openvino, tf2onnx; assert sys.version_info >= (3, 10)'
+check='import sys, tensorflow, tensorboard, cv2, matplotlib, rasterio, pyogrio, shapely, exactextract, pyarrow, onnx, onnxruntime, openvino, tf2onnx; assert sys.version_info >= (3, 10)'
 requirements=requirements.txt
 if [ "${need:-}" = tests ]; then
     check="$check; import pytest, xdist, tifffile, imagecodecs, rio_cogeo, cjio, pyflakes, stac_model"

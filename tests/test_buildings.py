@@ -518,6 +518,35 @@ def test_a_cadastre_by_extent_every_field_type_and_valid_solids(tmp_path):
     assert len(shell) == 2 + 4 + 4
     check_cityjson(tmp_path / 'b.city.json', back, f, ground=np.zeros(2))
 
+    # The same as GeoParquet, read as geopandas and DuckDB read it (Arrow):
+    # each field its Arrow type and nulls, the geometry WKB with the 'geo'
+    # metadata of GeoParquet 1.1.
+    import buildings
+    import pyarrow.parquet as pq
+    buildings.main([str(heights), '--out', str(tmp_path / 'c.parquet'), '--footprints', str(feet)])
+    table = pq.read_table(tmp_path / 'c.parquet')
+    types = {name: str(table.schema.field(name).type) for name in FIELD_TYPES}
+    assert types == {'text': 'string', 'storeys': 'int32', 'register_id': 'int64',
+                     'area_reg': 'double', 'built': 'date32[day]',
+                     'surveyed': 'timestamp[ms]', 'in_use': 'bool'}
+    rows = table.to_pylist()
+    assert [rows[0][k] for k in ('text', 'storeys', 'register_id', 'area_reg', 'in_use')] == \
+        ['Dam 1', 3, 2 ** 40 + 1, 125.5, False]
+    assert (str(rows[0]['built']), str(rows[0]['surveyed'])) == \
+        ('1932-05-04', '2024-05-31 12:30:00')
+    assert [k for k in FIELD_TYPES if rows[1][k] is None] == \
+        ['text', 'storeys', 'built', 'surveyed', 'in_use']      # nulls; NaN stays a real
+    for name in ('h_dak_lod1', 'opp_grond'):
+        np.testing.assert_array_equal(table[name].to_numpy(), f[name])
+    geo = json.loads(table.schema.metadata[b'geo'])
+    column = geo['columns'][geo['primary_column']]
+    assert geo['version'] == '1.1.0' and column['encoding'] == 'WKB'
+    assert column['crs']['id'] == {'authority': 'EPSG', 'code': 32632}
+    parquet_geoms = shapely.from_wkb(table['geometry'].to_numpy(zero_copy_only=False))
+    assert all(a.equals(b) for a, b in zip(parquet_geoms, back))
+    np.testing.assert_allclose(column['bbox'], shapely.total_bounds(back))
+    assert table.schema.metadata[b'ROOF'] == b'h_dak_lod1 = h_dak_70p'
+
 
 # ------------------------------------------------------- errors per building
 

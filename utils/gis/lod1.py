@@ -34,6 +34,35 @@ def write_layer(path, geoms, fields, attrs, crs, metadata):
     os.replace(tmp, path)
 
 
+def write_parquet(path, geoms, fields, attrs, crs, metadata):
+    """The layer of write_layer as GeoParquet 1.1 (as national building
+    datasets are distributed): a WKB 'geometry' column of MultiPolygons
+    with the file's 'geo' metadata (CRS as PROJJSON, bbox, geometry types),
+    every field with its type and nulls, `metadata` as the file's key-value
+    metadata. Written to a temporary file, renamed when complete."""
+    import json
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import shapely
+    columns = {k: v for k, v in fields.items() if k not in attrs}
+    columns.update(attrs)
+    multi = np.array([None if g is None else g if g.geom_type == 'MultiPolygon'
+                      else shapely.MultiPolygon([g]) for g in geoms], dtype=object)
+    arrays = {k: pa.array(np.ma.getdata(v), mask=np.ma.getmaskarray(v) if np.ma.is_masked(v)
+                          else None) for k, v in columns.items()}
+    arrays['geometry'] = pa.array(shapely.to_wkb(multi), pa.binary())
+    bounds = shapely.total_bounds(multi[multi != None])      # noqa: E711 (elementwise)
+    geo = {'version': '1.1.0', 'primary_column': 'geometry',
+           'columns': {'geometry': {'encoding': 'WKB', 'geometry_types': ['MultiPolygon'],
+                                    'crs': crs.to_dict(projjson=True),
+                                    'bbox': [float(b) for b in bounds]}}}
+    table = pa.table(arrays).replace_schema_metadata(
+        {'geo': json.dumps(geo), **{k: str(v) for k, v in metadata.items()}})
+    tmp = path + '.tmp'
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
 def _distinct(coords):
     """A ring's corners at the file's millimetres, without the closing one or
     a corner repeated after rounding (which would make a zero-area wall)."""
