@@ -129,7 +129,11 @@ def run_test(args):
     result = evaluation.evaluate(mtl, dae, cfg=cfg, strategy=strategy,
                                  split=args.split, out_dir=run, max_images=args.max_images)
     result['uncertainty'] = None
-    if cfg.predict_uncertainty != 'off':
+    why = cfg.predict_uncertainty != 'off' and evaluation.uncalibrated(cfg)
+    if why:
+        print(f"height uncertainty not calibrated: {why} (predict.py --outputs "
+              f"...,uncertainty needs weights calibrated on a held-out valid split)")
+    elif cfg.predict_uncertainty != 'off':
         calibration, result['uncertainty'] = evaluation.uncertainty(
             mtl, dae, cfg=cfg, strategy=strategy, split=args.split, max_images=args.max_images)
         result['uncertainty']['calibration'] = calibration.record()

@@ -296,3 +296,18 @@ def test_buildings_carry_their_height_uncertainty_and_its_flag(tmp_path):
     assert city['building_1']['attributes']['h_dak_uncertain'] is False
     assert 'h_dak_sigma' not in city['building_3']['attributes']    # empty values left out
     assert 'h_dak_uncertain' not in city['building_3']['attributes']
+
+
+def test_no_calibration_without_a_held_out_valid_split(synthetic_root, tmp_path):
+    from utils import settings
+    from utils.evaluate.evaluation import uncalibrated
+    cfg = settings.current().replace(shortcut_path=synthetic_root)
+    assert uncalibrated(cfg) is None
+    assert 'not held out' in uncalibrated(cfg.replace(train_valid_flag=False))
+    # a dataset of one's own with a valid folder but nothing in it: the layout's error
+    own = cfg.replace(shortcut_path=str(tmp_path), dataset_name='own')
+    (tmp_path / 'own' / 'valid').mkdir(parents=True)
+    assert uncalibrated(own).startswith('Missing valid/rgb folder')
+    for folder in ('rgb', 'dsm', 'sem'):
+        (tmp_path / 'own' / 'valid' / folder).mkdir()
+    assert uncalibrated(own).startswith('The valid split has no images')

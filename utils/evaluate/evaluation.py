@@ -216,10 +216,6 @@ def _spread_errors(mtl, dae, cfg, strategy, split, max_images, verbose):
     with a reference height, heights and spread from predict.py's windows.
     (Binary datasets too: every pixel, not class 1 only.)"""
     samples = find_split(cfg, split)[:max_images or None]
-    if not samples:
-        raise DatasetError(f"split {split!r} of {cfg.dataset_name!r} has no image to fit or "
-                           f"measure the height uncertainty on (shortcut_path = "
-                           f"{cfg.shortcut_path!r}); add it, or set predict_uncertainty=off")
     predict_fn = with_flips(_predict_fn(mtl, dae, cfg, strategy, ()), cfg.predict_flips, cfg)
     bar = progress.Progress(len(samples), unit=f'{split} image') if verbose else None
     for index, sample in enumerate(samples):
@@ -231,6 +227,18 @@ def _spread_errors(mtl, dae, cfg, strategy, split, max_images, verbose):
         yield out['spread'][valid], out['height'][valid] - truth[valid], truth[valid]
         if bar:
             bar.update(index + 1, {})
+
+
+def uncalibrated(cfg):
+    """Why the uncertainty's calibration cannot be fitted on the valid split
+    (None: it can): the split is missing or empty, or training saw it."""
+    if not cfg.train_valid_flag:
+        return "train_valid_flag = False trained on the valid split: its errors are not held out"
+    try:
+        find_split(cfg, 'valid')    # the layout's error for a missing or empty split
+    except DatasetError as err:
+        return ' '.join(str(err).splitlines())
+    return None
 
 
 def uncertainty(mtl, dae=None, *, cfg, strategy, split='test', max_images=None, verbose=1):
