@@ -150,7 +150,6 @@ def predict_rows(predict_fn, read_rows, shape, crop, stride, keys=None, batch_si
                 if spread:
                     band['spread'] = _spread(moments[:, :keep], t)[:, :w]
                 yield top, band
-            for buffer in [image, total, *acc.values(), *([moments[0], moments[1]]
-                                                          if spread else [])]:
+            for buffer in [image, total, *acc.values(), *(moments if spread else ())]:
                 _drop_rows(buffer, done - top)
             top = done
