@@ -2,12 +2,15 @@
 # the requirements (run_tests.sh sets need=tests: the tests' too). $PYTHON
 # wins; else the active python3 if it has them; else .venv/, created and
 # filled on first use.
-check='import sys, tensorflow, tensorboard, cv2, matplotlib, rasterio, pyogrio, shapely, exactextract, pyarrow, onnx, onnxruntime, openvino, tf2onnx; assert sys.version_info >= (3, 10)'
+# The check finds the modules without importing them (importing TensorFlow
+# alone takes seconds, at every start of a script).
+modules='tensorflow tensorboard cv2 matplotlib rasterio pyogrio shapely exactextract pyarrow onnx onnxruntime openvino tf2onnx'
 requirements=requirements.txt
 if [ "${need:-}" = tests ]; then
-    check="$check; import pytest, xdist, tifffile, imagecodecs, rio_cogeo, cjio, pyflakes, stac_model"
+    modules="$modules pytest xdist tifffile imagecodecs rio_cogeo cjio pyflakes stac_model"
     requirements=requirements-test.txt
 fi
+check="import sys, importlib.util as u; assert sys.version_info >= (3, 10); assert all(u.find_spec(m) for m in '$modules'.split())"
 if [ -n "${PYTHON:-}" ]; then
     PY=$PYTHON
 elif python3 -c "$check" 2>/dev/null; then
