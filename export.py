@@ -43,7 +43,7 @@ import time
 import numpy as np
 
 from utils import settings
-from utils.errors import CheckpointError, SettingError
+from utils.errors import SettingError
 from utils.model import weights
 
 FILES = ('saved_model', 'model.onnx', 'model_card.json', 'model.stac.json')
@@ -122,15 +122,11 @@ def main(argv=None):
         ['height'], {export.INPUT: windows})[0]}
     export.check_onnx(os.path.join(tmp, 'model.onnx'),
                       expect={k: card[k] for k in ('network', 'dataset', 'classes')})
-    for name, heights in got.items():
-        worst = float(np.abs(heights - expected).max())
-        if not worst <= tolerance:
-            raise CheckpointError(f"{os.path.join(out, name)}: heights differ from the "
-                                  f"Keras networks' by up to {worst:.3g} m (tolerance "
-                                  f"{tolerance:.3g}); the conversion is faulty, nothing "
-                                  f"was replaced")
-        print(f"  {name}: heights within {worst:.2g} m of the Keras networks' "
-              f"(tolerance {tolerance:.2g})")
+    worst = export.check({os.path.join(out, name): heights for name, heights in got.items()},
+                         expected, tolerance)
+    for name in got:
+        print(f"  {name}: heights within {worst[os.path.join(out, name)]:.2g} m of the Keras "
+              f"networks' (tolerance {tolerance:.2g})")
     names = list(FILES)
     if args.deepness:
         paths = {kind: os.path.join(tmp, deepness.FILES[kind]) for kind in kinds}

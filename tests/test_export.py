@@ -1,9 +1,11 @@
 """export.py and predict.py --engine: the exported SavedModel and ONNX model
-give the Keras networks' heights in processes without our code, both
-engines give predict.py the same outputs, and files that are not an export
-are refused in one line naming them."""
+give the Keras networks' heights in processes without our code, the export
+check refuses a conversion 0.1% off, both engines give predict.py the same
+outputs, and files that are not an export are refused in one line naming
+them."""
 import json
 import os
+import shutil
 import textwrap
 
 import numpy as np
@@ -211,6 +213,52 @@ def engines_agree(weights, tmp_path):
     # The briefly trained stand-in is nearly undecided (median margin 3e-5),
     # so few pixels are beyond a tie; a flip at those is caught.
     assert (margin > tie).any()
+
+
+def _scaled_height(source, path, factor):
+    """A copy of the ONNX model at `source` whose height output is multiplied
+    by `factor`: a conversion off by that much."""
+    import onnx
+    from onnx import helper
+    model = onnx.load(source)
+    for node in model.graph.node:
+        node.output[:] = ['height_exact' if o == 'height' else o for o in node.output]
+    model.graph.initializer.append(
+        onnx.numpy_helper.from_array(np.float32(factor), 'height_factor'))
+    model.graph.node.append(helper.make_node('Mul', ['height_exact', 'height_factor'],
+                                             ['height']))
+    onnx.save(model, path)
+
+
+@pytest.mark.slow
+def test_the_export_check_refuses_a_conversion_off_by_a_tenth_of_a_percent(
+        stand_in_weights, tmp_path, monkeypatch):
+    """export.py converts the stand-in networks; a conversion that scales the
+    heights by 1.001 stops it before anything is written, and the same
+    conversion unscaled passes the same check."""
+    write = exporting.write_onnx
+    exact = str(tmp_path / 'exact.onnx')
+
+    def off_by_a_tenth_of_a_percent(saved_model, card, path):
+        write(saved_model, card, path)
+        shutil.copy(path, exact)
+        _scaled_height(exact, path, 1.001)
+    monkeypatch.setattr(exporting, 'write_onnx', off_by_a_tenth_of_a_percent)
+    out = tmp_path / 'exported'
+    with small_encoder(), pytest.raises(CheckpointError) as err:
+        export.main(['--out', str(out), '--correction', '--mtl-weights', stand_in_weights['mtl'],
+                     '--dae-weights', stand_in_weights['dae']]
+                    + sum((['--set', s] for s in TINY), []))
+    message = str(err.value)
+    assert '\n' not in message and message.startswith(f"{out}/model.onnx: heights differ")
+    assert os.listdir(out) == ['.export.tmp']   # nothing of the export written beside it
+    with small_encoder():
+        mtl, dae = _keras(stand_in_weights)
+    windows = np.random.default_rng(0).random((2, 32, 32, 3), np.float32)
+    expected = exporting.serving_function(mtl, dae, 3)(windows)['height'].numpy()
+    tolerance = exporting.height_tolerance([mtl, dae], np.abs(expected).max())
+    heights = exporting.onnx_session(exact).run(['height'], {exporting.INPUT: windows})[0]
+    assert exporting.check({exact: heights}, expected, tolerance)[exact] <= tolerance
 
 
 def _onnx_file(path, inputs, card=None):

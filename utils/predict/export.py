@@ -30,6 +30,10 @@ SIGNATURE = 'serving_default'
 CARD_KEY = 'model_card'     # ONNX metadata_props key of the card (JSON)
 CARD_FORMAT = 'dsmnet-model-card/1'
 UNIT_ROUNDOFF = 2.0 ** -24      # float32
+LAMBDA = 10     # height_tolerance's multiple of the rounding errors' scale: exceeded
+                # with probability 2 exp(-50) ~ 4e-22 per output
+ELEMENTWISE = 4     # roundings of a layer's elementwise work: bias, activation, scale and
+                    # shift, each within an ulp or two (vectorised exp, sqrt)
 
 
 def exported_heads(cfg):
@@ -59,20 +63,52 @@ def serving_function(mtl, dae, channels):
 
 
 def height_tolerance(models, magnitude):
-    """How far two float32 engines' heights may differ: each layer's sums of
-    K products carry a relative rounding error of at most K u (u = 2^-24;
-    Higham, Accuracy and Stability, 3.1); summed over the layers that the
-    height passes through (to first order the errors add; BatchNormalization
-    keeps activations near unit scale, so none is amplified much), relative
-    to the heights' magnitude. Engines differ in summation order, fused
-    operations and vectorised exp/sqrt, all within these bounds."""
-    terms = 0
-    for model in models:
-        for layer in _leaf_layers(model):
-            kernel = getattr(layer, 'kernel', None)
-            if kernel is not None:
-                terms += int(np.prod(kernel.shape[:-1]))
-    return terms * UNIT_ROUNDOFF * max(float(magnitude), 1.0)
+    """How far two float32 engines' heights may differ, for heights of
+    largest absolute value `magnitude`:
+
+        LAMBDA * u * sqrt(sum over layers l of K_l) * magnitude
+
+    with u = 2^-24 and K_l the roundings feeding one output of layer l
+    (_roundings). Why: a sum of K float32 products errs by at most K u
+    relative in the worst case, but its roundings fall up as often as down,
+    so its error grows like sqrt(K) u; modelled as independent and bounded
+    by u, they exceed LAMBDA sqrt(K) u with probability at most
+    2 exp(-LAMBDA^2 / 2) (Hoeffding's inequality, as Higham and Mary, SIAM
+    J. Sci. Comput. 41, 2019). With terms of either sign the partial sums
+    are of the size of the result, so that is relative to the result.
+    BatchNormalization keeps activations near unit scale, so a layer passes
+    its input's relative error on about unchanged, and the layers'
+    independent errors add in quadrature: sqrt(sum_l K_l), relative to the
+    heights' own magnitude (no floor: a net of small heights has small
+    errors). The worst case, sum_l K_l u times max(magnitude, 1), allowed
+    1.6% of the largest height for the published MTL + DAE; this bound
+    (0.030% there: README, Export) lets a 0.1% error through only for
+    networks of more than (1e-3 / (LAMBDA u))^2 = 2.8e6 roundings. Engines
+    differ in summation order, fused operations and vectorised exp/sqrt,
+    all within it."""
+    roundings = sum(_roundings(layer) for model in models for layer in _leaf_layers(model))
+    return LAMBDA * UNIT_ROUNDOFF * float(np.sqrt(roundings)) * float(magnitude)
+
+
+def _roundings(layer):
+    """Rounding steps feeding one output value of `layer`: its products and
+    sums (a convolution's or dense layer's fan-in: kernel rows x cols x
+    input channels; a transposed convolution of stride s reaches each
+    output with ceil(k / s) of its k taps per axis, of every input
+    channel; an average pool its window), plus ELEMENTWISE for the bias,
+    activation, or scale and shift every layer may apply."""
+    import keras
+    kernel = getattr(layer, 'kernel', None)
+    if isinstance(layer, keras.layers.Conv2DTranspose):
+        rows, cols, _, inputs = kernel.shape     # Keras: (rows, cols, filters, inputs)
+        taps = int(np.prod([-(-k // s) for k, s in zip((rows, cols), layer.strides)])) * inputs
+    elif kernel is not None:                    # (rows, cols, inputs, filters), (inputs, units)
+        taps = int(np.prod(kernel.shape[:-1]))
+    elif isinstance(layer, keras.layers.AveragePooling2D):
+        taps = int(np.prod(layer.pool_size))
+    else:
+        taps = 0
+    return taps + ELEMENTWISE
 
 
 def _leaf_layers(model):
@@ -238,6 +274,19 @@ def check_onnx(path, expect=None):
     return card
 
 
+def check(found, expected, tolerance):
+    """CheckpointError unless the heights each exported file gave, {path:
+    heights}, are the Keras networks' `expected` within `tolerance`
+    (height_tolerance): the export check before anything is replaced.
+    Returns {path: largest difference}."""
+    worst = {}
+    for path, heights in found.items():
+        worst[path] = float(np.abs(heights - expected).max())
+        if not worst[path] <= tolerance:
+            raise CheckpointError(f"{path}: heights differ from the Keras networks' by up to "
+                                  f"{worst[path]:.3g} m (tolerance {tolerance:.3g}); the "
+                                  f"conversion is faulty, nothing was replaced")
+    return worst
 
 
 def convert(mtl, dae, cfg, card, folder):
