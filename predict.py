@@ -2,7 +2,7 @@
 
     python predict.py INPUT [INPUT ...] [--out DIR] [--correction] [--mtl-weights F]
         [--dae-weights F] [--model ITEM] [--outputs height,sem,norm]
-        [--bands 1,2,3] [--engine auto|tensorflow|onnxruntime] [--overwrite]
+        [--bands 1,2,3] [--engine auto|tensorflow|onnxruntime|openvino] [--overwrite]
         [--ungeoreferenced] [--set NAME=VALUE ...]
 
 INPUT: any raster GDAL opens (GeoTIFF/COG, JPEG 2000, VRT mosaic, ERDAS .img,
@@ -53,10 +53,12 @@ def parse(argv=None):
     p.add_argument('--bands', default=None,
                    help='1-based input bands in the order the network takes them '
                         '(default: the training images\' order, recorded with the weights)')
-    p.add_argument('--engine', default='auto', choices=('auto', 'tensorflow', 'onnxruntime'),
-                   help='what runs the networks: tensorflow, or onnxruntime (CPU, one '
-                        'device; the networks are converted first, as export.py does); '
-                        'auto: the faster on CPU (bench/RESULTS.md), TensorFlow on GPUs')
+    p.add_argument('--engine', default='auto',
+                   choices=('auto', 'tensorflow', 'onnxruntime', 'openvino'),
+                   help='what runs the networks: tensorflow, or onnxruntime or openvino '
+                        '(CPU, one device; the networks converted as export.py does, once: '
+                        'cached beside the weights); auto: the faster on CPU '
+                        '(bench/RESULTS.md), TensorFlow on GPUs')
     p.add_argument('--overwrite', action='store_true', help='redo finished images')
     p.add_argument('--ungeoreferenced', action='store_true',
                    help='predict inputs without georeferencing too, on their pixel grid')
@@ -131,16 +133,18 @@ def main(argv=None):
     out_dir = args.out or os.path.join(cfg.output_root, 'predict')
     os.makedirs(out_dir, exist_ok=True)
     strategy = distribute.get_strategy(cfg)
+    engine = engines.choose_engine(args.engine, strategy, cfg.predict_precision)
     mtl = networks.trained(mtl_file, cfg, strategy)
     dae = networks.trained(dae_file, cfg, strategy) if dae_file else None
     shown = outputs.preview_head()
-    engine = engines.choose_engine(args.engine, strategy)
     predict_fn = with_flips(
         engines.window_fn(engine, mtl, dae, cfg=cfg, strategy=strategy,
-                          outputs=args.outputs + ([shown.name] if shown else [])),
+                          outputs=args.outputs + ([shown.name] if shown else []),
+                          files=(mtl_file, dae_file)),
         cfg.predict_flips, cfg)
     common = provenance.provenance(mtl_file, dae_file, bands, cfg, calibration)
-    print(f"{len(files)} image(s), {engine}, {strategy.num_replicas_in_sync} replica(s), "
+    print(f"{len(files)} image(s), {engine} ({cfg.predict_precision}), "
+          f"{strategy.num_replicas_in_sync} replica(s), "
           f"crop {cfg.cropSize}, stride {cfg.predict_stride}, window "
           f"{cfg.predict_window}, flips {cfg.predict_flips}, "
           f"{predict_fn.batch_size} windows per call -> {out_dir}")

@@ -1,26 +1,31 @@
 """What runs the networks on a batch of windows: TensorFlow, on any
-strategy (GPUs, several replicas), or ONNX Runtime on every CPU core (the
-networks converted as export.py converts them). Either gives a window
-function fn(windows [n, crop, crop, C] float32) -> {map: array} with a
-`batch_size`, which utils/predict/blend.py blends.
+strategy (GPUs, several replicas), or on one CPU device ONNX Runtime or
+OpenVINO, both on every core, running the networks' ONNX conversion
+(utils/predict/conversion.py, cached beside the weights). Each gives a
+window function fn(windows [n, crop, crop, C] float32) -> {map: array}
+with a `batch_size`, which utils/predict/blend.py blends.
 """
-import os
-import shutil
-import tempfile
+import importlib
 
 import numpy as np
 import tensorflow as tf
 
 from nets import dae as dae_net
+from utils.data.samples import image_channels
 from utils.errors import SettingError
 from utils.model import heads
-from utils.predict import export
+from utils.predict import conversion, export
 
-ENGINES = ('tensorflow', 'onnxruntime')
+ENGINES = ('tensorflow', 'onnxruntime', 'openvino')
 # What bench/engines.py measured faster on CPU (bench/RESULTS.md, "Engines"),
 # with heights equal within export.height_tolerance; GPUs and several
 # replicas stay on TensorFlow.
 CPU_ENGINE = 'tensorflow'
+# predict_precision -> OpenVINO's INFERENCE_PRECISION_HINT, and the CPU
+# capability (OPTIMIZATION_CAPABILITIES) each needs; float32 is set too,
+# since OpenVINO computes in bfloat16 by default on CPUs that have it.
+OPENVINO_PRECISION = {'float32': 'f32', 'bfloat16': 'bf16'}
+CPU_CAPABILITY = {'float32': 'FP32', 'bfloat16': 'BF16'}
 
 
 def _replica_step(mtl, dae, outputs):
@@ -82,20 +87,26 @@ def tensorflow_fn(mtl, dae=None, *, cfg, strategy, batch_size=None, outputs=None
             return {k: strategy.gather(v, axis=0) for k, v in out.items()}
 
     def predict(windows):
-        windows = np.asarray(windows, np.float32)
-        n = len(windows)
-        pieces = []
-        for first in range(0, n, batch):
-            chunk = windows[first:first + batch]
-            real = len(chunk)
-            if real < batch:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, 0)])
-            out = run(tf.constant(chunk))
-            pieces.append({k: v.numpy()[:real] for k, v in out.items()})
-        return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+        return _in_batches(windows, batch, lambda chunk: {
+            k: v.numpy() for k, v in run(tf.constant(chunk)).items()})
 
     predict.batch_size = batch
     return predict
+
+
+def _in_batches(windows, batch, run):
+    """run(chunk of exactly `batch` windows) -> {key: maps} over all
+    `windows`: the last chunk padded with copies of its last window (one
+    shape for every call), the padding dropped."""
+    windows = np.asarray(windows, np.float32)
+    pieces = []
+    for first in range(0, len(windows), batch):
+        chunk = windows[first:first + batch]
+        real = len(chunk)
+        if real < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - real, 0)])
+        pieces.append({k: v[:real] for k, v in run(chunk).items()})
+    return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
 
 
 def onnx_fn(session, batch_size, keys):
@@ -113,33 +124,106 @@ def onnx_fn(session, batch_size, keys):
     return predict
 
 
-def choose_engine(requested, strategy):
-    """The engine predict.py runs: `requested`, or for 'auto' CPU_ENGINE on
-    one CPU replica and TensorFlow on GPUs or several replicas. ONNX Runtime
-    runs one CPU device, so it refuses a strategy of several replicas."""
+def openvino_model(path, *, batch_size, crop, channels, precision='float32', threads=0):
+    """The ONNX model at `path` compiled by OpenVINO for the CPU, for
+    batches of `batch_size` windows of crop x crop x channels, computing
+    in `precision` (a predict_precision) on `threads` cores (0: all)."""
+    import openvino as ov
+    core = ov.Core()
+    check_precision(precision, core)
+    model = core.read_model(path)
+    # One fixed shape: the CPU plugin then plans its kernels and memory once.
+    model.reshape({export.INPUT: [batch_size, crop, crop, channels]})
+    options = {'INFERENCE_PRECISION_HINT': OPENVINO_PRECISION[precision],
+               'PERFORMANCE_HINT': 'LATENCY'}   # one batch at a time, every core on it
+    if threads:
+        options['INFERENCE_NUM_THREADS'] = threads
+    return core.compile_model(model, 'CPU', options)
+
+
+def openvino_fn(compiled, keys):
+    """fn(windows) -> {key: maps} like tensorflow_fn's, run by the
+    OpenVINO `compiled` model (openvino_model) a batch at a time."""
+    names = [o.get_any_name() for o in compiled.outputs if o.get_any_name() in keys]
+    batch = compiled.input(export.INPUT).get_shape()[0]
+    request = compiled.create_infer_request()
+
+    def run(chunk):
+        result = request.infer({export.INPUT: chunk})
+        # copies: the request's next call writes into the same buffers
+        return {name: np.array(result[compiled.output(name)]) for name in names}
+
+    def predict(windows):
+        return _in_batches(windows, batch, run)
+
+    predict.batch_size = batch
+    return predict
+
+
+def check_precision(precision, core=None):
+    """SettingError unless OpenVINO can compute in `precision` on this CPU."""
+    if core is None:
+        import openvino as ov
+        core = ov.Core()
+    found = core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
+    if CPU_CAPABILITY[precision] not in found:
+        raise SettingError(f"predict_precision = {precision!r}: this CPU cannot compute in "
+                           f"{precision} (OpenVINO finds {', '.join(found)}; bfloat16 needs "
+                           f"AVX-512 BF16 or AMX): set predict_precision=float32")
+
+
+def _check_installed(engine):
+    try:
+        importlib.import_module(engine)
+    except ImportError as err:
+        raise SettingError(f"--engine {engine}: the {engine} package is not installed "
+                           f"({err}): pip install {engine} (requirements.txt), or --engine "
+                           f"tensorflow") from err
+
+
+def choose_engine(requested, strategy, precision='float32'):
+    """The engine predict.py runs: `requested`, or for 'auto' on one CPU
+    replica CPU_ENGINE (OpenVINO for a precision other than float32, the
+    one engine that runs it) and TensorFlow on GPUs or several replicas.
+    ONNX Runtime and OpenVINO run one CPU device, so they refuse a strategy
+    of several replicas. SettingError in one line naming the setting and
+    the fix for an engine not installed or a precision it or this CPU
+    cannot run, before any network is built."""
     one_cpu = strategy.num_replicas_in_sync == 1 and not tf.config.list_logical_devices('GPU')
     if requested == 'auto':
-        return CPU_ENGINE if one_cpu else 'tensorflow'
-    if requested not in ENGINES:
-        raise SettingError(f"--engine {requested}: use auto, {' or '.join(ENGINES)}")
-    if requested == 'onnxruntime' and strategy.num_replicas_in_sync > 1:
-        raise SettingError(f"--engine onnxruntime runs on one CPU device, not "
+        engine = ('openvino' if precision != 'float32' else CPU_ENGINE) if one_cpu \
+            else 'tensorflow'
+    elif requested in ENGINES:
+        engine = requested
+    else:
+        raise SettingError(f"--engine {requested}: use auto, {', '.join(ENGINES)}")
+    if precision != 'float32' and engine != 'openvino':
+        raise SettingError(f"predict_precision = {precision!r} runs on --engine openvino on "
+                           f"one CPU device only, not {engine}: set predict_precision=float32, "
+                           f"or --engine openvino")
+    if engine != 'tensorflow' and strategy.num_replicas_in_sync > 1:
+        raise SettingError(f"--engine {engine} runs on one CPU device, not "
                            f"{strategy.num_replicas_in_sync} replicas: leave out "
                            f"--engine or set cpu_replicas / multi_gpu_enabled off")
-    return requested
+    if engine != 'tensorflow':
+        _check_installed(engine)
+    if engine == 'openvino':
+        check_precision(precision)
+    return engine
 
 
-def window_fn(engine, mtl, dae, *, cfg, strategy, outputs):
+def window_fn(engine, mtl, dae, *, cfg, strategy, outputs, files):
     """The window function predict.py blends (blend.predict_rows): the
-    networks run by TensorFlow (tensorflow_fn), or converted to ONNX in a
-    temporary folder and run by ONNX Runtime on every core."""
+    networks run by TensorFlow (tensorflow_fn), or their ONNX conversion
+    (conversion.onnx_model of the WeightsFiles `files`, MTL and DAE or
+    None) run by ONNX Runtime or by OpenVINO in cfg.predict_precision, on
+    every core."""
     if engine == 'tensorflow':
         return tensorflow_fn(mtl, dae, cfg=cfg, strategy=strategy, outputs=outputs)
-    folder = tempfile.mkdtemp(prefix='dsmnet_onnx_')
-    try:
-        card = export.model_card(cfg, correction=dae is not None, weights={})
-        export.convert(mtl, dae, cfg, card, folder)
-        session = export.onnx_session(os.path.join(folder, 'model.onnx'))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    return onnx_fn(session, int(cfg.test_batch_size), set(outputs) | {'height'})
+    path = conversion.onnx_model(*files, mtl, dae, cfg)
+    keys = set(outputs) | {heads.HEIGHT.name}
+    if engine == 'onnxruntime':
+        return onnx_fn(export.onnx_session(path), int(cfg.test_batch_size), keys)
+    return openvino_fn(openvino_model(path, batch_size=int(cfg.test_batch_size),
+                                      crop=cfg.cropSize, channels=image_channels(cfg),
+                                      precision=cfg.predict_precision), keys)

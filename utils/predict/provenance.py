@@ -30,6 +30,9 @@ def provenance(mtl, dae, bands, cfg, calibration=None):
                    window=cfg.predict_window, flips=cfg.predict_flips,
                    bands=[b + 1 for b in bands], image_scale=cfg.image_scale,
                    correction=dae is not None)
+    # only when not float32: outputs of runs before the setting existed stay valid
+    if cfg.predict_precision != 'float32':
+        shaping['precision'] = cfg.predict_precision
     return {'DSMNET_MTL_SHA256': mtl.sha256,
             'DSMNET_DAE_SHA256': dae.sha256 if dae is not None else 'none',
             'DSMNET_PREDICTION': json.dumps(shaping, sort_keys=True),
