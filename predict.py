@@ -53,12 +53,10 @@ def parse(argv=None):
     p.add_argument('--bands', default=None,
                    help='1-based input bands in the order the network takes them '
                         '(default: the training images\' order, recorded with the weights)')
-    p.add_argument('--engine', default='auto',
-                   choices=('auto', 'tensorflow', 'onnxruntime', 'openvino'),
-                   help='what runs the networks: tensorflow, or onnxruntime or openvino '
-                        '(CPU, one device; the networks converted as export.py does, once: '
-                        'cached beside the weights); auto: the faster on CPU '
-                        '(bench/RESULTS.md), TensorFlow on GPUs')
+    p.add_argument('--engine', default='auto', choices=('auto', 'tensorflow', 'onnxruntime',
+                                                        'openvino'),
+                   help='onnxruntime, openvino: one CPU device, the networks converted once '
+                        '(cached beside the weights); auto: the faster on CPU, TensorFlow on GPUs')
     p.add_argument('--overwrite', action='store_true', help='redo finished images')
     p.add_argument('--ungeoreferenced', action='store_true',
                    help='predict inputs without georeferencing too, on their pixel grid')
@@ -144,9 +142,8 @@ def main(argv=None):
         cfg.predict_flips, cfg)
     common = provenance.provenance(mtl_file, dae_file, bands, cfg, calibration)
     print(f"{len(files)} image(s), {engine} ({cfg.predict_precision}), "
-          f"{strategy.num_replicas_in_sync} replica(s), "
-          f"crop {cfg.cropSize}, stride {cfg.predict_stride}, window "
-          f"{cfg.predict_window}, flips {cfg.predict_flips}, "
+          f"{strategy.num_replicas_in_sync} replica(s), crop {cfg.cropSize}, stride "
+          f"{cfg.predict_stride}, window {cfg.predict_window}, flips {cfg.predict_flips}, "
           f"{predict_fn.batch_size} windows per call -> {out_dir}")
 
     start, megapixels, done, skipped, elsewhere = time.perf_counter(), 0.0, 0, 0, 0
