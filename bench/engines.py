@@ -1,6 +1,7 @@
 """CPU engines for prediction: TensorFlow (predict.py's Keras networks in a
-tf.function, utils/predict/engines.py) against ONNX Runtime (the export of the
-same networks, utils/predict/export.py), on the same windows, with 1 thread and
+tf.function, utils/predict/engines.py) against ONNX Runtime and OpenVINO (the
+export of the same networks, utils/predict/export.py; OpenVINO in float32 and,
+where the CPU has BF16, in bfloat16), on the same windows, with 1 thread and
 with every core, in one run.
 
     python bench/engines.py [--windows 32] [--rounds 3] [--no-correction] [--set NAME=VALUE ...]
@@ -10,8 +11,9 @@ synthetic: 96 px windows, 1/4 widths), MTL + DAE unless --no-correction.
 Each thread count runs in a fresh process (TensorFlow's thread pools are
 fixed at start); inside it the engines alternate for --rounds rounds of
 --windows windows in batches of test_batch_size. Prints per thread count
-the median windows/s of each, the ratio onnxruntime / tensorflow, and the
-largest height difference against utils/predict/export.height_tolerance.
+the median windows/s of each, its ratio to tensorflow's, and its largest
+height difference from tensorflow's against
+utils/predict/export.height_tolerance (float32's; bfloat16 is not held to it).
 """
 import json
 import os
@@ -39,6 +41,7 @@ def measure(folder, threads, windows, rounds):
     tf.config.threading.set_inter_op_parallelism_threads(1 if threads == 1 else 0)
     from utils.data.samples import image_channels
     from utils.model import networks
+    from utils.errors import SettingError
     from utils.model.weights import WeightsFile
     from utils.predict import engines as predict_engines, export
     paths = json.load(open(os.path.join(folder, 'weights.json')))
@@ -46,12 +49,22 @@ def measure(folder, threads, windows, rounds):
     mtl = networks.trained(WeightsFile(paths['mtl'], 'mtl'), config, strategy)
     dae = networks.trained(WeightsFile(paths['dae'], 'dae'), config, strategy) \
         if paths['dae'] else None
+    onnx = os.path.join(folder, 'model.onnx')
     engines = {
         'tensorflow': predict_engines.tensorflow_fn(mtl, dae, cfg=config, strategy=strategy,
                                                     outputs=['sem']),
-        'onnxruntime': predict_engines.onnx_fn(
-            export.onnx_session(os.path.join(folder, 'model.onnx'), threads),
-            int(config.test_batch_size), {'height', 'sem'})}
+        'onnxruntime': predict_engines.onnx_fn(export.onnx_session(onnx, threads),
+                                               int(config.test_batch_size), {'height', 'sem'})}
+    for precision in predict_engines.OPENVINO_PRECISION:
+        try:
+            compiled = predict_engines.openvino_model(
+                onnx, batch_size=int(config.test_batch_size), crop=config.cropSize,
+                channels=image_channels(config), precision=precision, threads=threads)
+        except SettingError as err:     # a precision this CPU lacks: said, not timed
+            print(f"openvino {precision} not run: {err}", file=sys.stderr)
+            continue
+        engines[f'openvino_{precision}'] = predict_engines.openvino_fn(compiled,
+                                                                      {'height', 'sem'})
     batch = np.random.default_rng(0).random(
         (windows, config.cropSize, config.cropSize, image_channels(config)), np.float32)
     heights = {name: fn(batch[:config.test_batch_size])['height']     # warm-up, trace
@@ -64,9 +77,9 @@ def measure(folder, threads, windows, rounds):
             rates[name].append(windows / (time.perf_counter() - start))
     tolerance = export.height_tolerance([m for m in (mtl, dae) if m is not None],
                                         np.abs(heights['tensorflow']).max())
-    return dict(threads=threads, rates=rates,
-                difference=float(np.abs(heights['tensorflow'] - heights['onnxruntime']).max()),
-                tolerance=tolerance)
+    return dict(threads=threads, rates=rates, tolerance=tolerance, load=os.getloadavg(),
+                difference={name: float(np.abs(heights['tensorflow'] - h).max())
+                            for name, h in heights.items() if name != 'tensorflow'})
 
 
 def main():
@@ -117,11 +130,15 @@ def main():
                 sys.exit(f"the {threads}-thread run failed: {proc.stderr[-2000:]}")
             r = json.loads(line[0][len('RESULT '):])
             med = {k: statistics.median(v) for k, v in r['rates'].items()}
-            shown = ', '.join(f"{k} {med[k]:.2f} windows/s ({' / '.join(f'{x:.2f}' for x in v)})"
-                              for k, v in r['rates'].items())
-            print(f"{threads} thread(s): {shown}; height difference {r['difference']:.2g} m "
-                  f"(tolerance {r['tolerance']:.2g}); ratio onnxruntime/tensorflow: "
-                  f"{med['onnxruntime'] / med['tensorflow']:.2f}")
+            load = ' '.join(f'{x:.2f}' for x in r['load'])
+            print(f"{threads} thread(s), load average after {load}, height tolerance "
+                  f"{r['tolerance']:.2g} m:")
+            for k, v in r['rates'].items():
+                against = '' if k == 'tensorflow' else (
+                    f", {med[k] / med['tensorflow']:.2f}x tensorflow, heights "
+                    f"{r['difference'][k]:.2g} m from its")
+                print(f"  {k}: {med[k]:.2f} windows/s ({' / '.join(f'{x:.2f}' for x in v)})"
+                      + against)
 
     finally:
         shutil.rmtree(folder, ignore_errors=True)
