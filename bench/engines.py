@@ -55,13 +55,14 @@ def measure(folder, threads, windows, rounds):
                                                     outputs=['sem']),
         'onnxruntime': predict_engines.onnx_fn(export.onnx_session(onnx, threads),
                                                int(config.test_batch_size), {'height', 'sem'})}
+    not_run = {}
     for precision in predict_engines.OPENVINO_PRECISION:
         try:
             compiled = predict_engines.openvino_model(
                 onnx, batch_size=int(config.test_batch_size), crop=config.cropSize,
                 channels=image_channels(config), precision=precision, threads=threads)
         except SettingError as err:     # a precision this CPU lacks: said, not timed
-            print(f"openvino {precision} not run: {err}", file=sys.stderr)
+            not_run[f'openvino_{precision}'] = str(err)
             continue
         engines[f'openvino_{precision}'] = predict_engines.openvino_fn(compiled,
                                                                       {'height', 'sem'})
@@ -78,6 +79,7 @@ def measure(folder, threads, windows, rounds):
     tolerance = export.height_tolerance([m for m in (mtl, dae) if m is not None],
                                         np.abs(heights['tensorflow']).max())
     return dict(threads=threads, rates=rates, tolerance=tolerance, load=os.getloadavg(),
+                not_run=not_run,
                 difference={name: float(np.abs(heights['tensorflow'] - h).max())
                             for name, h in heights.items() if name != 'tensorflow'})
 
@@ -139,6 +141,8 @@ def main():
                     f"{r['difference'][k]:.2g} m from its")
                 print(f"  {k}: {med[k]:.2f} windows/s ({' / '.join(f'{x:.2f}' for x in v)})"
                       + against)
+            for k, why in r['not_run'].items():
+                print(f"  {k}: not run ({why})")
 
     finally:
         shutil.rmtree(folder, ignore_errors=True)
