@@ -385,7 +385,11 @@ def _write_key(path, full_key):
 def test_engine_choice_follows_the_measurement_the_devices_and_the_precision(monkeypatch):
     one, two = (types.SimpleNamespace(num_replicas_in_sync=n) for n in (1, 2))
     # no GPU here: one CPU replica takes the measured CPU engine (bench/RESULTS.md)
-    assert engines.choose_engine('auto', one) == engines.CPU_ENGINE == 'tensorflow'
+    assert engines.CPU_ENGINE in engines.ENGINES
+    assert engines.choose_engine('auto', one) == engines.CPU_ENGINE
+    # several replicas: only TensorFlow runs them, whichever engine CPU_ENGINE names
+    monkeypatch.setattr(engines, 'CPU_ENGINE', 'onnxruntime')
+    assert engines.choose_engine('auto', one) == 'onnxruntime'
     assert engines.choose_engine('auto', two) == 'tensorflow'
     for engine in ('onnxruntime', 'openvino'):
         assert engines.choose_engine(engine, one) == engine
