@@ -8,6 +8,7 @@ pixels, grid and heights of the same pixels as a plain GeoTIFF; bad inputs
 (404, a server stopping mid-file, a VRT naming a missing tile, a JPEG 2000
 without georeferencing, an untrusted certificate, a refused key) one line
 each."""
+import contextlib
 import http.server
 import os
 import shutil
@@ -201,18 +202,29 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         self.wfile.write(data)
 
 
-@pytest.fixture(scope='module')
-def server(files):
-    """http://127.0.0.1:<port>/ over the files' folder, stopped at the end."""
-    folder = os.path.dirname(files['plain'])
-    handler = lambda *a, **k: RangeHandler(*a, directory=folder, **k)   # noqa: E731
+@contextlib.contextmanager
+def serving(handler_class, folder, tls=None):
+    """127.0.0.1:<port> serving `folder` with `handler_class` in a thread
+    (over TLS with `tls`, an ssl.SSLContext), stopped at the end."""
+    handler = lambda *a, **k: handler_class(*a, directory=folder, **k)   # noqa: E731
     httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    if tls is not None:
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f'http://127.0.0.1:{httpd.server_address[1]}'
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    try:
+        yield f'127.0.0.1:{httpd.server_address[1]}'
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+@pytest.fixture(scope='module')
+def server(files):
+    """http://127.0.0.1:<port>/ over the files' folder."""
+    with serving(RangeHandler, os.path.dirname(files['plain'])) as address:
+        yield f'http://{address}'
 
 
 def test_a_cog_over_http_reads_as_the_plain_geotiff(files, server):
@@ -267,18 +279,10 @@ def https_server(files, tmp_path_factory):
     subprocess.run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1',
                     '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1',
                     '-keyout', str(key), '-out', str(cert)], check=True, capture_output=True)
-    handler = lambda *a, **k: RangeHandler(   # noqa: E731
-        *a, directory=os.path.dirname(files['plain']), **k)
-    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f'https://127.0.0.1:{httpd.server_address[1]}', str(cert)
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    with serving(RangeHandler, os.path.dirname(files['plain']), context) as address:
+        yield f'https://{address}', str(cert)
 
 
 def test_a_cog_over_https_reads_as_the_local_file_once_its_certificate_is_trusted(
@@ -330,15 +334,8 @@ class S3Handler(RangeHandler):
 @pytest.fixture(scope='module')
 def s3_endpoint(files):
     """host:port of the loopback S3-compatible store (S3Handler)."""
-    handler = lambda *a, **k: S3Handler(   # noqa: E731
-        *a, directory=os.path.dirname(files['plain']), **k)
-    httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f'127.0.0.1:{httpd.server_address[1]}'
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
+    with serving(S3Handler, os.path.dirname(files['plain'])) as address:
+        yield address
 
 
 def test_an_s3_address_reads_as_the_local_file_with_the_environments_credentials(
