@@ -15,16 +15,11 @@ def write_layer(path, geoms, fields, attrs, crs, metadata):
     layer metadata. Written to a temporary file, renamed when complete."""
     import pyogrio
     import shapely
-    columns = {k: v for k, v in fields.items() if k not in attrs}
-    columns.update(attrs)
+    columns = _columns(fields, attrs)
     # a field's nulls (footprints.py's masked arrays) as OGR nulls, its type kept
     masks = [np.ma.getmask(v) if np.ma.is_masked(v) else None for v in columns.values()]
     data = [np.ma.getdata(v) for v in columns.values()]
-    # every footprint as a MultiPolygon: one geometry type for the layer
-    wkb = shapely.to_wkb(np.array([None if g is None else
-                                   (g if g.geom_type == 'MultiPolygon'
-                                    else shapely.MultiPolygon([g])) for g in geoms],
-                                  dtype=object))
+    wkb = shapely.to_wkb(_multipolygons(geoms))
     tmp = path + '.tmp.gpkg'
     if os.path.exists(tmp):
         os.remove(tmp)
@@ -32,6 +27,20 @@ def write_layer(path, geoms, fields, attrs, crs, metadata):
                       driver='GPKG', geometry_type='MultiPolygon', crs=crs.to_wkt(),
                       layer_metadata=metadata)
     os.replace(tmp, path)
+
+
+def _columns(fields, attrs):
+    """The footprints' own fields, then ours (which replace one of the same name)."""
+    columns = {k: v for k, v in fields.items() if k not in attrs}
+    columns.update(attrs)
+    return columns
+
+
+def _multipolygons(geoms):
+    """Every footprint as a MultiPolygon (None kept): one geometry type for the layer."""
+    import shapely
+    return np.array([None if g is None else g if g.geom_type == 'MultiPolygon'
+                     else shapely.MultiPolygon([g]) for g in geoms], dtype=object)
 
 
 def write_parquet(path, geoms, fields, attrs, crs, metadata):
@@ -44,12 +53,9 @@ def write_parquet(path, geoms, fields, attrs, crs, metadata):
     import pyarrow as pa
     import pyarrow.parquet as pq
     import shapely
-    columns = {k: v for k, v in fields.items() if k not in attrs}
-    columns.update(attrs)
-    multi = np.array([None if g is None else g if g.geom_type == 'MultiPolygon'
-                      else shapely.MultiPolygon([g]) for g in geoms], dtype=object)
+    multi = _multipolygons(geoms)
     arrays = {k: pa.array(np.ma.getdata(v), mask=np.ma.getmaskarray(v) if np.ma.is_masked(v)
-                          else None) for k, v in columns.items()}
+                          else None) for k, v in _columns(fields, attrs).items()}
     arrays['geometry'] = pa.array(shapely.to_wkb(multi), pa.binary())
     bounds = shapely.total_bounds(multi[multi != None])      # noqa: E711 (elementwise)
     geo = {'version': '1.1.0', 'primary_column': 'geometry',
