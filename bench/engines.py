@@ -11,7 +11,10 @@ synthetic: 96 px windows, 1/4 widths), MTL + DAE unless --no-correction.
 Each thread count runs in a fresh process (TensorFlow's thread pools are
 fixed at start); inside it the engines alternate for --rounds rounds of
 --windows windows in batches of test_batch_size. Prints per thread count
-the median windows/s of each, its ratio to tensorflow's, and its largest
+the median windows/s of each, the GFLOP/s that makes (the forward pass's
+operations counted by bench/flops.py's profiler, multiply and add as 2) and
+its share of those cores' float32 peak (bench/machine.float32_peak), its
+ratio to tensorflow's, and its largest
 height difference from tensorflow's against
 utils/predict/export.height_tolerance (float32's; bfloat16 is not held to it).
 """
@@ -78,7 +81,11 @@ def measure(folder, threads, windows, rounds):
             rates[name].append(windows / (time.perf_counter() - start))
     tolerance = export.height_tolerance([m for m in (mtl, dae) if m is not None],
                                         np.abs(heights['tensorflow']).max())
+    from flops import graph_flops       # the pass the engines run, traced for one window
+    gflop = graph_flops(predict_engines._replica_step(mtl, dae, ('sem',)), tf.TensorSpec(
+        [1, config.cropSize, config.cropSize, image_channels(config)], tf.float32)) / 1e9
     return dict(threads=threads, rates=rates, tolerance=tolerance, load=os.getloadavg(),
+                gflop=gflop,
                 not_run=not_run,
                 difference={name: float(np.abs(heights['tensorflow'] - h).max())
                             for name, h in heights.items() if name != 'tensorflow'})
@@ -121,6 +128,8 @@ def main():
         print(f"crop {config.cropSize}, {args.windows} windows x {args.rounds} rounds, batch "
               f"{config.test_batch_size}, {'MTL' if args.no_correction else 'MTL + DAE'}")
         cores = os.cpu_count()
+        peak, how = machine.float32_peak()
+        print(f"float32 peak: {how}")
         for threads in (1, cores):
             proc = subprocess.run(
                 [sys.executable, __file__, '--child', folder, '--threads', str(threads),
@@ -134,13 +143,15 @@ def main():
             med = {k: statistics.median(v) for k, v in r['rates'].items()}
             load = ' '.join(f'{x:.2f}' for x in r['load'])
             print(f"{threads} thread(s), load average after {load}, height tolerance "
-                  f"{r['tolerance']:.2g} m:")
+                  f"{r['tolerance']:.2g} m, {r['gflop']:.2f} GFLOP per window:")
             for k, v in r['rates'].items():
                 against = '' if k == 'tensorflow' else (
                     f", {med[k] / med['tensorflow']:.2f}x tensorflow, heights "
                     f"{r['difference'][k]:.2g} m from its")
-                print(f"  {k}: {med[k]:.2f} windows/s ({' / '.join(f'{x:.2f}' for x in v)})"
-                      + against)
+                share = '' if peak is None else \
+                    f", {100 * med[k] * r['gflop'] / (peak * threads / cores):.0f}% of peak"
+                print(f"  {k}: {med[k]:.2f} windows/s ({' / '.join(f'{x:.2f}' for x in v)}), "
+                      f"{med[k] * r['gflop']:.1f} GFLOP/s{share}" + against)
             for k, why in r['not_run'].items():
                 print(f"  {k}: not run ({why})")
 
