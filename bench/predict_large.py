@@ -3,7 +3,8 @@ the same pixel count, against predicting the whole image in memory (read
 whole, predict_tile, write whole), in one run.
 
     python bench/predict_large.py [--size 8000] [--rows N] [--keep DIR] [--skip-whole]
-        [--layouts tiled,single-strip,narrow] [--read-only] [--set NAME=VALUE ...]
+        [--layouts tiled,single-strip,narrow] [--uncertainty] [--read-only]
+        [--set NAME=VALUE ...]
 
 Layouts: 'tiled' (a tiled deflate COG, --rows x --size px), 'single-strip'
 (the same pixels as one uncompressed strip, as many tools write by
@@ -105,6 +106,9 @@ def networks(folder, make=False):
     return mtl, dae
 
 
+UNCERTAIN = 'tiled+uncertainty'     # the tiled image, the uncertainty written too
+
+
 def variant(name, folder, image_path):
     """One measurement in this process: prints {seconds, peak_mb}."""
     if name in ('imports', 'read'):     # --read-only: the input side alone
@@ -129,11 +133,17 @@ def variant(name, folder, image_path):
     warm = np.zeros((crop, crop, 3), np.float32)
     blend.predict_tile(predict_fn, warm, crop, config.predict_stride)  # trace
     start = time.perf_counter()
-    if name in LAYOUTS:
-        paths = outputs.output_paths(os.path.join(folder, name), 'large', ('height', 'sem'))
+    if name in LAYOUTS or name == UNCERTAIN:
+        heads = ('height', 'sem') + ((outputs.UNCERTAINTY,) if name == UNCERTAIN else ())
+        paths = outputs.output_paths(os.path.join(folder, name), 'large', heads)
         os.makedirs(os.path.dirname(paths['height']), exist_ok=True)
+        calibration = None
+        if name == UNCERTAIN:   # its values do not change the cost: a fit to noise
+            from utils.predict.calibration import Calibration, windows_of
+            noise = np.random.default_rng(0).random((2, 1000))
+            calibration = Calibration.fit(noise[0], noise[1], windows_of(config, dae))
         outputs.predict_image(predict_fn, image_path, paths, [0, 1, 2],
-                              cfg=settings.current())
+                              cfg=settings.current(), calibration=calibration)
     elif name == 'whole':
         out = blend.predict_tile(predict_fn, read_image(config, image_path), crop,
                                  config.predict_stride, window=config.predict_window)
@@ -164,6 +174,9 @@ def main():
                    help='no whole-image variant (it needs about 48 bytes per pixel)')
     p.add_argument('--layouts', default='tiled,single-strip,narrow',
                    help='input layouts predicted streamed (see above)')
+    p.add_argument('--uncertainty', action='store_true',
+                   help="also the tiled image with --outputs ...,uncertainty (the windows' "
+                        "spread blended and written), and its time and peak over the tiled")
     p.add_argument('--read-only', action='store_true',
                    help='no networks: each layout only read in bands of 256 rows, as '
                         'predict.py reads it (peak above a process that imports the same)')
@@ -185,7 +198,8 @@ def main():
     images = {}
     from utils.geo.grid import starts
     from utils.geo.image import Image
-    for layout in layouts + ([] if args.skip_whole or 'tiled' in layouts else ['tiled']):
+    needs_tiled = not args.skip_whole or args.uncertainty
+    for layout in layouts + ([] if not needs_tiled or 'tiled' in layouts else ['tiled']):
         h, w = shapes[layout]
         images[layout] = os.path.join(folder, f'{layout}.tif')
         start = time.perf_counter()
@@ -221,7 +235,8 @@ def main():
     model = measure('model', folder, images[layouts[0]], sets)
     print(f"networks alone: peak {model['peak_mb']:.0f} MB")
     results = {}
-    for name in layouts + ([] if args.skip_whole else ['whole']):
+    extra = ([UNCERTAIN] if args.uncertainty else []) + ([] if args.skip_whole else ['whole'])
+    for name in layouts + extra:
         h, w = shapes.get(name, shapes['tiled'])
         windows = len(starts(max(w, config.cropSize), config.cropSize,
                              config.predict_stride)) * \
@@ -239,6 +254,11 @@ def main():
             if name != 'tiled':
                 print(f"{name} / tiled, peak above the networks: "
                       f"{above[name] / max(above['tiled'], 1):.2f}")
+    if UNCERTAIN in results and 'tiled' in results:
+        with_, without = results[UNCERTAIN], results['tiled']
+        print(f"uncertainty / without: time {with_['seconds'] / without['seconds']:.2f}, "
+              f"peak {with_['peak_mb'] / without['peak_mb']:.2f}, peak above the networks "
+              f"{above[UNCERTAIN] / max(above['tiled'], 1):.2f}")
     if 'whole' in results:
         print(f"ratio: {results['whole']['peak_mb'] / results['tiled']['peak_mb']:.2f}")
     else:
