@@ -98,60 +98,65 @@ def main(argv=None):
     tmp = os.path.join(out, '.export.tmp')
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    card = export.model_card(cfg, contract=mtl_file.contract(cfg), correction=dae is not None,
-                             weights={'mtl': mtl_file.path,
-                                      'dae': dae_file.path if dae_file else None},
-                             gsd=args.gsd, version=provenance.project_version())
-    print(f"{card['network']} ({card['dataset']}, {image_channels(cfg)} bands, "
-          f"outputs {', '.join(card['outputs'])}) -> {out}")
-    print(f"writing saved_model/ and converting it to model.onnx (tf2onnx, opset "
-          f"{export.OPSET}) ...")
-    serve = export.convert(mtl, dae, cfg, card, tmp)
+    # A failed check, an error or Ctrl-C leaves no temporary folder behind.
+    try:
+        card = export.model_card(cfg, contract=mtl_file.contract(cfg), correction=dae is not None,
+                                 weights={'mtl': mtl_file.path,
+                                          'dae': dae_file.path if dae_file else None},
+                                 gsd=args.gsd, version=provenance.project_version())
+        print(f"{card['network']} ({card['dataset']}, {image_channels(cfg)} bands, "
+              f"outputs {', '.join(card['outputs'])}) -> {out}")
+        print(f"writing saved_model/ and converting it to model.onnx (tf2onnx, opset "
+              f"{export.OPSET}) ...")
+        serve = export.convert(mtl, dae, cfg, card, tmp)
 
-    # Before anything is replaced: both files give the networks' heights.
-    windows = np.random.default_rng(0).random(
-        (2, cfg.cropSize, cfg.cropSize, image_channels(cfg)), np.float32)
-    maps = {k: v.numpy() for k, v in serve(tf.constant(windows)).items()}
-    expected = maps['height']
-    models = [m for m in (mtl, dae) if m is not None]
-    tolerance = export.height_tolerance(models, np.abs(expected).max())
-    loaded = tf.saved_model.load(os.path.join(tmp, 'saved_model'))
-    got = {'saved_model/': loaded.signatures[export.SIGNATURE](
-        **{export.INPUT: tf.constant(windows)})['height'].numpy(),
-           'model.onnx': export.onnx_session(os.path.join(tmp, 'model.onnx')).run(
-        ['height'], {export.INPUT: windows})[0]}
-    export.check_onnx(os.path.join(tmp, 'model.onnx'),
-                      expect={k: card[k] for k in ('network', 'dataset', 'classes')})
-    worst = export.check({os.path.join(out, name): heights for name, heights in got.items()},
-                         expected, tolerance)
-    for name in got:
-        print(f"  {name}: heights within {worst[os.path.join(out, name)]:.2g} m of the Keras "
-              f"networks' (tolerance {tolerance:.2g})")
-    names = list(FILES)
-    if args.deepness:
-        paths = {kind: os.path.join(tmp, deepness.FILES[kind]) for kind in kinds}
-        for kind, path in paths.items():
-            deepness.write(os.path.join(tmp, 'model.onnx'), path, kind, card, tile=tile,
-                           factor=factor, gsd=args.gsd)
-        # fed as the plugin feeds them: the values the network takes, over factor
-        worst = deepness.check(paths, windows / factor, maps, {
-            'height': tolerance, 'classes': export.height_tolerance([mtl], 1.0)})
-        for kind, difference in worst.items():
-            print(f"  {deepness.FILES[kind]}: {kind} within {difference:.2g} of the Keras "
-                  f"networks'")
-        names += [deepness.FILES[kind] for kind in kinds]
-    names += stac.copy_weights({stage: found for stage, found in
-                                (('mtl', mtl_file), ('dae', dae_file)) if found}, tmp, cfg)
-    stac.write(os.path.join(tmp, stac.ITEM), stac.item(
-        card, names, total_parameters=sum(m.count_params() for m in models),
-        framework_version=tf.__version__, batch_size=cfg.test_batch_size,
-        created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())))
-    for name in names:
-        final = os.path.join(out, name)
-        if os.path.isdir(final):
-            shutil.rmtree(final)
-        os.replace(os.path.join(tmp, name), final)
-    shutil.rmtree(tmp)
+        # Before anything is replaced: both files give the networks' heights.
+        windows = np.random.default_rng(0).random(
+            (2, cfg.cropSize, cfg.cropSize, image_channels(cfg)), np.float32)
+        maps = {k: v.numpy() for k, v in serve(tf.constant(windows)).items()}
+        expected = maps['height']
+        models = [m for m in (mtl, dae) if m is not None]
+        tolerance = export.height_tolerance(models, np.abs(expected).max())
+        loaded = tf.saved_model.load(os.path.join(tmp, 'saved_model'))
+        got = {'saved_model/': loaded.signatures[export.SIGNATURE](
+            **{export.INPUT: tf.constant(windows)})['height'].numpy(),
+               'model.onnx': export.onnx_session(os.path.join(tmp, 'model.onnx')).run(
+            ['height'], {export.INPUT: windows})[0]}
+        export.check_onnx(os.path.join(tmp, 'model.onnx'),
+                          expect={k: card[k] for k in ('network', 'dataset', 'classes')})
+        worst = export.check({os.path.join(out, name): heights for name, heights in got.items()},
+                             expected, tolerance)
+        for name in got:
+            print(f"  {name}: heights within {worst[os.path.join(out, name)]:.2g} m of the Keras "
+                  f"networks' (tolerance {tolerance:.2g})")
+        names = list(FILES)
+        if args.deepness:
+            paths = {kind: os.path.join(tmp, deepness.FILES[kind]) for kind in kinds}
+            for kind, path in paths.items():
+                deepness.write(os.path.join(tmp, 'model.onnx'), path, kind, card, tile=tile,
+                               factor=factor, gsd=args.gsd)
+            # fed as the plugin feeds them: the values the network takes, over factor
+            worst = deepness.check(paths, windows / factor, maps, {
+                'height': tolerance, 'classes': export.height_tolerance([mtl], 1.0)})
+            for kind, difference in worst.items():
+                print(f"  {deepness.FILES[kind]}: {kind} within {difference:.2g} of the Keras "
+                      f"networks'")
+            names += [deepness.FILES[kind] for kind in kinds]
+        names += stac.copy_weights({stage: found for stage, found in
+                                    (('mtl', mtl_file), ('dae', dae_file)) if found}, tmp, cfg)
+        stac.write(os.path.join(tmp, stac.ITEM), stac.item(
+            card, names, total_parameters=sum(m.count_params() for m in models),
+            framework_version=tf.__version__, batch_size=cfg.test_batch_size,
+            created=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())))
+        for name in names:
+            final = os.path.join(out, name)
+            if os.path.isdir(final):
+                shutil.rmtree(final)
+            os.replace(os.path.join(tmp, name), final)
+        shutil.rmtree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     print(f"done: {out}/{', '.join(names)}")
     return card
 
