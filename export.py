@@ -98,7 +98,8 @@ def main(argv=None):
     tmp = os.path.join(out, '.export.tmp')
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    # A failed check, an error or Ctrl-C leaves no temporary folder behind.
+    # Done, failed or stopped by Ctrl-C: no temporary folder is left behind
+    # (one a kill -9 left is removed above by the next run).
     try:
         card = export.model_card(cfg, contract=mtl_file.contract(cfg), correction=dae is not None,
                                  weights={'mtl': mtl_file.path,
@@ -153,10 +154,8 @@ def main(argv=None):
             if os.path.isdir(final):
                 shutil.rmtree(final)
             os.replace(os.path.join(tmp, name), final)
-        shutil.rmtree(tmp)
-    except BaseException:
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"done: {out}/{', '.join(names)}")
     return card
 

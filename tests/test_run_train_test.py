@@ -122,8 +122,8 @@ def test_run_train_test_on_two_replicas_writes_every_artifact(tmp_path, syntheti
     # AURG > 0 (sigma ranks the errors) is not asserted: after 3 steps the
     # networks have learnt next to nothing and their windows' spread does not
     # yet rank their errors (2026-12-07, predict_stride 16: AURG -0.10 m MTL,
-    # -0.14 m MTL+DAE, Spearman -0.02 and -0.03); the figures are printed above. bench/RESULTS.md has
-    # those of the main job's own training.
+    # -0.14 m MTL+DAE, Spearman -0.02 and -0.03); the figures are printed
+    # above. bench/RESULTS.md has those of the main job's own training.
 
 
 def test_a_failing_stage_stops_the_script_with_its_name(tmp_path, synthetic_root):
