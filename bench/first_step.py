@@ -1,14 +1,15 @@
 """What a short training run spends before it learns: building the MTL, its
 first training step (tracing and optimising the graph) and its first
 validation, with DenseNet121 (trained or frozen) or the test suite's
-stand-in encoder (tests/stand_in.py), on one or two replicas; and a scan of
+stand-in encoder (tests/stand_in.py), on one or two replicas, with our Adam
+(utils/train/adam.py, fused) and with Keras' own; and a scan of
 the dataset's folders (utils/data/layouts.find_split) as the scripts do it against
 opening every file with GDAL. Each variant in its own process (devices are
 configured once), 32 px crops, 1/16 decoder, batch 2 per replica.
 
     python bench/first_step.py                    # every variant, a table
     python bench/first_step.py VARIANT            # one: densenet, frozen, stand_in
-                                                  # [replicas]
+                                                  # [replicas [fused|keras]]
 """
 import os
 import subprocess
@@ -19,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = [('densenet', 1), ('densenet', 2), ('frozen', 1), ('stand_in', 1), ('stand_in', 2)]
 
 
-def measure(variant, replicas):
+def measure(variant, replicas, optimizer='fused'):
     """Seconds of (build, first step, second step, first validation, second validation)."""
     sys.path[:0] = [ROOT, os.path.join(ROOT, 'tests')]
     from utils import settings
@@ -33,8 +34,11 @@ def measure(variant, replicas):
     import config
     from stand_in import small_encoder
     from utils import distribute
-    from utils.train import tasks
+    from utils.train import adam, tasks
     from utils.train.trainer import Trainer
+    if optimizer == 'keras':
+        import keras
+        adam.Adam = keras.optimizers.Adam       # what Task.make_optimizer then builds
     strategy = distribute.get_strategy(config)
     times = []
     with small_encoder() if variant == 'stand_in' else contextlib.nullcontext():
@@ -89,20 +93,23 @@ def scan(repeats=5):
 
 if __name__ == '__main__':
     if len(sys.argv) > 1:
-        print(' '.join(f'{t:.1f}' for t in measure(sys.argv[1], int((sys.argv[2:3] or [1])[0]))))
+        print(' '.join(f'{t:.1f}' for t in measure(sys.argv[1], int((sys.argv[2:3] or [1])[0]),
+                                                   *sys.argv[3:4])))
         sys.exit()
     sys.path.insert(0, ROOT)
     from bench import machine
     print(machine.describe())
-    print(f"{'encoder':<10}{'replicas':>9}{'build':>8}{'step 1':>8}{'step 2':>8}"
+    print(f"{'encoder':<10}{'replicas':>9}{'Adam':>7}{'build':>8}{'step 1':>8}{'step 2':>8}"
           f"{'valid 1':>9}{'valid 2':>9}  (s)")
     for variant, replicas in VARIANTS:
-        out = subprocess.run([sys.executable, __file__, variant, str(replicas)],
-                             capture_output=True, text=True, cwd=ROOT)
-        if out.returncode:
-            sys.exit(out.stderr[-2000:])
-        build, s1, s2, v1, v2 = out.stdout.split()[-5:]
-        print(f"{variant:<10}{replicas:>9}{build:>8}{s1:>8}{s2:>8}{v1:>9}{v2:>9}")
+        for optimizer in ('fused', 'keras'):       # alternating, each in its own process
+            out = subprocess.run([sys.executable, __file__, variant, str(replicas), optimizer],
+                                 capture_output=True, text=True, cwd=ROOT)
+            if out.returncode:
+                sys.exit(out.stderr[-2000:])
+            build, s1, s2, v1, v2 = out.stdout.split()[-5:]
+            print(f"{variant:<10}{replicas:>9}{optimizer:>7}{build:>8}{s1:>8}{s2:>8}{v1:>9}"
+                  f"{v2:>9}")
     times = scan()
     for kind, values in times.items():
         print(f"find_split of 3 splits, files {kind}: " +

@@ -71,8 +71,8 @@ class Task:
     def make_optimizer(self, model):
         """Adam with the stage's settings, slots built now (inside the strategy scope)."""
         import keras
-        optimizer = keras.optimizers.Adam(learning_rate=self.lr, beta_1=self.beta_1,
-                                          epsilon=self.cfg.adam_epsilon)
+        from utils.train.adam import Adam
+        optimizer = Adam(learning_rate=self.lr, beta_1=self.beta_1, epsilon=self.cfg.adam_epsilon)
         if self.cfg.mixed_precision == 'mixed_float16':
             optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
