@@ -59,16 +59,18 @@ def measure(folder, threads, windows, rounds):
         'onnxruntime': predict_engines.onnx_fn(export.onnx_session(onnx, threads),
                                                int(config.test_batch_size), {'height', 'sem'})}
     not_run = {}
-    for precision in predict_engines.OPENVINO_PRECISION:
+    # OpenVINO on predict.py's own conversion (the cached .xml) in each
+    # precision, and on the exported ONNX for comparison
+    models = [(f'openvino_{p}', paths['openvino'], p) for p in predict_engines.OPENVINO_PRECISION]
+    for name, path, precision in models + [('openvino_onnx_float32', onnx, 'float32')]:
         try:
             compiled = predict_engines.openvino_model(
-                onnx, batch_size=int(config.test_batch_size), crop=config.cropSize,
+                path, batch_size=int(config.test_batch_size), crop=config.cropSize,
                 channels=image_channels(config), precision=precision, threads=threads)
         except SettingError as err:     # a precision this CPU lacks: said, not timed
-            not_run[f'openvino_{precision}'] = str(err)
+            not_run[name] = str(err)
             continue
-        engines[f'openvino_{precision}'] = predict_engines.openvino_fn(compiled,
-                                                                      {'height', 'sem'})
+        engines[name] = predict_engines.openvino_fn(compiled, {'height', 'sem'})
     batch = np.random.default_rng(0).random(
         (windows, config.cropSize, config.cropSize, image_channels(config)), np.float32)
     heights = {name: fn(batch[:config.test_batch_size])['height']     # warm-up, trace
@@ -114,6 +116,16 @@ def main():
         weights.save(networks.build_mtl(config, pretrained=False), paths['mtl'], 'mtl', config)
         if paths['dae']:
             weights.save(networks.build_dae(config), paths['dae'], 'dae', config)
+        # predict.py's OpenVINO conversion, timed: what a first run pays once
+        import tensorflow as tf
+        from utils.model.weights import WeightsFile
+        from utils.predict import conversion
+        files = [WeightsFile(paths[k], k) if paths[k] else None for k in ('mtl', 'dae')]
+        nets = [networks.trained(f, config, tf.distribute.get_strategy()) if f else None
+                for f in files]
+        start = time.perf_counter()
+        paths['openvino'] = conversion.openvino_model(*files, *nets, config)
+        converted = time.perf_counter() - start
         json.dump(paths, open(os.path.join(folder, 'weights.json'), 'w'))
         # export.py is a driver: run as the user runs it (its lines printed here)
         sys.stdout.flush()
@@ -130,6 +142,7 @@ def main():
         cores = os.cpu_count()
         peak, how = machine.float32_peak()
         print(f"float32 peak: {how}")
+        print(f"predict.py's OpenVINO conversion (once per weights): {converted:.1f} s")
         for threads in (1, cores):
             proc = subprocess.run(
                 [sys.executable, __file__, '--child', folder, '--threads', str(threads),

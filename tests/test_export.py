@@ -168,7 +168,7 @@ def _geotiff(path, shape):
 
 
 @pytest.mark.slow
-def test_the_engines_give_predict_py_the_same_outputs_from_one_cached_conversion(
+def test_the_engines_give_predict_py_the_same_outputs_from_conversions_cached_once(
         stand_in_weights, tmp_path, monkeypatch):
     """On the stand-in encoder: the engine switch is under test (the export
     of DenseNet121 itself, in the test above)."""
@@ -180,21 +180,28 @@ def engines_agree(weights, tmp_path, monkeypatch):
     import rasterio
     _geotiff(tmp_path / 'area.tif', (45, 70, 3))
     read = {}
-    for engine in ('tensorflow', 'onnxruntime', 'openvino'):
-        if engine == 'openvino':
-            # converted once, by the onnxruntime run: tf2onnx must not run again
-            cached = _cached(weights)
-            made = os.stat(cached).st_mtime_ns
-            monkeypatch.setattr(exporting, 'write_onnx', _no_second_conversion)
+
+    def run(engine, out):
         settings.apply(TINY)
-        predict.main([str(tmp_path / 'area.tif'), '--out', str(tmp_path / engine),
+        predict.main([str(tmp_path / 'area.tif'), '--out', str(tmp_path / out),
                       '--engine', engine, '--correction', '--mtl-weights', weights['mtl'],
                       '--dae-weights', weights['dae']] + sum((['--set', s] for s in TINY), []))
-        with rasterio.open(tmp_path / engine / 'area_height.tif') as src:
-            read[engine] = (src.read(1), src.transform, src.crs)
-        with rasterio.open(tmp_path / engine / 'area_sem.tif') as src:
-            read[engine + '_sem'] = src.read(1)
-    assert os.stat(cached).st_mtime_ns == made
+        with rasterio.open(tmp_path / out / 'area_height.tif') as src:
+            read[out] = (src.read(1), src.transform, src.crs)
+        with rasterio.open(tmp_path / out / 'area_sem.tif') as src:
+            read[out + '_sem'] = src.read(1)
+
+    for engine in ('tensorflow', 'onnxruntime', 'openvino'):
+        run(engine, engine)
+    # each conversion made once and cached: a second run converts nothing
+    cached = {kind: _cached(weights, kind) for kind in ('onnx', 'openvino')}
+    made = {kind: os.stat(path).st_mtime_ns for kind, path in cached.items()}
+    monkeypatch.setattr(exporting, 'write_onnx', _no_second_conversion)
+    monkeypatch.setattr(conversion, '_convert_openvino', _no_second_conversion)
+    for engine in ('onnxruntime', 'openvino'):
+        run(engine, engine + '_again')
+        np.testing.assert_array_equal(read[engine + '_again'][0], read[engine][0])
+    assert {kind: os.stat(path).st_mtime_ns for kind, path in cached.items()} == made
     tf_h, tf_transform, tf_crs = read['tensorflow']
     mtl, dae = _keras(weights)
     # blending averages windows with weights summing to 1: no larger than one window's
@@ -229,16 +236,20 @@ def engines_agree(weights, tmp_path, monkeypatch):
     assert not np.abs(1.001 * read['openvino'][0] - tf_h).max() <= tolerance
 
 
-def _cached(weights):
-    """The one conversion cached beside the MTL weights."""
+def _cached(weights, kind):
+    """The one conversion of `kind` (conversion.SUFFIX) cached beside the MTL weights."""
     folder = os.path.dirname(weights['mtl'])
-    found = [f for f in os.listdir(folder) if f.endswith('.onnx')]
-    assert len(found) == 1 and re.fullmatch(r'mtl\.weights\.h5\.[0-9a-f]{12}\.onnx', found[0])
+    suffix = conversion.SUFFIX[kind]
+    found = [f for f in os.listdir(folder) if f.endswith(suffix)]
+    assert len(found) == 1 and re.fullmatch(r'mtl\.weights\.h5\.[0-9a-f]{12}' + re.escape(suffix),
+                                            found[0]), found
+    if kind == 'openvino':      # its weights beside it
+        assert os.path.isfile(os.path.join(folder, found[0][:-len('.xml')] + '.bin'))
     return os.path.join(folder, found[0])
 
 
 def _no_second_conversion(*args):
-    raise AssertionError('tf2onnx ran again')
+    raise AssertionError('a cached conversion was made again')
 
 
 def _scaled_height(source, path, factor):
@@ -371,6 +382,28 @@ def test_a_conversion_of_other_weights_is_never_used(weights, stand_in_weights, 
         assert 'delete it' in message
     _write_key(path, full_key)      # its own key: reused, nothing converted
     assert conversion.onnx_model(mtl_file, None, None, None, cfg) == path
+    # the same for OpenVINO's files, whose key is in their runtime info
+    path = conversion.cached_path(mtl_file, full_key, 'openvino')
+    for found in (keys['stand_in'], None, full_key):
+        _openvino_file(path, found)
+        if found == full_key:
+            assert conversion.openvino_model(mtl_file, None, None, None, cfg) == path
+            continue
+        with pytest.raises(CheckpointError) as err:
+            conversion.openvino_model(mtl_file, None, None, None, cfg)
+        assert '\n' not in str(err.value) and str(err.value).startswith(
+            f"{path}: not the conversion of --mtl-weights = '{retrained}'")
+
+
+def _openvino_file(path, full_key):
+    """A one-layer OpenVINO model at `path` (.xml and .bin) recording `full_key`."""
+    import openvino as ov
+    from openvino import opset13
+    image = opset13.parameter([1, 32, 32, 3], np.float32, name='image')
+    model = ov.Model([opset13.relu(image)], [image], 'other')
+    if full_key:
+        model.set_rt_info(full_key, conversion.RUNTIME_INFO)
+    ov.save_model(model, path, compress_to_fp16=False)
 
 
 def _write_key(path, full_key):
@@ -420,7 +453,7 @@ def test_a_precision_the_cpu_lacks_is_one_line_naming_the_setting():
     engines.check_precision('float32')      # this machine's own CPU, by OpenVINO
 
 
-def test_an_engine_not_installed_is_one_line_naming_it_and_the_fix(monkeypatch):
+def test_an_engine_not_installed_is_one_line_naming_it_and_the_fix(monkeypatch, capsys):
     one = types.SimpleNamespace(num_replicas_in_sync=1)
     for engine in ('onnxruntime', 'openvino'):
         monkeypatch.setitem(sys.modules, engine, None)      # import fails as if absent
@@ -430,3 +463,8 @@ def test_an_engine_not_installed_is_one_line_naming_it_and_the_fix(monkeypatch):
         assert str(err.value).startswith(f"--engine {engine}: the {engine} package is not "
                                          f"installed")
         assert f"pip install {engine} (requirements.txt), or --engine tensorflow" in str(err.value)
+    # asked for no engine, one without the measured engine runs TensorFlow, and is told
+    capsys.readouterr()
+    assert engines.choose_engine('auto', one) == 'tensorflow'
+    assert capsys.readouterr().out.startswith(
+        f"warning: {engines.CPU_ENGINE} is not installed, so --engine auto runs TensorFlow")

@@ -238,7 +238,10 @@ def test_two_replicas_match_one(weights, tmp_path):
                        *_cli(weights), *TWO_REPLICAS_ARGS], timeout=600, stand_in=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert '2 replica(s)' in proc.stdout
-    predict.main([str(folder), '--out', str(tmp_path / 'one'), *_cli(weights)])
+    # one replica on TensorFlow too (--engine auto would take OpenVINO there):
+    # the replicas' split is under test (the engines': test_export.py)
+    predict.main([str(folder), '--out', str(tmp_path / 'one'), *_cli(weights, '--engine',
+                                                                     'tensorflow')])
     one = tifffile.imread(tmp_path / 'one' / 'a_height.tif')
     two = tifffile.imread(tmp_path / 'two' / 'a_height.tif')
     # Same windows in the same batches of 4, split 2 + 2: float32 rounding
@@ -674,8 +677,12 @@ def test_two_workers_claim_images_so_neither_waits(weights, tmp_path):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', TF_CONFIG=json.dumps(
             {'cluster': cluster, 'task': {'type': 'worker', 'index': index}}))
         logs.append(open(tmp_path / f'worker{index}.log', 'w+'))
+        # TensorFlow, whose rate the large image was sized for: it must outlast
+        # the second worker's start-up
         procs.append(subprocess.Popen([sys.executable, STAND_IN, 'predict.py', str(folder),
-                                       '--out', str(out), *_cli(weights)], cwd=ROOT, env=env,
+                                       '--out', str(out), *_cli(weights, '--engine',
+                                                                'tensorflow')],
+                                      cwd=ROOT, env=env,
                                       stdout=logs[-1], stderr=subprocess.STDOUT, text=True))
     finished = {}
     while len(finished) < 2:

@@ -1,16 +1,20 @@
-"""The networks converted to ONNX for the CPU engines other than TensorFlow
-(ONNX Runtime, OpenVINO), cached beside the MTL weights as
+"""The networks converted for the CPU engines other than TensorFlow, cached
+beside the MTL weights so that a second run reads the file instead of
+converting again:
 
-    <MTL weights>.<key[:12]>.onnx
+    <MTL weights>.<key[:12]>.onnx            ONNX Runtime (tf2onnx: minutes for
+                                             the published networks)
+    <MTL weights>.<key[:12]>.openvino.xml    OpenVINO's own format, with its
+                  .openvino.bin              .bin (OpenVINO reads the traced
+                                             TensorFlow graph itself: seconds)
 
-so that a second run reads the file instead of running tf2onnx again
-(minutes for the published networks). The key is a SHA-256 over everything
-the graph depends on: the weights files' checksums (the DAE's too with
-correction), the settings that shape the layers, the compute dtype, the
-bands and the ONNX opset; weights retrained into the same file get a new
-key, so a conversion of other weights is never found under it. The key is
-also in the file's metadata, so a file copied or renamed onto the name is
-refused in one line instead of giving another network's heights.
+The key is a SHA-256 over everything the graph depends on: the weights
+files' checksums (the DAE's too with correction), the settings that shape
+the layers, the compute dtype, the bands and the ONNX opset; weights
+retrained into the same file get a new key, so a conversion of other
+weights is never found under it. The key is also inside the file (ONNX
+metadata, OpenVINO runtime info), so a file copied or renamed onto the
+name is refused in one line instead of giving another network's heights.
 """
 import hashlib
 import importlib.util
@@ -39,24 +43,39 @@ def key(mtl_file, dae_file, cfg):
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def cached_path(mtl_file, full_key):
-    return f"{mtl_file.path}.{full_key[:12]}.onnx"
+SUFFIX = {'onnx': '.onnx', 'openvino': '.openvino.xml'}
+RUNTIME_INFO = ['dsmnet', 'conversion_key']     # where an OpenVINO file keeps the key
+
+
+def cached_path(mtl_file, full_key, kind='onnx'):
+    return f"{mtl_file.path}.{full_key[:12]}{SUFFIX[kind]}"
 
 
 def onnx_model(mtl_file, dae_file, mtl, dae, cfg):
     """The path of the ONNX conversion of the networks `mtl` and `dae`
     (built from `mtl_file`, `dae_file`): the cached file when there is one,
     else converted as export.py converts them and cached."""
+    return _cached('onnx', mtl_file, dae_file, mtl, dae, cfg)
+
+
+def openvino_model(mtl_file, dae_file, mtl, dae, cfg):
+    """The path (.xml) of the networks' OpenVINO conversion, cached like
+    onnx_model's; converted from the same serving function as the export."""
+    return _cached('openvino', mtl_file, dae_file, mtl, dae, cfg)
+
+
+def _cached(kind, mtl_file, dae_file, mtl, dae, cfg):
     full_key = key(mtl_file, dae_file, cfg)
-    path = cached_path(mtl_file, full_key)
+    path = cached_path(mtl_file, full_key, kind)
     if os.path.exists(path):
-        _check(path, full_key, mtl_file)
+        _check(kind, path, full_key, mtl_file)
         print(f"conversion {path} reused (same weights and settings)")
         return path
-    if importlib.util.find_spec('tf2onnx') is None:
-        raise SettingError("the ONNX engines convert the networks with tf2onnx, which is not "
-                           "installed: pip install tf2onnx (requirements.txt), or --engine "
-                           "tensorflow")
+    converter = 'tf2onnx' if kind == 'onnx' else 'openvino'
+    if importlib.util.find_spec(converter) is None:
+        raise SettingError(f"--engine {'onnxruntime' if kind == 'onnx' else 'openvino'} "
+                           f"converts the networks with {converter}, which is not installed: "
+                           f"pip install {converter} (requirements.txt), or --engine tensorflow")
     folder = os.path.dirname(os.path.abspath(path))
     try:
         # In the weights' folder, so the finished file is renamed into place:
@@ -67,14 +86,29 @@ def onnx_model(mtl_file, dae_file, mtl, dae, cfg):
                            f"cached in {folder} ({err.strerror}): copy the weights with their "
                            f".json into a folder you can write, or --engine tensorflow") from err
     try:
-        print(f"converting the networks to ONNX (tf2onnx, once for these weights) -> {path}")
-        card = export.model_card(cfg, correction=dae is not None, weights={})
-        export.convert(mtl, dae, cfg, card, tmp)
-        converted = os.path.join(tmp, 'model.onnx')
-        _write_key(converted, full_key)
+        print(f"converting the networks ({converter}, once for these weights) -> {path}")
+        if kind == 'onnx':
+            card = export.model_card(cfg, correction=dae is not None, weights={})
+            export.convert(mtl, dae, cfg, card, tmp)
+            converted = os.path.join(tmp, 'model.onnx')
+            _write_key(converted, full_key)
+        else:
+            converted = _convert_openvino(mtl, dae, cfg, full_key, tmp)
+            # the weights first: a reader finds the .xml only once its .bin is there
+            os.replace(converted[:-len('.xml')] + '.bin', path[:-len('.xml')] + '.bin')
         os.replace(converted, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _convert_openvino(mtl, dae, cfg, full_key, folder):
+    import openvino as ov
+    serve = export.serving_function(mtl, dae, image_channels(cfg))
+    model = ov.convert_model(serve.get_concrete_function())
+    model.set_rt_info(full_key, RUNTIME_INFO)
+    path = os.path.join(folder, 'model.xml')
+    ov.save_model(model, path, compress_to_fp16=False)    # float32 weights, as trained
     return path
 
 
@@ -86,12 +120,18 @@ def _write_key(path, full_key):
     onnx.save(model, path)
 
 
-def _check(path, full_key, mtl_file):
+def _check(kind, path, full_key, mtl_file):
     """CheckpointError unless the file at `path` records `full_key`."""
-    import onnx
     try:
-        found = {p.key: p.value for p in onnx.load(path).metadata_props}.get(KEY)
-    except Exception as err:    # truncated or not ONNX: onnx raises its own kinds
+        if kind == 'onnx':
+            import onnx
+            found = {p.key: p.value for p in onnx.load(path).metadata_props}.get(KEY)
+        else:
+            import openvino as ov
+            model = ov.Core().read_model(path)
+            found = model.get_rt_info(RUNTIME_INFO).astype(str) \
+                if model.has_rt_info(RUNTIME_INFO) else None
+    except Exception as err:    # truncated or not a model: onnx and OpenVINO raise their own
         found = f"nothing readable ({first_line(err)[:80]})"
     if found != full_key:
         raise CheckpointError(

@@ -1,11 +1,12 @@
 """What runs the networks on a batch of windows: TensorFlow, on any
 strategy (GPUs, several replicas), or on one CPU device ONNX Runtime or
-OpenVINO, both on every core, running the networks' ONNX conversion
-(utils/predict/conversion.py, cached beside the weights). Each gives a
+OpenVINO, both on every core, running the networks' conversion (ONNX,
+or OpenVINO's own; utils/predict/conversion.py, cached beside the weights). Each gives a
 window function fn(windows [n, crop, crop, C] float32) -> {map: array}
 with a `batch_size`, which utils/predict/blend.py blends.
 """
 import importlib
+import importlib.util
 
 import numpy as np
 import tensorflow as tf
@@ -17,10 +18,10 @@ from utils.model import heads
 from utils.predict import conversion, export
 
 ENGINES = ('tensorflow', 'onnxruntime', 'openvino')
-# What bench/engines.py measured faster on CPU (bench/RESULTS.md, "Engines"),
+# What bench/engines.py measured fastest on CPU (bench/RESULTS.md, "Engines"),
 # with heights equal within export.height_tolerance; GPUs and several
 # replicas stay on TensorFlow.
-CPU_ENGINE = 'tensorflow'
+CPU_ENGINE = 'openvino'
 # predict_precision -> OpenVINO's INFERENCE_PRECISION_HINT, and the CPU
 # capability (OPTIMIZATION_CAPABILITIES) each needs; float32 is set too,
 # since OpenVINO computes in bfloat16 by default on CPUs that have it.
@@ -125,7 +126,7 @@ def onnx_fn(session, batch_size, keys):
 
 
 def openvino_model(path, *, batch_size, crop, channels, precision='float32', threads=0):
-    """The ONNX model at `path` compiled by OpenVINO for the CPU, for
+    """The model at `path` (OpenVINO's .xml or ONNX) compiled by OpenVINO for the CPU, for
     batches of `batch_size` windows of crop x crop x channels, computing
     in `precision` (a predict_precision) on `threads` cores (0: all)."""
     import openvino as ov
@@ -188,11 +189,18 @@ def choose_engine(requested, strategy, precision='float32'):
     ONNX Runtime and OpenVINO run one CPU device, so they refuse a strategy
     of several replicas. SettingError in one line naming the setting and
     the fix for an engine not installed or a precision it or this CPU
-    cannot run, before any network is built."""
+    cannot run, before any network is built; 'auto' in float32 without
+    CPU_ENGINE installed runs TensorFlow, saying so."""
     one_cpu = strategy.num_replicas_in_sync == 1 and not tf.config.list_logical_devices('GPU')
     if requested == 'auto':
         engine = ('openvino' if precision != 'float32' else CPU_ENGINE) if one_cpu \
             else 'tensorflow'
+        if engine != 'tensorflow' and precision == 'float32' and \
+                importlib.util.find_spec(engine) is None:
+            print(f"warning: {engine} is not installed, so --engine auto runs TensorFlow on "
+                  f"this CPU (slower: bench/RESULTS.md, Engines): pip install {engine} "
+                  f"(requirements.txt), or --engine tensorflow to silence this")
+            engine = 'tensorflow'
     elif requested in ENGINES:
         engine = requested
     else:
@@ -214,16 +222,17 @@ def choose_engine(requested, strategy, precision='float32'):
 
 def window_fn(engine, mtl, dae, *, cfg, strategy, outputs, files):
     """The window function predict.py blends (blend.predict_rows): the
-    networks run by TensorFlow (tensorflow_fn), or their ONNX conversion
-    (conversion.onnx_model of the WeightsFiles `files`, MTL and DAE or
-    None) run by ONNX Runtime or by OpenVINO in cfg.predict_precision, on
-    every core."""
+    networks run by TensorFlow (tensorflow_fn), or their conversion of the
+    WeightsFiles `files` (MTL and DAE or None) run on every core by ONNX
+    Runtime (conversion.onnx_model) or by OpenVINO in cfg.predict_precision
+    (conversion.openvino_model)."""
     if engine == 'tensorflow':
         return tensorflow_fn(mtl, dae, cfg=cfg, strategy=strategy, outputs=outputs)
-    path = conversion.onnx_model(*files, mtl, dae, cfg)
     keys = set(outputs) | {heads.HEIGHT.name}
     if engine == 'onnxruntime':
-        return onnx_fn(export.onnx_session(path), int(cfg.test_batch_size), keys)
+        return onnx_fn(export.onnx_session(conversion.onnx_model(*files, mtl, dae, cfg)),
+                       int(cfg.test_batch_size), keys)
+    path = conversion.openvino_model(*files, mtl, dae, cfg)
     return openvino_fn(openvino_model(path, batch_size=int(cfg.test_batch_size),
                                       crop=cfg.cropSize, channels=image_channels(cfg),
                                       precision=cfg.predict_precision), keys)
