@@ -25,7 +25,7 @@ from tests.conftest import run_python
 from tests.test_predict import _cli
 from utils.data.samples import read_height
 from utils.errors import DatasetError
-from utils.geo.files import find_images, open_raster
+from utils.geo.files import find_images, open_raster, unreadable
 from utils.geo.image import Image
 from utils.geo.read import read_raw
 
@@ -303,6 +303,17 @@ def test_a_cog_over_https_reads_as_the_local_file_once_its_certificate_is_truste
             got, _ = image.read()
             assert image.grid.transform == TRANSFORM
     np.testing.assert_array_equal(got, want.transpose(1, 2, 0) / np.float32(255))
+
+
+def test_an_https_address_with_no_answer_names_the_certificate_setting_too():
+    """GDAL does not always pass curl's reason for a TLS refusal on (in a
+    process that has run TensorFlow it reported 'HTTP response code: 0'
+    for the untrusted server above): no HTTP answer over https names the
+    network and the certificate setting; over http, the network only."""
+    found = str(unreadable('https://example.org/a.tif', 'HTTP response code: 0'))
+    assert 'check the address and the network' in found and 'GDAL_CURL_CA_BUNDLE=' in found
+    found = str(unreadable('http://example.org/a.tif', 'HTTP response code: 0'))
+    assert 'check the address, the network' in found and 'CA_BUNDLE' not in found
 
 
 class S3Handler(RangeHandler):

@@ -72,6 +72,13 @@ def unreadable(path, err):
     if is_remote(path) and 'certificate' in reason:
         fix = ("trust the server's certificate authority: GDAL_CURL_CA_BUNDLE=<its .pem "
                "file> in the environment")
+    elif str(path).startswith(('https://', '/vsicurl/https://')) and \
+            'response code: 0' in reason:
+        # No HTTP answer at all; GDAL does not always pass curl's reason on,
+        # and a TLS refusal of the server's certificate is one such case.
+        fix = ("check the address and the network; if the server's certificate is signed "
+               "by its own authority, trust it: GDAL_CURL_CA_BUNDLE=<its .pem file> in the "
+               "environment")
     elif is_remote(path):
         fix = 'check the address, the network and the credentials GDAL reads'
     else:
