@@ -1,12 +1,11 @@
 """What runs the networks on a batch of windows: TensorFlow, on any
 strategy (GPUs, several replicas), or on one CPU device ONNX Runtime or
-OpenVINO, both on every core, running the networks' conversion (ONNX,
-or OpenVINO's own; utils/predict/conversion.py, cached beside the weights). Each gives a
-window function fn(windows [n, crop, crop, C] float32) -> {map: array}
+OpenVINO, both on every core, running the networks' conversion (ONNX, or
+OpenVINO's own; utils/predict/conversion.py, cached beside the weights).
+Each gives a window function fn(windows [n, crop, crop, C] float32) -> {map: array}
 with a `batch_size`, which utils/predict/blend.py blends.
 """
 import importlib
-import importlib.util
 
 import numpy as np
 import tensorflow as tf
@@ -126,8 +125,8 @@ def onnx_fn(session, batch_size, keys):
 
 
 def openvino_model(path, *, batch_size, crop, channels, precision='float32', threads=0):
-    """The model at `path` (OpenVINO's .xml or ONNX) compiled by OpenVINO for the CPU, for
-    batches of `batch_size` windows of crop x crop x channels, computing
+    """The model at `path` (OpenVINO's .xml or ONNX) compiled by OpenVINO
+    for the CPU, for batches of `batch_size` windows of crop x crop x channels, computing
     in `precision` (a predict_precision) on `threads` cores (0: all)."""
     import openvino as ov
     core = ov.Core()
@@ -173,10 +172,18 @@ def check_precision(precision, core=None):
                            f"AVX-512 BF16 or AMX): set predict_precision=float32")
 
 
-def _check_installed(engine):
+def _import_error(engine):
+    """The ImportError importing `engine` raises, or None."""
     try:
         importlib.import_module(engine)
     except ImportError as err:
+        return err
+    return None
+
+
+def _check_installed(engine):
+    err = _import_error(engine)
+    if err is not None:
         raise SettingError(f"--engine {engine}: the {engine} package is not installed "
                            f"({err}): pip install {engine} (requirements.txt), or --engine "
                            f"tensorflow") from err
@@ -195,8 +202,7 @@ def choose_engine(requested, strategy, precision='float32'):
     if requested == 'auto':
         engine = ('openvino' if precision != 'float32' else CPU_ENGINE) if one_cpu \
             else 'tensorflow'
-        if engine != 'tensorflow' and precision == 'float32' and \
-                importlib.util.find_spec(engine) is None:
+        if engine != 'tensorflow' and precision == 'float32' and _import_error(engine):
             print(f"warning: {engine} is not installed, so --engine auto runs TensorFlow on "
                   f"this CPU (slower: bench/RESULTS.md, Engines): pip install {engine} "
                   f"(requirements.txt), or --engine tensorflow to silence this")
