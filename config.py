@@ -159,9 +159,10 @@ predict_window: Literal['gaussian', 'hann', 'triangle', 'trapezoid', 'flat'] = '
 predict_flips: whole(at_least=1, at_most=8) = 1     # test-time D4 transforms averaged
                             # per window: 1 none, 2 + left-right mirror, 4 every
                             # flip, 8 flips and transposes (costs that many times)
-predict_precision: Literal['float32', 'bfloat16'] = 'float32'   # what predict.py
-                            # computes in: bfloat16 on --engine openvino only, on CPUs
-                            # with AVX-512 BF16 or AMX; its cost in accuracy unmeasured
+predict_precision: Literal['float32', 'bfloat16', 'int8'] = 'float32'   # what
+                            # predict.py computes in, on --engine openvino only:
+                            # bfloat16 on CPUs with AVX-512 BF16 or AMX; int8 quantized
+                            # by NNCF, calibrated on dataset_name's training images
 predict_uncertainty: Literal['off', 'windows'] = 'windows'  # a height uncertainty
                             # (sigma, m) per pixel: 'windows', the spread of the
                             # overlapping windows' heights in the blending pass (no

@@ -1,10 +1,13 @@
 """CPU engines for prediction: TensorFlow (predict.py's Keras networks in a
 tf.function, utils/predict/engines.py) against ONNX Runtime and OpenVINO (the
-export of the same networks, utils/predict/export.py; OpenVINO in float32 and,
-where the CPU has BF16, in bfloat16), on the same windows, with 1 thread and
-with every core, in one run.
+export of the same networks, utils/predict/export.py; OpenVINO in float32,
+int8 (predict.py's conversion quantized by NNCF, utils/predict/quantize.py,
+calibrated here on --calibration random windows: the weights are untrained
+too) and, where the CPU has BF16, bfloat16), on the same windows, with 1
+thread and with every core, in one run.
 
-    python bench/engines.py [--windows 32] [--rounds 3] [--no-correction] [--set NAME=VALUE ...]
+    python bench/engines.py [--windows 32] [--rounds 3] [--calibration 32] [--no-correction]
+        [--set NAME=VALUE ...]
 
 Untrained networks with random weights at the dataset's settings (default
 synthetic: 96 px windows, 1/4 widths), MTL + DAE unless --no-correction.
@@ -16,7 +19,8 @@ operations counted by bench/flops.py's profiler, multiply and add as 2) and
 its share of those cores' float32 peak (bench/machine.float32_peak), its
 ratio to tensorflow's, and its largest
 height difference from tensorflow's against
-utils/predict/export.height_tolerance (float32's; bfloat16 is not held to it).
+utils/predict/export.height_tolerance (float32's; bfloat16 and int8 are not
+held to it: their accuracy is bench/predict_quality.py's --precisions).
 """
 import json
 import os
@@ -61,7 +65,8 @@ def measure(folder, threads, windows, rounds):
     not_run = {}
     # OpenVINO on predict.py's own conversion (the cached .xml) in each
     # precision, and on the exported ONNX for comparison
-    models = [(f'openvino_{p}', paths['openvino'], p) for p in predict_engines.OPENVINO_PRECISION]
+    models = [(f'openvino_{p}', paths['openvino_int8' if p == 'int8' else 'openvino'], p)
+              for p in predict_engines.OPENVINO_PRECISION]
     for name, path, precision in models + [('openvino_onnx_float32', onnx, 'float32')]:
         try:
             compiled = predict_engines.openvino_model(
@@ -97,6 +102,8 @@ def main():
     p = settings.parser(__doc__.split('\n\n')[0])
     p.add_argument('--windows', type=int, default=32)
     p.add_argument('--rounds', type=int, default=3)
+    p.add_argument('--calibration', type=int, default=32,
+                   help='random windows the int8 quantization calibrates on')
     p.add_argument('--no-correction', action='store_true', help='MTL only, no DAE')
     p.add_argument('--child', help=argparse_hidden(), default=None)
     p.add_argument('--threads', type=int, default=0, help=argparse_hidden())
@@ -126,6 +133,18 @@ def main():
         start = time.perf_counter()
         paths['openvino'] = conversion.openvino_model(*files, *nets, config)
         converted = time.perf_counter() - start
+        # int8: the same conversion quantized, as predict.py does it
+        import openvino as ov
+        from utils.data.samples import image_channels
+        from utils.predict import quantize
+        calibration = list(np.random.default_rng(1).random(
+            (args.calibration, config.cropSize, config.cropSize, image_channels(config)),
+            np.float32))
+        start = time.perf_counter()
+        int8 = quantize.quantized(ov.Core().read_model(paths['openvino']), calibration)
+        quantized = time.perf_counter() - start
+        paths['openvino_int8'] = os.path.join(folder, 'int8.xml')
+        ov.save_model(int8, paths['openvino_int8'], compress_to_fp16=False)
         json.dump(paths, open(os.path.join(folder, 'weights.json'), 'w'))
         # export.py is a driver: run as the user runs it (its lines printed here)
         sys.stdout.flush()
@@ -142,7 +161,9 @@ def main():
         cores = os.cpu_count()
         peak, how = machine.float32_peak()
         print(f"float32 peak: {how}")
-        print(f"predict.py's OpenVINO conversion (once per weights): {converted:.1f} s")
+        print(f"predict.py's OpenVINO conversion (once per weights): {converted:.1f} s; "
+              f"its int8 quantization on {args.calibration} windows {quantized:.1f} s "
+              f"(predict.py calibrates on {quantize.CALIBRATION_WINDOWS})")
         for threads in (1, cores):
             proc = subprocess.run(
                 [sys.executable, __file__, '--child', folder, '--threads', str(threads),
@@ -161,8 +182,9 @@ def main():
                 against = '' if k == 'tensorflow' else (
                     f", {med[k] / med['tensorflow']:.2f}x tensorflow, heights "
                     f"{r['difference'][k]:.2g} m from its")
-                share = '' if peak is None else \
-                    f", {100 * med[k] * r['gflop'] / (peak * threads / cores):.0f}% of peak"
+                share = '' if peak is None else (
+                    f", {100 * med[k] * r['gflop'] / (peak * threads / cores):.0f}% of "
+                    f"float32 peak")
                 print(f"  {k}: {med[k]:.2f} windows/s ({' / '.join(f'{x:.2f}' for x in v)}), "
                       f"{med[k] * r['gflop']:.1f} GFLOP/s{share}" + against)
             for k, why in r['not_run'].items():

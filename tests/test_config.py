@@ -195,7 +195,7 @@ BAD = [
     ('predict_stride', 0), ('predict_stride', 97), ('predict_window', 'cosine'),
     ('predict_flips', 0), ('predict_flips', 9), ('predict_flips', 2.0),
     ('predict_uncertainty', 'mc_dropout'),      # not offered (README, Uncertainty)
-    ('predict_precision', 'int8'),              # not offered (README, Engines)
+    ('predict_precision', 'float16'),           # not offered (README, Engines)
 ]
 # Values on the edge of a rule, which must pass.
 GOOD = [
@@ -211,7 +211,7 @@ GOOD = [
     ('mtl_init_weights', 'runs/mtl/best.weights.h5'), ('dae_init_weights', None),
     ('predict_stride', 96), ('predict_stride', 1), ('predict_window', 'flat'),
     ('predict_flips', 1), ('predict_flips', 8), ('predict_uncertainty', 'off'),
-    ('predict_precision', 'bfloat16'),
+    ('predict_precision', 'bfloat16'), ('predict_precision', 'int8'),
 ]
 
 

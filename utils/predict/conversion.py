@@ -7,10 +7,13 @@ converting again:
     <MTL weights>.<key[:12]>.openvino.xml    OpenVINO's own format, with its
                   .openvino.bin              .bin (OpenVINO reads the traced
                                              TensorFlow graph itself: seconds)
+    <MTL weights>.<key[:12]>.int8.openvino.xml   that, quantized to int8
+                  .int8.openvino.bin         (utils/predict/quantize.py)
 
 The key is a SHA-256 over everything the graph depends on: the weights
 files' checksums (the DAE's too with correction), the settings that shape
-the layers, the compute dtype, the bands and the ONNX opset; weights
+the layers, the compute dtype, the bands and the ONNX opset (int8's also
+its calibration's size); weights
 retrained into the same file get a new key, so a conversion of other
 weights is never found under it. The key is also inside the file (ONNX
 metadata, OpenVINO runtime info), so a file copied or renamed onto the
@@ -26,24 +29,29 @@ import tempfile
 from utils.data.samples import image_channels
 from utils.errors import CheckpointError, SettingError, first_line
 from utils.model import weights
-from utils.predict import export
+from utils.predict import export, quantize
 
 KEY = 'dsmnet_conversion_key'   # ONNX metadata_props key holding the full key
 
 
-def key(mtl_file, dae_file, cfg):
+def key(mtl_file, dae_file, cfg, kind='onnx'):
     """The cache key of the networks built from the WeightsFiles `mtl_file`
-    and `dae_file` (None without correction) with the settings `cfg`."""
+    and `dae_file` (None without correction) with the settings `cfg`, as
+    converted for `kind` (SUFFIX)."""
     files = [f for f in (mtl_file, dae_file) if f is not None]
     facts = dict(
         weights=[f.sha256 for f in files],
         settings={f.stage: {k: getattr(cfg, k) for k in weights.ARCHITECTURE[f.stage]}
                   for f in files},
         dtype=cfg.mixed_precision, channels=image_channels(cfg), opset=export.OPSET)
+    if kind == 'openvino_int8':
+        facts['int8'] = dict(calibration_windows=quantize.CALIBRATION_WINDOWS,
+                             dataset=cfg.dataset_name, recipe=quantize.RECIPE)
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-SUFFIX = {'onnx': '.onnx', 'openvino': '.openvino.xml'}
+SUFFIX = {'onnx': '.onnx', 'openvino': '.openvino.xml',
+          'openvino_int8': '.int8.openvino.xml'}
 RUNTIME_INFO = ['dsmnet', 'conversion_key']     # where an OpenVINO file keeps the key
 
 
@@ -58,24 +66,30 @@ def onnx_model(mtl_file, dae_file, mtl, dae, cfg):
     return _cached('onnx', mtl_file, dae_file, mtl, dae, cfg)
 
 
-def openvino_model(mtl_file, dae_file, mtl, dae, cfg):
+def openvino_model(mtl_file, dae_file, mtl, dae, cfg, precision='float32'):
     """The path (.xml) of the networks' OpenVINO conversion, cached like
-    onnx_model's; converted from the same serving function as the export."""
-    return _cached('openvino', mtl_file, dae_file, mtl, dae, cfg)
+    onnx_model's; converted from the same serving function as the export.
+    precision 'int8': that conversion quantized (utils/predict/quantize.py)."""
+    kind = 'openvino_int8' if precision == 'int8' else 'openvino'
+    return _cached(kind, mtl_file, dae_file, mtl, dae, cfg)
+
+
+CONVERTER = {'onnx': 'tf2onnx', 'openvino': 'openvino', 'openvino_int8': 'nncf'}
 
 
 def _cached(kind, mtl_file, dae_file, mtl, dae, cfg):
-    full_key = key(mtl_file, dae_file, cfg)
+    full_key = key(mtl_file, dae_file, cfg, kind)
     path = cached_path(mtl_file, full_key, kind)
     if os.path.exists(path):
         _check(kind, path, full_key, mtl_file)
         print(f"conversion {path} reused (same weights and settings)")
         return path
-    converter = 'tf2onnx' if kind == 'onnx' else 'openvino'
+    converter = CONVERTER[kind]
     if importlib.util.find_spec(converter) is None:
-        raise SettingError(f"--engine {'onnxruntime' if kind == 'onnx' else 'openvino'} "
-                           f"converts the networks with {converter}, which is not installed: "
-                           f"pip install {converter} (requirements.txt), or --engine tensorflow")
+        raise SettingError(missing(kind))
+    if kind == 'openvino_int8':    # the float32 conversion first (or its cache)
+        float32 = _cached('openvino', mtl_file, dae_file, mtl, dae, cfg)
+        windows = quantize.calibration_windows(cfg)
     folder = os.path.dirname(os.path.abspath(path))
     try:
         # In the weights' folder, so the finished file is renamed into place:
@@ -93,7 +107,14 @@ def _cached(kind, mtl_file, dae_file, mtl, dae, cfg):
             converted = os.path.join(tmp, 'model.onnx')
             _write_key(converted, full_key)
         else:
-            converted = _convert_openvino(mtl, dae, cfg, full_key, tmp)
+            if kind == 'openvino':
+                model = _convert_openvino(mtl, dae, cfg)
+            else:
+                import openvino as ov
+                print(f"  calibrating on {len(windows)} windows of {cfg.dataset_name}'s "
+                      f"training images")
+                model = quantize.quantized(ov.Core().read_model(float32), windows)
+            converted = _save_openvino(model, full_key, tmp)
             # the weights first: a reader finds the .xml only once its .bin is there
             os.replace(converted[:-len('.xml')] + '.bin', path[:-len('.xml')] + '.bin')
         os.replace(converted, path)
@@ -102,10 +123,26 @@ def _cached(kind, mtl_file, dae_file, mtl, dae, cfg):
     return path
 
 
-def _convert_openvino(mtl, dae, cfg, full_key, folder):
+def missing(kind):
+    """The one-line error for `kind`'s converter not installed."""
+    converter = CONVERTER[kind]
+    if kind == 'openvino_int8':
+        return ("predict_precision = 'int8' quantizes the networks with nncf, which is not "
+                "installed: pip install nncf (an option: not in requirements.txt), or "
+                "predict_precision=float32")
+    return (f"--engine {'onnxruntime' if kind == 'onnx' else 'openvino'} converts the "
+            f"networks with {converter}, which is not installed: pip install {converter} "
+            f"(requirements.txt), or --engine tensorflow")
+
+
+def _convert_openvino(mtl, dae, cfg):
     import openvino as ov
     serve = export.serving_function(mtl, dae, image_channels(cfg))
-    model = ov.convert_model(serve.get_concrete_function())
+    return ov.convert_model(serve.get_concrete_function())
+
+
+def _save_openvino(model, full_key, folder):
+    import openvino as ov
     model.set_rt_info(full_key, RUNTIME_INFO)
     path = os.path.join(folder, 'model.xml')
     ov.save_model(model, path, compress_to_fp16=False)    # float32 weights, as trained

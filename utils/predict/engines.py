@@ -23,9 +23,11 @@ ENGINES = ('tensorflow', 'onnxruntime', 'openvino')
 CPU_ENGINE = 'openvino'
 # predict_precision -> OpenVINO's INFERENCE_PRECISION_HINT, and the CPU
 # capability (OPTIMIZATION_CAPABILITIES) each needs; float32 is set too,
-# since OpenVINO computes in bfloat16 by default on CPUs that have it.
-OPENVINO_PRECISION = {'float32': 'f32', 'bfloat16': 'bf16'}
-CPU_CAPABILITY = {'float32': 'FP32', 'bfloat16': 'BF16'}
+# since OpenVINO computes in bfloat16 by default on CPUs that have it. int8
+# runs the quantized conversion: the layers NNCF left unquantized in float32.
+OPENVINO_PRECISION = {'float32': 'f32', 'bfloat16': 'bf16', 'int8': 'f32'}
+CPU_CAPABILITY = {'float32': 'FP32', 'bfloat16': 'BF16', 'int8': 'INT8'}
+NEEDS = {'bfloat16': 'AVX-512 BF16 or AMX', 'int8': 'AVX2 or newer'}
 
 
 def _replica_step(mtl, dae, outputs):
@@ -168,8 +170,8 @@ def check_precision(precision, core=None):
     found = core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
     if CPU_CAPABILITY[precision] not in found:
         raise SettingError(f"predict_precision = {precision!r}: this CPU cannot compute in "
-                           f"{precision} (OpenVINO finds {', '.join(found)}; bfloat16 needs "
-                           f"AVX-512 BF16 or AMX): set predict_precision=float32")
+                           f"{precision} (OpenVINO finds {', '.join(found)}; {precision} needs "
+                           f"{NEEDS.get(precision, precision)}): set predict_precision=float32")
 
 
 def _import_error(engine):
@@ -223,6 +225,8 @@ def choose_engine(requested, strategy, precision='float32'):
         _check_installed(engine)
     if engine == 'openvino':
         check_precision(precision)
+    if precision == 'int8' and _import_error('nncf'):
+        raise SettingError(conversion.missing('openvino_int8'))
     return engine
 
 
@@ -231,14 +235,14 @@ def window_fn(engine, mtl, dae, *, cfg, strategy, outputs, files):
     networks run by TensorFlow (tensorflow_fn), or their conversion of the
     WeightsFiles `files` (MTL and DAE or None) run on every core by ONNX
     Runtime (conversion.onnx_model) or by OpenVINO in cfg.predict_precision
-    (conversion.openvino_model)."""
+    (conversion.openvino_model; int8: its quantized conversion)."""
     if engine == 'tensorflow':
         return tensorflow_fn(mtl, dae, cfg=cfg, strategy=strategy, outputs=outputs)
     keys = set(outputs) | {heads.HEIGHT.name}
     if engine == 'onnxruntime':
         return onnx_fn(export.onnx_session(conversion.onnx_model(*files, mtl, dae, cfg)),
                        int(cfg.test_batch_size), keys)
-    path = conversion.openvino_model(*files, mtl, dae, cfg)
+    path = conversion.openvino_model(*files, mtl, dae, cfg, cfg.predict_precision)
     return openvino_fn(openvino_model(path, batch_size=int(cfg.test_batch_size),
                                       crop=cfg.cropSize, channels=image_channels(cfg),
                                       precision=cfg.predict_precision), keys)
