@@ -69,6 +69,13 @@ def make_data(stage, steps, overflow):
             'norm': rng.uniform(0, 1, (n, c, c, 3)).astype('float32')}
 
 
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, 'layers'):
+            yield from _all_layers(layer)
+
+
 def run(spec):
     name, stage, calls, *rest = spec.split(':')
     # Each variant starts from the defaults of the settings under test.
@@ -151,6 +158,13 @@ def run(spec):
         bn = model.get_layer('encoder_bn')
         left = bn.momentum ** steps_run
         result.update(bn_mean=bn.moving_mean.numpy(), bn_var=bn.moving_variance.numpy() - left)
+        # ... and of every BN layer that computed batch statistics (DenseNet121's
+        # 120 with the encoder trained), in the order of the model's layers
+        every = [layer for layer in _all_layers(model)
+                 if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable]
+        result.update({f'bn{i}_mean': layer.moving_mean.numpy() for i, layer in enumerate(every)})
+        result.update({f'bn{i}_var': layer.moving_variance.numpy() - left
+                       for i, layer in enumerate(every)})
     result.update({f'init_{i}': w for i, w in enumerate(initial)})
     result.update({f'w_{i}': v.numpy() for i, v in enumerate(model.trainable_variables)})
     return name, result
