@@ -148,8 +148,9 @@ def test_sync_batchnorm_over_densenet121_on_two_replicas_matches_one_replica(
     # values errs by about sqrt(n) u (u = 2^-24, n <= 8 x 32 x 32 = 8192:
     # 5.4e-6), and the errors of the 122 layers before it compound as
     # independent ones, sqrt(122) = 11 times: 6e-5 < 1e-4 (measured: 7e-6
-    # at most, on one thread and on two). Unsynchronised, every layer was 4.5% to 39% off (each replica
-    # normalising by its own 4 examples), 450 times this bound.
+    # at most, on one thread and on two). Unsynchronised, every layer was
+    # 4.5% to 39% off (each replica normalising by its own 4 examples), 450
+    # times this bound.
     for layer in layers:
         for stat in ('mean', 'var'):
             key = f'{layer}_{stat}'
