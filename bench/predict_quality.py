@@ -92,23 +92,20 @@ def network_rate(predict_fn, crop, calls=6):
 
 
 class HeightBins:
-    """Squared height errors pooled per reference height bin over a split."""
+    """Height errors pooled per reference height bin over a split
+    (evaluate/buildings.pixel_sums_by_height)."""
 
     def __init__(self):
-        from utils.evaluate.buildings import BIN_NAMES, HEIGHT_BINS
-        self.bins, self.names = HEIGHT_BINS, BIN_NAMES
-        self.sums = np.zeros((len(HEIGHT_BINS), 2))     # pixels, sum of e^2
+        from utils.evaluate import buildings
+        self.buildings = buildings
+        self.sums = np.zeros((len(buildings.HEIGHT_BINS), 4))
 
     def add(self, pred, truth):
-        valid = np.isfinite(truth) & np.isfinite(pred)
-        t, e = truth[valid], (pred[valid] - truth[valid]).astype(np.float64)
-        for k, (lo, hi) in enumerate(self.bins):
-            inside = (t >= lo) & (t < hi) if k else (t < hi)   # the first bin takes t < 0
-            self.sums[k] += (inside.sum(), (e[inside] ** 2).sum())
+        self.sums += self.buildings.pixel_sums_by_height(pred, truth)
 
     def rmse(self):
-        return {name: float(np.sqrt(s / n)) if n else None
-                for name, (n, s) in zip(self.names, self.sums)}
+        return {name: float(np.sqrt(square / n)) if n else None
+                for name, (n, _, square, _) in zip(self.buildings.BIN_NAMES, self.sums)}
 
 
 def openvino_heights(cfg, precision, mtl_file, dae_file, mtl, dae, strategy):

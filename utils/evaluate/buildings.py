@@ -15,6 +15,21 @@ BIN_NAMES = tuple(f'{lo:g}-{hi:g}' if math.isfinite(hi) else f'>{lo:g}'
                   for lo, hi in HEIGHT_BINS)
 
 
+def pixel_sums_by_height(pred, truth):
+    """Per HEIGHT_BINS bin of the reference height, over the pixels where
+    both are finite: [pixels, sum |e|, sum e^2, sum e] with e = pred - truth
+    (float64; the first bin also takes heights below 0)."""
+    pred = np.asarray(pred, np.float64).reshape(np.shape(truth))
+    truth = np.asarray(truth, np.float64)
+    valid = np.isfinite(truth) & np.isfinite(pred)
+    t, e = truth[valid], pred[valid] - truth[valid]
+    sums = np.zeros((len(HEIGHT_BINS), 4))
+    for k, (lo, hi) in enumerate(HEIGHT_BINS):
+        ek = e[(t >= lo) & (t < hi) if k else (t < hi)]
+        sums[k] = (ek.size, np.abs(ek).sum(), (ek ** 2).sum(), ek.sum())
+    return sums
+
+
 def instances(labels, classes):
     """(count, HxW int32 ids 1..count, 0 elsewhere): the 4-connected regions
     of the class indices `classes` in a label map, one building each (the
@@ -76,12 +91,7 @@ class BuildingErrors:
         pred = np.asarray(pred, np.float64).reshape(np.shape(truth))
         truth = np.asarray(truth, np.float64)
         self.pairs.append(building_pairs(pred, truth, labels, self.classes))
-        valid = np.isfinite(truth) & np.isfinite(pred)
-        t, e = truth[valid], pred[valid] - truth[valid]
-        for k, (lo, hi) in enumerate(HEIGHT_BINS):
-            inside = (t >= lo) & (t < hi) if k else (t < hi)   # the first bin takes t < 0
-            ek = e[inside]
-            self.pixels[k] += (ek.size, np.abs(ek).sum(), (ek ** 2).sum(), ek.sum())
+        self.pixels += pixel_sums_by_height(pred, truth)
 
     def results(self):
         """{buildings, median: {mae, rmse, bias}, p70: {...}, by_height: {bin:

@@ -13,7 +13,7 @@ converting again:
 The key is a SHA-256 over everything the graph depends on: the weights
 files' checksums (the DAE's too with correction), the settings that shape
 the layers, the compute dtype, the bands and the ONNX opset (int8's also
-its calibration's size); weights
+its calibration's size and dataset and the quantization recipe); weights
 retrained into the same file get a new key, so a conversion of other
 weights is never found under it. The key is also inside the file (ONNX
 metadata, OpenVINO runtime info), so a file copied or renamed onto the
