@@ -82,8 +82,7 @@ def main(argv=None):
     from utils.errors import DatasetError
     from utils.geo.files import find_images
     from utils.geo.image import parse_bands
-    from utils.model import networks
-    from utils.predict import engines, inputs, outputs, provenance
+    from utils.predict import inputs, outputs, provenance
     from utils.predict.calibration import for_prediction
     from utils.predict.claims import Claim
     from utils.predict.flips import with_flips
@@ -130,10 +129,11 @@ def main(argv=None):
 
     out_dir = args.out or os.path.join(cfg.output_root, 'predict')
     os.makedirs(out_dir, exist_ok=True)
-    strategy = distribute.get_strategy(cfg)
+    strategy = distribute.get_strategy(cfg)     # TensorFlow starts here, after the checks
+    from utils.model import networks
+    from utils.predict import engines
     engine = engines.choose_engine(args.engine, strategy, cfg.predict_precision)
-    mtl = networks.trained(mtl_file, cfg, strategy)
-    dae = networks.trained(dae_file, cfg, strategy) if dae_file else None
+    mtl, dae = (networks.trained(f, cfg, strategy) if f else None for f in (mtl_file, dae_file))
     shown = outputs.preview_head()
     predict_fn = with_flips(
         engines.window_fn(engine, mtl, dae, cfg=cfg, strategy=strategy,
@@ -197,4 +197,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(settings.run_main(main))
+    sys.exit(settings.run_main(main, tensorflow=False))   # started by get_strategy

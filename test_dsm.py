@@ -114,16 +114,20 @@ def report_uncertainty(found):
 def run_test(args):
     """Test, write metrics.json and the predictions, print the table."""
     cfg = settings.current()    # config.py after --set
-    # Imported after --set so the strategy and networks see the overrides.
     from utils import distribute
-    from utils.evaluate import evaluation
-    from utils.model import networks
+    from utils.data.layouts import find_split
 
     mtl_file, dae_file = weights.from_options(args, cfg)
     correction = dae_file is not None
+    for file in (mtl_file, dae_file) if correction else (mtl_file,):
+        file.check(cfg)
+    find_split(cfg, args.split)     # a missing folder or image, before TensorFlow starts
     run = args.out or os.path.join(cfg.output_root, cfg.dataset_name,
                                    'mtl_dae' if correction else 'mtl')
     strategy = distribute.get_strategy(cfg)
+    # Imported after --set and the strategy: the networks see the overrides.
+    from utils.evaluate import evaluation
+    from utils.model import networks
     mtl = networks.trained(mtl_file, cfg, strategy)
     dae = networks.trained(dae_file, cfg, strategy) if correction else None
     result = evaluation.evaluate(mtl, dae, cfg=cfg, strategy=strategy,
@@ -165,7 +169,7 @@ def run_test(args):
 
 def main(argv=None):
     """The script's exit code (the convention of settings.run_main)."""
-    return settings.run_main(run_test, parse(argv))
+    return settings.run_main(run_test, parse(argv), tensorflow=False)   # by get_strategy
 
 
 if __name__ == '__main__':

@@ -14,16 +14,16 @@ from utils import settings
 
 def main():
     # Imported here, after the command line: a setting that breaks its rule
-    # stops the script before TensorFlow loads.
+    # stops the script before TensorFlow loads; so does bad data, below.
     from utils import distribute
     from utils.data import checks, labels
-    from utils.train.loop import Loop
-    from utils.train.tasks import MTLTask
-    from utils.train.trainer import Trainer
 
     cfg = settings.current()    # config.py after --set, handed to everything below
     training_split = checks.check_training_splits(cfg)   # bad data fails before any step
-    strategy = distribute.get_strategy(cfg)
+    strategy = distribute.get_strategy(cfg)     # TensorFlow starts here
+    from utils.train.loop import Loop
+    from utils.train.tasks import MTLTask
+    from utils.train.trainer import Trainer
     task = MTLTask(cfg, imagery=training_split.imagery())
     loop = Loop(Trainer(task, strategy))
     unlabelled = labels.describe_unlabelled(cfg, training_split)
@@ -35,4 +35,4 @@ def main():
 
 if __name__ == '__main__':
     settings.parse_args(settings.parser(__doc__.splitlines()[0]))
-    sys.exit(settings.run_main(main))
+    sys.exit(settings.run_main(main, tensorflow=False))   # started by get_strategy

@@ -49,7 +49,10 @@ def gpu_env():
     return env
 
 import config  # noqa: E402
-from utils import settings  # noqa: E402
+from utils import distribute, settings  # noqa: E402
+
+if os.environ.get('PYTEST_XDIST_WORKER'):   # not xdist's controller, which runs no test
+    distribute.start_tensorflow()   # as the scripts start it (without scikit-learn)
 
 _ORIGINAL = {k: copy.deepcopy(getattr(config, k)) for k in settings.names()}
 _ORIGINAL_DECLARED = copy.deepcopy(config.declared)

@@ -18,6 +18,7 @@ settings.apply(sys.argv[1:])
 
 import config  # noqa: E402
 from utils import distribute  # noqa: E402
+distribute.start_tensorflow()   # as the scripts start it
 from utils.train import tasks  # noqa: E402
 
 

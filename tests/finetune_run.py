@@ -32,12 +32,13 @@ BASE = ['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.0625',
         f'label_codes={SIX}'] + sys.argv[3:]
 settings.apply(BASE)
 
+from utils import distribute  # noqa: E402
+distribute.start_tensorflow()   # as the scripts start it
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import config  # noqa: E402
 from stand_in import small_encoder  # noqa: E402
-from utils import distribute  # noqa: E402
 from utils.model import weights  # noqa: E402
 from utils.model.networks import build_dae, build_mtl  # noqa: E402
 from utils.train import benchmark, losses, tasks  # noqa: E402

@@ -32,6 +32,8 @@ settings.apply(['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.06
                 'dropout_rate=0', 'backbone_weights=None', 'adam_epsilon=1.0',
                 'mtl_lr=1', 'dae_lr=1', 'mtl_bb_freeze=True'] + base)
 
+from utils import distribute  # noqa: E402
+distribute.start_tensorflow()   # as the scripts start it
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -39,7 +41,6 @@ import tensorflow as tf  # noqa: E402
 import config  # noqa: E402
 from nets import dae as dae_net  # noqa: E402
 from stand_in import small_encoder  # noqa: E402
-from utils import distribute  # noqa: E402
 from utils.model import networks, weights  # noqa: E402
 from utils.model.weights import WeightsFile  # noqa: E402
 from utils.train import losses, tasks  # noqa: E402

@@ -20,12 +20,13 @@ settings.apply(['cropSize=32', 'mtl_decoder_scale=0.0625', 'dae_width_scale=0.06
                 'dropout_rate=0', 'sync_batchnorm=True', 'backbone_weights=None']
                + sys.argv[4:])
 
+from utils import distribute  # noqa: E402
+distribute.start_tensorflow()   # as the scripts start it
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import config  # noqa: E402
 from stand_in import small_encoder  # noqa: E402
-from utils import distribute  # noqa: E402
 from utils.train import tasks  # noqa: E402
 from utils.train.trainer import Trainer  # noqa: E402
 

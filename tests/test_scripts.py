@@ -3,7 +3,7 @@ exit 1 and one line `error: ...` on stderr for the user's mistakes, 2 for a
 malformed command line, 130 on Ctrl-C; run as users run them."""
 import pytest
 
-from conftest import TINY, run_python
+from conftest import PREDICT_TINY, run_python
 from utils import distribute, settings
 from utils.errors import CheckpointError
 
@@ -27,15 +27,21 @@ def test_a_setting_that_breaks_its_rule_exits_1(script, bad, message):
     assert result.stderr == f'error: {message}\n'
 
 
-@pytest.mark.parametrize('script', SCRIPTS)
-def test_settings_are_checked_before_tensorflow_loads(script):
+def run_without_tensorflow(script, *args):
+    """Run `python script args...` and print its exit code and whether it
+    imported TensorFlow."""
     code = ("import runpy, sys\n"
-            f"sys.argv = [{script!r}, '--set', 'cropSize=100']\n"
+            f"sys.argv = [{script!r}, *{list(map(str, args))!r}]\n"
             "try:\n"
             f"    runpy.run_path({script!r}, run_name='__main__')\n"
             "except SystemExit as end:\n"
             "    print(end.code, 'tensorflow' in sys.modules)\n")
-    result = run_python(['-c', code], timeout=300)
+    return run_python(['-c', code], timeout=300)
+
+
+@pytest.mark.parametrize('script', SCRIPTS)
+def test_settings_are_checked_before_tensorflow_loads(script):
+    result = run_without_tensorflow(script, '--set', 'cropSize=100')
     assert result.stdout.split() == ['1', 'False'], result.stderr[-2000:]
     assert result.stderr == 'error: cropSize = 100: use a multiple of 32 >= 32\n'
 
@@ -49,15 +55,26 @@ def test_a_malformed_command_line_exits_2(script, args):
     assert 'error: ' in one_error_line(result)
 
 
-def test_missing_mtl_weights_exit_1_naming_the_file(tmp_path, synthetic_root):
-    missing = tmp_path / 'none' / 'best.weights.h5'
-    sets = TINY + [f'shortcut_path={synthetic_root}', f'checkpoint_root={tmp_path}',
-                   f'predCheckPointPath={missing}']
-    result = run_python(['train_dae.py', *[a for s in sets for a in ('--set', s)]],
-                        timeout=300)
-    assert result.returncode == 1
-    line = one_error_line(result)
-    assert line.startswith('error: ') and str(missing) in line
+@pytest.mark.parametrize('script,args,error', [
+    ('train_mtl.py', ['--set', 'dataset_name=Vaihingen', '--set', 'shortcut_path={tmp}'],
+     'error: Dataset folder not found: {tmp}/Vaihingen '),
+    ('train_dae.py', ['--set', 'predCheckPointPath={tmp}/mtl.weights.h5'],
+     "error: predCheckPointPath = '{tmp}/mtl.weights.h5': no such file."),
+    ('test_dsm.py', ['--correction', '--dae-weights', '{tmp}/dae.weights.h5',
+                     '--mtl-weights', '{mtl}'],
+     "error: --dae-weights = '{tmp}/dae.weights.h5': no such file."),
+    ('predict.py', ['{tmp}'], 'error: {tmp}: no image in this folder that GDAL opens.'),
+])
+def test_data_and_weights_are_checked_before_tensorflow_starts(
+        tmp_path, synthetic_root, weights, script, args, error):
+    """A missing folder or weights file is reported in a fraction of a
+    second, not after TensorFlow's start (about 5 s)."""
+    fill = dict(tmp=tmp_path, mtl=weights['mtl'])
+    sets = [f'--set={s}' for s in PREDICT_TINY + [f'shortcut_path={synthetic_root}',
+                                                  f'checkpoint_root={tmp_path}']]
+    result = run_without_tensorflow(script, *sets, *[a.format(**fill) for a in args])
+    assert result.stdout.split() == ['1', 'False'], result.stderr[-2000:]
+    assert one_error_line(result).startswith(error.format(**fill))
 
 
 def test_run_main_convention(capsys):
@@ -105,11 +122,14 @@ def test_tensorflow_start_up_lines_follow_tf_cpp_min_log_level(tmp_path, level):
     env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
     if level is not None:
         env['TF_CPP_MIN_LOG_LEVEL'] = level
-    result = subprocess.run([sys.executable, 'predict.py', str(tmp_path)], cwd=ROOT, env=env,
+    # export.py starts TensorFlow before it reads its options (settings.run_main)
+    missing = tmp_path / 'mtl.weights.h5'
+    result = subprocess.run([sys.executable, 'export.py', '--out', str(tmp_path / 'out'),
+                             '--mtl-weights', str(missing)], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     lines = result.stderr.splitlines()
-    assert lines[-1].startswith(f'error: {tmp_path}: no image in this folder')
+    assert lines[-1].startswith(f"error: --mtl-weights = '{missing}': no such file.")
     if level == '0':    # TensorFlow's info lines, as TensorFlow prints them
         assert any(line.startswith('I0000 ') for line in lines), lines
     else:

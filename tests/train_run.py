@@ -12,6 +12,8 @@ from utils import settings  # noqa: E402
 
 settings.apply(sys.argv[2:])
 
+from utils import distribute  # noqa: E402
+distribute.start_tensorflow()   # as the scripts start it
 import numpy as np  # noqa: E402
 
 import train_mtl  # noqa: E402

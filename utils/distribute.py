@@ -62,12 +62,29 @@ def _start_up_lines_hidden():
             sys.stderr.flush()
 
 
+@contextlib.contextmanager
+def _without_scikit_learn():
+    """Keras imports scikit-learn, where installed (NNCF, for int8, brings
+    it), for its scikit-learn wrappers, which nothing here uses: 1.2 s of
+    every script's start (bench/RESULTS.md). Inside the block an import of
+    it fails, as Keras expects where it is missing; after it, it imports."""
+    hidden = 'sklearn' not in sys.modules
+    if hidden:
+        sys.modules['sklearn'] = None
+    try:
+        yield
+    finally:
+        if hidden:
+            del sys.modules['sklearn']
+
+
 def start_tensorflow():
     """Import TensorFlow and let it find its devices, without the start-up
-    lines its log level hides (see above); once per process."""
+    lines its log level hides (see above) and without scikit-learn; once
+    per process."""
     if 'tensorflow' in sys.modules:
         return
-    with _start_up_lines_hidden():
+    with _start_up_lines_hidden(), _without_scikit_learn():
         import tensorflow as tf
         tf.config.list_physical_devices()
 
