@@ -6,12 +6,14 @@ the stand-in's about 3 s (bench/RESULTS.md, The suite on the stand-in
 encoder). It gives what the decoder expects of DenseNet121, 1024 channels
 at 1/32 of the input, with a BatchNormalization inside. DenseNet121 itself
 is built and counted in test_nets.py, exported in test_export.py, and
-trained on two replicas by the main job in test_run_train_test.py.
+trained on one replica and on two (synchronised batch norm) in
+test_performance.py.
 
     python tests/stand_in.py SCRIPT [ARGS ...]
 
 runs SCRIPT as `python SCRIPT ARGS ...` would, with the MTL built on the
-stand-in (and reads the weights such a run wrote).
+stand-in (and reads the weights such a run wrote); `-` runs standard input
+as `python -` does, without the stand-in (no network there).
 """
 import contextlib
 import os
@@ -39,6 +41,9 @@ def small_encoder():
 if __name__ == '__main__':
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
+    if script == '-':   # run_train_test.sh's summary
+        exec(compile(sys.stdin.read(), '<stdin>', 'exec'), {'__name__': '__main__'})
+        sys.exit()
     # As `python SCRIPT` sets it up: the script's folder first on the path.
     sys.path[0] = os.path.dirname(os.path.abspath(script))
     from utils import distribute

@@ -10,7 +10,7 @@ Each story uses the dataset's own settings, shrunk only where a CPU needs it
 (SHRINK): small crops and widths, two steps, no ImageNet weights; and the
 scripts build the MTL on tests/stand_in.py's small encoder: what differs
 between datasets is their files, heads and settings, not the encoder
-(DenseNet121 trains in the main job's test, test_run_train_test.py), and
+(DenseNet121 trains in test_performance.py), and
 tracing DenseNet's graph took two thirds of each story. They run offline,
 with an empty Keras cache and no reachable network, so a setting that asks
 for the ImageNet weights fails the run instead of downloading them.
