@@ -43,14 +43,15 @@ def flat(run, prefix='w_'):
 def one_replica_mtl(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('precision')
     weights = str(tmp / 'stand_in.weights.h5')
-    # bfloat16 against float32 on DenseNet121; float16's loss scaling and
-    # loading across precisions, which do not depend on the encoder, on the
-    # stand-in (each DenseNet121 variant costs about 11 s of tracing)
+    # Loading across precisions, which does not depend on the encoder, on the
+    # stand-in (each DenseNet121 variant costs about 11 s of tracing); float16
+    # stays on DenseNet121: on the stand-in, 4 steps of perf_run's linear Adam
+    # did not lower its loss (136.79 after, 136.49 before, 2026-12-08)
     return perf_run(tmp, 'one', [
         'f32:mtl:1+1+1+1',
         'bf16:mtl:1+1+1+1:mixed_precision=mixed_bfloat16',
+        'f16:mtl:1+1+1+1:mixed_precision=mixed_float16',
         f'stand_in:mtl:1+1+1+1:stand_in=1,save={weights}',
-        'f16:mtl:1+1+1+1:mixed_precision=mixed_float16,stand_in=1',
         f'bf16_loaded:mtl:0:mixed_precision=mixed_bfloat16,load={weights},stand_in=1',
         'densenet:mtl:1:mtl_bb_freeze=False'], ['batch_size=8'])
 
@@ -87,7 +88,7 @@ def test_bfloat16_tracks_float32(one_replica_mtl):
 
 
 def test_float16_scales_the_loss_and_skips_overflowing_steps(one_replica_mtl):
-    f32, f16 = one_replica_mtl['stand_in'], one_replica_mtl['f16']
+    f32, f16 = one_replica_mtl['f32'], one_replica_mtl['f16']
     assert str(f16['compute_dtype']) == 'float16'
     assert set(str(f16['output_dtypes']).split(',')) == {'float32'}
     assert np.isfinite(f16['losses']).all() and np.isfinite(flat(f16)).all()
