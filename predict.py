@@ -37,7 +37,7 @@ import sys
 import time
 
 from utils import settings
-from utils.errors import SettingError
+from utils.errors import DatasetError, SettingError
 from utils.model import heads, weights
 from utils.predict.outputs import written
 
@@ -79,7 +79,6 @@ def main(argv=None):
     # Imported after --set so the strategy and networks see the overrides.
     from utils import distribute, progress
     from utils.data.samples import image_channels
-    from utils.errors import DatasetError
     from utils.geo.files import find_images
     from utils.geo.image import parse_bands
     from utils.predict import inputs, outputs, provenance
@@ -133,7 +132,8 @@ def main(argv=None):
     from utils.model import networks
     from utils.predict import engines
     engine = engines.choose_engine(args.engine, strategy, cfg.predict_precision)
-    mtl, dae = (networks.trained(f, cfg, strategy) if f else None for f in (mtl_file, dae_file))
+    mtl = networks.trained(mtl_file, cfg, strategy)
+    dae = networks.trained(dae_file, cfg, strategy) if dae_file else None
     shown = outputs.preview_head()
     predict_fn = with_flips(
         engines.window_fn(engine, mtl, dae, cfg=cfg, strategy=strategy,

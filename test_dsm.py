@@ -119,7 +119,7 @@ def run_test(args):
 
     mtl_file, dae_file = weights.from_options(args, cfg)
     correction = dae_file is not None
-    for file in (mtl_file, dae_file) if correction else (mtl_file,):
+    for file in filter(None, (mtl_file, dae_file)):
         file.check(cfg)
     find_split(cfg, args.split)     # a missing folder or image, before TensorFlow starts
     run = args.out or os.path.join(cfg.output_root, cfg.dataset_name,
